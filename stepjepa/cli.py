@@ -1,0 +1,42 @@
+"""`stepjepa COMMAND ...`: one console script, one module per command.
+
+Each command module exposes `main(argv: list[str]) -> int`; modules are imported only
+when their command runs, so `stepjepa score` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("stepjepa.train", "Train one Step-JEPA (or SFT) run"),
+    "inspect": ("stepjepa.inspect", "Show layout, mask and view positions of an example"),
+    "evaluate": ("stepjepa.evaluate", "GSM8K accuracy of a model directory"),
+    "score": ("stepjepa.score", "Re-score saved completions without a model"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items())
+    return f"usage: stepjepa COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`stepjepa COMMAND --help` for a command's arguments."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"stepjepa: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
