@@ -41,6 +41,8 @@ class DataConfig(Section):
     """Final segment of the assistant message; `{answer}` is the gold answer."""
     short_records: Literal["keep", "drop"] = "keep"
     """Records with fewer than 2 steps: `keep` for LM-only training, or `drop`. Counted either way."""
+    on_bad_record: Literal["skip", "error"] = "skip"
+    """A malformed or incomplete record: a counted skip naming file, line and field, or an error."""
 
     @model_validator(mode="after")
     def _template_has_answer(self) -> DataConfig:
@@ -94,11 +96,89 @@ class TokenizeConfig(Section):
     data does not change from day to day."""
 
 
+class TrainConfig(Section):
+    """One training run: the Step-JEPA objective, what is trained, and the optimiser."""
+
+    k: int = Field(2, ge=0)
+    """Predictor tokens inserted after Step 1; 0 aligns the Step-1 end token directly."""
+    lambda_: float = Field(0.1, ge=0, alias="lambda")
+    """Weight of the JEPA loss; 0 with k = 0 is plain supervised fine-tuning."""
+    gamma: float = Field(1.0, ge=0)
+    """Weight of the language-model loss."""
+    loss: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
+    """How view 1 is aligned with view 2 (method doc section 4)."""
+    temperature: float = Field(0.07, gt=0)
+    """InfoNCE temperature (used only by `loss: infonce`)."""
+    jepa_ratio: float = Field(1.0, le=1)
+    """Probability that a batch applies the JEPA loss; <= 0 means every batch."""
+    layout: Literal["inline", "two_pass", "packed"] = "inline"
+    """How the two views are computed (method doc section 5)."""
+    finetune: Literal["full", "lora"] = "full"
+    """Train every weight, or LoRA adapters plus the predictor-token embeddings."""
+    lora_r: int = Field(16, ge=1)
+    """LoRA rank."""
+    lora_alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA branch."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Module names that receive LoRA adapters (Llama/Qwen names by default)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute precision: bf16 runs the forward pass under autocast."""
+    learning_rate: float = Field(5e-5, gt=0)
+    """Peak learning rate after warmup."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay, not applied to biases, norms or embeddings."""
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    """Warmup as a fraction of the optimizer steps."""
+    warmup_steps: int | None = Field(None, ge=0)
+    """Warmup in optimizer steps; when set it replaces `warmup_ratio`."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warmup."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this; null disables clipping (the norm is still logged)."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per micro-batch per process."""
+    grad_accum_steps: int = Field(1, ge=1)
+    """Micro-batches per optimizer step."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the training data."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps, if that comes before the end of `epochs`."""
+    max_examples: int | None = Field(None, ge=1)
+    """Train on the first N rows only (quick runs)."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    seed: int = 0
+    """Seeds data order, JEPA-ratio draws, dropout and new-token initialisation."""
+    checkpoint_every: int | None = Field(500, ge=1)
+    """Save a resumable checkpoint every N optimizer steps; null saves none."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many of the latest checkpoints to keep."""
+    log_every: int = Field(10, ge=1)
+    """Log metrics every N optimizer steps."""
+    tracking: Literal["mlflow", "none"] = "mlflow"
+    """Where metrics go: MLflow (MLFLOW_TRACKING_URI, default sqlite in the project root) or nowhere."""
+    experiment: str = Field("step-jepa", min_length=1)
+    """MLflow experiment name."""
+    log_model: bool = True
+    """Log the final model to MLflow so the registry can take it (a copy of the weights)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.loss == "infonce" and self.lambda_ > 0 and self.batch_size < 2:
+            raise ValueError("train.batch_size must be >= 2 for train.loss=infonce (in-batch negatives)")
+        if self.warmup_steps is not None and self.warmup_ratio > 0:
+            raise ValueError("set train.warmup_steps or train.warmup_ratio, not both")
+        return self
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     tiny_model: TinyModelConfig = TinyModelConfig()
     model: ModelConfig = ModelConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
+    train: TrainConfig = TrainConfig()
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

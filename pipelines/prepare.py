@@ -1,0 +1,43 @@
+"""DVC stage `prepare`: split every train and test record into steps and write messages.
+
+    python -m pipelines.prepare --params params.yaml --raw data/raw --out data/prepared \
+        --metrics metrics/prepare.json
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipelines._io import write_json
+from stepjepa.config import load_config
+from stepjepa.prepare import prepare_file, write_json_lines
+from stepjepa.sources import SPLITS
+
+log = logging.getLogger("prepare")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    cfg = load_config(args.params).data
+    on_error = "raise" if cfg.on_bad_record == "error" else "skip"
+    metrics = {}
+    for split in SPLITS:
+        records, stats = prepare_file(args.raw / f"{split}.jsonl", split, cfg, on_error)
+        write_json_lines(records, args.out / f"{split}.jsonl")
+        metrics[split] = stats.as_dict()
+        log.info("%s: read %d, kept %d (%d LM-only), dropped short %d, skipped %d %s",
+                 split, stats.read, stats.kept, stats.kept_lm_only, stats.dropped_short,
+                 sum(stats.skipped.values()), dict(stats.skipped) or "")
+        for message in stats.examples:
+            log.warning("skipped %s", message)
+    write_json(metrics, args.metrics)
+
+
+if __name__ == "__main__":
+    main()

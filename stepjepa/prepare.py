@@ -1,0 +1,118 @@
+"""From raw GSM8K JSON lines to chat conversations with their steps (method doc section 1).
+
+Every input line is accounted for: kept, kept as LM-only (fewer than 2 steps), dropped
+as short (by `data.short_records`), or skipped with a reason. Skips name the file, line and
+field; `on_error="raise"` turns the first one into an error instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from stepjepa.config import DataConfig
+from stepjepa.prompts import STEP_SEPARATOR
+from stepjepa.steps import RecordError, Solution, split_record
+
+
+class BadRecordError(ValueError):
+    """A raw record that cannot be used, located by file, line and field."""
+
+
+@dataclass
+class PrepareStats:
+    read: int = 0
+    kept: int = 0
+    kept_lm_only: int = 0
+    dropped_short: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    """The first skip messages, for the report."""
+
+    def skip(self, reason: str, message: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append(message)
+
+    def as_dict(self) -> dict[str, Any]:
+        accounted = self.kept + self.dropped_short + sum(self.skipped.values())
+        assert accounted == self.read, "every record must be accounted for"
+        return {
+            "read": self.read,
+            "kept": self.kept,
+            "kept_lm_only": self.kept_lm_only,
+            "dropped_short": self.dropped_short,
+            "skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+            "skip_examples": self.examples,
+        }
+
+
+def assistant_message(steps: list[str], gold: str, answer_template: str) -> str:
+    """Steps joined by a blank line, then the final answer segment."""
+    final = answer_template.replace("{answer}", gold)
+    return STEP_SEPARATOR.join([*steps, final])
+
+
+def to_conversation(solution: Solution, cfg: DataConfig) -> dict[str, Any]:
+    return {
+        "question": solution.question,
+        "gold": solution.gold,
+        "steps": solution.steps,
+        "total_steps": len(solution.steps),
+        "messages": [
+            {"role": "system", "content": cfg.system_prompt},
+            {"role": "user", "content": solution.question},
+            {"role": "assistant", "content": assistant_message(solution.steps, solution.gold, cfg.answer_template)},
+        ],
+    }
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, Any | json.JSONDecodeError]]:
+    """(1-based line number, parsed object or the decode error); blank lines are skipped
+    by the caller, not here, so they are counted too."""
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield lineno, err
+
+
+def prepare_file(
+    path: Path, split: str, cfg: DataConfig, on_error: Literal["skip", "raise"] = "skip"
+) -> tuple[list[dict[str, Any]], PrepareStats]:
+    """Read one raw split file; return its conversations and the accounting."""
+    stats, records = PrepareStats(), []
+    for lineno, obj in read_json_lines(path):
+        stats.read += 1
+        try:
+            if isinstance(obj, json.JSONDecodeError):
+                raise RecordError("(line)", "malformed_json", f"not valid JSON ({obj.msg} at column {obj.colno})")
+            solution = split_record(obj, cfg.format, cfg.keep_annotations)
+        except RecordError as err:
+            message = f"{path}:{lineno}: {err}"
+            if on_error == "raise":
+                raise BadRecordError(message) from None
+            stats.skip(err.reason, message)
+            continue
+        if len(solution.steps) < 2:
+            if cfg.short_records == "drop":
+                stats.dropped_short += 1
+                continue
+            stats.kept_lm_only += 1
+        stats.kept += 1
+        record = {"id": f"{split}-{lineno:06d}", "source": str(path), "line": lineno}
+        records.append(record | to_conversation(solution, cfg))
+    return records, stats
+
+
+def write_json_lines(records: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")

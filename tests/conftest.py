@@ -1,0 +1,87 @@
+"""Shared fixtures: synthetic GSM8K-style records and a tiny model built from them.
+
+Nothing here downloads: the model and tokenizer are built from configs, exactly as the
+`build_model` stage builds the embedded default, only smaller.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from stepjepa.config import DataConfig, TinyModelConfig
+from stepjepa.prepare import to_conversation
+from stepjepa.steps import Solution
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Mark", "Tina"]
+ITEMS = ["clips", "apples", "pages", "dollars", "marbles", "cookies"]
+
+TINY_TEST_MODEL = TinyModelConfig(
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    seed=0,
+)
+
+
+def synthetic_raw_record(rng: random.Random, n_steps: int | None = None) -> dict:
+    """A GSM8K-format record (`question`, `answer` with annotations and `####`)."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    total = rng.randint(2, 60)
+    question = f"{name} has {total} {item}. "
+    lines = []
+    for _ in range(n_steps if n_steps is not None else rng.randint(2, 5)):
+        add = rng.randint(1, 40)
+        question += f"Then {name} gets {add} more {item}. "
+        lines.append(f"{name} now has {total}+{add} = <<{total}+{add}={total + add}>>{total + add} {item}.")
+        total += add
+    question += f"How many {item} does {name} have?"
+    return {"question": question, "answer": "\n".join(lines) + f"\n#### {total}"}
+
+
+def synthetic_conversations(n: int, seed: int = 0) -> list[dict]:
+    """Prepared records (docs/data-format.md) built from synthetic raw records."""
+    from stepjepa.steps import split_record
+
+    rng, cfg, out = random.Random(seed), DataConfig(), []
+    for i in range(n):
+        solution: Solution = split_record(synthetic_raw_record(rng))
+        out.append({"id": f"train-{i + 1:06d}", "source": "synthetic", "line": i + 1} | to_conversation(solution, cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
+def conversations() -> list[dict]:
+    return synthetic_conversations(200)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, conversations) -> Path:
+    """A tiny Llama + byte-level BPE tokenizer with the ChatML template, saved as an HF dir."""
+    from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
+
+    return build_tiny_model(TINY_TEST_MODEL, tokenizer_corpus(conversations), tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    """The official GSM8K files (GSM8K_DIR, else ../shared/data/gsm8k beside the project)."""
+    candidates = [os.environ.get("GSM8K_DIR"), ROOT.parent / "shared" / "data" / "gsm8k"]
+    for c in candidates:
+        if c and (Path(c) / "train.jsonl").is_file():
+            return Path(c)
+    pytest.skip("GSM8K not available: set GSM8K_DIR to a folder with train.jsonl and test.jsonl")

@@ -1,0 +1,60 @@
+"""The typed config: shipped files parse, bad values name their key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stepjepa.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_parse():
+    cfg = load_config(ROOT / "params.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.model.trust_remote_code is False
+
+
+def test_every_dvc_param_key_exists_in_the_config():
+    """dvc.yaml lists params by dotted key; each must be a real, typed key."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    cfg = load_config(ROOT / "params.yaml").model_dump()
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            node = cfg
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"stage {name}: unknown param {key}"
+                node = node[part]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.format=csv", "data.format"),
+        ("data.colour=red", "data.colour"),
+        ("tokenize.max_length=4", "tokenize.max_length"),
+        ("tiny_model.hidden_size=102", "tiny_model.hidden_size"),
+        ("data.answer_template=no placeholder", "data.answer_template"),
+        ("nosuchsection.x=1", "nosuchsection"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(ROOT / "params.yaml", [override])
+
+
+def test_override_is_parsed_as_yaml():
+    cfg = load_config(ROOT / "params.yaml", ["tokenize.max_length=256", "data.keep_annotations=true"])
+    assert cfg.tokenize.max_length == 256 and cfg.data.keep_annotations is True
+
+
+def test_errors_for_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(ROOT / "params.yaml", ["train.k"])

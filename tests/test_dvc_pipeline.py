@@ -1,0 +1,92 @@
+"""The data stages under real DVC, in a temporary git repository."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_TEST_MODEL, synthetic_raw_record
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the project (code, params, dvc.yaml) in a fresh git + DVC repo, with a
+    small GSM8K-format source that includes a malformed line."""
+    tmp = tmp_path_factory.mktemp("dvc")
+    repo, source = tmp / "repo", tmp / "gsm8k"
+    repo.mkdir()
+    for name in ["stepjepa", "pipelines", "dvc.yaml", ".dvcignore"]:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tiny_model"] = TINY_TEST_MODEL.model_dump()
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    rng = random.Random(1)
+    source.mkdir()
+    for split, n in [("train", 60), ("test", 20)]:
+        lines = [json.dumps(synthetic_raw_record(rng)) for _ in range(n)]
+        lines.insert(3, '{"question": "cut off')
+        (source / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    env = os.environ | {
+        "GSM8K_DIR": str(source),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo),
+    }
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    return repo, env
+
+
+def test_repro_builds_every_output_and_accounts_for_every_record(project):
+    repo, env = project
+    out = run(["dvc", "repro"], repo, env)
+    for stage in ["fetch", "prepare", "build_model", "tokenize"]:
+        assert f"Running stage '{stage}'" in out
+    prepare = json.loads((repo / "metrics/prepare.json").read_text())
+    assert prepare["train"] | {"skip_examples": None} == {
+        "read": 61, "kept": 60, "kept_lm_only": 0, "dropped_short": 0, "skipped": 1,
+        "skipped_by_reason": {"malformed_json": 1}, "skip_examples": None,
+    }
+    assert "data/raw/train.jsonl:4:" in prepare["train"]["skip_examples"][0]
+    tokenize = json.loads((repo / "metrics/tokenize.json").read_text())
+    assert tokenize["test"]["count"] == 20
+    assert (repo / "models/tiny/model.safetensors").is_file()
+    assert (repo / "data/tokenized/train.parquet").is_file()
+
+
+def test_second_repro_is_a_noop(project):
+    repo, env = project
+    out = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in out
+
+
+def test_param_change_reruns_only_what_it_affects(project):
+    repo, env = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tokenize"]["max_length"] = 128
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'tokenize'" in out
+    for stage in ["fetch", "prepare", "build_model"]:
+        assert f"Running stage '{stage}'" not in out
+    assert json.loads((repo / "metrics/tokenize.json").read_text())["train"]["truncated"] > 0
