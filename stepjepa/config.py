@@ -8,7 +8,7 @@ fails before any work starts instead of being silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -173,12 +173,36 @@ class TrainConfig(Section):
         return self
 
 
+class SweepConfig(Section):
+    """A K x lambda grid; every seed also gets the SFT baseline (K = 0, lambda = 0)."""
+
+    ks: list[Annotated[int, Field(ge=0)]] = Field([1, 2, 3], min_length=1)
+    """Predictor-token counts to try."""
+    lambdas: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field([0.1, 0.5, 2.0], min_length=1)
+    """JEPA loss weights to try."""
+    seeds: list[int] = Field([0], min_length=1)
+    """Each config (and the baseline) is trained once per seed."""
+    layout: Literal["inline", "two_pass", "packed"] = "inline"
+    loss: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
+    overrides: dict[str, Any] = {}
+    """Extra `train.*` / `eval.*` values for every run, by dotted key."""
+    max_concurrent: int | None = Field(None, ge=1)
+    """Training runs at once; null = 1 on CPU, one per visible GPU."""
+    retries: int = Field(0, ge=0)
+    """Prefect retries of a failed training run."""
+    registered_model_name: str = Field("step-jepa-gsm8k", min_length=1)
+    """MLflow registry name the best config's model is registered under (alias `champion`)."""
+    experiment: str = Field("step-jepa-sweep", min_length=1)
+    """MLflow experiment of the sweep's parent and child runs."""
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     tiny_model: TinyModelConfig = TinyModelConfig()
     model: ModelConfig = ModelConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
+    sweep: SweepConfig = SweepConfig()
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -192,7 +216,7 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:
@@ -229,5 +253,5 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for text in overrides or []:
-        _set_dotted(tree, *parse_override(text))
+        set_dotted(tree, *parse_override(text))
     return config_from_dict(tree, str(path))

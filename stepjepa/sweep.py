@@ -1,0 +1,74 @@
+"""The K x lambda grid of a sweep: run specs, names and cache keys (no orchestration here).
+
+`pipelines/sweep.py` turns these specs into Prefect tasks; everything that decides *what*
+runs lives here so it can be tested without Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from stepjepa.config import Config, SweepConfig, config_from_dict, parse_override, set_dotted
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the sweep."""
+
+    name: str
+    k: int
+    lam: float
+    seed: int
+    overrides: tuple[str, ...]
+    """`dotted.key=value` strings for `stepjepa train --set`."""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.k == 0 and self.lam == 0
+
+    @property
+    def config_name(self) -> str:
+        """The name shared by all seeds of one (K, lambda) config."""
+        return "sft" if self.is_baseline else f"k{self.k}_lam{self.lam:g}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"is_baseline": self.is_baseline, "config_name": self.config_name}
+
+
+def _yaml_value(value: Any) -> str:
+    return json.dumps(value)  # JSON is YAML: the override parser reads it back exactly
+
+
+def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
+    """Baseline first for every seed, then each (K, lambda); duplicates removed."""
+    common = [f"train.layout={sweep.layout}", f"train.loss={sweep.loss}"]
+    common += [f"{key}={_yaml_value(value)}" for key, value in sorted(sweep.overrides.items())]
+    pairs = [(0, 0.0)] + [(k, float(lam)) for k in sweep.ks for lam in sweep.lambdas]
+    specs, seen = [], set()
+    for seed in sweep.seeds:
+        for k, lam in pairs:
+            if (k, lam, seed) in seen:
+                continue
+            seen.add((k, lam, seed))
+            cfg_name = "sft" if (k, lam) == (0, 0.0) else f"k{k}_lam{lam:g}"
+            overrides = (f"train.k={k}", f"train.lambda={lam!r}", f"train.seed={seed}", *common)
+            specs.append(RunSpec(f"{cfg_name}_s{seed}", k, lam, seed, overrides))
+    return specs
+
+
+def resolve(base: dict[str, Any], spec: RunSpec) -> Config:
+    """The full, validated config of one run: the params tree plus the spec's overrides."""
+    tree = json.loads(json.dumps(base))
+    for text in spec.overrides:
+        set_dotted(tree, *parse_override(text))
+    return config_from_dict(tree, f"sweep run {spec.name}")
+
+
+def cache_key(config: Config, data_fingerprint: str) -> str:
+    """Same resolved config on the same data = same result, whoever asks."""
+    payload = json.dumps({"config": config.model_dump(mode="json", by_alias=True), "data": data_fingerprint},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
