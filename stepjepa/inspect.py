@@ -1,0 +1,230 @@
+"""`stepjepa inspect`: show how one example is laid out for training.
+
+For a tokenised row and K (default 1, 2, 3) it prints the laid-out tokens with their
+segments, positions and labels, the two view positions, and the attention mask as a text
+grid (`--png PATH` also draws it; `--json` prints one K/layout as JSON). The row goes
+through `stepjepa.collate.collate`, the very function training batches come from.
+
+    stepjepa inspect --index 0 --k 2 --layout packed
+    stepjepa inspect --id train-000001 --json --k 1 > example.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from stepjepa.collate import collate
+from stepjepa.masks import LAYOUTS
+from stepjepa.prompts import predictor_tokens
+
+log = logging.getLogger(__name__)
+MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C"}
+
+
+def load_row(path: str | Path, index: int | None = None, row_id: str | None = None) -> dict[str, Any]:
+    """One row of a tokenised parquet file, by position or by `id`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if row_id is not None:
+        table = table.filter(pc.equal(table["id"], row_id))
+        index = 0
+        if table.num_rows == 0:
+            raise ValueError(f"--id {row_id!r}: no such row in {path}")
+    if not 0 <= (index or 0) < table.num_rows:
+        raise ValueError(f"--index {index}: {path} has {table.num_rows} rows")
+    return table.slice(index or 0, 1).to_pylist()[0]
+
+
+def load_steps(path: str | Path | None, row_id: str | None) -> list[str] | None:
+    """The step texts of the prepared record with this id, or None if unavailable."""
+    if path is None or row_id is None or not Path(path).exists():
+        return None
+    with open(path) as lines:
+        for line in lines:
+            record = json.loads(line)
+            if record.get("id") == row_id:
+                return list(record["steps"])
+    return None
+
+
+def predictor_ids(tokenizer: Any, k: int) -> list[int]:
+    """Ids of `<|predictor_1|>`..`<|predictor_K|>`, added as special tokens if missing."""
+    tokens = predictor_tokens(k)
+    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
+def segments(row: dict[str, Any], k: int, layout: str, length: int) -> tuple[list[str], list | None, list | None]:
+    """Segment name of each laid-out position, and the inclusive laid-out Step 1 / Step 2 spans."""
+    n = len(row["input_ids"])
+    if not row["jepa_valid"]:
+        return ["prompt"] * n, None, None
+    (a1, e1), (a2, e2) = row["step1_span"], row["step2_span"]
+    plain = ["prompt"] * a1 + ["step1"] * (e1 - a1 + 1) + ["step2"] * (e2 - e1) + ["rest"] * (n - e2 - 1)
+    if layout == "packed":
+        copy_start = n + k
+        names = plain + ["pred"] * k + ["copy"] * (length - copy_start)
+        return names, [a1, e1], [copy_start + a2 - e1 - 1, copy_start + e2 - e1 - 1]
+    names = plain[: e1 + 1] + ["pred"] * k + plain[e1 + 1:]
+    return names, [a1, e1], [a2 + k, e2 + k]
+
+
+def lay_out(row: dict[str, Any], tokenizer: Any, k: int, layout: str, steps: list[str] | None) -> dict[str, Any]:
+    """One example laid out under one K and layout, straight from `collate`.
+
+    Keys: id, layout, k, steps (texts or None), tokens, input_ids, labels, position_ids
+    (each length L), attention (L x L 0/1, rows = queries), view1_index, view2_index,
+    step1_span, step2_span (inclusive, in the laid-out row; packed: Step 2 = its copy;
+    None without a JEPA pair), segments (name per token), invalid_reason.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = collate([row], k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id)
+    length = int(batch["lengths"][0])
+    ids = batch["input_ids"][0, :length].tolist()
+    names, span1, span2 = segments(row, k, layout, length)
+    valid = bool(batch["jepa_valid"][0])
+    return {
+        "id": row.get("id"), "layout": layout, "k": k, "steps": steps,
+        "tokens": tokenizer.batch_decode([[i] for i in ids]), "input_ids": ids,
+        "labels": batch["labels"][0, :length].tolist(),
+        "position_ids": batch["position_ids"][0, :length].tolist(),
+        "attention": batch["attention_mask"][0, 0, :length, :length].int().tolist(),
+        "view1_index": int(batch["view1_index"][0]) if valid else None,
+        "view2_index": int(batch["view2_index"][0]) if valid else None,
+        "step1_span": span1, "step2_span": span2, "segments": names,
+        "invalid_reason": None if valid else row.get("invalid_reason"),
+    }
+
+
+def _runs(names: list[str]) -> list[tuple[str, int, int]]:
+    """Maximal runs of one segment: (name, first, last + 1)."""
+    runs, start = [], 0
+    for i in range(1, len(names) + 1):
+        if i == len(names) or names[i] != names[start]:
+            runs.append((names[start], start, i))
+            start = i
+    return runs
+
+
+def block_grid(rec: dict[str, Any]) -> list[str]:
+    """The mask summarised per segment: '#' all, '.' none, '\\' causal, '+' partial."""
+    runs = _runs(rec["segments"])
+    lines = ["      " + "".join(f"{MARKS[name]:>4}" for name, _, _ in runs)]
+    for name, q0, q1 in runs:
+        cells = []
+        for _, k0, k1 in runs:
+            block = [row[k0:k1] for row in rec["attention"][q0:q1]]
+            flat = [a for r in block for a in r]
+            causal = q0 == k0 and all(a == (j <= i) for i, r in enumerate(block) for j, a in enumerate(r))
+            cells.append("#" if all(flat) else "." if not any(flat) else "\\" if causal else "+")
+        lines.append(f"  {MARKS[name]:>3} " + "".join(f"{c:>4}" for c in cells))
+    return lines
+
+
+def render_text(rec: dict[str, Any], full_grid: bool = False) -> str:
+    """Token table with segments and view markers, then the mask per segment (rows =
+    queries) and, with `full_grid`, per token."""
+    head = f"== {rec['id']}  layout={rec['layout']}  K={rec['k']}"
+    lines = [head + ("" if rec["view1_index"] is not None else f"  (no JEPA pair: {rec['invalid_reason']})")]
+    lines += [f"  step {i}: {s}" for i, s in enumerate(rec["steps"] or [], start=1)]
+    lines.append("  idx  pos seg  label  token")
+    views = {rec["view1_index"]: "<- view 1", rec["view2_index"]: "<- view 2"}
+    for i, (tok, pos, seg, lab) in enumerate(zip(rec["tokens"], rec["position_ids"], rec["segments"], rec["labels"])):
+        label = "-" if lab == -100 else str(lab)
+        lines.append(f"  {i:>3} {pos:>4} {MARKS[seg]:>3} {label:>6}  {tok!r} {views.get(i, '')}".rstrip())
+    lines.append("  segments: Q prompt, 1 Step 1, P predictors, 2 Step 2, R rest, C Step-2 copy (packed)")
+    lines.append("  mask per segment (rows = queries; # all, . none, \\ causal, + partial):")
+    lines += block_grid(rec)
+    if full_grid:
+        marks = "".join(MARKS[s] for s in rec["segments"])
+        lines += ["  mask per token (rows = queries, # = may attend):", f"        {marks}"]
+        lines += [f"  {marks[i]} {i:>4} " + "".join("#" if a else "." for a in row)
+                  for i, row in enumerate(rec["attention"])]
+    return "\n".join(lines)
+
+
+def save_png(records: list[dict[str, Any]], path: str | Path) -> None:
+    """One mask panel per record, segment boundaries drawn and views marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 6), squeeze=False)
+    for ax, rec in zip(axes[0], records):
+        ax.imshow(rec["attention"], cmap="Greys", interpolation="nearest")
+        names = rec["segments"]
+        for i in range(1, len(names)):
+            if names[i] != names[i - 1]:
+                ax.axhline(i - 0.5, color="tab:blue", lw=0.6)
+                ax.axvline(i - 0.5, color="tab:blue", lw=0.6)
+        for key, color in (("view1_index", "tab:red"), ("view2_index", "tab:green")):
+            if rec[key] is not None:
+                ax.axhline(rec[key], color=color, lw=1.2, label=key)
+        ax.set_title(f"{rec['id']}  {rec['layout']}  K={rec['k']}")
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stepjepa inspect", description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml", help="defaults for K, layout and model dir")
+    p.add_argument("--data", default="data/tokenized/train.parquet", help="tokenised rows (parquet)")
+    p.add_argument("--prepared", default="data/prepared/train.jsonl", help="prepared records, for step texts")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, default=0, help="row position in --data")
+    which.add_argument("--id", help="row id, e.g. train-000001")
+    p.add_argument("--k", type=int, action="append", help="predictor tokens (repeatable; default 1, 2, 3)")
+    p.add_argument("--layout", choices=LAYOUTS, help="default: train.layout from --params, else inline")
+    p.add_argument("--model-dir", help="tokenizer directory; default: model.name_or_path from --params")
+    p.add_argument("--full-grid", action="store_true", help="also print the mask token by token")
+    p.add_argument("--png", help="also draw the masks to this PNG file")
+    p.add_argument("--json", action="store_true", help="print one --k/--layout as JSON instead of text")
+    return p
+
+
+def _defaults(params: str) -> tuple[Any, Any, str]:
+    """(train.k, train.layout, model.name_or_path) from params.yaml where present."""
+    from stepjepa.config import Config, load_config
+
+    cfg = load_config(params) if Path(params).exists() else Config()
+    train = getattr(cfg, "train", None)
+    return getattr(train, "k", None), getattr(train, "layout", None), cfg.model.name_or_path
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    k_default, layout_default, model_dir = _defaults(args.params)
+    ks = args.k or ([k_default] if args.json and k_default is not None else [1, 2, 3])
+    if any(k < 0 for k in ks):
+        parser.error(f"--k must be >= 0; got {ks}")
+    if args.json and len(ks) != 1:
+        parser.error("--json shows one example layout: give exactly one --k")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir or model_dir)
+    row = load_row(args.data, None if args.id else args.index, args.id)
+    steps = load_steps(args.prepared, row.get("id"))
+    layout = args.layout or layout_default or "inline"
+    records = [lay_out(row, tokenizer, k, layout, steps) for k in ks]
+    if args.png:
+        save_png(records, args.png)
+        log.info("wrote %s", args.png)
+    if args.json:
+        print(json.dumps(records[0], ensure_ascii=False))
+    else:
+        print("\n\n".join(render_text(rec, args.full_grid) for rec in records))
+    return 0

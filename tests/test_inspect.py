@@ -1,0 +1,71 @@
+"""`stepjepa inspect` on a real tokenised row: JSON keys, text grid, PNG, same path as training."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from stepjepa import inspect
+from stepjepa.collate import collate
+from stepjepa.tokenization import encode_records
+
+KEYS = {"layout", "k", "steps", "tokens", "input_ids", "labels", "position_ids", "attention",
+        "view1_index", "view2_index", "step1_span", "step2_span"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_model_dir, conversations):
+    out = tmp_path_factory.mktemp("inspect")
+    records = conversations[:4]
+    table = encode_records(AutoTokenizer.from_pretrained(tiny_model_dir), records, 512, "26 Jul 2024")
+    pq.write_table(table, out / "train.parquet")
+    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out, table.to_pylist()
+
+
+def args(out, model_dir, *extra: str) -> list[str]:
+    return ["--params", str(out / "none.yaml"), "--data", str(out / "train.parquet"),
+            "--prepared", str(out / "train.jsonl"), "--model-dir", str(model_dir), *extra]
+
+
+@pytest.mark.parametrize("layout", ["inline", "packed"])
+def test_json_is_the_training_batch(files, tiny_model_dir, capsys, layout) -> None:
+    out, rows = files
+    assert inspect.main(args(out, tiny_model_dir, "--index", "1", "--k", "2", "--layout", layout, "--json")) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert KEYS <= rec.keys() and rec["layout"] == layout and rec["k"] == 2
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = inspect.predictor_ids(tok, 2)
+    batch = collate([rows[1]], k=2, layout=layout, predictor_ids=ids, pad_id=tok.pad_token_id)
+    assert rec["input_ids"] == batch["input_ids"][0].tolist() and rec["labels"] == batch["labels"][0].tolist()
+    assert rec["position_ids"] == batch["position_ids"][0].tolist()
+    assert torch.equal(torch.tensor(rec["attention"], dtype=torch.bool), batch["attention_mask"][0, 0])
+    assert rec["input_ids"][rec["view1_index"]] == ids[-1]
+    a2, e2 = rec["step2_span"]
+    s2 = rows[1]["step2_span"]
+    assert rec["input_ids"][a2:e2 + 1] == rows[1]["input_ids"][s2[0]:s2[1] + 1] and rec["view2_index"] == e2
+    assert rec["steps"] == json.loads((out / "train.jsonl").read_text().splitlines()[1])["steps"]
+    assert "".join(rec["tokens"][rec["step1_span"][0]:rec["step1_span"][1] + 1]).strip() == rec["steps"][0]
+
+
+def test_text_grid_and_png_for_k_1_2_3(files, tiny_model_dir, capsys, tmp_path) -> None:
+    out, _ = files
+    png = tmp_path / "mask.png"
+    assert inspect.main(args(out, tiny_model_dir, "--id", "train-000001", "--png", str(png))) == 0
+    text = capsys.readouterr().out
+    assert [f"K={k}" in text for k in (1, 2, 3)] == [True] * 3
+    assert text.count("<- view 1") == 3 and text.count("<- view 2") == 3 and "<|predictor_3|>" in text
+    assert png.stat().st_size > 1000
+
+
+def test_bad_arguments(files, tiny_model_dir) -> None:
+    out, _ = files
+    for bad in (["--k", "-1"], ["--layout", "inlined"], ["--json", "--k", "1", "--k", "2"]):
+        with pytest.raises(SystemExit):
+            inspect.main(args(out, tiny_model_dir, *bad))
+    with pytest.raises(ValueError, match="--id"):
+        inspect.main(args(out, tiny_model_dir, "--id", "nope"))
