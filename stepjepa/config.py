@@ -196,6 +196,24 @@ class SweepConfig(Section):
     """MLflow experiment of the sweep's parent and child runs."""
 
 
+class EvalConfig(Section):
+    """GSM8K evaluation (`stepjepa evaluate`): which examples, how answers are generated.
+
+    Decoding is greedy; the model's dtype and `trust_remote_code` come from `model`.
+    """
+
+    split: Literal["test", "train"] = "test"
+    """Prepared split to evaluate, `data/prepared/{split}.jsonl`, unless `--data` names a file."""
+    limit: int | None = Field(None, ge=1)
+    """Evaluate the first N examples only; null evaluates them all."""
+    batch_size: int = Field(32, ge=1)
+    """Prompts generated together (left-padded); changes speed, never the completions."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Longest completion; those that reach it are counted in `hit_max_new_tokens`."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: cuda when available, else cpu."""
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     tiny_model: TinyModelConfig = TinyModelConfig()
@@ -203,6 +221,7 @@ class Config(Section):
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

@@ -1,0 +1,106 @@
+"""Throughput of batched vs batch-size-1 greedy generation on the same GSM8K prompts.
+
+Generates completions for the same N prompts (default 64) once with batch size 1 and
+once batched, checks that the completions are identical, and prints completions/s of
+both and their ratio (the target on a 2-core CPU with the embedded tiny model: >= 8x),
+plus the ratio of CPU seconds, which other jobs on a shared machine disturb less.
+
+    .venv/bin/python benchmarks/bench_generation.py                 # models/tiny, data/prepared/test.jsonl
+    .venv/bin/python benchmarks/bench_generation.py --threads 2 --batch-size 64 --max-new-tokens 256
+
+Without `models/tiny` (the `build_model` stage) a tiny model with the default
+`tiny_model` params is built in a temporary folder from the prompts' text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from stepjepa.config import TinyModelConfig
+from stepjepa.evaluate import load_examples
+from stepjepa.generation import chat_prompt_ids, generate_greedy
+from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data_file(arg: Path | None) -> Path:
+    """--data, else the prepared test split, else the raw GSM8K test file beside the project."""
+    for candidate in [arg, ROOT / "data/prepared/test.jsonl", ROOT.parent / "shared/data/gsm8k/test.jsonl"]:
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise SystemExit("no GSM8K test file: pass --data FILE (prepared or raw GSM8K JSONL)")
+
+
+def _model_dir(arg: Path | None, texts: list[str], scratch: Path) -> Path:
+    if arg is not None:
+        return arg
+    if (ROOT / "models/tiny/config.json").is_file():
+        return ROOT / "models/tiny"
+    from stepjepa.tiny_model import build_tiny_model
+
+    return build_tiny_model(TinyModelConfig(), texts, scratch / "tiny")
+
+
+def _timed(model, tokenizer, prompts, batch_size: int, max_new_tokens: int):
+    """Completions, wall seconds and CPU seconds of this process.
+
+    CPU seconds are reported too because on a shared machine other jobs stretch wall time
+    (and stretch the many short batch-1 steps more than the few long batched ones).
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return completions, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model directory (default: models/tiny)")
+    parser.add_argument("--data", type=Path, help="GSM8K JSONL (default: data/prepared/test.jsonl)")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="the eval default")
+    # A prepared GSM8K test solution is 89 tokens on average (p90 140) with the tiny tokenizer.
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    # One thread: on a shared 2-core machine two OpenMP threads stall whenever another job
+    # holds a core, which slowed batch-1 generation ~9x and inflated the ratio.
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    examples = load_examples(_data_file(args.data), DEFAULT_SYSTEM_PROMPT, limit=args.prompts)
+    with tempfile.TemporaryDirectory() as scratch:
+        texts = [m["content"] for e in examples for m in e.messages]
+        model_dir = _model_dir(args.model, texts, Path(scratch))
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prompts = [chat_prompt_ids(tokenizer, e.messages) for e in examples]
+    _timed(model, tokenizer, prompts[:2], 2, 4)  # warm-up: first-call allocations and lazy imports
+    single, single_s, single_cpu = _timed(model, tokenizer, prompts, 1, args.max_new_tokens)
+    batched, batched_s, batched_cpu = _timed(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
+    result = {
+        "model": str(model_dir),
+        "prompts": len(prompts),
+        "threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "max_new_tokens": args.max_new_tokens,
+        "generated_tokens": sum(c.num_tokens for c in single),
+        "batch_1_completions_per_s": round(len(prompts) / single_s, 2),
+        f"batch_{args.batch_size}_completions_per_s": round(len(prompts) / batched_s, 2),
+        "identical": single == batched,
+        "ratio": round(single_s / batched_s, 2),
+        "cpu_time_ratio": round(single_cpu / batched_cpu, 2),
+    }
+    print(json.dumps(result, indent=2))
+    if not result["identical"]:
+        raise SystemExit("batched completions differ from batch-size-1 completions")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""GSM8K accuracy of a model: `stepjepa evaluate --model DIR|URI [--limit N] [--out DIR]`.
+
+The prompt is the record's system + user messages through the model's own chat template
+(the template and system prompt it was trained with), with no predictor tokens; answers
+are greedy, batched completions that stop at the end-of-turn token. Writes
+`predictions.jsonl` (one record per question, re-scorable with `stepjepa score`) and
+`metrics.json` to `--out`, and logs both to MLflow with `--mlflow` (a new run) or
+`--mlflow-run-id` (e.g. the training run).
+
+    stepjepa evaluate --model models/tiny --limit 50 --out outputs/eval
+    stepjepa evaluate --model models:/step-jepa-gsm8k@champion --mlflow
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stepjepa.config import Config, ConfigError, config_from_dict, load_config, parse_override
+from stepjepa.score import InputError, gold_value, read_jsonl, score_completion, summarize, text_field
+from stepjepa.tracking import artifact_location
+from stepjepa.tracking import tracking_uri as default_tracking_uri
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+# Command-line flags that override the `eval` section of the params file.
+EVAL_FLAGS = {"split": str, "limit": int, "batch_size": int, "max_new_tokens": int, "device": str}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question: the chat messages before the answer, and the gold answer."""
+
+    id: str
+    messages: list[dict[str, str]]
+    answer: str
+    gold: Fraction
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-example rows (the lines of predictions.jsonl) and the metrics (metrics.json)."""
+
+    rows: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+def load_examples(path: str | Path, system_prompt: str, limit: int | None = None) -> list[Example]:
+    """The first `limit` examples of a prepared file (docs/data-format.md) or a raw GSM8K file.
+
+    Prepared records give `messages` (everything before the first assistant turn is the
+    prompt) and `gold`; raw records (`question`, `answer`) get `system_prompt`.
+    """
+    examples = []
+    for number, record in read_jsonl(path)[:limit]:
+        where = f"{path}:{number}"
+        if "messages" in record:
+            messages, gold_field = _prompt_messages(record["messages"], where), "gold"
+        else:
+            question = text_field(record, "question", where)
+            messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+            gold_field = "answer"
+        answer = text_field(record, gold_field, where, numbers_ok=True)
+        example_id = str(record.get("id", f"{Path(path).stem}-{number:06d}"))
+        examples.append(Example(example_id, messages, answer, gold_value(record, gold_field, where)))
+    return examples
+
+
+def _prompt_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    """The messages before the first assistant turn, checked; the last must be the user's."""
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise InputError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
+    roles = [m["role"] for m in messages]
+    prompt = messages[: roles.index("assistant")] if "assistant" in roles else messages
+    if not prompt or prompt[-1]["role"] != "user":
+        raise InputError(f"{where}: field 'messages' has no user message before the assistant turn")
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], *,
+                   batch_size: int, max_new_tokens: int, progress: bool = False) -> EvalResult:  # fmt: skip
+    """Generate greedy answers for `examples` with an in-memory model and score them.
+
+    Metrics: those of `score.summarize` plus `mean_completion_tokens`,
+    `hit_max_new_tokens` (completions cut off) and `completions_per_second`.
+    """
+    from stepjepa.generation import chat_prompt_ids, generate_greedy
+
+    prompts = [chat_prompt_ids(tokenizer, e.messages) for e in examples]
+    start = time.perf_counter()
+    completions = generate_greedy(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    seconds = time.perf_counter() - start
+    rows = [
+        {
+            "id": example.id,
+            "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+            "completion": completion.text,
+            "answer": example.answer,
+            **score_completion(completion.text, example.gold),
+            "completion_tokens": completion.num_tokens,
+            "stopped": completion.stopped,
+        }
+        for example, prompt, completion in zip(examples, prompts, completions, strict=True)
+    ]
+    metrics = summarize(rows) | {
+        "mean_completion_tokens": sum(c.num_tokens for c in completions) / len(rows),
+        "hit_max_new_tokens": sum(not c.stopped for c in completions),
+        "completions_per_second": len(rows) / seconds,
+    }
+    return EvalResult(rows, metrics)
+
+
+def resolve_model_dir(model: str, tracking_uri: str | None = None) -> Path:
+    """A local Hugging Face model directory for a path or an MLflow URI (downloaded).
+
+    An MLflow artifact folder may hold the model one level down (`model/`), as the
+    transformers flavour writes it; the folder with `config.json` is returned.
+    """
+    if model.startswith(MODEL_URI_SCHEMES):
+        from mlflow.artifacts import download_artifacts
+
+        try:
+            path = Path(download_artifacts(artifact_uri=model, tracking_uri=tracking_uri))
+        except Exception as err:  # mlflow raises several types for unknown names/runs/aliases
+            raise InputError(f"--model {model}: cannot download from MLflow ({err})") from None
+    else:
+        path = Path(model)
+        if not path.is_dir():
+            raise InputError(f"--model {model}: no such model directory")
+    candidates = [path, *sorted(p.parent for p in path.glob("*/config.json"))]
+    found = next((c for c in candidates if (c / "config.json").is_file()), None)
+    if found is None:
+        raise InputError(f"--model {model}: {path} has no config.json (not a Hugging Face model directory)")
+    return found
+
+
+def load_model(model_dir: Path, cfg: Config, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Tokenizer (checked for a chat template first, before the slow model load) and model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer_dir = next((d for d in [model_dir, model_dir.parent / "components" / "tokenizer"]
+                          if (d / "tokenizer_config.json").is_file()), model_dir)  # fmt: skip
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{tokenizer_dir}: cannot load the tokenizer ({err})") from None
+    if not tokenizer.chat_template:
+        raise InputError(
+            f"{tokenizer_dir}: the tokenizer has no chat template; evaluation prompts through the "
+            "template used in training (a base model needs one set, e.g. stepjepa.prompts.CHATML_TEMPLATE)"
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise InputError("eval.device is cuda, but torch sees no CUDA device")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, cfg.model.dtype), trust_remote_code=cfg.model.trust_remote_code
+    )
+    return model.to(device), tokenizer
+
+
+def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
+    """`predictions.jsonl` and `metrics.json` in `out_dir` (other files there are left alone)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions, metrics = out_dir / "predictions.jsonl", out_dir / "metrics.json"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in result.rows), encoding="utf-8")
+    metrics.write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+    return predictions, metrics
+
+
+def log_to_mlflow(result: EvalResult, files: tuple[Path, ...], tags: dict[str, str], *, tracking_uri: str,
+                  run_id: str | None = None, experiment: str = "stepjepa-eval") -> str:  # fmt: skip
+    """Log metrics (`eval/<name>`), the per-example table and the output files; returns the run id.
+
+    Into `run_id` if given (e.g. the training run), else into a new run of `experiment`.
+    Settings go in as tags, not params: params cannot change, and a run may be evaluated twice.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if run_id is None:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            experiment, artifact_location=artifact_location(tracking_uri)
+        )  # fmt: skip
+        run_id = client.create_run(experiment_id, run_name="evaluate").info.run_id
+        new_run = True
+    else:
+        new_run = False
+    timestamp = int(time.time() * 1000)
+    for name, value in result.metrics.items():
+        client.log_metric(run_id, f"eval/{name}", float(value), timestamp=timestamp)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    columns = {key: [row[key] for row in result.rows] for key in result.rows[0]}
+    client.log_table(run_id, data=columns, artifact_file="eval/predictions_table.json")
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="eval")
+    if new_run:
+        client.set_terminated(run_id)
+    return run_id
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepjepa evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model directory or MLflow URI (default: params model.name_or_path)")
+    parser.add_argument("--data", type=Path, help="prepared (or raw GSM8K) JSONL (default: data/prepared/SPLIT.jsonl)")
+    parser.add_argument("--params", type=Path, help="params file with an `eval` section (default: ./params.yaml if present)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/eval"), help="where predictions.jsonl and metrics.json go")
+    for key, kind in EVAL_FLAGS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help=f"overrides eval.{key}")
+    parser.add_argument("--mlflow", action="store_true", help="log to a new MLflow run in --experiment")
+    parser.add_argument("--mlflow-run-id", help="log into this existing MLflow run (implies --mlflow)")
+    parser.add_argument("--experiment", default="stepjepa-eval", help="MLflow experiment of a new run")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the project's sqlite mlflow.db")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The params file (./params.yaml if present) with command-line values as `eval.*` overrides."""
+    overrides = [f"eval.{k}={v}" for k in EVAL_FLAGS if (v := getattr(args, k)) is not None]
+    if args.params is None and not Path("params.yaml").is_file():
+        tree: dict[str, Any] = {"eval": {}}  # outside a project checkout: defaults
+        for text in overrides:
+            key, value = parse_override(text)
+            tree["eval"][key.removeprefix("eval.")] = value
+        return config_from_dict(tree, "command line")
+    return load_config(args.params or "params.yaml", overrides)
+
+
+def _check_run(tracking_uri: str, run_id: str) -> None:
+    """Fail before generating, not after, when `--mlflow-run-id` names no run."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException as err:
+        raise InputError(f"--mlflow-run-id {run_id}: not a run at {tracking_uri} ({err.message})") from None
+
+
+def _data_path(args: argparse.Namespace, cfg: Config) -> Path:
+    if args.data is not None:
+        return args.data
+    path = Path("data/prepared") / f"{cfg.eval.split}.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (run the prepare stage, or pass --data, e.g. a raw GSM8K test.jsonl)")
+    return path
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = _parser().parse_args(argv)
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        cfg = _config(args)
+        data = _data_path(args, cfg)
+        examples = load_examples(data, cfg.data.system_prompt, cfg.eval.limit)
+        if args.mlflow_run_id:
+            _check_run(tracking_uri, args.mlflow_run_id)
+        model_dir = resolve_model_dir(args.model or cfg.model.name_or_path, tracking_uri)
+        model, tokenizer = load_model(model_dir, cfg, cfg.eval.device)
+    except (InputError, ConfigError) as err:
+        print(f"stepjepa evaluate: error: {err}", file=sys.stderr)
+        return 2
+    logger.info("evaluating %s on %d examples of %s", model_dir, len(examples), data)
+    result = evaluate_model(model, tokenizer, examples, batch_size=cfg.eval.batch_size,
+                            max_new_tokens=cfg.eval.max_new_tokens, progress=not args.no_progress)  # fmt: skip
+    files = write_outputs(args.out, result)
+    logger.info("wrote %s and %s", *files)
+    if args.mlflow or args.mlflow_run_id:
+        tags = {"eval.model": str(args.model or cfg.model.name_or_path), "eval.data": str(data)}
+        tags |= {f"eval.{key}": str(value) for key, value in cfg.eval.model_dump().items()}
+        run_id = log_to_mlflow(result, files, tags, tracking_uri=tracking_uri, run_id=args.mlflow_run_id,
+                               experiment=args.experiment)  # fmt: skip
+        logger.info("logged to MLflow run %s at %s", run_id, tracking_uri)
+    print(json.dumps(result.metrics))
+    return 0

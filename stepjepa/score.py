@@ -1,0 +1,145 @@
+"""Score GSM8K completions against gold answers; `stepjepa score FILE.jsonl` re-scores saved ones.
+
+Each line of FILE is a JSON object with `completion` (the model's text) and `answer` (a
+GSM8K gold answer: `72`, `1,000`, or a full solution ending in `#### 72`). The
+`predictions.jsonl` that `stepjepa evaluate` writes is such a file. Prints one JSON
+object with the metrics (`n`, `accuracy_strict`, `accuracy_flexible`, ...).
+
+    stepjepa score outputs/eval/predictions.jsonl
+
+`score_completion` and `summarize` are the library functions `evaluate` uses too, so a
+re-score gives exactly the numbers of the run that wrote the file. No model, no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from stepjepa.answers import extract, format_number, parse_gold
+
+
+class InputError(ValueError):
+    """Bad user input (a file, a line, a field); the message says which."""
+
+
+def score_completion(completion: str, gold: Fraction) -> dict[str, Any]:
+    """Extract both answers from a completion and compare them with the gold value.
+
+    Returns JSON-ready fields: `extracted_*` (the text each rule found, or None),
+    `value_*` (its canonical number, or None), `correct_*`, and `gold` (canonical).
+    """
+    found = extract(completion)
+    return {
+        "gold": format_number(gold),
+        "extracted_strict": found.strict,
+        "value_strict": format_number(found.strict_value),
+        "correct_strict": found.strict_value == gold,
+        "extracted_flexible": found.flexible,
+        "value_flexible": format_number(found.flexible_value),
+        "correct_flexible": found.flexible_value == gold,
+    }
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of scored rows (each has `completion` and the fields of `score_completion`).
+
+    `accuracy_strict` is the box/`####` rule, `accuracy_flexible` the lenient one;
+    `no_answer_*` count completions where the rule found nothing at all.
+    """
+    rows = list(rows)
+    if not rows:
+        raise InputError("no examples to score")
+    n = len(rows)
+    correct_strict = sum(r["correct_strict"] for r in rows)
+    correct_flexible = sum(r["correct_flexible"] for r in rows)
+    return {
+        "n": n,
+        "accuracy_strict": correct_strict / n,
+        "accuracy_flexible": correct_flexible / n,
+        "correct_strict": correct_strict,
+        "correct_flexible": correct_flexible,
+        "no_answer_strict": sum(r["extracted_strict"] is None for r in rows),
+        "no_answer_flexible": sum(r["extracted_flexible"] is None for r in rows),
+        "mean_completion_chars": sum(len(r["completion"]) for r in rows) / n,
+    }
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for each non-blank line; errors name file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (IsADirectoryError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable text file ({err})") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        records.append((number, record))
+    if not records:
+        raise InputError(f"{path}: empty file, no records")
+    return records
+
+
+def text_field(record: dict[str, Any], field: str, where: str, numbers_ok: bool = False) -> str:
+    """`record[field]` as a string; a missing or mistyped field is an `InputError` at `where`."""
+    if field not in record:
+        raise InputError(f"{where}: missing field {field!r} (fields: {', '.join(sorted(record)) or 'none'})")
+    value = record[field]
+    if numbers_ok and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def gold_value(record: dict[str, Any], field: str, where: str) -> Fraction:
+    """Parsed gold answer of a record; an unparseable one is an `InputError` at `where`."""
+    try:
+        return parse_gold(text_field(record, field, where, numbers_ok=True))
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{where}: field {field!r}: {err}") from None
+
+
+def score_file(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Re-score a predictions file: (scored rows, metrics)."""
+    rows = []
+    for number, record in read_jsonl(path):
+        where = f"{path}:{number}"
+        completion = text_field(record, "completion", where)
+        gold = gold_value(record, "answer", where)
+        rows.append({"completion": completion, **score_completion(completion, gold)})
+    return rows, summarize(rows)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="stepjepa score", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path, help="JSONL with `completion` and `answer` per line")
+    parser.add_argument("--rows", type=Path, help="also write the re-scored rows to this JSONL file")
+    args = parser.parse_args(argv)
+    try:
+        rows, metrics = score_file(args.file)
+    except InputError as err:
+        print(f"stepjepa score: error: {err}", file=sys.stderr)
+        return 2
+    if args.rows:
+        args.rows.parent.mkdir(parents=True, exist_ok=True)
+        args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    print(json.dumps(metrics))
+    return 0

@@ -1,0 +1,168 @@
+"""`stepjepa evaluate` on the tiny model: outputs, MLflow logging, and clear input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from stepjepa.cli import main as cli_main
+from stepjepa.evaluate import load_examples
+from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
+from stepjepa.score import InputError, score_file
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """See tests/test_generation.py: tiny models run faster on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory, conversations):
+    path = tmp_path_factory.mktemp("data") / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in conversations[:60]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """One sqlite store for the module: creating its tables takes seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+def evaluate(capsys, *args) -> tuple[int, dict | None, str]:
+    """Run the CLI; (exit code, printed metrics or None, stderr)."""
+    code = cli_main(["evaluate", "--no-progress", "--max-new-tokens", "8", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out.strip().splitlines()[-1]) if code == 0 else None), err
+
+
+def test_load_examples_prepared_and_raw(tmp_path, test_file):
+    prepared = load_examples(test_file, "unused", limit=3)
+    assert [e.id for e in prepared] == ["train-000001", "train-000002", "train-000003"]
+    assert [m["role"] for m in prepared[0].messages] == ["system", "user"]
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"question": "Q?", "answer": "1+1=2\n#### 2"}) + "\n")
+    (example,) = load_examples(raw, DEFAULT_SYSTEM_PROMPT)
+    assert (example.id, example.gold, example.messages[0]["content"]) == ("raw-000001", 2, DEFAULT_SYSTEM_PROMPT)
+
+
+def test_evaluate_limit_50_writes_records_and_metrics(tiny_model_dir, test_file, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, metrics, _ = evaluate(capsys, "--model", tiny_model_dir, "--data", test_file, "--limit", 50,
+                                "--batch-size", 16, "--out", out)  # fmt: skip
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 50 and metrics["n"] == 50
+    assert {"id", "prompt", "completion", "answer", "gold", "extracted_strict", "extracted_flexible",
+            "correct_strict", "correct_flexible", "completion_tokens", "stopped"} <= set(rows[0])  # fmt: skip
+    assert rows[0]["prompt"].endswith("<|im_start|>assistant\n") and "predictor" not in rows[0]["prompt"]
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    for name in ["accuracy_strict", "accuracy_flexible", "no_answer_strict", "no_answer_flexible",
+                 "mean_completion_tokens", "hit_max_new_tokens"]:  # fmt: skip
+        assert name in metrics
+    # the predictions file re-scores to the same numbers without the model
+    _, rescored = score_file(out / "predictions.jsonl")
+    assert {k: rescored[k] for k in rescored} == {k: metrics[k] for k in rescored}
+
+
+def test_evaluate_logs_to_mlflow_and_loads_a_runs_uri(tiny_model_dir, test_file, tmp_path, capsys, mlflow_uri):
+    from mlflow import MlflowClient
+
+    uri = mlflow_uri
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("train", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifacts(run_id, str(tiny_model_dir), artifact_path="model")
+    code, metrics, _ = evaluate(capsys, "--model", f"runs:/{run_id}/model", "--data", test_file, "--limit", 50,
+                                "--out", tmp_path / "eval", "--tracking-uri", uri, "--mlflow-run-id", run_id)  # fmt: skip
+    assert code == 0
+    run = client.get_run(run_id)
+    assert run.data.metrics["eval/accuracy_strict"] == metrics["accuracy_strict"]
+    assert run.data.metrics["eval/n"] == 50
+    assert run.data.tags["eval.limit"] == "50"
+    logged = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert logged == {"eval/predictions.jsonl", "eval/metrics.json", "eval/predictions_table.json"}
+
+
+def test_evaluate_in_a_new_mlflow_run(tiny_model_dir, test_file, tmp_path, capsys, mlflow_uri):
+    from mlflow import MlflowClient
+
+    uri = mlflow_uri
+    code, _, _ = evaluate(capsys, "--model", tiny_model_dir, "--data", test_file, "--limit", 4,
+                          "--out", tmp_path / "eval", "--tracking-uri", uri, "--mlflow")  # fmt: skip
+    assert code == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("stepjepa-eval").experiment_id])
+    assert run.data.metrics["eval/n"] == 4
+    store = Path(uri.removeprefix("sqlite:///")).parent
+    assert (store / "mlartifacts" / run.info.run_id).is_dir()  # beside the store, not in the working directory
+
+
+@pytest.fixture
+def no_template_dir(tiny_model_dir, tmp_path):
+    path = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, path)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_bad_model_inputs_are_clear_errors(tmp_path, test_file, no_template_dir, capsys):
+    code, _, err = evaluate(capsys, "--model", tmp_path / "nope", "--data", test_file)
+    assert code == 2 and "no such model directory" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = evaluate(capsys, "--model", tmp_path / "empty", "--data", test_file)
+    assert code == 2 and "no config.json" in err
+    code, _, err = evaluate(capsys, "--model", no_template_dir, "--data", test_file)
+    assert code == 2 and "has no chat template" in err
+    assert "Traceback" not in err
+
+
+def test_bad_data_and_params_are_clear_errors(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "a", "messages": [{"role": "system", "content": "S"}], "gold": "3"}) + "\n")
+    code, _, err = evaluate(capsys, "--model", tiny_model_dir, "--data", bad)
+    assert code == 2 and f"{bad}:1: field 'messages' has no user message" in err
+    code, _, err = evaluate(capsys, "--model", tiny_model_dir, "--data", tmp_path / "missing.jsonl")
+    assert code == 2 and "missing.jsonl: no such file" in err
+    code, _, err = evaluate(capsys, "--model", tiny_model_dir, "--data", bad, "--batch-size", 0)
+    assert code == 2 and "eval.batch_size" in err
+
+
+def test_prepared_record_without_gold(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Q"}]}) + "\n")
+    with pytest.raises(InputError, match=r"p.jsonl:1: missing field 'gold'"):
+        load_examples(path, "S")
+
+
+def test_mlflow_transformers_layout_is_found(tiny_model_dir, tmp_path):
+    """`mlflow.transformers.log_model` stores `model/` and `components/tokenizer/` side by side."""
+    from stepjepa.config import Config
+    from stepjepa.evaluate import load_model, resolve_model_dir
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_model_dir, root / "model", ignore=shutil.ignore_patterns("tokenizer*", "chat_template*"))
+    shutil.copytree(tiny_model_dir, root / "components" / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors"))
+    (root / "MLmodel").write_text("flavors: {}\n")
+    model_dir = resolve_model_dir(str(root))
+    assert model_dir == root / "model"
+    _, tokenizer = load_model(model_dir, Config(), "cpu")
+    assert tokenizer.chat_template
+
+
+def test_unknown_mlflow_run_fails_before_generating(tiny_model_dir, test_file, tmp_path, capsys, mlflow_uri):
+    code, _, err = evaluate(capsys, "--model", tiny_model_dir, "--data", test_file, "--tracking-uri", mlflow_uri,
+                            "--mlflow-run-id", "0123456789abcdef", "--out", tmp_path / "eval")  # fmt: skip
+    assert code == 2 and "--mlflow-run-id 0123456789abcdef: not a run" in err
+    assert not (tmp_path / "eval").exists()

@@ -1,0 +1,100 @@
+"""`stepjepa score`: re-scoring saved completions, and clear errors on bad files."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import pytest
+
+from stepjepa.cli import main as cli_main
+from stepjepa.score import InputError, score_completion, score_file, summarize
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_score_completion_fields():
+    row = score_completion(r"3 + 4 = 7 so \boxed{7}", Fraction(7))
+    assert row == {
+        "gold": "7",
+        "extracted_strict": "7",
+        "value_strict": "7",
+        "correct_strict": True,
+        "extracted_flexible": "7",
+        "value_flexible": "7",
+        "correct_flexible": True,
+    }
+
+
+def test_summarize_counts_and_accuracies():
+    rows = [
+        {"completion": r"\boxed{7}", **score_completion(r"\boxed{7}", Fraction(7))},
+        {"completion": "it is 7", **score_completion("it is 7", Fraction(7))},
+        {"completion": "no idea", **score_completion("no idea", Fraction(7))},
+        {"completion": r"\boxed{8}", **score_completion(r"\boxed{8}", Fraction(7))},
+    ]
+    metrics = summarize(rows)
+    assert metrics["n"] == 4
+    assert metrics["accuracy_strict"] == 0.25
+    assert metrics["accuracy_flexible"] == 0.5
+    assert metrics["no_answer_strict"] == 2
+    assert metrics["no_answer_flexible"] == 1
+
+
+def test_cli_prints_one_json_object(tmp_path, capsys):
+    path = write_lines(
+        tmp_path / "preds.jsonl",
+        [
+            json.dumps({"completion": r"so \boxed{1,000}", "answer": "It costs 1,000.\n#### 1,000"}),
+            json.dumps({"completion": "The answer is $5.00.", "answer": "5"}),
+            "",  # blank lines are skipped
+            json.dumps({"completion": "#### 0.5", "answer": ".5", "extra": 1}),
+        ],
+    )
+    assert cli_main(["score", str(path)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 3
+    assert metrics["accuracy_strict"] == pytest.approx(2 / 3)
+    assert metrics["accuracy_flexible"] == 1.0
+
+
+def test_rows_option_writes_rescored_rows(tmp_path, capsys):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"completion": r"\boxed{3}", "answer": "3"})])
+    assert cli_main(["score", str(path), "--rows", str(tmp_path / "out" / "rows.jsonl")]) == 0
+    row = json.loads((tmp_path / "out" / "rows.jsonl").read_text())
+    assert row["correct_strict"] is True
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], "empty file"),
+        (["", "  "], "empty file"),
+        (['{"completion": "x", "answer": "1"}', "{not json"], r"p.jsonl:2: not valid JSON"),
+        (["[1, 2]"], r"p.jsonl:1: expected a JSON object"),
+        (['{"answer": "1"}'], r"p.jsonl:1: missing field 'completion'"),
+        (['{"completion": "x"}'], r"p.jsonl:1: missing field 'answer'"),
+        (['{"completion": 3, "answer": "1"}'], r"p.jsonl:1: field 'completion' must be a string"),
+        (['{"completion": "x", "answer": "#### lots"}'], r"p.jsonl:1: field 'answer': gold answer 'lots' is not a number"),
+    ],
+)
+def test_bad_files_name_file_line_and_field(tmp_path, lines, message):
+    path = write_lines(tmp_path / "p.jsonl", lines)
+    with pytest.raises(InputError, match=message):
+        score_file(path)
+
+
+def test_numeric_gold_is_accepted(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"completion": r"\boxed{12}", "answer": 12})])
+    _, metrics = score_file(path)
+    assert metrics["accuracy_strict"] == 1.0
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    assert cli_main(["score", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.jsonl: no such file" in err
+    assert "Traceback" not in err
