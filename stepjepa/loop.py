@@ -1,0 +1,159 @@
+"""The optimizer-step loop of a run: micro-batches, accumulation, clipping, metrics,
+checkpoints. `stepjepa.train` sets everything up and calls `run_steps`.
+
+Every process runs the same steps on its own micro-batches (see `batching.step_plan`);
+metrics are summed over processes before they are logged, and only the main process
+logs (its tracker is real, the others' are no-ops).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from stepjepa.batching import Plan
+from stepjepa.collate import collate
+from stepjepa.config import TrainConfig
+from stepjepa.forward import StepOutput, step_jepa_forward
+from stepjepa.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+# Per-step sums reduced over processes, in this order.
+STATS = ("loss", "lm_loss", "jepa_loss", "jepa_batches", "mean_cos", "jepa_pairs", "tokens", "micro_batches")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss or gradient); the message names the step."""
+
+
+class StepModule(torch.nn.Module):
+    """`step_jepa_forward` as a module's forward, so that accelerate can wrap it in DDP.
+
+    DDP prepares gradient synchronisation in its own forward, and `step_jepa_forward`
+    drives the decoder and LM head separately; wrapping this module (not the model) keeps
+    both true. `model` is the plain (or PEFT) causal LM.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, predictor_ids: list[int], pad_id: int):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.predictor_ids = predictor_ids
+        self.pad_id = pad_id
+
+    def forward(self, batch: dict[str, torch.Tensor], apply_jepa: bool) -> StepOutput:
+        c = self.cfg
+        device_type = batch["input_ids"].device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
+            return step_jepa_forward(self.model, batch, layout=c.layout, loss_kind=c.loss, gamma=c.gamma,
+                                     lam=c.lambda_, temperature=c.temperature, apply_jepa=apply_jepa)
+
+
+def jepa_draw(seed: int, step: int, ratio: float) -> bool:
+    """Whether optimizer step `step` applies the JEPA loss (probability `ratio`; <= 0: always).
+
+    Seeded by (seed, step) rather than a running generator, so every process and a
+    resumed run make the same draw for the same step.
+    """
+    return ratio <= 0 or random.Random(f"{seed}-{step}").random() < ratio
+
+
+def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: Any, micro_batches: list[list[int]], rows: list[dict], cfg: TrainConfig,
+                   step: int) -> dict[str, float]:
+    """Forward/backward every micro-batch, then clip and step. Returns the step's metrics."""
+    started = time.perf_counter()
+    inner = accelerator.unwrap_model(step_module)
+    apply_jepa = jepa_draw(cfg.seed, step, cfg.jepa_ratio)
+    sums = torch.zeros(len(STATS), dtype=torch.float64)
+    for i, indices in enumerate(micro_batches):
+        examples = [rows[j] for j in indices]
+        batch = collate(examples, k=cfg.k, layout=cfg.layout, predictor_ids=inner.predictor_ids, pad_id=inner.pad_id)
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(step_module):
+            out = step_module(batch, apply_jepa)
+            accelerator.backward(out.loss / len(micro_batches))
+        sums += torch.tensor(_micro_stats(out, sum(len(e["input_ids"]) for e in examples)), dtype=torch.float64)
+    totals = dict(zip(STATS, accelerator.reduce(sums.to(accelerator.device), "sum").tolist()))
+    loss = totals["loss"] / totals["micro_batches"]
+    if not math.isfinite(loss):
+        raise TrainingError(f"step {step}: the loss is {loss} (lm_loss sum {totals['lm_loss']}, jepa_loss sum "
+                            f"{totals['jepa_loss']}); stopping. Lower train.learning_rate or check the data.")
+    grad_norm = float(accelerator.clip_grad_norm_(step_module.parameters(), cfg.max_grad_norm or math.inf))
+    if not math.isfinite(grad_norm):
+        raise TrainingError(f"step {step}: the gradient norm is {grad_norm}; stopping before the update.")
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    metrics = {"loss": loss, "lm_loss": totals["lm_loss"] / totals["micro_batches"], "lr": lr, "grad_norm": grad_norm,
+               "tokens_per_s": totals["tokens"] / (time.perf_counter() - started), "jepa_pairs": totals["jepa_pairs"]}
+    if totals["jepa_batches"]:
+        metrics["jepa_loss"] = totals["jepa_loss"] / totals["jepa_batches"]
+        metrics["mean_cos"] = totals["mean_cos"] / totals["jepa_batches"]
+    return metrics
+
+
+def _micro_stats(out: StepOutput, tokens: int) -> list[float]:
+    """One micro-batch's contribution to STATS; JEPA terms only when pairs entered the loss."""
+    jepa = out.n_valid > 0 and out.mean_cos is not None
+    return [out.loss.item(), out.lm_loss.item(), out.jepa_loss.item() if jepa else 0.0, float(jepa),
+            out.mean_cos.item() if jepa else 0.0, float(out.n_valid), float(tokens), 1.0]
+
+
+def mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
+    """Average each metric over the steps of a logging window that have it."""
+    keys = {k for m in window for k in m}
+    return {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window) for k in sorted(keys)}
+
+
+def _resume_history(path: Path, start: int) -> list[dict[str, float]]:
+    """Logged steps up to the checkpoint; later lines (logged before a crash) are dropped."""
+    if not path.is_file():
+        return []
+    kept = [m for m in map(json.loads, path.read_text().splitlines()) if m["step"] <= start]
+    path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+    return kept
+
+
+def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: Any, plan: Plan, rows: list[dict], cfg: TrainConfig, *, start: int, tracker: Tracker,
+              out: Path, save: Callable[[int], None]) -> list[dict[str, float]]:
+    """Run optimizer steps `start + 1 .. len(plan)`; returns the logged metrics (main process)."""
+    main = accelerator.is_main_process
+    history_file = out / "metrics.jsonl"
+    history = _resume_history(history_file, start) if main else []
+    window: list[dict[str, float]] = []
+    step_module.train()  # from_pretrained returns models in eval mode
+    bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not main)
+    for step in range(start + 1, len(plan) + 1):
+        window.append(optimizer_step(accelerator, step_module, optimizer, scheduler, plan[step - 1], rows, cfg, step))
+        bar.update()
+        bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
+        if step % cfg.log_every == 0 or step == len(plan):
+            metrics = mean_metrics(window)
+            window = []
+            tracker.log_metrics(metrics, step)
+            if main:
+                history.append({"step": step, **metrics})
+                with history_file.open("a") as f:
+                    f.write(json.dumps(history[-1]) + "\n")
+                log.info("step %d/%d %s", step, len(plan), " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save(step)
+    bar.close()
+    return history

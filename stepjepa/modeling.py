@@ -1,0 +1,143 @@
+"""Load the model to fine-tune, add the predictor tokens, wrap it for LoRA, save it back.
+
+The saved model is a plain Hugging Face directory (safetensors weights, LoRA merged, the
+tokenizer with its predictor tokens), loadable by `AutoModelForCausalLM` with no PEFT and
+no project code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from stepjepa.config import ModelConfig, TrainConfig
+from stepjepa.prompts import predictor_tokens
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+
+
+def load_model(cfg: ModelConfig) -> PreTrainedModel:
+    """The causal LM named by `cfg`, in `cfg.dtype`, with the KV cache off (training)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.name_or_path,
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        dtype=getattr(torch, cfg.dtype),
+        attn_implementation=cfg.attn_implementation,
+    )
+    model.config.use_cache = False  # transformers 5 builds a cache even in train mode otherwise
+    return model
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with; models without a pad token (Llama) pad with EOS.
+
+    Padding positions are masked out of attention and labels, so any id is correct; no
+    new pad token is added because that would change the vocabulary.
+    """
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the tokenizer has neither a pad token nor an EOS token")
+
+
+def add_predictor_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, k: int) -> list[int]:
+    """Add `<|predictor_1..K|>` as special tokens and give them embedding rows.
+
+    Returns their ids. New rows start at the mean of the existing embeddings (input and,
+    if untied, output): deterministic, so a resumed run rebuilds exactly the same frozen
+    base rows, and on the scale of real tokens. Tokens already present (a model saved by
+    this pipeline) are reused. The matrix is never shrunk: many models pad their vocab.
+    """
+    tokens = predictor_tokens(k)
+    if not tokens:
+        return []
+    tokenizer.add_tokens(tokens, special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        _init_new_rows(model, old_rows)
+    return list(ids)
+
+
+@torch.no_grad()
+def _init_new_rows(model: PreTrainedModel, old_rows: int) -> None:
+    embeddings = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not embeddings[0]:
+        embeddings.append(output.weight)
+    for weight in embeddings:
+        weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
+
+
+def apply_lora(model: PreTrainedModel, cfg: TrainConfig, new_token_ids: list[int]) -> torch.nn.Module:
+    """Wrap `model` with LoRA adapters; the predictor-token rows train too.
+
+    `trainable_token_indices` trains just those rows of the embedding (and of a tied LM
+    head) instead of the whole matrix. The reference left them at their random initial
+    values under LoRA, so its predictors never learned anything.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        trainable_token_indices=new_token_ids or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute layer activations in backward (non-reentrant: works with 4D masks and LoRA)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "get_base_model"):
+        # Frozen embeddings give inputs without grad; checkpointed blocks then need this.
+        base.enable_input_require_grads()
+
+
+def build_model(
+    model_cfg: ModelConfig, train_cfg: TrainConfig
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, list[int]]:
+    """Model (LoRA-wrapped if asked), tokenizer with predictor tokens, and their ids."""
+    tokenizer = load_tokenizer(model_cfg)
+    model = load_model(model_cfg)
+    ids = add_predictor_tokens(model, tokenizer, train_cfg.k)
+    if train_cfg.finetune == "lora":
+        model = apply_lora(model, train_cfg, ids)
+    if train_cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %d of %d parameters train (%s)", model_cfg.name_or_path, trainable, total, train_cfg.finetune)
+    return model, tokenizer, ids
+
+
+def merged_model(model: torch.nn.Module) -> PreTrainedModel:
+    """A plain transformers model: LoRA (and trainable token rows) merged into the weights."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if getattr(model, "is_activation_checkpointing", False):
+        model.activation_checkpointing_disable()
+    model.config.use_cache = True  # for generation by whoever loads the saved model
+    return model
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+    """Save a (merged) model and its tokenizer as an HF directory with safetensors."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,177 @@
+"""Experiment tracking behind one small interface: training reaches MLflow only through it.
+
+`make_tracker(...)` returns an `MlflowTracker` on the main process when tracking is on,
+and a `NoopTracker` otherwise, so the training loop never branches on "am I logging?".
+
+Where runs go: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<project root>/mlflow.db`
+with artifacts in `<project root>/mlartifacts`. Both are absolute on purpose: MLflow's own
+default is relative to the current directory, which scatters runs over wherever a
+command happened to start. A new experiment on a sqlite store keeps its artifacts in
+`mlartifacts/` beside the database file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Tracker(Protocol):
+    """What the training loop needs from a tracker."""
+
+    run_id: str | None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class NoopTracker:
+    """Stands in when tracking is off or on a non-main process: every call does nothing."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
+        return None
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else the project's sqlite store (absolute path)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a sqlite database; None lets a tracking server decide."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts").as_uri()
+
+
+class MlflowTracker:
+    """One MLflow run; `run_id` continues an existing run (resume) instead of starting one."""
+
+    def __init__(self, experiment: str, run_name: str | None = None, run_id: str | None = None):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        self._mlflow = mlflow
+        uri = tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
+        mlflow.set_experiment(experiment)
+        # log_system_metrics samples CPU/RAM/GPU with psutil in a background thread.
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=True)
+        self.run_id: str | None = run.info.run_id
+        log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, "resumed" if run_id else "new", experiment, uri)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        # MLflow caps a param value at 6000 characters; long prompts are cut, not fatal.
+        self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._mlflow.log_metrics(metrics, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._mlflow.set_tags(tags)
+
+    def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
+        """Log a transformers model + tokenizer; returns the `models:/` URI to register."""
+        import torch
+        import transformers
+        from huggingface_hub import ModelCard
+
+        # Our own card: otherwise MLflow fetches one from the hub for the base model's name
+        # (~46 s of retries offline unless HF_HUB_OFFLINE is set before the import).
+        card = ModelCard(f"# Step-JEPA fine-tune\n\nBase model `{model.name_or_path}`; MLflow run `{self.run_id}`.\n")
+        info = self._mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name=name,
+            task="text-generation",
+            model_card=card,
+            # Without explicit requirements MLflow infers them by importing torchvision.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
+        )
+        self._mlflow.set_tag("model_uri", info.model_uri)
+        return info.model_uri
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._mlflow.end_run(status=status)
+
+
+def make_tracker(kind: str, experiment: str, run_name: str | None, run_id: str | None, is_main: bool) -> Tracker:
+    """The tracker for this process: MLflow on the main process when `kind == "mlflow"`."""
+    if kind == "none" or not is_main:
+        return NoopTracker()
+    return MlflowTracker(experiment, run_name=run_name, run_id=run_id)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"k": 2}} -> {"train.k": 2}: the params as dotted keys, like overrides."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The commit the code came from, and whether the working tree had local changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain")))}
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+
+
+def dvc_tags(paths: list[str | Path], root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """DVC hashes (from dvc.lock) of the outputs that hold `paths`: which data trained the run.
+
+    A path matches an output that is the path itself or a folder above it (DVC tracks
+    `data/tokenized` as one directory output with a `.dir` hash).
+    """
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    tags: dict[str, str] = {}
+    for path in paths:
+        try:
+            rel = Path(path).resolve().relative_to(root.resolve())
+        except ValueError:
+            continue  # outside the project: DVC does not know it
+        for stage, body in stages.items():
+            for out in body.get("outs", []):
+                out_path = Path(out["path"])
+                if rel == out_path or out_path in rel.parents:
+                    tags[f"dvc.{out['path']}"] = f"{out.get('md5') or out.get('hash')} (stage {stage})"
+    return tags

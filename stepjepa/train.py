@@ -1,0 +1,203 @@
+"""`stepjepa train`: one Step-JEPA (or plain SFT) fine-tuning run.
+
+    stepjepa train --params params.yaml --data data/tokenized/train.parquet --out runs/NAME \\
+        [--set train.k=2 --set train.lambda=0.5] [--resume]
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m stepjepa.train ...  (GPUs)
+    ACCELERATE_USE_CPU=true accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \\
+        -m stepjepa.train ...   (2 CPU processes; see that file for why the variable is needed)
+
+OUT receives `config.yaml` (the resolved config), `checkpoints/step-N/` every
+`train.checkpoint_every` steps, `metrics.jsonl` (one line per logged step),
+`summary.json`, and `model/`: the final model (LoRA merged) with its tokenizer, a plain
+Hugging Face directory. Metrics, params and the model also go to MLflow unless
+`train.tracking` is `none`. `--resume` continues from the latest checkpoint, in the same
+MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import set_seed
+
+from stepjepa.batching import check_rows, check_vocab, laid_out_length, load_rows, step_plan
+from stepjepa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stepjepa.config import Config, ConfigError, TrainConfig, load_config
+from stepjepa.loop import StepModule, TrainingError, run_steps
+from stepjepa.modeling import build_model, merged_model, pad_id, save_model
+from stepjepa.optim import build_optimizer, build_scheduler
+from stepjepa.tracking import Tracker, dvc_tags, flatten, git_tags, make_tracker
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a checkpoint and its resume: they do not change what trains.
+# (Not train.experiment: the resumed MLflow run lives in the experiment it started in.)
+RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tracking",
+                     "train.log_model"}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (history and run id are filled on the main process)."""
+
+    model_dir: Path
+    steps: int
+    run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolved_config(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json", by_alias=True)
+
+
+def _checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from; refuses to overwrite a run without `--resume`."""
+    latest = latest_checkpoint(out)
+    if not resume and (latest is not None or (out / "model").exists()):
+        raise ConfigError(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
+    if resume and latest is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", out / "checkpoints")
+    return latest
+
+
+def _check_same_config(saved: dict, cfg: Config, checkpoint: Path) -> None:
+    before, now = flatten(saved), flatten(resolved_config(cfg))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"--resume from {checkpoint}: the config changed ({diffs}); resume with the same params")
+
+
+def _start_tracking(cfg: Config, data: Path, out: Path, run_id: str | None, run_name: str | None,
+                    facts: dict) -> Tracker:
+    tracker = make_tracker(cfg.train.tracking, cfg.train.experiment, run_name or out.name, run_id,
+                           PartialState().is_main_process)
+    if run_id is None:  # a resumed run already has its params and tags
+        tracker.log_params(flatten(resolved_config(cfg)) | {f"run.{k}": v for k, v in facts.items()})
+        model_path = Path(cfg.model.name_or_path)
+        tracker.set_tags(git_tags() | dvc_tags([data, *([model_path] if model_path.exists() else [])])
+                         | {"data.path": str(data.resolve()), "out": str(out.resolve())})
+    return tracker
+
+
+def make_accelerator(tc: TrainConfig) -> Accelerator:
+    """The run's Accelerator; create it before anything asks `PartialState()`, which would
+    otherwise fix the distributed setup without the launcher's CPU flag.
+
+    bf16 is applied by `StepModule` (torch.autocast), not by accelerate's mixed precision:
+    accelerate's state is a process-wide singleton that refuses a second run with another
+    precision in the same process (tests, an in-process sweep).
+    """
+    # Unused parameters in a step: predictor rows under LoRA when a batch has no JEPA pair.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=tc.finetune == "lora" and tc.k > 0)
+    return Accelerator(kwargs_handlers=[ddp])
+
+
+def _restore(checkpoint: Path | None, cfg: Config, model, optimizer, scheduler, rank: int) -> tuple[int, str | None]:
+    """(steps already done, MLflow run id) from `checkpoint`, or (0, None) for a new run."""
+    if checkpoint is None:
+        return 0, None
+    state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+    _check_same_config(state["config"], cfg, checkpoint)
+    log.info("resuming from %s at step %d", checkpoint, state["step"])
+    return state["step"], state["run_id"]
+
+
+def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, run_name: str | None = None,
+          accelerator: Accelerator | None = None) -> TrainResult:
+    """Train `cfg.model` on the tokenised rows in `data`; write the run to `out`."""
+    tc, data, out = cfg.train, Path(data), Path(out)
+    checkpoint = _checkpoint_to_resume(out, resume)
+    rows = load_rows(data, tc.max_examples)
+    counts = check_rows(rows, cfg)  # before loading a model: bad data fails in seconds
+    accelerator = accelerator or make_accelerator(tc)
+    set_seed(tc.seed)
+    model, tokenizer, predictor_ids = build_model(cfg.model, tc)
+    check_vocab(rows, len(tokenizer), predictor_ids)
+    plan = step_plan([laid_out_length(r, tc.k, tc.layout) for r in rows], batch_size=tc.batch_size,
+                     grad_accum_steps=tc.grad_accum_steps, epochs=tc.epochs, max_steps=tc.max_steps, seed=tc.seed,
+                     num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+    step_module = accelerator.prepare_model(StepModule(model, tc, predictor_ids, pad_id(tokenizer)))
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc, len(plan))
+    start, run_id = _restore(checkpoint, cfg, model, optimizer, scheduler, accelerator.process_index)
+    facts = counts | {"total_steps": len(plan), "num_processes": accelerator.num_processes, "data": str(data)}
+    tracker = _start_tracking(cfg, data, out, run_id, run_name, facts)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
+    save = functools.partial(save_checkpoint, out, model=model, optimizer=optimizer, scheduler=scheduler,
+                             state={"run_id": tracker.run_id, "config": resolved_config(cfg)},
+                             keep=tc.keep_checkpoints, rank=accelerator.process_index,
+                             barrier=accelerator.wait_for_everyone)
+    try:
+        history = run_steps(accelerator, step_module, optimizer, scheduler, plan, rows, tc,
+                            start=start, tracker=tracker, out=out, save=save)
+        result = _finish(accelerator, step_module, tokenizer, tracker, out, history, steps=len(plan),
+                         log_model=tc.log_model)
+    except BaseException as err:
+        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end()
+    return result
+
+
+def _finish(accelerator: Accelerator, step_module: torch.nn.Module, tokenizer, tracker: Tracker, out: Path,
+            history: list[dict[str, float]], *, steps: int, log_model: bool) -> TrainResult:
+    """Save the merged model and tokenizer (main process); log the model to the tracker."""
+    accelerator.wait_for_everyone()
+    model_dir = out / "model"
+    if accelerator.is_main_process:
+        model = merged_model(accelerator.unwrap_model(step_module).model)
+        save_model(model, tokenizer, model_dir)
+        if log_model:
+            tracker.log_model(model, tokenizer)
+        summary = {"steps": steps, "run_id": tracker.run_id, "final": history[-1] if history else {}}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("saved the final model to %s", model_dir)
+    accelerator.wait_for_everyone()
+    return TrainResult(model_dir, steps, tracker.run_id, history)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="stepjepa train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override params, e.g. --set train.k=2 train.lambda=0.5")
+    parser.add_argument("--data", required=True, help="tokenised training rows (parquet)")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--run-name", help="MLflow run name (default: the --out folder's name)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:  # `accelerate launch -m stepjepa.train` skips cli.py
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.params, args.overrides)
+        accelerator = make_accelerator(cfg.train)
+        if not accelerator.is_main_process:
+            logging.getLogger().setLevel(logging.WARNING)
+        train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name, accelerator=accelerator)
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    except TrainingError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
