@@ -130,3 +130,52 @@ def plot_loss_curves(results: list[dict], path: Path, metric: str = "lm_loss") -
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def read_run_result(run_dir: Path) -> dict[str, Any]:
+    """What the summary needs of one finished run: eval metrics, per-question strict
+    correctness (in test order) and the training history."""
+    import json
+
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    with (run_dir / "eval" / "predictions.jsonl").open(encoding="utf-8") as fh:
+        correct = [bool(json.loads(line)["correct_strict"]) for line in fh]
+    history: dict[str, list] = defaultdict(list)
+    if (run_dir / "metrics.jsonl").is_file():
+        with (run_dir / "metrics.jsonl").open(encoding="utf-8") as fh:
+            for line in fh:
+                for key, value in json.loads(line).items():
+                    history[key].append(value)
+    return {"metrics": metrics, "correct_strict": correct, "history": dict(history)}
+
+
+def champion_run(results: list[dict], best: dict) -> dict:
+    """The best config's run to register: its most accurate seed (ties: the lowest seed)."""
+    runs = [r for r in results if r["spec"]["config_name"] == best["config"] and r["status"] == "completed"]
+    return max(runs, key=lambda r: (r["metrics"][METRIC], -r["spec"]["seed"]))
+
+
+def summary_metrics(rows: list[dict], best: dict | None) -> dict[str, Any]:
+    """The sweep's metrics file: accuracy per config (baseline included) and the best."""
+    keep = (METRIC, "accuracy_flexible", "vs_sft_delta", "vs_sft_ci_low", "vs_sft_ci_high", "vs_sft_p_value")
+    configs = {r["config"]: {k: r[k] for k in keep if k in r} | {"completed": r["completed"], "runs": r["runs"]}
+               for r in rows}
+    out: dict[str, Any] = {"configs": configs, "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
+    if best is not None:
+        out |= {"best_config": best["config"], f"best_{METRIC}": best[METRIC],
+                "best_vs_sft_verdict": best.get("vs_sft_verdict", "baseline")}
+    return out
+
+
+def write_plot_data(rows: list[dict], results: list[dict], folder: Path) -> None:
+    """Tabular data for `dvc plots`: accuracy per config and the loss curves."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    accuracy = [{"config": r["config"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC]}
+                for r in rows if METRIC in r]
+    (folder / "accuracy.json").write_text(json.dumps(accuracy, indent=1) + "\n")
+    curves = [{"run": r["spec"]["name"], "step": s, "lm_loss": v}
+              for r in results if r["status"] == "completed"
+              for s, v in zip(r.get("history", {}).get("step", []), r.get("history", {}).get("lm_loss", []))]
+    (folder / "loss_curves.json").write_text(json.dumps(curves) + "\n")

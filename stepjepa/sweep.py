@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from stepjepa.config import Config, SweepConfig, config_from_dict, parse_override, set_dotted
@@ -65,6 +66,22 @@ def resolve(base: dict[str, Any], spec: RunSpec) -> Config:
     for text in spec.overrides:
         set_dotted(tree, *parse_override(text))
     return config_from_dict(tree, f"sweep run {spec.name}")
+
+
+LIBRARY = Path(__file__).resolve().parent
+
+
+def data_fingerprint(paths: list[str | Path]) -> str:
+    """Content hash of what a run's result depends on besides its config: the data files,
+    a local model directory (a hub id is hashed by name), and the library's source."""
+    digest = hashlib.sha256()
+    files: list[Path] = sorted(LIBRARY.glob("*.py"))
+    for path in map(Path, paths):
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.name).encode())
+        digest.update(file.read_bytes() if file.is_file() else str(file).encode())
+    return digest.hexdigest()[:32]
 
 
 def cache_key(config: Config, data_fingerprint: str) -> str:

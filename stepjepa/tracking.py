@@ -175,3 +175,91 @@ def dvc_tags(paths: list[str | Path], root: Path = PROJECT_ROOT) -> dict[str, st
                 if rel == out_path or out_path in rel.parents:
                     tags[f"dvc.{out['path']}"] = f"{out.get('md5') or out.get('hash')} (stage {stage})"
     return tags
+
+
+# --- Sweeps: a parent run, one child run per config, the registry -----------------------
+
+def _client():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri()))
+
+
+def start_sweep_run(experiment: str, params: dict[str, Any]) -> str:
+    """The sweep's parent run, with the sweep params and the code version."""
+    from mlflow.entities import Param
+
+    client = _client()
+    run = client.create_run(_experiment_id(client, experiment), run_name="sweep",
+                            tags={"stepjepa.kind": "sweep"} | git_tags())
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
+    return run.info.run_id
+
+
+def child_run(experiment: str, parent_id: str, name: str, cache_key: str) -> str:
+    """The child run of one config. A run left by an earlier sweep for the same config and
+    data (same cache key) is reused and re-linked to this parent, never duplicated."""
+    client = _client()
+    exp_id = _experiment_id(client, experiment)
+    found = client.search_runs([exp_id], filter_string=f"tags.`stepjepa.cache_key` = '{cache_key}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+        return run_id
+    tags = {"mlflow.parentRunId": parent_id, "stepjepa.cache_key": cache_key, "stepjepa.kind": "sweep-config"}
+    return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+
+
+def mark_failed(run_id: str, message: str) -> None:
+    client = _client()
+    client.set_tag(run_id, "stepjepa.error", message[-5000:])
+    client.set_terminated(run_id, status="FAILED")
+
+
+def register_champion(name: str, run_id: str, best: dict[str, Any], alias: str = "champion") -> dict[str, Any]:
+    """Register the model logged by `run_id` under `name` and point `alias` at it; the
+    version is tagged with its config, accuracy and delta to the SFT baseline."""
+    import mlflow
+
+    client = _client()
+    model_uri = client.get_run(run_id).data.tags.get("model_uri")
+    if not model_uri:
+        raise RuntimeError(f"run {run_id} logged no model (train.log_model is off?); nothing to register")
+    version = mlflow.register_model(model_uri, name).version
+    client.set_registered_model_alias(name, alias, version)
+    tags = {"config": best["config"], "k": best["k"], "lambda": best["lambda"], "run_id": run_id,
+            "accuracy_strict": best.get("accuracy_strict"), "accuracy_flexible": best.get("accuracy_flexible"),
+            "delta_vs_sft": best.get("vs_sft_delta", 0.0), "vs_sft_verdict": best.get("vs_sft_verdict", "baseline")}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return {"name": name, "version": str(version), "alias": alias, "uri": f"models:/{name}@{alias}", "run_id": run_id}
+
+
+def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: list[Path],
+                      summary: dict[str, Any]) -> None:
+    """The sweep's table (markdown and an MLflow table), plots and metrics on the parent run."""
+    import mlflow
+
+    client = _client()
+    columns = sorted({k for r in rows for k in r})
+    mlflow.log_table({c: [r.get(c) for r in rows] for c in columns}, "sweep_summary.json", run_id=parent_id)
+    client.log_text(parent_id, table_md, "sweep_summary.md")
+    client.log_dict(parent_id, summary, "summary.json")
+    for plot in plots:
+        client.log_artifact(parent_id, str(plot), "plots")
+    for config, values in summary["configs"].items():
+        if "accuracy_strict" in values:
+            client.log_metric(parent_id, f"accuracy_strict.{config}", values["accuracy_strict"])
+    client.set_terminated(parent_id, status="FINISHED")

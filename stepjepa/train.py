@@ -119,6 +119,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
     checkpoint = _checkpoint_to_resume(out, resume)
     rows = load_rows(data, tc.max_examples)
     counts = check_rows(rows, cfg)  # before loading a model: bad data fails in seconds
+    owns_accelerator = accelerator is None
     accelerator = accelerator or make_accelerator(tc)
     set_seed(tc.seed)
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
@@ -148,6 +149,8 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
         tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     tracker.end()
+    if owns_accelerator:  # tear down the process group: without it gloo runs sometimes abort at exit
+        accelerator.end_training()
     return result
 
 

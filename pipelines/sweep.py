@@ -1,0 +1,158 @@
+"""Prefect flow `step-jepa-sweep`: K x lambda training runs (+ the SFT baseline per seed),
+each its own `accelerate launch` process, evaluated on GSM8K; the best config's model
+is registered in MLflow with alias `champion`.
+
+    python -m pipelines.sweep --params params.yaml            # what the DVC stage runs
+    python -m pipelines.sweep --serve                          # a UI-triggerable deployment
+
+Only orchestration lives here: what to run (`stepjepa.sweep`), how to launch it
+(`stepjepa.launch`), the statistics and plots (`stepjepa.report`) and MLflow
+(`stepjepa.tracking`) are library code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from stepjepa import launch, report, tracking
+from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config
+from stepjepa.sweep import RunSpec, cache_key, data_fingerprint, expand_grid, resolve
+
+SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
+
+
+def _by_key(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["key"]
+
+
+@task(cache_key_fn=_by_key, persist_result=True, task_run_name="train {spec[name]}")
+def train_run(spec: dict, key: str, paths: dict, child_run_id: str) -> dict:
+    """One training run in its own process; resumes a checkpoint left by a killed sweep."""
+    out = Path(paths["runs"]) / spec["name"]
+    with SLOTS.acquire() as gpu:
+        cmd = launch.train_command(Path(paths["params"]), Path(paths["train_data"]), out, list(spec["overrides"]),
+                                   gpu, resume=True)
+        launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log")
+    return {"model_dir": str(out / "model"), "run_dir": str(out), "run_id": child_run_id}
+
+
+@task(cache_key_fn=_by_key, persist_result=True, task_run_name="evaluate {spec[name]}")
+def evaluate_run(spec: dict, key: str, trained: dict, paths: dict, eval_args: list[str]) -> dict:
+    """GSM8K accuracy of one trained model, logged into its MLflow run."""
+    out = Path(trained["run_dir"]) / "eval"
+    with SLOTS.acquire() as gpu:
+        cmd = [sys.executable, "-m", "stepjepa.cli", "evaluate", "--model", trained["model_dir"],
+               "--data", paths["test_data"], "--params", paths["params"], "--out", str(out),
+               "--mlflow-run-id", trained["run_id"], "--no-progress", *eval_args]
+        launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log")
+    return report.read_run_result(Path(trained["run_dir"]))
+
+
+@flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
+def step_jepa_sweep(
+    ks: list[int] | None = None,
+    lambdas: list[float] | None = None,
+    seeds: list[int] | None = None,
+    layout: Literal["inline", "two_pass", "packed"] | None = None,
+    loss: Literal["cosine", "l2", "mse", "infonce"] | None = None,
+    overrides: dict[str, Any] | None = None,
+    max_concurrent: int | None = None,
+    retries: int | None = None,
+    params_file: str = "params.yaml",
+    runs_dir: str = "runs/sweep",
+    report_dir: str = "metrics/sweep",
+) -> dict:
+    """Parameters left empty come from the `sweep` section of `params_file`."""
+    global SLOTS
+    logger = get_run_logger()
+    base = yaml.safe_load(Path(params_file).read_text())
+    given = {k: v for k, v in dict(ks=ks, lambdas=lambdas, seeds=seeds, layout=layout, loss=loss, overrides=overrides,
+                                   max_concurrent=max_concurrent, retries=retries).items() if v is not None}
+    sweep = config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, params_file).sweep
+    specs = expand_grid(sweep)
+    configs = {s.name: resolve(base, s) for s in specs}  # every run validated before any trains
+    paths = {"params": params_file, "runs": runs_dir, "train_data": "data/tokenized/train.parquet",
+             "test_data": f"data/prepared/{configs[specs[0].name].eval.split}.jsonl"}
+    fingerprint = data_fingerprint([paths["train_data"], paths["test_data"], configs[specs[0].name].model.name_or_path])
+    SLOTS = launch.DeviceSlots(launch.visible_gpus(), cpu_slots=sweep.max_concurrent or 1)
+    logger.info("sweep of %d runs (%d at a time): %s", len(specs), SLOTS.size, ", ".join(configs))
+
+    parent = tracking.start_sweep_run(sweep.experiment, sweep.model_dump(mode="json") | {"runs": len(specs)})
+    futures = {}
+    for spec in specs:
+        key = cache_key(configs[spec.name], fingerprint)
+        child = tracking.child_run(sweep.experiment, parent, spec.name, key)
+        spec_d = spec.as_dict() | {"overrides": [*spec.overrides, f"train.experiment={sweep.experiment}"]}
+        trained = train_run.with_options(retries=sweep.retries).submit(spec_d, key, paths, child)
+        evaluated = evaluate_run.submit(spec_d, f"{key}-eval", trained, paths, launch.eval_args(configs[spec.name].eval))
+        futures[spec.name] = (child, trained, evaluated)
+    wait([f for _, *pair in futures.values() for f in pair])
+    results = [_collect(spec, *futures[spec.name], logger) for spec in specs]
+    return _finish(sweep, parent, results, Path(report_dir))
+
+
+def _collect(spec: RunSpec, child: str, trained, evaluated, logger) -> dict:
+    """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
+    if evaluated.state.is_completed():
+        return {"spec": spec.as_dict(), "status": "completed", "run_id": child} | evaluated.result()
+    failed = trained if not trained.state.is_completed() else evaluated
+    message = failed.state.message or failed.state.name
+    logger.error("%s failed: %s", spec.name, message)
+    tracking.mark_failed(child, message)
+    return {"spec": spec.as_dict(), "status": "failed", "run_id": child, "error": message[-2000:]}
+
+
+def _finish(sweep: SweepConfig, parent: str, results: list[dict], report_dir: Path) -> dict:
+    rows = report.summarize(results)
+    best = report.best_config(rows)
+    table = report.markdown_table(rows)
+    plots = [report.plot_heatmap(rows, report_dir / "heatmap.png"),
+             report.plot_loss_curves(results, report_dir / "loss_curves.png")]
+    summary = report.summary_metrics(rows, best)
+    champion = None
+    if best is not None:
+        winner = report.champion_run(results, best)
+        champion = tracking.register_champion(sweep.registered_model_name, winner["run_id"], best)
+    summary["champion"] = champion
+    tracking.log_sweep_summary(parent, rows, table, plots, summary)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (report_dir / "table.md").write_text(table + "\n")
+    report.write_plot_data(rows, results, report_dir)
+    create_markdown_artifact(table, key="step-jepa-sweep", description="GSM8K accuracy per K x lambda config")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--runs-dir", default="runs/sweep")
+    parser.add_argument("--report-dir", default="metrics/sweep")
+    parser.add_argument("--serve", action="store_true", help="serve a deployment the Prefect UI can trigger")
+    parser.add_argument("--name", default="gsm8k", help="deployment name (with --serve)")
+    args = parser.parse_args(argv)
+    try:
+        load_config(args.params)  # fail on a bad params file before Prefect starts
+    except ConfigError as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 2
+    params = {"params_file": args.params, "runs_dir": args.runs_dir, "report_dir": args.report_dir}
+    if args.serve:
+        step_jepa_sweep.serve(name=args.name, parameters=params)
+        return 0
+    summary = step_jepa_sweep(**params)
+    return 0 if summary.get("champion") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""Launching one training run as its own `accelerate launch` process.
+
+A run in its own process cannot take the sweep down when it crashes or runs out of
+memory. On GPU machines each run is pinned to one device from a shared pool, so a sweep
+runs one config per visible GPU; on CPU the pool has a single slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class RunFailed(RuntimeError):
+    """A training or evaluation process exited non-zero; the message ends with its log tail."""
+
+
+def visible_gpus() -> list[int]:
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:  # no CUDA build or no driver: a CPU machine
+        return []
+
+
+class DeviceSlots:
+    """A thread-safe pool of devices: `None` stands for a CPU slot."""
+
+    def __init__(self, gpus: list[int], cpu_slots: int = 1):
+        self._free: queue.Queue[int | None] = queue.Queue()
+        for slot in gpus or [None] * cpu_slots:
+            self._free.put(slot)
+        self.size = self._free.qsize()
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[int | None]:
+        slot = self._free.get()
+        try:
+            yield slot
+        finally:
+            self._free.put(slot)
+
+
+def train_command(
+    params: Path, data: Path, out: Path, overrides: list[str], gpu: int | None, resume: bool,
+    accelerate_config: Path | None = None,
+) -> list[str]:
+    """`python -m accelerate.commands.launch ... -m stepjepa.train ...` for one run."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        cmd += ["--config_file", str(accelerate_config)]
+    else:
+        cmd += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if gpu is None:
+            cmd.append("--cpu")
+    cmd += ["-m", "stepjepa.train", "--params", str(params), "--data", str(data), "--out", str(out)]
+    if overrides:
+        cmd += ["--set", *overrides]
+    if resume:
+        cmd.append("--resume")
+    return cmd
+
+
+def eval_args(eval_cfg) -> list[str]:
+    """`stepjepa evaluate` flags that carry a run's resolved `eval` section."""
+    args = []
+    for key, value in eval_cfg.model_dump().items():
+        if value is not None and key != "split":  # the split is chosen by the data file
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def device_env(gpu: int | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ) | (extra or {})
+    if gpu is None:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return env
+
+
+def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
+    """Run `cmd` with stdout and stderr appended to `log_path`; raise `RunFailed` with the
+    last lines of the log when it exits non-zero (a kill or OOM included)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        code = subprocess.call(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
+        raise RunFailed(f"exited with code {code}; full log {log_path}; last lines:\n{tail}")
