@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,33 @@ def evaluate_run(spec: dict, key: str, trained: dict, paths: dict, eval_args: li
     return report.read_run_result(Path(trained["run_dir"]))
 
 
+@flow(name="step-jepa-config", log_prints=True)
+def step_jepa_config(spec: dict, key: str, paths: dict, child_run_id: str, eval_args: list[str]) -> dict:
+    """One config, trained and evaluated: what a work-pool worker runs for the sweep."""
+    global SLOTS
+    SLOTS = SLOTS or launch.DeviceSlots(launch.visible_gpus())
+    # Paths are relative to the sweep's folder. A worker on the same machine works there; a
+    # worker elsewhere (a cluster image) has no such folder and uses its own checkout.
+    if Path(paths["workdir"]).is_dir():
+        os.chdir(paths["workdir"])
+    trained = train_run.fn(spec, key, paths, child_run_id)
+    return evaluate_run.fn(spec, key, trained, paths, eval_args)
+
+
+@task(cache_key_fn=_by_key, persist_result=True, task_run_name="dispatch {spec[name]}")
+def dispatch_run(spec: dict, key: str, paths: dict, child_run_id: str, eval_args: list[str], deployment: str) -> dict:
+    """One config as a flow run on a work pool; its result comes back through MLflow, which
+    the worker and this process share (their file systems need not be shared)."""
+    from prefect.deployments import run_deployment
+
+    params = dict(spec=spec, key=key, paths=paths, child_run_id=child_run_id, eval_args=eval_args)
+    flow_run = run_deployment(deployment, parameters=params, timeout=None, as_subflow=True)
+    if not flow_run.state.is_completed():
+        raise launch.RunFailed(f"flow run {flow_run.name} of {deployment} ended {flow_run.state.name}: "
+                               f"{flow_run.state.message}")
+    return tracking.run_result(child_run_id)
+
+
 @flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def step_jepa_sweep(
     ks: list[int] | None = None,
@@ -68,6 +96,7 @@ def step_jepa_sweep(
     overrides: dict[str, Any] | None = None,
     max_concurrent: int | None = None,
     retries: int | None = None,
+    launcher: Literal["local", "work_pool"] | None = None,
     params_file: str = "params.yaml",
     runs_dir: str = "runs/sweep",
     report_dir: str = "metrics/sweep",
@@ -77,13 +106,17 @@ def step_jepa_sweep(
     logger = get_run_logger()
     base = yaml.safe_load(Path(params_file).read_text())
     given = {k: v for k, v in dict(ks=ks, lambdas=lambdas, seeds=seeds, layout=layout, loss=loss, overrides=overrides,
-                                   max_concurrent=max_concurrent, retries=retries).items() if v is not None}
+                                   max_concurrent=max_concurrent, retries=retries,
+                                   launcher=launcher).items() if v is not None}
     sweep = config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, params_file).sweep
     specs = expand_grid(sweep)
     configs = {s.name: resolve(base, s) for s in specs}  # every run validated before any trains
-    paths = {"params": params_file, "runs": runs_dir, "train_data": "data/tokenized/train.parquet",
+    paths = {"workdir": str(Path.cwd()), "params": params_file, "runs": runs_dir, "train_data": "data/tokenized/train.parquet",
              "test_data": f"data/prepared/{configs[specs[0].name].eval.split}.jsonl"}
-    fingerprint = data_fingerprint([paths["train_data"], paths["test_data"], configs[specs[0].name].model.name_or_path])
+    # Cached results name run folders and MLflow runs: they are valid only for this store and folder.
+    fingerprint = "|".join([data_fingerprint([paths["train_data"], paths["test_data"],
+                                              configs[specs[0].name].model.name_or_path]),
+                            tracking.tracking_uri(), str(Path(runs_dir).resolve())])
     SLOTS = launch.DeviceSlots(launch.visible_gpus(), cpu_slots=sweep.max_concurrent or 1)
     logger.info("sweep of %d runs (%d at a time): %s", len(specs), SLOTS.size, ", ".join(configs))
 
@@ -93,8 +126,13 @@ def step_jepa_sweep(
         key = cache_key(configs[spec.name], fingerprint)
         child = tracking.child_run(sweep.experiment, parent, spec.name, key)
         spec_d = spec.as_dict() | {"overrides": [*spec.overrides, f"train.experiment={sweep.experiment}"]}
-        trained = train_run.with_options(retries=sweep.retries).submit(spec_d, key, paths, child)
-        evaluated = evaluate_run.submit(spec_d, f"{key}-eval", trained, paths, launch.eval_args(configs[spec.name].eval))
+        eval_args = launch.eval_args(configs[spec.name].eval)
+        if sweep.launcher == "work_pool":
+            trained = evaluated = dispatch_run.with_options(retries=sweep.retries).submit(
+                spec_d, key, paths, child, eval_args, sweep.config_deployment)
+        else:
+            trained = train_run.with_options(retries=sweep.retries).submit(spec_d, key, paths, child)
+            evaluated = evaluate_run.submit(spec_d, f"{key}-eval", trained, paths, eval_args)
         futures[spec.name] = (child, trained, evaluated)
     wait([f for _, *pair in futures.values() for f in pair])
     results = [_collect(spec, *futures[spec.name], logger) for spec in specs]
@@ -139,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default="runs/sweep")
     parser.add_argument("--report-dir", default="metrics/sweep")
     parser.add_argument("--serve", action="store_true", help="serve a deployment the Prefect UI can trigger")
-    parser.add_argument("--name", default="gsm8k", help="deployment name (with --serve)")
+    parser.add_argument("--name", default="gsm8k", help="deployment name (with --serve or --deploy)")
+    parser.add_argument("--deploy", metavar="POOL",
+                        help="deploy the per-config flow `step-jepa-config/NAME` to this work pool and exit")
     args = parser.parse_args(argv)
     try:
         load_config(args.params)  # fail on a bad params file before Prefect starts
@@ -147,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
     params = {"params_file": args.params, "runs_dir": args.runs_dir, "report_dir": args.report_dir}
+    if args.deploy:
+        # The worker runs the flow from this checkout (a process pool); a docker or kubernetes
+        # pool runs the same entrypoint inside the worker image (docs/scaling-out.md).
+        checkout = str(Path(__file__).resolve().parents[1])
+        step_jepa_config.from_source(source=checkout, entrypoint="pipelines/sweep.py:step_jepa_config") \
+            .deploy(name=args.name, work_pool_name=args.deploy)
+        return 0
     if args.serve:
         step_jepa_sweep.serve(name=args.name, parameters=params)
         return 0

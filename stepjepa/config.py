@@ -194,6 +194,11 @@ class SweepConfig(Section):
     """MLflow registry name the best config's model is registered under (alias `champion`)."""
     experiment: str = Field("step-jepa-sweep", min_length=1)
     """MLflow experiment of the sweep's parent and child runs."""
+    launcher: Literal["local", "work_pool"] = "local"
+    """`local`: each config is a task of the sweep's own process; `work_pool`: each config
+    is a flow run of `config_deployment` on a Prefect work pool (a cluster)."""
+    config_deployment: str = "step-jepa-config/default"
+    """The per-config deployment the `work_pool` launcher runs (`pipelines.sweep --deploy`)."""
 
 
 class EvalConfig(Section):

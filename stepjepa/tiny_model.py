@@ -104,7 +104,8 @@ def model_summary(out_dir: str | Path) -> dict:
 
 
 def tokenizer_corpus(records: Iterable[dict]) -> Iterable[str]:
-    """The texts the tiny tokenizer learns from: every message of every conversation."""
+    """The texts the tiny tokenizer learns from: every message of every conversation, with
+    its role name as the chat template writes it (so `system`, `user` are single tokens)."""
     for record in records:
         for message in record["messages"]:
-            yield message["content"]
+            yield f"{message['role']}\n{message['content']}"

@@ -263,3 +263,21 @@ def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: li
         if "accuracy_strict" in values:
             client.log_metric(parent_id, f"accuracy_strict.{config}", values["accuracy_strict"])
     client.set_terminated(parent_id, status="FINISHED")
+
+
+def run_result(run_id: str) -> dict[str, Any]:
+    """A finished config's result read back from its MLflow run (eval metrics, per-question
+    strict correctness, LM-loss history): how a sweep collects configs that ran elsewhere."""
+    import json
+    import tempfile
+
+    client = _client()
+    run = client.get_run(run_id)
+    metrics = {k.removeprefix("eval/"): v for k, v in run.data.metrics.items() if k.startswith("eval/")}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "eval/predictions.jsonl", tmp)
+        with open(path, encoding="utf-8") as fh:
+            correct = [bool(json.loads(line)["correct_strict"]) for line in fh]
+    points = sorted(client.get_metric_history(run_id, "lm_loss"), key=lambda m: m.step)
+    history = {"step": [m.step for m in points], "lm_loss": [m.value for m in points]}
+    return {"metrics": metrics, "correct_strict": correct, "history": history}

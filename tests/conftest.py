@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect keeps task caches under PREFECT_HOME: a test session must never see an earlier one.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="stepjepa-test-prefect-")
 
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Mark", "Tina"]
 ITEMS = ["clips", "apples", "pages", "dollars", "marbles", "cookies"]
@@ -85,3 +88,30 @@ def gsm8k_dir() -> Path:
         if c and (Path(c) / "train.jsonl").is_file():
             return Path(c)
     pytest.skip("GSM8K not available: set GSM8K_DIR to a folder with train.jsonl and test.jsonl")
+
+
+def make_sweep_project(root: Path, model_dir: Path, conversations: list[dict], sweep: dict) -> Path:
+    """A project folder the sweep flow can run in: tokenised train rows, prepared test
+    questions and a params.yaml sized for seconds-long runs of the tiny model."""
+    import json
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from stepjepa.tokenization import encode_records, load_tokenizer
+
+    (root / "data/tokenized").mkdir(parents=True)
+    (root / "data/prepared").mkdir(parents=True)
+    table = encode_records(load_tokenizer(str(model_dir)), conversations[:64], 256, "26 Jul 2024")
+    pq.write_table(table, root / "data/tokenized/train.parquet")
+    with (root / "data/prepared/test.jsonl").open("w") as fh:
+        for record in conversations[100:106]:
+            fh.write(json.dumps(record) + "\n")
+    params = {
+        "model": {"name_or_path": str(model_dir)},
+        "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "learning_rate": 1e-3},
+        "eval": {"limit": 6, "max_new_tokens": 16, "batch_size": 6},
+        "sweep": sweep,
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root

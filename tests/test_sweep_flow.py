@@ -2,38 +2,21 @@
 tiny model trained by real `accelerate launch` processes. One config is made to fail
 (lambda = 1e39 overflows the loss to inf) to prove that the others still finish."""
 
-import json
 import os
 
 import mlflow
-import pyarrow.parquet as pq
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from stepjepa.tokenization import encode_records, load_tokenizer
+from tests.conftest import make_sweep_project
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir, conversations):
-    root = tmp_path_factory.mktemp("sweep")
-    (root / "data/tokenized").mkdir(parents=True)
-    (root / "data/prepared").mkdir(parents=True)
-    table = encode_records(load_tokenizer(str(tiny_model_dir)), conversations[:64], 256, "26 Jul 2024")
-    pq.write_table(table, root / "data/tokenized/train.parquet")
-    with (root / "data/prepared/test.jsonl").open("w") as fh:
-        for record in conversations[100:106]:
-            fh.write(json.dumps(record) + "\n")
-    params = {
-        "model": {"name_or_path": str(tiny_model_dir)},
-        "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "learning_rate": 1e-3},
-        "eval": {"limit": 6, "max_new_tokens": 16, "batch_size": 6},
-        "sweep": {"ks": [1], "lambdas": [0.5, 1e39], "experiment": "sweep-test", "registered_model_name": "sj-test"},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return root
+    sweep = {"ks": [1], "lambdas": [0.5, 1e39], "experiment": "sweep-test", "registered_model_name": "sj-test"}
+    return make_sweep_project(tmp_path_factory.mktemp("sweep"), tiny_model_dir, conversations, sweep)
 
 
 @pytest.fixture(scope="module")

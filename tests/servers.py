@@ -1,0 +1,78 @@
+"""Starting and stopping real servers (mlflow, prefect) on 127.0.0.1 for integration tests.
+
+Every process is started in its own process group and killed with it, so a server's own
+children (uvicorn workers, gunicorn) go too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """A background process whose output goes to `log`; its whole group is stopped on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, log: Path, env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)]
+    with process(cmd, log, env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, log)
+        yield url
+
+
+@contextlib.contextmanager
+def prefect_server(log: Path, env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with process(cmd, log, env) as proc:
+        url = f"http://127.0.0.1:{port}/api"
+        wait_http(f"{url}/health", proc, log)
+        yield url
