@@ -4,25 +4,17 @@
         --metrics metrics/prepare.json
 """
 
-import argparse
 import logging
-from pathlib import Path
 
-from pipelines._io import write_json
+from pipelines._io import stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.prepare import prepare_file, write_json_lines
 from stepjepa.sources import SPLITS
 
 log = logging.getLogger("prepare")
 
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_args(__doc__, "raw")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     cfg = load_config(args.params).data
     on_error = "raise" if cfg.on_bad_record == "error" else "skip"
@@ -37,7 +29,6 @@ def main() -> None:
         for message in stats.examples:
             log.warning("skipped %s", message)
     write_json(metrics, args.metrics)
-
 
 if __name__ == "__main__":
     main()

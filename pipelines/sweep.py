@@ -31,10 +31,8 @@ from stepjepa.sweep import RunSpec, cache_key, data_fingerprint, expand_grid, re
 
 SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
 
-
 def _by_key(context: Any, parameters: dict[str, Any]) -> str:
     return parameters["key"]
-
 
 @task(cache_key_fn=_by_key, persist_result=True, task_run_name="train {spec[name]}")
 def train_run(spec: dict, key: str, paths: dict, child_run_id: str) -> dict:
@@ -46,7 +44,6 @@ def train_run(spec: dict, key: str, paths: dict, child_run_id: str) -> dict:
         launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log")
     return {"model_dir": str(out / "model"), "run_dir": str(out), "run_id": child_run_id}
 
-
 @task(cache_key_fn=_by_key, persist_result=True, task_run_name="evaluate {spec[name]}")
 def evaluate_run(spec: dict, key: str, trained: dict, paths: dict, eval_args: list[str]) -> dict:
     """GSM8K accuracy of one trained model, logged into its MLflow run."""
@@ -57,7 +54,6 @@ def evaluate_run(spec: dict, key: str, trained: dict, paths: dict, eval_args: li
                "--mlflow-run-id", trained["run_id"], "--no-progress", *eval_args]
         launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log")
     return report.read_run_result(Path(trained["run_dir"]))
-
 
 @flow(name="step-jepa-config", log_prints=True)
 def step_jepa_config(spec: dict, key: str, paths: dict, child_run_id: str, eval_args: list[str]) -> dict:
@@ -71,7 +67,6 @@ def step_jepa_config(spec: dict, key: str, paths: dict, child_run_id: str, eval_
     trained = train_run.fn(spec, key, paths, child_run_id)
     return evaluate_run.fn(spec, key, trained, paths, eval_args)
 
-
 @task(cache_key_fn=_by_key, persist_result=True, task_run_name="dispatch {spec[name]}")
 def dispatch_run(spec: dict, key: str, paths: dict, child_run_id: str, eval_args: list[str], deployment: str) -> dict:
     """One config as a flow run on a work pool; its result comes back through MLflow, which
@@ -84,7 +79,6 @@ def dispatch_run(spec: dict, key: str, paths: dict, child_run_id: str, eval_args
         raise launch.RunFailed(f"flow run {flow_run.name} of {deployment} ended {flow_run.state.name}: "
                                f"{flow_run.state.message}")
     return tracking.run_result(child_run_id)
-
 
 @flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def step_jepa_sweep(
@@ -138,7 +132,6 @@ def step_jepa_sweep(
     results = [_collect(spec, *futures[spec.name], logger) for spec in specs]
     return _finish(sweep, parent, results, Path(report_dir))
 
-
 def _collect(spec: RunSpec, child: str, trained, evaluated, logger) -> dict:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
     if evaluated.state.is_completed():
@@ -148,7 +141,6 @@ def _collect(spec: RunSpec, child: str, trained, evaluated, logger) -> dict:
     logger.error("%s failed: %s", spec.name, message)
     tracking.mark_failed(child, message)
     return {"spec": spec.as_dict(), "status": "failed", "run_id": child, "error": message[-2000:]}
-
 
 def _finish(sweep: SweepConfig, parent: str, results: list[dict], report_dir: Path) -> dict:
     rows = report.summarize(results)
@@ -169,7 +161,6 @@ def _finish(sweep: SweepConfig, parent: str, results: list[dict], report_dir: Pa
     report.write_plot_data(rows, results, report_dir)
     create_markdown_artifact(table, key="step-jepa-sweep", description="GSM8K accuracy per K x lambda config")
     return summary
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = step_jepa_sweep(**params)
     return 0 if summary.get("champion") else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

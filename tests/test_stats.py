@@ -1,6 +1,5 @@
 """Paired statistics against hand-computed and brute-force references."""
 
-import itertools
 import math
 
 import numpy as np
