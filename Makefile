@@ -37,7 +37,8 @@ install: $(STAMP)
 
 run: install
 	dvc repro
-	dvc metrics show
+	@echo; echo "GSM8K accuracy per config (metrics/sweep/table.md; all metrics: dvc metrics show):"
+	@cat metrics/sweep/table.md
 
 test: install
 	pytest -q

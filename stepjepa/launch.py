@@ -49,7 +49,7 @@ class DeviceSlots:
 
 def train_command(
     params: Path, data: Path, out: Path, overrides: list[str], gpu: int | None, resume: bool,
-    accelerate_config: Path | None = None,
+    accelerate_config: Path | None = None, run_name: str | None = None,
 ) -> list[str]:
     """`python -m accelerate.commands.launch ... -m stepjepa.train ...` for one run."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -64,6 +64,8 @@ def train_command(
         cmd += ["--set", *overrides]
     if resume:
         cmd.append("--resume")
+    if run_name:
+        cmd += ["--run-name", run_name]
     return cmd
 
 

@@ -68,7 +68,7 @@ def test_sweep_trains_evaluates_registers_and_survives_a_failure(environment):
 def test_rerun_skips_finished_configs(environment):
     from pipelines.sweep import step_jepa_sweep
 
-    log = environment / "runs/sweep/k1_lam0.5_s0/train.log"
+    (log,) = environment.glob("runs/sweep/k1_lam0.5_s0-*/train.log")
     launches = log.read_text().count("$ ")
     summary = step_jepa_sweep(params_file="params.yaml")
     assert log.read_text().count("$ ") == launches, "a finished config was trained again"
@@ -90,4 +90,4 @@ def test_bad_parameters_are_rejected_before_training(environment):
             step_jepa_sweep(params_file="params.yaml", **bad)
     with pytest.raises(ParameterTypeError):
         step_jepa_sweep(params_file="params.yaml", lambdas=["abc"])
-    assert not (environment / "runs/sweep/k1_lam0.5_s1").exists()
+    assert not list(environment.glob("runs/sweep/*_s1-*"))
