@@ -10,8 +10,8 @@ Only orchestration lives here: what to run (`stepjepa.sweep`), how to launch it
 (`stepjepa.tracking`) are library code.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds the flow's parameter model
+# from real annotations, and a served deployment cannot resolve string ones (`Literal`).
 import argparse
 import json
 import os
