@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from stepjepa.answers import extract_boxed
+
 ANNOTATION = re.compile(r"<<[^<>]*>>")
 DEEPSEEK_STEP = re.compile(r"\*\*\s*Step\s+\d+\s*:?\s*\*\*\s*:?", re.IGNORECASE)
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -65,19 +67,6 @@ def split_gsm8k(record: dict[str, Any], keep_annotations: bool = False) -> Solut
     return Solution(question, steps, gold)
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{..}`, nested braces included."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j].strip()
-    return None
-
-
 def split_deepseek(record: dict[str, Any], keep_annotations: bool = False) -> Solution:
     """Steps are the texts after each `**Step N:**` marker, outside `<think>` blocks."""
     question = _text_field(record, "question").strip()
@@ -92,7 +81,7 @@ def split_deepseek(record: dict[str, Any], keep_annotations: bool = False) -> So
     if "answer" in record:
         gold = split_gsm8k({"question": question, "answer": record["answer"]}).gold
     else:
-        gold = _last_boxed(response) or ""
+        gold = extract_boxed(response) or ""
         if not gold:
             raise RecordError("deepseek_response", "no_final_answer", "has no \\boxed{} answer")
     if steps:  # the final step usually restates the boxed answer: keep its reasoning only
