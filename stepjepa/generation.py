@@ -15,6 +15,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache
+
+from stepjepa.decode_attention import cpu_decode_attention
+from stepjepa.kv_cache import PrefixCache, supports_prefix_cache
+
+
+# Rows prefilled per forward pass when prompts share a cached prefix (see `_batch_inputs`).
+PREFILL_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -129,21 +137,74 @@ def generate_greedy(
     with (
         torch.inference_mode(),
         _without_model_generation_defaults(model),
+        cpu_decode_attention(model),
         tqdm(total=len(prompts), unit="completion", disable=not progress) as bar,
     ):
+        prefix = PrefixCache.build(model, prompts) if supports_prefix_cache(model) else None
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            input_ids, attention_mask = left_pad([prompts[i] for i in chunk], pad_id)
+            input_ids, attention_mask, cache = _batch_inputs(
+                model, [prompts[i] for i in chunk], pad_id, prefix, max_new_tokens
+            )
             output = model.generate(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),
                 generation_config=config,
+                **({"cache": cache} if cache is not None else {}),
             )
             new_tokens = output[:, input_ids.shape[1] :].tolist()
             for index, tokens in zip(chunk, new_tokens, strict=True):
                 results[index] = _completion(tokenizer, tokens, set(stop_ids))
             bar.update(len(chunk))
     return [results[i] for i in range(len(prompts))]
+
+
+def _batch_inputs(
+    model: PreTrainedModel, rows: list[Sequence[int]], pad_id: int, prefix: PrefixCache | None, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, Cache | None]:
+    """`input_ids`, `attention_mask` and, with a shared prefix, a cache already prefilled.
+
+    Without a prefix: left-padded rows, and `generate` prefills them itself. With one, the
+    rows are `[prefix][suffix but its last token][gap][last token]`, the cache holds all
+    but the last column, and `generate` starts from the last tokens. The suffixes are
+    prefilled in groups of `PREFILL_ROWS` rows of similar length (the rows come sorted by
+    length), each padded only to its group's longest: one batch padded to its longest
+    prompt spent half its prefill on padding. The gap between a group's width and the
+    batch's is masked.
+    """
+    if prefix is None:
+        return *left_pad(rows, pad_id), None
+    shared, batch = len(prefix.ids), len(rows)
+    suffixes = [row[shared:] for row in rows]
+    width = shared + max(len(s) for s in suffixes)
+    cache = prefix.for_batch(batch, capacity=width + max_new_tokens)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    input_ids[:, :shared] = torch.tensor(prefix.ids)
+    input_ids[:, -1] = torch.tensor([s[-1] for s in suffixes])
+    attention_mask[:, :shared] = attention_mask[:, -1] = 1
+    for start in range(0, batch, PREFILL_ROWS):
+        stop = min(start + PREFILL_ROWS, batch)
+        body_ids, body_mask = left_pad([s[:-1] for s in suffixes[start:stop]], pad_id)
+        if body_ids.shape[1] == 0:
+            continue
+        end = shared + body_ids.shape[1]
+        input_ids[start:stop, shared:end] = body_ids
+        attention_mask[start:stop, shared:end] = body_mask
+        group_mask = attention_mask[start:stop, :end]
+        # Positions count unmasked tokens, as `generate` numbers them.
+        positions = (group_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        model(
+            input_ids=body_ids.to(model.device),
+            attention_mask=group_mask.to(model.device),
+            position_ids=positions.to(model.device),
+            cache=Cache(layers=[layer.rows(start, stop) for layer in cache.layers]),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    for layer in cache.layers:
+        layer.set_length(width - 1)
+    return input_ids, attention_mask, cache
 
 
 @contextmanager

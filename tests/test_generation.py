@@ -6,10 +6,11 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
 from stepjepa.generation import (
     Completion,
+    _batch_inputs,
     _completion,
     chat_prompt_ids,
     end_of_turn_token,
@@ -17,6 +18,7 @@ from stepjepa.generation import (
     left_pad,
     stop_token_ids,
 )
+from stepjepa.kv_cache import PrefixCache, supports_prefix_cache
 from stepjepa.prompts import IM_END
 
 
@@ -141,3 +143,48 @@ def test_model_generation_defaults_do_not_leak_into_greedy(chatty_model, tokeniz
         assert chatty_model.generation_config.repetition_penalty == 50.0  # restored afterwards
     finally:
         chatty_model.generation_config.repetition_penalty = saved
+
+
+@pytest.mark.parametrize("count", [11, 12], ids=["system-prompt-prefix", "one-token-prefix"])
+def test_equals_plain_transformers_generate(chatty_model, tokenizer, prompts, count):
+    """The shared-prefix cache, grouped prefill and CPU decoding attention change speed, not
+    tokens: each prompt alone through transformers' own `generate` (its cache, SDPA) agrees."""
+    prompts = prompts[:count]  # the 12th has no system prompt: only `<|im_start|>` is shared
+    stop_ids = stop_token_ids(tokenizer, chatty_model)
+    got = generate_greedy(chatty_model, tokenizer, prompts, max_new_tokens=24, batch_size=len(prompts))
+    for prompt, completion in zip(prompts, got, strict=True):
+        with torch.inference_mode():
+            output = chatty_model.generate(
+                torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        assert completion == _completion(tokenizer, output[0, len(prompt) :].tolist(), set(stop_ids))
+
+
+def test_models_without_the_fast_path_still_generate_the_same(tokenizer, prompts):
+    """A sliding-window model keeps transformers' cache; batch size still changes nothing."""
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert not supports_prefix_cache(model)
+    single = generate_greedy(model, tokenizer, prompts[:6], max_new_tokens=12, batch_size=1)
+    assert generate_greedy(model, tokenizer, prompts[:6], max_new_tokens=12, batch_size=6) == single
+
+
+@pytest.mark.parametrize("count", [11, 12], ids=["system-prompt-prefix", "one-token-prefix"])
+def test_prefilled_batch_gives_every_prompt_its_own_next_token_logits(chatty_model, tokenizer, prompts, count):
+    """Logits, not just argmaxes: the cached prefix, the per-group padding and the masked gap
+    must leave each row's next-token distribution equal to its prompt's alone."""
+    rows = sorted(prompts[:count], key=len, reverse=True)
+    prefix = PrefixCache.build(chatty_model, rows)
+    input_ids, mask, cache = _batch_inputs(chatty_model, rows, tokenizer.pad_token_id, prefix, max_new_tokens=4)
+    assert cache.get_seq_length() == input_ids.shape[1] - 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -1:]
+    with torch.inference_mode():
+        got = chatty_model(input_ids=input_ids[:, -1:], attention_mask=mask, position_ids=positions, cache=cache)
+        for row, logits in zip(rows, got.logits[:, -1], strict=True):
+            expected = chatty_model(input_ids=torch.tensor([row])).logits[0, -1]
+            torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
