@@ -6,7 +6,7 @@ both and their ratio (the target on a 2-core CPU with the embedded tiny model: >
 plus the ratio of CPU seconds, which other jobs on a shared machine disturb less.
 
     .venv/bin/python benchmarks/bench_generation.py                 # models/tiny, data/prepared/test.jsonl
-    .venv/bin/python benchmarks/bench_generation.py --threads 2 --batch-size 64 --max-new-tokens 256
+    .venv/bin/python benchmarks/bench_generation.py --threads 1 --batch-size 64 --max-new-tokens 256
 
 Without `models/tiny` (the `build_model` stage) a tiny model with the default
 `tiny_model` params is built in a temporary folder from the prompts' text.
@@ -74,9 +74,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="the eval default")
     # A prepared GSM8K test solution is 89 tokens on average (p90 140) with the tiny tokenizer.
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    # One thread: on a shared 2-core machine two OpenMP threads stall whenever another job
-    # holds a core, which slowed batch-1 generation ~9x and inflated the ratio.
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    # Default: torch's default, all cores, as `stepjepa evaluate` runs. On a shared machine
+    # OpenMP threads stall whenever another job holds a core, which once slowed batch-1
+    # generation ~9x and inflated the ratio; the fastest of --repeats runs guards against
+    # that, and `--threads 1` shows the single-core ratio.
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the fastest counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
