@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +67,17 @@ def _timed(model, tokenizer, prompts, batch_size: int, max_new_tokens: int, repe
     return completions, min(walls), min(cpus)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name: ratios differ between CPUs (see benchmarks/RESULTS.md)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model directory (default: models/tiny)")
@@ -96,6 +108,8 @@ def main() -> None:
     )
     result = {
         "model": str(model_dir),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
         "prompts": len(prompts),
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
