@@ -114,23 +114,23 @@ def step_jepa_sweep(
     SLOTS = launch.DeviceSlots(launch.visible_gpus(), cpu_slots=sweep.max_concurrent or 1)
     logger.info("sweep of %d runs (%d at a time): %s", len(specs), SLOTS.size, ", ".join(configs))
 
-    parent = tracking.start_sweep_run(sweep.experiment, sweep.model_dump(mode="json") | {"runs": len(specs)})
-    futures = {}
-    for spec in specs:
-        key = cache_key(configs[spec.name], fingerprint)
-        child = tracking.child_run(sweep.experiment, parent, spec.name, key)
-        spec_d = spec.as_dict() | {"overrides": [*spec.overrides, f"train.experiment={sweep.experiment}"]}
-        eval_args = launch.eval_args(configs[spec.name].eval)
-        if sweep.launcher == "work_pool":
-            trained = evaluated = dispatch_run.with_options(retries=sweep.retries).submit(
-                spec_d, key, paths, child, eval_args, sweep.config_deployment)
-        else:
-            trained = train_run.with_options(retries=sweep.retries).submit(spec_d, key, paths, child)
-            evaluated = evaluate_run.submit(spec_d, f"{key}-eval", trained, paths, eval_args)
-        futures[spec.name] = (child, trained, evaluated)
-    wait([f for _, *pair in futures.values() for f in pair])
-    results = [_collect(spec, *futures[spec.name], logger) for spec in specs]
-    return _finish(sweep, parent, results, Path(report_dir))
+    with tracking.sweep_run(sweep.experiment, sweep.model_dump(mode="json") | {"runs": len(specs)}) as parent:
+        futures = {}
+        for spec in specs:
+            key = cache_key(configs[spec.name], fingerprint)
+            child = tracking.child_run(sweep.experiment, parent, spec.name, key)
+            spec_d = spec.as_dict() | {"overrides": [*spec.overrides, f"train.experiment={sweep.experiment}"]}
+            eval_args = launch.eval_args(configs[spec.name].eval)
+            if sweep.launcher == "work_pool":
+                trained = evaluated = dispatch_run.with_options(retries=sweep.retries).submit(
+                    spec_d, key, paths, child, eval_args, sweep.config_deployment)
+            else:
+                trained = train_run.with_options(retries=sweep.retries).submit(spec_d, key, paths, child)
+                evaluated = evaluate_run.submit(spec_d, f"{key}-eval", trained, paths, eval_args)
+            futures[spec.name] = (child, trained, evaluated)
+        wait([f for _, *pair in futures.values() for f in pair])
+        results = [_collect(spec, *futures[spec.name], logger) for spec in specs]
+        return _finish(sweep, parent, results, Path(report_dir))
 
 def _collect(spec: RunSpec, child: str, trained, evaluated, logger) -> dict:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""

@@ -24,10 +24,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stepjepa import tracking
 from stepjepa.config import Config, ConfigError, config_from_dict, load_config, parse_override
 from stepjepa.score import InputError, gold_value, read_jsonl, score_completion, summarize, text_field
-from stepjepa.tracking import artifact_location
-from stepjepa.tracking import tracking_uri as default_tracking_uri
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -133,10 +132,8 @@ def resolve_model_dir(model: str, tracking_uri: str | None = None) -> Path:
     transformers flavour writes it; the folder with `config.json` is returned.
     """
     if model.startswith(MODEL_URI_SCHEMES):
-        from mlflow.artifacts import download_artifacts
-
         try:
-            path = Path(download_artifacts(artifact_uri=model, tracking_uri=tracking_uri))
+            path = tracking.download(model, tracking_uri)
         except Exception as err:  # mlflow raises several types for unknown names/runs/aliases
             raise InputError(f"--model {model}: cannot download from MLflow ({err})") from None
     else:
@@ -185,39 +182,6 @@ def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
     return predictions, metrics
 
 
-def log_to_mlflow(result: EvalResult, files: tuple[Path, ...], tags: dict[str, str], *, tracking_uri: str,
-                  run_id: str | None = None, experiment: str = "stepjepa-eval") -> str:  # fmt: skip
-    """Log metrics (`eval/<name>`), the per-example table and the output files; returns the run id.
-
-    Into `run_id` if given (e.g. the training run), else into a new run of `experiment`.
-    Settings go in as tags, not params: params cannot change, and a run may be evaluated twice.
-    """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    if run_id is None:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(
-            experiment, artifact_location=artifact_location(tracking_uri)
-        )  # fmt: skip
-        run_id = client.create_run(experiment_id, run_name="evaluate").info.run_id
-        new_run = True
-    else:
-        new_run = False
-    timestamp = int(time.time() * 1000)
-    for name, value in result.metrics.items():
-        client.log_metric(run_id, f"eval/{name}", float(value), timestamp=timestamp)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    columns = {key: [row[key] for row in result.rows] for key in result.rows[0]}
-    client.log_table(run_id, data=columns, artifact_file="eval/predictions_table.json")
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path="eval")
-    if new_run:
-        client.set_terminated(run_id)
-    return run_id
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepjepa evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model directory or MLflow URI (default: params model.name_or_path)")
@@ -248,13 +212,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _check_run(tracking_uri: str, run_id: str) -> None:
     """Fail before generating, not after, when `--mlflow-run-id` names no run."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        MlflowClient(tracking_uri).get_run(run_id)
-    except MlflowException as err:
-        raise InputError(f"--mlflow-run-id {run_id}: not a run at {tracking_uri} ({err.message})") from None
+    problem = tracking.run_problem(tracking_uri, run_id)
+    if problem:
+        raise InputError(f"--mlflow-run-id {run_id}: not a run at {tracking_uri} ({problem})")
 
 
 def _data_path(args: argparse.Namespace, cfg: Config) -> Path:
@@ -270,7 +230,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    tracking_uri = args.tracking_uri or tracking.tracking_uri()
     try:
         cfg = _config(args)
         data = _data_path(args, cfg)
@@ -290,8 +250,8 @@ def main(argv: list[str]) -> int:
     if args.mlflow or args.mlflow_run_id:
         tags = {"eval.model": str(args.model or cfg.model.name_or_path), "eval.data": str(data)}
         tags |= {f"eval.{key}": str(value) for key, value in cfg.eval.model_dump().items()}
-        run_id = log_to_mlflow(result, files, tags, tracking_uri=tracking_uri, run_id=args.mlflow_run_id,
-                               experiment=args.experiment)  # fmt: skip
+        run_id = tracking.log_evaluation(result.metrics, result.rows, files, tags, tracking_uri=tracking_uri,
+                                         run_id=args.mlflow_run_id, experiment=args.experiment)  # fmt: skip
         logger.info("logged to MLflow run %s at %s", run_id, tracking_uri)
     print(json.dumps(result.metrics))
     return 0

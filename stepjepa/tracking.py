@@ -1,4 +1,4 @@
-"""Experiment tracking behind one small interface: training reaches MLflow only through it.
+"""Experiment tracking behind one small interface: the library reaches MLflow only through it.
 
 `make_tracker(...)` returns an `MlflowTracker` on the main process when tracking is on,
 and a `NoopTracker` otherwise, so the training loop never branches on "am I logging?".
@@ -15,6 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,12 +91,23 @@ class MlflowTracker:
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=True)
         self.run_id: str | None = run.info.run_id
         log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, "resumed" if run_id else "new", experiment, uri)
+        self._logged_through = _last_logged_step(mlflow.MlflowClient(uri), run)
+        self._skipped = 0
 
     def log_params(self, params: dict[str, Any]) -> None:
         # MLflow caps a param value at 6000 characters; long prompts are cut, not fatal.
         self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        # A resumed run replays the steps between its checkpoint and the kill, which the
+        # killed attempt had logged already; MLflow cannot delete points, so a step already
+        # in the run is kept once, as first logged (the replay trains the same batches).
+        if step <= self._logged_through:
+            if not self._skipped:
+                log.info("steps up to %d are already logged in MLflow run %s (an earlier attempt); "
+                         "not logging them again", self._logged_through, self.run_id)
+            self._skipped += 1
+            return
         self._mlflow.log_metrics(metrics, step=step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -121,6 +135,13 @@ class MlflowTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self._mlflow.end_run(status=status)
+
+
+def _last_logged_step(client, run) -> int:
+    """The last training step with metrics in `run` (0 for a new run); system and eval
+    metrics keep their own step counters and do not count."""
+    keys = [k for k in run.data.metrics if not k.startswith(("system/", "eval/"))]
+    return max((m.step for k in keys for m in client.get_metric_history(run.info.run_id, k)), default=0)
 
 
 def make_tracker(kind: str, experiment: str, run_name: str | None, run_id: str | None, is_main: bool) -> Tracker:
@@ -196,15 +217,28 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location(tracking_uri()))
 
 
-def start_sweep_run(experiment: str, params: dict[str, Any]) -> str:
-    """The sweep's parent run, with the sweep params and the code version."""
+@contextmanager
+def sweep_run(experiment: str, params: dict[str, Any]) -> Iterator[str]:
+    """The sweep's parent run (sweep params, code version) for the `with` block; yields its id.
+
+    It ends FINISHED when the block does, FAILED on an error and KILLED on an interrupt
+    (Ctrl-C, Prefect cancelling the flow), never left RUNNING as if the sweep went on.
+    """
     from mlflow.entities import Param
 
     client = _client()
-    run = client.create_run(_experiment_id(client, experiment), run_name="sweep",
-                            tags={"stepjepa.kind": "sweep"} | git_tags())
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
-    return run.info.run_id
+    run_id = client.create_run(_experiment_id(client, experiment), run_name="sweep",
+                               tags={"stepjepa.kind": "sweep"} | git_tags()).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
+    try:
+        yield run_id
+    except BaseException as err:
+        # Not an Exception: KeyboardInterrupt, SystemExit, Prefect's TerminationSignal.
+        status = "FAILED" if isinstance(err, Exception) else "KILLED"
+        client.set_tag(run_id, "stepjepa.error", f"{type(err).__name__}: {err}"[-5000:])
+        client.set_terminated(run_id, status=status)
+        raise
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def child_run(experiment: str, parent_id: str, name: str, cache_key: str) -> str:
@@ -262,7 +296,6 @@ def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: li
     for config, values in summary["configs"].items():
         if "accuracy_strict" in values:
             client.log_metric(parent_id, f"accuracy_strict.{config}", values["accuracy_strict"])
-    client.set_terminated(parent_id, status="FINISHED")
 
 
 def run_result(run_id: str) -> dict[str, Any]:
@@ -281,3 +314,59 @@ def run_result(run_id: str) -> dict[str, Any]:
     points = sorted(client.get_metric_history(run_id, "lm_loss"), key=lambda m: m.step)
     history = {"step": [m.step for m in points], "lm_loss": [m.value for m in points]}
     return {"metrics": metrics, "correct_strict": correct, "history": history}
+
+
+# --- Evaluation: model URIs in, metrics and per-example tables out ---------------------
+
+def download(uri: str, tracking_uri: str | None = None) -> Path:
+    """A local copy of an MLflow artifact or model URI (`models:/name@alias`, `runs:/...`)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.artifacts import download_artifacts
+
+    return Path(download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
+
+
+def run_problem(tracking_uri: str, run_id: str) -> str | None:
+    """Why `run_id` cannot be logged into at `tracking_uri` (no such run), or None if it can."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException as err:
+        return err.message
+    return None
+
+
+def log_evaluation(metrics: dict[str, float], rows: list[dict[str, Any]], files: tuple[Path, ...],
+                   tags: dict[str, str], *, tracking_uri: str, run_id: str | None = None,
+                   experiment: str = "stepjepa-eval") -> str:  # fmt: skip
+    """Log metrics (`eval/<name>`), the per-example table and the output files; returns the run id.
+
+    Into `run_id` if given (e.g. the training run), else into a new run of `experiment`.
+    Settings go in as tags, not params: params cannot change, and a run may be evaluated twice.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    new_run = run_id is None
+    if new_run:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            experiment, artifact_location=artifact_location(tracking_uri)
+        )  # fmt: skip
+        run_id = client.create_run(experiment_id, run_name="evaluate").info.run_id
+    timestamp = int(time.time() * 1000)
+    for name, value in metrics.items():
+        client.log_metric(run_id, f"eval/{name}", float(value), timestamp=timestamp)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    client.log_table(run_id, data=columns, artifact_file="eval/predictions_table.json")
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="eval")
+    if new_run:
+        client.set_terminated(run_id)
+    return run_id

@@ -15,12 +15,10 @@ from stepjepa.tracking import (
 PACKAGE = Path(tracking.__file__).parent
 
 
-TRAINING_MODULES = ("train.py", "loop.py", "batching.py", "optim.py", "checkpoint.py", "modeling.py", "tracking.py")
-
-
-def test_training_reaches_mlflow_only_through_the_tracking_module():
-    importers = [name for name in TRAINING_MODULES
-                 if re.search(r"^\s*(import|from) mlflow", (PACKAGE / name).read_text(), re.M)]
+def test_the_library_reaches_mlflow_only_through_the_tracking_module():
+    modules = sorted(PACKAGE.glob("*.py"))
+    assert len(modules) > 20 and PACKAGE / "evaluate.py" in modules
+    importers = [path.name for path in modules if re.search(r"^\s*(import|from) mlflow", path.read_text(), re.M)]
     assert importers == ["tracking.py"]
 
 
@@ -86,3 +84,67 @@ def test_resumed_tracker_continues_the_same_run(monkeypatch, tmp_path):
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
     experiment = mlflow.get_experiment_by_name("exp")
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_a_resumed_run_does_not_log_a_step_twice(monkeypatch, tmp_path, caplog):
+    """The killed attempt logged steps 1-3 after its checkpoint at step 1; the resumed one
+    replays 2-3: MLflow keeps one point per step."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    killed = MlflowTracker("exp", run_name="r")
+    for step in (1, 2, 3):
+        killed.log_metrics({"loss": 10.0 + step, "lr": 0.1}, step=step)
+    killed.end("KILLED")
+    resumed = MlflowTracker("exp", run_id=killed.run_id)
+    with caplog.at_level("INFO", logger="stepjepa.tracking"):
+        for step in (2, 3, 4, 5):
+            resumed.log_metrics({"loss": 20.0 + step, "lr": 0.1}, step=step)
+    resumed.end()
+    client = mlflow.MlflowClient()
+    for key in ("loss", "lr"):
+        steps = [m.step for m in client.get_metric_history(killed.run_id, key)]
+        assert sorted(steps) == [1, 2, 3, 4, 5], key
+    values = {m.step: m.value for m in client.get_metric_history(killed.run_id, "loss")}
+    assert values == {1: 11.0, 2: 12.0, 3: 13.0, 4: 24.0, 5: 25.0}
+    assert "steps up to 3 are already logged" in caplog.text
+
+
+def _sweep_run_status(tmp_path, monkeypatch, body) -> tuple[str, dict, list]:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seen = []
+    try:
+        with tracking.sweep_run("sweeps", {"ks": [0, 2]}) as parent:
+            seen.append(parent)
+            assert mlflow.MlflowClient().get_run(parent).info.status == "RUNNING"
+            body()
+    except BaseException as err:  # noqa: BLE001 - the test re-checks what escaped below
+        seen.append(err)
+    run = mlflow.MlflowClient().get_run(seen[0])
+    assert run.data.params["ks"] == "[0, 2]" and run.data.tags["stepjepa.kind"] == "sweep"
+    return run.info.status, run.data.tags, seen[1:]
+
+
+def test_sweep_parent_run_finishes_with_the_block(tmp_path, monkeypatch):
+    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, lambda: None)
+    assert status == "FINISHED" and "stepjepa.error" not in tags and escaped == []
+
+
+def test_sweep_parent_run_is_failed_by_an_error_and_the_error_still_raises(tmp_path, monkeypatch):
+    def fail():
+        raise RuntimeError("run abc logged no model")
+
+    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, fail)
+    assert status == "FAILED" and tags["stepjepa.error"] == "RuntimeError: run abc logged no model"
+    assert [type(e) for e in escaped] == [RuntimeError]
+
+
+def test_sweep_parent_run_is_killed_by_an_interrupt(tmp_path, monkeypatch):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, interrupt)
+    assert status == "KILLED" and tags["stepjepa.error"].startswith("KeyboardInterrupt")
+    assert [type(e) for e in escaped] == [KeyboardInterrupt]
