@@ -91,15 +91,18 @@ def _prompt_messages(messages: Any, where: str) -> list[dict[str, str]]:
 
 
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], *,
-                   batch_size: int, max_new_tokens: int, progress: bool = False) -> EvalResult:  # fmt: skip
+                   batch_size: int, max_new_tokens: int, date_string: str | None = None,
+                   progress: bool = False) -> EvalResult:  # fmt: skip
     """Generate greedy answers for `examples` with an in-memory model and score them.
+
+    `date_string` is the date training pinned in dated chat templates (`tokenize.date_string`).
 
     Metrics: those of `score.summarize` plus `mean_completion_tokens`,
     `hit_max_new_tokens` (completions cut off) and `completions_per_second`.
     """
     from stepjepa.generation import chat_prompt_ids, generate_greedy
 
-    prompts = [chat_prompt_ids(tokenizer, e.messages) for e in examples]
+    prompts = [chat_prompt_ids(tokenizer, e.messages, date_string) for e in examples]
     start = time.perf_counter()
     completions = generate_greedy(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
@@ -244,7 +247,8 @@ def main(argv: list[str]) -> int:
         return 2
     logger.info("evaluating %s on %d examples of %s", model_dir, len(examples), data)
     result = evaluate_model(model, tokenizer, examples, batch_size=cfg.eval.batch_size,
-                            max_new_tokens=cfg.eval.max_new_tokens, progress=not args.no_progress)  # fmt: skip
+                            max_new_tokens=cfg.eval.max_new_tokens, date_string=cfg.tokenize.date_string,
+                            progress=not args.no_progress)  # fmt: skip
     files = write_outputs(args.out, result)
     logger.info("wrote %s and %s", *files)
     if args.mlflow or args.mlflow_run_id:

@@ -37,11 +37,16 @@ class Completion:
     """True if a stop token ended it; False if it ran into `max_new_tokens`."""
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], date_string: str | None = None
+) -> list[int]:
     """Token ids of `messages` through the chat template with the generation prompt on.
 
     Rendered as text, then tokenised without extra special tokens: the template already
     writes them (as `apply_chat_template(tokenize=True)` does), so no BOS is doubled.
+    `date_string` pins templates that print today's date (Llama-3), as tokenisation does
+    (`tokenize.date_string`): otherwise the prompt differs from training and from one day
+    to the next.
     """
     if not tokenizer.chat_template:
         raise ValueError(
@@ -49,7 +54,9 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str,
             "template the model was trained with (save it with the tokenizer, e.g. "
             "stepjepa.prompts.CHATML_TEMPLATE for the tiny model)"
         )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # Only when given: a template that tests `date_string is defined` must not see None.
+    pinned = {} if date_string is None else {"date_string": date_string}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **pinned)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

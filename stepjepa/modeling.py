@@ -51,31 +51,37 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def add_predictor_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, k: int) -> list[int]:
     """Add `<|predictor_1..K|>` as special tokens and give them embedding rows.
 
-    Returns their ids. New rows start at the mean of the existing embeddings (input and,
-    if untied, output): deterministic, so a resumed run rebuilds exactly the same frozen
-    base rows, and on the scale of real tokens. Tokens already present (a model saved by
-    this pipeline) are reused. The matrix is never shrunk: many models pad their vocab.
+    Returns their ids. Newly added tokens start at the mean embedding of the tokenizer's
+    existing tokens (input and, if untied, output): deterministic, so a resumed run
+    rebuilds exactly the same frozen base rows, and on the scale of real tokens. That
+    holds also when the matrix already has spare rows beyond the tokenizer (Qwen pads its
+    vocabulary to a multiple of 128) and no resize happens. Tokens already present (a
+    model saved by this pipeline) are reused with their trained rows. The matrix is never
+    shrunk.
     """
     tokens = predictor_tokens(k)
     if not tokens:
         return []
+    known = len(tokenizer)
     tokenizer.add_tokens(tokens, special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids(tokens)
-    old_rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > old_rows:
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        _init_new_rows(model, old_rows)
+    _init_rows(model, [i for i in ids if i >= known], reference_rows=known)
     return list(ids)
 
 
 @torch.no_grad()
-def _init_new_rows(model: PreTrainedModel, old_rows: int) -> None:
+def _init_rows(model: PreTrainedModel, rows: list[int], reference_rows: int) -> None:
+    """Set `rows` of the input (and untied output) embedding to the mean of the first `reference_rows`."""
+    if not rows:
+        return
     embeddings = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
     if output is not None and output.weight is not embeddings[0]:
         embeddings.append(output.weight)
     for weight in embeddings:
-        weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
+        weight[rows] = weight[:reference_rows].mean(dim=0, keepdim=True)
 
 
 def apply_lora(model: PreTrainedModel, cfg: TrainConfig, new_token_ids: list[int]) -> torch.nn.Module:

@@ -75,9 +75,10 @@ def split_deepseek(record: dict[str, Any], keep_annotations: bool = False) -> So
     if "<think>" in visible:  # an unclosed think block: everything after it is hidden
         visible = visible.split("<think>", 1)[0]
     parts = DEEPSEEK_STEP.split(visible)
-    steps = [p.strip() for p in parts[1:] if p.strip()]
-    if not keep_annotations:
-        steps = [ANNOTATION.sub("", s).strip() for s in steps]
+    steps = [p if keep_annotations else ANNOTATION.sub("", p) for p in parts[1:]]
+    # Empty steps are dropped after the annotations go: a step that was only `<<2*3=6>>`
+    # would otherwise be an empty string that no tokenised span can hold.
+    steps = [s.strip() for s in steps if s.strip()]
     if "answer" in record:
         gold = split_gsm8k({"question": question, "answer": record["answer"]}).gold
     else:

@@ -166,3 +166,24 @@ def test_unknown_mlflow_run_fails_before_generating(tiny_model_dir, test_file, t
                             "--mlflow-run-id", "0123456789abcdef", "--out", tmp_path / "eval")  # fmt: skip
     assert code == 2 and "--mlflow-run-id 0123456789abcdef: not a run" in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_model_renders_prompts_with_the_pinned_date():
+    """What `stepjepa evaluate` passes on (`tokenize.date_string`) reaches the template."""
+    from fractions import Fraction
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stepjepa.evaluate import Example, evaluate_model
+    from tests import tokenizer_families as families
+
+    tok = families.byte_level_bpe()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    messages = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "What is 2+3?"}]
+    example = Example(id="q1", messages=messages, answer="#### 5", gold=Fraction(5))
+    result = evaluate_model(model, tok, [example], batch_size=1, max_new_tokens=2, date_string="03 Mar 2025")
+    assert "Today Date: 03 Mar 2025" in result.rows[0]["prompt"]

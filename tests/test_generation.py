@@ -188,3 +188,19 @@ def test_prefilled_batch_gives_every_prompt_its_own_next_token_logits(chatty_mod
         for row, logits in zip(rows, got.logits[:, -1], strict=True):
             expected = chatty_model(input_ids=torch.tensor([row])).logits[0, -1]
             torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluation_prompt_is_the_training_prompt_for_a_dated_template():
+    """A Llama-3 template prints today's date unless given one: evaluation must pin the
+    date tokenisation pinned, or prompts differ from training and from day to day."""
+    from stepjepa.tokenization import render_conversation
+    from tests import tokenizer_families as families
+
+    tok = families.byte_level_bpe()
+    messages = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "What is 2+3?"},
+                {"role": "assistant", "content": "2+3 = 5.\n\nThe answer is \\boxed{5}."}]
+    trained = render_conversation(tok, messages, "26 Jul 2024")
+    expected = tok(trained.text[: trained.content_start], add_special_tokens=False)["input_ids"]
+    assert chat_prompt_ids(tok, messages[:2], date_string="26 Jul 2024") == expected
+    assert "Today Date: 26 Jul 2024" in tok.decode(expected)
+    assert chat_prompt_ids(tok, messages[:2], date_string="01 Jan 2030") != expected

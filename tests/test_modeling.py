@@ -41,6 +41,32 @@ def test_adding_tokens_again_reuses_them_and_never_shrinks(tiny_model_dir):
     assert model.get_input_embeddings().weight.shape[0] == rows + 64
 
 
+def test_predictor_rows_in_a_padded_vocabulary_start_at_the_mean_too(tiny_model_dir):
+    """Qwen-style: the embedding has spare rows beyond the tokenizer, so adding tokens
+    resizes nothing; the predictor rows must still start at the mean of the real tokens,
+    not at whatever the spare rows held."""
+    model, tok = _loaded(tiny_model_dir)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone() * 2)
+    real = len(tok)
+    model.resize_token_embeddings(real + 64, mean_resizing=False)
+    with torch.no_grad():
+        for weight in (model.get_input_embeddings().weight, model.lm_head.weight):
+            weight[real:] = 100.0  # spare rows: far from any real token
+    inputs, outputs = (w.detach().clone() for w in (model.get_input_embeddings().weight, model.lm_head.weight))
+    ids = add_predictor_tokens(model, tok, 2)
+    assert ids == [real, real + 1] and model.get_input_embeddings().weight.shape[0] == real + 64
+    assert torch.allclose(model.get_input_embeddings().weight[ids], inputs[:real].mean(0).expand(2, -1))
+    assert torch.allclose(model.lm_head.weight[ids], outputs[:real].mean(0).expand(2, -1))
+    assert torch.equal(model.get_input_embeddings().weight[real + 2 :], inputs[real + 2 :])  # other spares untouched
+    assert torch.equal(model.get_input_embeddings().weight[:real], inputs[:real])
+    # Tokens already there (a model saved by this pipeline) keep their trained rows.
+    with torch.no_grad():
+        model.get_input_embeddings().weight[ids] = 7.0
+    assert add_predictor_tokens(model, tok, 2) == ids
+    assert bool((model.get_input_embeddings().weight[ids] == 7.0).all())
+
+
 def test_pad_id_falls_back_to_eos(tiny_model_dir):
     _, tok = _loaded(tiny_model_dir)
     assert pad_id(tok) == tok.pad_token_id
