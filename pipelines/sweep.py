@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from stepjepa import launch, report, tracking
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config
-from stepjepa.sweep import RunSpec, cache_key, data_fingerprint, expand_grid, resolve
+from stepjepa.sweep import RunSpec, cache_key, data_fingerprint, eval_cache_key, expand_grid, resolve
 
 SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
 
@@ -67,8 +67,12 @@ def step_jepa_config(spec: dict, key: str, paths: dict, child_run_id: str, eval_
     trained = train_run.fn(spec, key, paths, child_run_id)
     return evaluate_run.fn(spec, key, trained, paths, eval_args)
 
-@task(cache_key_fn=_by_key, persist_result=True, task_run_name="dispatch {spec[name]}")
-def dispatch_run(spec: dict, key: str, paths: dict, child_run_id: str, eval_args: list[str], deployment: str) -> dict:
+def _by_eval_key(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["eval_key"]
+
+@task(cache_key_fn=_by_eval_key, persist_result=True, task_run_name="dispatch {spec[name]}")
+def dispatch_run(spec: dict, key: str, eval_key: str, paths: dict, child_run_id: str, eval_args: list[str],
+                 deployment: str) -> dict:
     """One config as a flow run on a work pool; its result comes back through MLflow, which
     the worker and this process share (their file systems need not be shared)."""
     from prefect.deployments import run_deployment
@@ -117,16 +121,16 @@ def step_jepa_sweep(
     with tracking.sweep_run(sweep.experiment, sweep.model_dump(mode="json") | {"runs": len(specs)}) as parent:
         futures = {}
         for spec in specs:
-            key = cache_key(configs[spec.name], fingerprint)
+            key, eval_key = cache_key(configs[spec.name], fingerprint), eval_cache_key(configs[spec.name], fingerprint)
             child = tracking.child_run(sweep.experiment, parent, spec.name, key)
             spec_d = spec.as_dict() | {"overrides": [*spec.overrides, f"train.experiment={sweep.experiment}"]}
             eval_args = launch.eval_args(configs[spec.name].eval)
             if sweep.launcher == "work_pool":
                 trained = evaluated = dispatch_run.with_options(retries=sweep.retries).submit(
-                    spec_d, key, paths, child, eval_args, sweep.config_deployment)
+                    spec_d, key, eval_key, paths, child, eval_args, sweep.config_deployment)
             else:
                 trained = train_run.with_options(retries=sweep.retries).submit(spec_d, key, paths, child)
-                evaluated = evaluate_run.submit(spec_d, f"{key}-eval", trained, paths, eval_args)
+                evaluated = evaluate_run.submit(spec_d, eval_key, trained, paths, eval_args)
             futures[spec.name] = (child, trained, evaluated)
         wait([f for _, *pair in futures.values() for f in pair])
         results = [_collect(spec, *futures[spec.name], logger) for spec in specs]

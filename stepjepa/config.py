@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stepjepa.prompts import DEFAULT_ANSWER_TEMPLATE, DEFAULT_SYSTEM_PROMPT
 
@@ -173,6 +173,10 @@ class TrainConfig(Section):
         return self
 
 
+# Set per run by the sweep's grid fields, so `sweep.overrides` may not set them.
+GRID_KEYS = ("train.k", "train.lambda", "train.seed", "train.layout", "train.loss")
+
+
 class SweepConfig(Section):
     """A K x lambda grid; every seed also gets the SFT baseline (K = 0, lambda = 0)."""
 
@@ -185,7 +189,8 @@ class SweepConfig(Section):
     layout: Literal["inline", "two_pass", "packed"] = "inline"
     loss: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
     overrides: dict[str, Any] = {}
-    """Extra `train.*` / `eval.*` values for every run, by dotted key."""
+    """Extra `train.*` / `eval.*` values for every run, by dotted key (not the grid's own
+    `train.k`, `train.lambda`, `train.seed`, `train.layout`, `train.loss`)."""
     max_concurrent: int | None = Field(None, ge=1)
     """Training runs at once; null = 1 on CPU, one per visible GPU."""
     retries: int = Field(0, ge=0)
@@ -199,6 +204,18 @@ class SweepConfig(Section):
     is a flow run of `config_deployment` on a Prefect work pool (a cluster)."""
     config_deployment: str = "step-jepa-config/default"
     """The per-config deployment the `work_pool` launcher runs (`pipelines.sweep --deploy`)."""
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_change_runs_only(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        # Data and tokenisation are DVC stages upstream of the sweep: an override there would
+        # be logged as if applied while every run trains on the same tokenised file.
+        for key in overrides:
+            if key in GRID_KEYS:
+                raise ValueError(f"{key} is set by the grid (sweep.ks, lambdas, seeds, layout, loss), not an override")
+            if not key.startswith(("train.", "eval.")):
+                raise ValueError(f"{key}: only train.* and eval.* keys can be overridden per run")
+        return overrides
 
 
 class EvalConfig(Section):

@@ -84,8 +84,30 @@ def data_fingerprint(paths: list[str | Path]) -> str:
     return digest.hexdigest()[:32]
 
 
+# How often a run logs and checkpoints, and how many prompts are generated together,
+# change neither its weights nor its answers (tested: batch size never changes tokens).
+OUTSIDE_KEY = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size"}
+
+
+def _identity(config: Config, sections: tuple[str, ...]) -> dict[str, Any]:
+    tree = config.model_dump(mode="json", by_alias=True)
+    return {name: {k: v for k, v in tree[name].items() if f"{name}.{k}" not in OUTSIDE_KEY} for name in sections}
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def cache_key(config: Config, data_fingerprint: str) -> str:
-    """Same resolved config on the same data = same result, whoever asks."""
-    payload = json.dumps({"config": config.model_dump(mode="json", by_alias=True), "data": data_fingerprint},
-                         sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    """The trained model's identity: same key, same weights, whoever asks.
+
+    Every section but `sweep` and `eval`: growing the grid, changing concurrency or
+    retries, or evaluating differently reuses the runs already trained.
+    """
+    sections = tuple(name for name in type(config).model_fields if name not in ("sweep", "eval"))
+    return _digest({"config": _identity(config, sections), "data": data_fingerprint})
+
+
+def eval_cache_key(config: Config, data_fingerprint: str) -> str:
+    """The evaluation's identity: the trained model's key plus the `eval` settings."""
+    return _digest({"model": cache_key(config, data_fingerprint), "eval": _identity(config, ("eval",))})

@@ -39,8 +39,10 @@ from stepjepa.tracking import Tracker, dvc_tags, flatten, git_tags, make_tracker
 
 log = logging.getLogger(__name__)
 
-# Keys that may change between a checkpoint and its resume: they do not change what trains.
+# What a resumed run must share with its checkpoint: what trains, not how it is evaluated
+# or swept. Within them, keys that may change: they do not change what trains.
 # (Not train.experiment: the resumed MLflow run lives in the experiment it started in.)
+RESUME_SECTIONS = ("model", "tokenize", "train")
 RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tracking",
                      "train.log_model"}
 
@@ -70,7 +72,10 @@ def _checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
 
 
 def _check_same_config(saved: dict, cfg: Config, checkpoint: Path) -> None:
-    before, now = flatten(saved), flatten(resolved_config(cfg))
+    def training_part(tree: dict) -> dict:
+        return flatten({name: tree.get(name, {}) for name in RESUME_SECTIONS})
+
+    before, now = training_part(saved), training_part(resolved_config(cfg))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])

@@ -48,3 +48,50 @@ def test_bad_override_names_the_run_and_key():
 def test_bad_sweep_params_are_rejected_naming_the_key(sweep, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_from_dict({"sweep": sweep})
+
+
+def _key_pair(base: dict, changes: dict) -> tuple[str, str]:
+    """(training key, eval key) of the K=2 run after `changes` (dotted keys) to `base`."""
+    import copy
+
+    from stepjepa.config import set_dotted
+    from stepjepa.sweep import eval_cache_key
+
+    tree = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        set_dotted(tree, dotted, value)
+    sweep = config_from_dict(tree).sweep
+    spec = next(s for s in expand_grid(sweep) if s.k == 2 and s.lam == 0.5)
+    cfg = resolve(tree, spec)
+    return cache_key(cfg, "data-a"), eval_cache_key(cfg, "data-a")
+
+
+@pytest.mark.parametrize("changes", [
+    {"sweep.ks": [2, 4]}, {"sweep.lambdas": [0.5, 5.0]}, {"sweep.max_concurrent": 2}, {"sweep.retries": 3},
+    {"sweep.registered_model_name": "other"}, {"train.log_every": 1}, {"train.checkpoint_every": 5},
+    {"train.keep_checkpoints": 9}, {"eval.batch_size": 3},
+])
+def test_what_changes_no_result_keeps_both_keys(changes):
+    """Growing the grid or tuning throughput must reuse the runs already trained and evaluated."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"sweep": {"ks": [2], "lambdas": [0.5]}}
+    assert _key_pair(base, changes) == _key_pair(base, {})
+
+
+@pytest.mark.parametrize("changes, trains_again", [
+    ({"eval.limit": 7}, False), ({"eval.max_new_tokens": 9}, False), ({"eval.split": "train"}, False),
+    ({"train.learning_rate": 0.5}, True), ({"train.max_steps": 3}, True), ({"tokenize.max_length": 64}, True),
+    ({"model.dtype": "bfloat16"}, True), ({"sweep.layout": "packed"}, True), ({"sweep.overrides": {"train.epochs": 2}}, True),
+])
+def test_what_changes_a_result_changes_its_key(changes, trains_again):
+    base = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"sweep": {"ks": [2], "lambdas": [0.5]}}
+    (train_before, eval_before), (train_after, eval_after) = _key_pair(base, {}), _key_pair(base, changes)
+    assert eval_after != eval_before
+    assert (train_after != train_before) is trains_again
+
+
+@pytest.mark.parametrize("key", ["train.k", "train.lambda", "train.seed", "train.layout", "train.loss",
+                                 "data.format", "tokenize.max_length", "model.name_or_path"])
+def test_overrides_cannot_change_the_grid_or_the_upstream_stages(key):
+    with pytest.raises(ConfigError, match=r"sweep\.overrides.*" + key.replace(".", r"\.")):
+        config_from_dict({"sweep": {"overrides": {key: 1}}})
+    assert config_from_dict({"sweep": {"overrides": {"train.epochs": 2, "eval.limit": 5}}})

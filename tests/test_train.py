@@ -230,3 +230,17 @@ def test_two_processes_match_one_process_with_accumulation(tiny_model_dir, train
     expected, got = load_file(str(single.model_dir / "model.safetensors")), load_file(
         str(tmp_path / "ddp" / "model" / "model.safetensors"))
     assert all(torch.allclose(expected[k], got[k], atol=1e-5) for k in expected)
+
+
+def test_resume_needs_the_same_training_config_only(tmp_path):
+    """Evaluation and sweep settings may change between a kill and its resume; what trains may not."""
+    from stepjepa.config import config_from_dict
+    from stepjepa.train import _check_same_config, resolved_config
+
+    saved = resolved_config(config_from_dict({"train": {"k": 2, "learning_rate": 1e-3}}))
+    fine = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "log_every": 1},
+                             "eval": {"limit": None, "batch_size": 4}, "sweep": {"max_concurrent": 2, "ks": [5]}})
+    _check_same_config(saved, fine, tmp_path / "step-000003")
+    changed = config_from_dict({"train": {"k": 2, "learning_rate": 2e-3}})
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: 0\.001 -> 0\.002"):
+        _check_same_config(saved, changed, tmp_path / "step-000003")
