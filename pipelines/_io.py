@@ -2,7 +2,33 @@
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from stepjepa.config import ConfigError
+from stepjepa.prepare import BadRecordError
+from stepjepa.score import InputError
+from stepjepa.tokenization import TokenizationError
+
+# What the library raises for bad input (params, files, records). Anything else is a bug
+# and keeps its traceback.
+INPUT_ERRORS = (ConfigError, BadRecordError, TokenizationError, InputError, OSError)
+
+def run_stage(name: str, main: Callable[[], None]) -> int:
+    """Run a stage's `main`; bad input ends as one line `NAME: error: ...` and exit status 2."""
+    try:
+        main()
+    except INPUT_ERRORS as err:
+        print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+def _one_line(err: Exception) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"  # not "[Errno 2] ...: 'path'"
+    # ConfigError lists one bad key per line; DVC shows a stage's stderr, one line reads best there.
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 def stage_args(doc: str, *inputs: str) -> argparse.Namespace:
     """`--params` plus the stage's input paths, `--out` and `--metrics` (paths live in dvc.yaml)."""
@@ -15,8 +41,21 @@ def stage_args(doc: str, *inputs: str) -> argparse.Namespace:
     return parser.parse_args()
 
 def read_json_lines(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+    """The records of a prepared JSONL file; a bad line is an `InputError` naming file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
 
 def write_json(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

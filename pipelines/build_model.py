@@ -4,7 +4,7 @@
         --out models/tiny --metrics metrics/build_model.json
 """
 
-from pipelines._io import read_json_lines, stage_args, write_json
+from pipelines._io import read_json_lines, run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
 
@@ -16,4 +16,4 @@ def main() -> None:
     write_json(model_summary(args.out), args.metrics)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_stage("build_model", main))

@@ -3,7 +3,7 @@
     python -m pipelines.fetch --params params.yaml --out data/raw --metrics metrics/fetch.json
 """
 
-from pipelines._io import stage_args, write_json
+from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.sources import fetch_gsm8k
 
@@ -13,4 +13,4 @@ def main() -> None:
     write_json(fetch_gsm8k(cfg.data, args.out), args.metrics)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_stage("fetch", main))

@@ -6,7 +6,7 @@
 
 import logging
 
-from pipelines._io import stage_args, write_json
+from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.prepare import prepare_file, write_json_lines
 from stepjepa.sources import SPLITS
@@ -31,4 +31,4 @@ def main() -> None:
     write_json(metrics, args.metrics)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_stage("prepare", main))

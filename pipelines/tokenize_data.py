@@ -6,23 +6,31 @@
 
 import pyarrow.parquet as pq
 
-from pipelines._io import read_json_lines, stage_args, write_json
+from pipelines._io import read_json_lines, run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.sources import SPLITS
-from stepjepa.tokenization import encode_records, load_tokenizer, summarize
+from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, summarize
 
 def main() -> None:
     args = stage_args(__doc__, "prepared")
     cfg = load_config(args.params)
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    try:
+        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    except OSError as err:  # transformers' message may not say which model it failed to find
+        raise TokenizationError(f"{args.params}: model.name_or_path={cfg.model.name_or_path}: "
+                                f"cannot load its tokenizer ({err})") from None
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = {}
     for split in SPLITS:
-        records = read_json_lines(args.prepared / f"{split}.jsonl")
-        table = encode_records(tokenizer, records, cfg.tokenize.max_length, cfg.tokenize.date_string)
+        path = args.prepared / f"{split}.jsonl"
+        records = read_json_lines(path)
+        try:
+            table = encode_records(tokenizer, records, cfg.tokenize.max_length, cfg.tokenize.date_string)
+        except TokenizationError as err:  # its message names the record and field, not the file
+            raise TokenizationError(f"{path}: {err}") from None
         pq.write_table(table, args.out / f"{split}.parquet")
         metrics[split] = summarize(table)
     write_json(metrics, args.metrics)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_stage("tokenize", main))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stepjepa.collate import length_grouped_batches
@@ -29,9 +30,15 @@ Plan = list[list[list[int]]]
 def load_rows(path: str | Path, max_examples: int | None = None) -> list[dict[str, Any]]:
     """Rows of a tokenised parquet file (docs/data-format.md), the first `max_examples` only."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--data {path}: a folder; pass the parquet file, e.g. data/tokenized/train.parquet")
     if not path.is_file():
         raise ConfigError(f"--data {path}: no such file (run `dvc repro tokenize`?)")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowInvalid as err:
+        raise ConfigError(f"--data {path}: not a Parquet file of tokenised rows ({err}); run `dvc repro tokenize` "
+                          "and pass data/tokenized/train.parquet") from None
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise ConfigError(f"--data {path}: missing columns {missing}; see docs/data-format.md")

@@ -14,41 +14,64 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+from stepjepa.batching import COLUMNS
 from stepjepa.collate import collate
+from stepjepa.config import ConfigError
 from stepjepa.masks import LAYOUTS
 from stepjepa.prompts import predictor_tokens
+from stepjepa.score import InputError
 
 log = logging.getLogger(__name__)
 MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C"}
 
 
 def load_row(path: str | Path, index: int | None = None, row_id: str | None = None) -> dict[str, Any]:
-    """One row of a tokenised parquet file, by position or by `id`."""
+    """One row of a tokenised parquet file, by position or by `id`; bad input is an `InputError`."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--data {path}: no such file (run `dvc repro tokenize`, or pass --data FILE.parquet)")
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowInvalid as err:
+        raise InputError(f"--data {path}: not a Parquet file of tokenised rows ({err})") from None
+    needed = [*COLUMNS, "id"] if row_id is not None else COLUMNS
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise InputError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
     if row_id is not None:
-        table = table.filter(pc.equal(table["id"], row_id))
-        index = 0
-        if table.num_rows == 0:
-            raise ValueError(f"--id {row_id!r}: no such row in {path}")
-    if not 0 <= (index or 0) < table.num_rows:
-        raise ValueError(f"--index {index}: {path} has {table.num_rows} rows")
-    return table.slice(index or 0, 1).to_pylist()[0]
+        found = table.filter(pc.equal(table["id"], row_id))
+        if found.num_rows == 0:
+            ids = table["id"]
+            have = f"ids {ids[0].as_py()} .. {ids[-1].as_py()}" if len(ids) else "no rows"
+            raise InputError(f"--id {row_id!r}: no such row in {path} ({have})")
+        return found.slice(0, 1).to_pylist()[0]
+    index = index or 0
+    if not 0 <= index < table.num_rows:
+        valid = f"0 to {table.num_rows - 1}" if table.num_rows else "none"
+        raise InputError(f"--index {index}: {path} has {table.num_rows} rows (valid indexes: {valid})")
+    return table.slice(index, 1).to_pylist()[0]
 
 
 def load_steps(path: str | Path | None, row_id: str | None) -> list[str] | None:
     """The step texts of the prepared record with this id, or None if unavailable."""
     if path is None or row_id is None or not Path(path).exists():
         return None
-    with open(path) as lines:
-        for line in lines:
-            record = json.loads(line)
-            if record.get("id") == row_id:
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                where = f"--prepared {path}:{number}"
+                raise InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if isinstance(record, dict) and record.get("id") == row_id:
                 return list(record["steps"])
     return None
 
@@ -204,20 +227,33 @@ def _defaults(params: str) -> tuple[Any, Any, str]:
     return getattr(train, "k", None), getattr(train, "layout", None), cfg.model.name_or_path
 
 
+def _tokenizer(model_dir: str, from_flag: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except OSError as err:  # transformers' message may not name the directory
+        source = "--model-dir" if from_flag else "model.name_or_path"
+        raise InputError(f"{source} {model_dir}: cannot load the tokenizer ({' '.join(str(err).split())})") from None
+
+
 def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    k_default, layout_default, model_dir = _defaults(args.params)
-    ks = args.k or ([k_default] if args.json and k_default is not None else [1, 2, 3])
-    if any(k < 0 for k in ks):
-        parser.error(f"--k must be >= 0; got {ks}")
-    if args.json and len(ks) != 1:
-        parser.error("--json shows one example layout: give exactly one --k")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir or model_dir)
-    row = load_row(args.data, None if args.id else args.index, args.id)
-    steps = load_steps(args.prepared, row.get("id"))
+    try:
+        k_default, layout_default, model_dir = _defaults(args.params)
+        ks = args.k or ([k_default] if args.json and k_default is not None else [1, 2, 3])
+        if any(k < 0 for k in ks):
+            parser.error(f"--k must be >= 0; got {ks}")
+        if args.json and len(ks) != 1:
+            parser.error("--json shows one example layout: give exactly one --k")
+        # The row first: a missing or bad --data is reported without waiting for transformers.
+        row = load_row(args.data, None if args.id else args.index, args.id)
+        steps = load_steps(args.prepared, row.get("id"))
+        tokenizer = _tokenizer(args.model_dir or model_dir, args.model_dir is not None)
+    except (InputError, ConfigError) as err:
+        print(f"stepjepa inspect: error: {err}", file=sys.stderr)
+        return 2
     layout = args.layout or layout_default or "inline"
     records = [lay_out(row, tokenizer, k, layout, steps) for k in ks]
     if args.png:

@@ -1,0 +1,143 @@
+"""Bad input to the DVC stages and the CLIs: one clear line naming the file, exit status 2,
+never a traceback. Each case is a real process, as DVC or a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipelines._io import run_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"question": "q?", "answer": "a = 1\nb = 2\n#### 2"}
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)} | env
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *named: str) -> str:
+    """Exit 2, no traceback, and every string of `named` in stderr; returns stderr."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for text in named:
+        assert text in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def params(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def stage(name: str, tmp_path: Path, params_file: Path, *inputs: str) -> list[str]:
+    return [f"pipelines.{name}", "--params", str(params_file), *inputs,
+            "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
+
+
+def test_unknown_params_key_names_file_and_key(tmp_path):
+    bad = params(tmp_path / "params.yaml", {"data": {"formatt": "x"}})
+    err = assert_clean_error(run(stage("fetch", tmp_path, bad), tmp_path), f"fetch: error: {bad}", "data.formatt")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_fetch_from_a_missing_gsm8k_dir(tmp_path):
+    ok = params(tmp_path / "params.yaml", {})
+    proc = run(stage("fetch", tmp_path, ok), tmp_path, GSM8K_DIR=str(tmp_path / "nowhere"))
+    assert_clean_error(proc, "fetch: error: GSM8K_DIR=", "train.jsonl")
+
+
+def test_prepare_bad_record_with_on_bad_record_error(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "test"):
+        (raw / f"{split}.jsonl").write_text(json.dumps(GOOD) + '\n{"question": "cut off\n')
+    strict = params(tmp_path / "params.yaml", {"data": {"on_bad_record": "error"}})
+    proc = run(stage("prepare", tmp_path, strict, "--raw", str(raw)), tmp_path)
+    assert_clean_error(proc, f"prepare: error: {raw / 'train.jsonl'}:2: ", "not valid JSON")
+
+
+def test_prepare_without_raw_files(tmp_path):
+    ok = params(tmp_path / "params.yaml", {})
+    proc = run(stage("prepare", tmp_path, ok, "--raw", str(tmp_path / "raw")), tmp_path)
+    assert_clean_error(proc, f"prepare: error: {tmp_path / 'raw' / 'train.jsonl'}: No such file")
+
+
+def test_tokenize_bad_record_names_file_record_and_field(tmp_path, tiny_model_dir, conversations):
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    records = [conversations[0], conversations[1] | {"steps": "not a list"}]
+    for split in ("train", "test"):
+        (prepared / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = params(tmp_path / "params.yaml", {"model": {"name_or_path": str(tiny_model_dir)}})
+    proc = run(stage("tokenize_data", tmp_path, cfg, "--prepared", str(prepared)), tmp_path)
+    assert_clean_error(proc, f"tokenize: error: {prepared / 'train.jsonl'}: record {records[1]['id']}: field steps")
+
+
+def test_tokenize_with_a_missing_model(tmp_path):
+    cfg = params(tmp_path / "params.yaml", {"model": {"name_or_path": str(tmp_path / "no-model")}})
+    proc = run(stage("tokenize_data", tmp_path, cfg, "--prepared", str(tmp_path)), tmp_path)
+    assert_clean_error(proc, f"tokenize: error: {cfg}: model.name_or_path={tmp_path / 'no-model'}")
+
+
+def test_build_model_bad_json_line_names_file_and_line(tmp_path):
+    prepared = tmp_path / "train.jsonl"
+    prepared.write_text('{"messages": []}\nnot json\n')
+    proc = run(stage("build_model", tmp_path, params(tmp_path / "params.yaml", {}), "--prepared", str(prepared)),
+               tmp_path)
+    assert_clean_error(proc, f"build_model: error: {prepared}:2: not valid JSON")
+
+
+def test_a_bug_in_a_stage_keeps_its_traceback():
+    def buggy() -> None:
+        raise KeyError("messages")
+
+    with pytest.raises(KeyError):
+        run_stage("build_model", buggy)
+
+
+def test_train_on_jsonl_says_it_is_not_parquet(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps(GOOD) + "\n")
+    proc = run(["stepjepa.cli", "train", "--params", str(params(tmp_path / "params.yaml", {})), "--data", str(data),
+                "--out", str(tmp_path / "run"), "--set", "train.tracking=none"], tmp_path)
+    assert_clean_error(proc, f"--data {data}: not a Parquet file of tokenised rows", "data/tokenized/train.parquet")
+
+
+@pytest.fixture
+def rows(tmp_path) -> Path:
+    """Two tokenised rows (docs/data-format.md), enough for inspect to pick one."""
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({
+        "id": ["train-000001", "train-000002"], "input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, 2, 3], [-100, 5]],
+        "step1_span": [None, None], "step2_span": [None, None], "jepa_valid": [False, False],
+    }), path)
+    return path
+
+
+def test_inspect_without_tokenised_data(tmp_path):
+    proc = run(["stepjepa.cli", "inspect", "--k", "2"], tmp_path)
+    assert_clean_error(proc, "stepjepa inspect: error: --data data/tokenized/train.parquet: no such file")
+
+
+@pytest.mark.parametrize("which, named", [
+    (["--index", "5"], ["--index 5", "has 2 rows (valid indexes: 0 to 1)"]),
+    (["--id", "nope"], ["--id 'nope'", "ids train-000001 .. train-000002"]),
+])
+def test_inspect_bad_index_or_id(tmp_path, rows, which, named):
+    proc = run(["stepjepa.cli", "inspect", "--data", str(rows), *which], tmp_path)
+    assert_clean_error(proc, str(rows), *named)
+
+
+def test_inspect_with_a_missing_model_dir(tmp_path, rows):
+    proc = run(["stepjepa.cli", "inspect", "--data", str(rows), "--model-dir", str(tmp_path / "no-model")], tmp_path)
+    assert_clean_error(proc, f"--model-dir {tmp_path / 'no-model'}: cannot load the tokenizer")
