@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +36,14 @@ logger = logging.getLogger(__name__)
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 # Command-line flags that override the `eval` section of the params file.
-EVAL_FLAGS = {"split": str, "limit": int, "batch_size": int, "max_new_tokens": int, "device": str}
+def _limit(text: str) -> str:
+    """`--limit N`, or `--limit all` for the whole split whatever `eval.limit` the params set."""
+    if text != "all" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {text!r}")
+    return "null" if text == "all" else text
+
+
+EVAL_FLAGS = {"split": str, "limit": _limit, "batch_size": int, "max_new_tokens": int, "device": str}
 
 
 @dataclass(frozen=True)
@@ -128,17 +136,26 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     return EvalResult(rows, metrics)
 
 
-def resolve_model_dir(model: str, tracking_uri: str | None = None) -> Path:
-    """A local Hugging Face model directory for a path or an MLflow URI (downloaded).
+# A Hugging Face hub id: `name` or `org/name`, not a filesystem path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+# What evaluation needs from a hub repository: weights as safetensors, never pickles.
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+def resolve_model_dir(model: str, tracking_uri: str | None = None, revision: str | None = None) -> Path:
+    """A local Hugging Face model directory for a path, an MLflow URI or a hub id (downloaded).
 
     An MLflow artifact folder may hold the model one level down (`model/`), as the
-    transformers flavour writes it; the folder with `config.json` is returned.
+    transformers flavour writes it; the folder with `config.json` is returned. A hub id
+    comes from the Hugging Face cache, or from the hub when `HF_HUB_OFFLINE=0`.
     """
     if model.startswith(MODEL_URI_SCHEMES):
         try:
             path = tracking.download(model, tracking_uri)
         except Exception as err:  # mlflow raises several types for unknown names/runs/aliases
             raise InputError(f"--model {model}: cannot download from MLflow ({err})") from None
+    elif not Path(model).exists() and HUB_ID.fullmatch(model):
+        path = _hub_snapshot(model, revision)
     else:
         path = Path(model)
         if not path.is_dir():
@@ -148,6 +165,19 @@ def resolve_model_dir(model: str, tracking_uri: str | None = None) -> Path:
     if found is None:
         raise InputError(f"--model {model}: {path} has no config.json (not a Hugging Face model directory)")
     return found
+
+
+def _hub_snapshot(model: str, revision: str | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, revision=revision, allow_patterns=HUB_FILES))
+    except LocalEntryNotFoundError:
+        hint = "HF_HUB_OFFLINE=1: set HF_HUB_OFFLINE=0 to download it" if constants.HF_HUB_OFFLINE else "offline?"
+        raise InputError(f"--model {model}: no such model directory, and not in the Hugging Face cache ({hint})") from None
+    except (RepositoryNotFoundError, HfHubHTTPError) as err:
+        raise InputError(f"--model {model}: no such model directory or hub model ({err})") from None
 
 
 def load_model(model_dir: Path, cfg: Config, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -187,7 +217,7 @@ def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepjepa evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model directory or MLflow URI (default: params model.name_or_path)")
+    parser.add_argument("--model", help="model directory, MLflow URI or hub id (default: params model.name_or_path)")
     parser.add_argument("--data", type=Path, help="prepared (or raw GSM8K) JSONL (default: data/prepared/SPLIT.jsonl)")
     parser.add_argument("--params", type=Path, help="params file with an `eval` section (default: ./params.yaml if present)")
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"), help="where predictions.jsonl and metrics.json go")
@@ -240,7 +270,8 @@ def main(argv: list[str]) -> int:
         examples = load_examples(data, cfg.data.system_prompt, cfg.eval.limit)
         if args.mlflow_run_id:
             _check_run(tracking_uri, args.mlflow_run_id)
-        model_dir = resolve_model_dir(args.model or cfg.model.name_or_path, tracking_uri)
+        model_dir = resolve_model_dir(args.model or cfg.model.name_or_path, tracking_uri,
+                                      revision=None if args.model else cfg.model.revision)
         model, tokenizer = load_model(model_dir, cfg, cfg.eval.device)
     except (InputError, ConfigError) as err:
         print(f"stepjepa evaluate: error: {err}", file=sys.stderr)

@@ -73,7 +73,11 @@ def eval_args(eval_cfg) -> list[str]:
     """`stepjepa evaluate` flags that carry a run's resolved `eval` section."""
     args = []
     for key, value in eval_cfg.model_dump().items():
-        if value is not None and key != "split":  # the split is chosen by the data file
+        if key == "split":  # the split is chosen by the data file
+            continue
+        if key == "limit" and value is None:  # said explicitly, or the params file's limit would apply
+            value = "all"
+        if value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
     return args
 

@@ -187,3 +187,46 @@ def test_evaluate_model_renders_prompts_with_the_pinned_date():
     example = Example(id="q1", messages=messages, answer="#### 5", gold=Fraction(5))
     result = evaluate_model(model, tok, [example], batch_size=1, max_new_tokens=2, date_string="03 Mar 2025")
     assert "Today Date: 03 Mar 2025" in result.rows[0]["prompt"]
+
+
+@pytest.fixture
+def hub_cache(tmp_path, tiny_model_dir, monkeypatch):
+    """A Hugging Face cache holding the tiny model as hub repo `stepjepa/tiny-test`, laid out
+    as `snapshot_download` leaves it, plus a pickle it must never need; offline."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--stepjepa--tiny-test"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return repo
+
+
+def test_a_hub_id_loads_from_the_hugging_face_cache(hub_cache, test_file, tmp_path, capsys):
+    code, metrics, err = evaluate(capsys, "--model", "stepjepa/tiny-test", "--data", test_file, "--limit", 3,
+                                  "--out", tmp_path / "eval")  # fmt: skip
+    assert code == 0, err
+    assert metrics["n"] == 3
+    code, _, err = evaluate(capsys, "--model", "stepjepa/not-cached", "--data", test_file)
+    assert code == 2 and "not in the Hugging Face cache" in err and "HF_HUB_OFFLINE=0" in err
+    assert "Traceback" not in err
+
+
+def test_limit_all_overrides_the_params_limit(tiny_model_dir, test_file, tmp_path, capsys, monkeypatch):
+    from stepjepa.launch import eval_args
+
+    (tmp_path / "params.yaml").write_text("eval:\n  limit: 2\n")
+    monkeypatch.chdir(tmp_path)
+    base = ("--model", tiny_model_dir, "--data", test_file, "--out", tmp_path / "eval", "--params", "params.yaml")
+    assert evaluate(capsys, *base)[1]["n"] == 2
+    assert evaluate(capsys, *base, "--limit", "all")[1]["n"] == 60
+    with pytest.raises(SystemExit):
+        evaluate(capsys, *base, "--limit", "most")
+    # A sweep run whose eval.limit is null says so on the command line, over params.yaml's limit.
+    from stepjepa.config import EvalConfig
+
+    assert eval_args(EvalConfig(limit=None))[:2] == ["--limit", "all"]
+    assert "--limit" not in eval_args(EvalConfig(limit=None))[2:]
+    assert eval_args(EvalConfig(limit=5))[:2] == ["--limit", "5"]
