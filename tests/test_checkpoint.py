@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import numpy as np
 import torch
 
 from stepjepa.checkpoint import (
@@ -31,7 +32,7 @@ def test_round_trip_restores_parameters_optimizer_scheduler_and_rng(tmp_path):
     model, optimizer, scheduler = _toy()
     path = save_checkpoint(tmp_path, 7, model=model, optimizer=optimizer, scheduler=scheduler,
                            state={"run_id": "abc"}, keep=2)
-    expected_draw = (random.random(), torch.rand(1))
+    expected_draw = (random.random(), torch.rand(1), np.random.random(), np.random.standard_normal())
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     fresh, fresh_opt, fresh_sched = _toy()
     state = load_checkpoint(path, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched)
@@ -40,7 +41,19 @@ def test_round_trip_restores_parameters_optimizer_scheduler_and_rng(tmp_path):
     assert not torch.equal(fresh[0].weight, saved["0.weight"]), "frozen weights are not part of a checkpoint"
     assert fresh_sched.get_last_lr() == scheduler.get_last_lr()
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
-    assert (random.random(), torch.rand(1)) == expected_draw
+    assert (random.random(), torch.rand(1), np.random.random(), np.random.standard_normal()) == expected_draw
+
+
+def test_checkpoint_files_load_without_unpickling_code(tmp_path):
+    """Checkpoints may come from a shared cache or DVC remote: every .pt file must load
+    with `weights_only=True`, which refuses anything but tensors and plain containers."""
+    model, optimizer, scheduler = _toy()
+    np.random.standard_normal()  # a cached Gaussian is part of NumPy's state too
+    path = save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer, scheduler=scheduler, state={}, keep=1)
+    files = sorted(path.glob("*.pt"))
+    assert [f.name for f in files] == ["optimizer.pt", "rng-0.pt", "scheduler.pt"]
+    for file in files:
+        torch.load(file, weights_only=True)
 
 
 def test_keeps_the_last_n_and_ignores_half_written_ones(tmp_path):
