@@ -16,6 +16,7 @@ Frozen base weights are not saved: a resume reloads them from `model.name_or_pat
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
@@ -46,6 +47,10 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1] if found else None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed into this run (names the file)."""
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -140,14 +145,22 @@ def load_checkpoint(
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != expected:
         missing, extra = sorted(expected - set(saved))[:5], sorted(set(saved) - expected)[:5]
-        raise ValueError(f"{path}: trainable parameters differ from the model's (missing {missing}, unexpected {extra})")
+        raise CheckpointError(f"{path}: trainable parameters differ from the model's (missing {missing}, unexpected {extra})")
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, tensor in saved.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(_load_plain(path / "optimizer.pt"))
+    scheduler.load_state_dict(_load_plain(path / "scheduler.pt"))
     rng_file = path / f"rng-{rank}.pt"
     if rng_file.is_file():  # a resume on more processes than saved has no state for new ranks
-        set_rng_state(torch.load(rng_file, weights_only=True))
+        set_rng_state(_load_plain(rng_file))
     return json.loads((path / "state.json").read_text())
+
+
+def _load_plain(file: Path) -> Any:
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{file}: holds objects other than tensors and plain containers (a checkpoint of an "
+                         "older stepjepa, or not ours); not loaded, since unpickling can run code") from None

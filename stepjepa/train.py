@@ -30,7 +30,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import set_seed
 
 from stepjepa.batching import check_rows, check_vocab, laid_out_length, load_rows, step_plan
-from stepjepa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stepjepa.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from stepjepa.config import Config, ConfigError, TrainConfig, load_config
 from stepjepa.loop import StepModule, TrainingError, run_steps
 from stepjepa.modeling import build_model, merged_model, pad_id, save_model
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if not accelerator.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
         train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name, accelerator=accelerator)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         log.error("%s", err)
         return 2
     except TrainingError as err:
