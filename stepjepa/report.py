@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stepjepa.stats import paired_bootstrap
+from stepjepa.stats import holm_adjust, paired_bootstrap
 
 METRIC = "accuracy_strict"
 
@@ -50,6 +50,9 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
                 cmp = paired_bootstrap(_correct_matrix(done, seeds), _correct_matrix(list(base.values()), seeds))
                 row |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items()}
         rows.append(row)
+    compared = [r for r in rows if "vs_sft_p_value" in r]
+    for row, adjusted in zip(compared, holm_adjust([r["vs_sft_p_value"] for r in compared]), strict=True):
+        row["vs_sft_p_holm"] = adjusted
     return rows
 
 
@@ -62,18 +65,19 @@ def best_config(rows: list[dict]) -> dict | None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| config | K | lambda | seeds done | strict acc | flexible acc | delta vs SFT [95% CI] | McNemar p | verdict |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| config | K | lambda | seeds done | strict acc | flexible acc | delta vs SFT [95% CI] | McNemar p "
+            "| p, Holm-adjusted | verdict |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         acc = f"{r[METRIC]:.3f}" if METRIC in r else "failed"
         flex = f"{r['accuracy_flexible']:.3f}" if METRIC in r else ""
         if "vs_sft_delta" in r:
             delta = f"{r['vs_sft_delta']:+.3f} [{r['vs_sft_ci_low']:+.3f}, {r['vs_sft_ci_high']:+.3f}]"
-            p, verdict = f"{r['vs_sft_p_value']:.3g}", r["vs_sft_verdict"]
+            p, holm, verdict = f"{r['vs_sft_p_value']:.3g}", f"{r['vs_sft_p_holm']:.3g}", r["vs_sft_verdict"]
         else:
-            delta, p, verdict = "", "", "baseline" if r["config"] == "sft" else ""
+            delta, p, holm, verdict = "", "", "", "baseline" if r["config"] == "sft" else ""
         lines.append(f"| {r['config']} | {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {acc} | {flex} "
-                     f"| {delta} | {p} | {verdict} |")
+                     f"| {delta} | {p} | {holm} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -157,7 +161,8 @@ def champion_run(results: list[dict], best: dict) -> dict:
 
 def summary_metrics(rows: list[dict], best: dict | None) -> dict[str, Any]:
     """The sweep's metrics file: accuracy per config (baseline included) and the best."""
-    keep = (METRIC, "accuracy_flexible", "vs_sft_delta", "vs_sft_ci_low", "vs_sft_ci_high", "vs_sft_p_value")
+    keep = (METRIC, "accuracy_flexible", "vs_sft_delta", "vs_sft_ci_low", "vs_sft_ci_high", "vs_sft_p_value",
+            "vs_sft_p_holm")
     configs = {r["config"]: {k: r[k] for k in keep if k in r} | {"completed": r["completed"], "runs": r["runs"]}
                for r in rows}
     out: dict[str, Any] = {"configs": configs, "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}

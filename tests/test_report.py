@@ -33,6 +33,10 @@ def test_summary_rows_and_best_config():
     assert all(r["vs_sft_verdict"] == "no significant difference" for r in others)
     table = markdown_table(rows)
     assert table.count("\n") == 6 and "| sft | 0 | 0 | 2/2 |" in table
+    compared = [r for r in rows if r["config"] != "sft"]
+    assert len(compared) == 4 and all(r["vs_sft_p_value"] <= r["vs_sft_p_holm"] <= 1 for r in compared)
+    assert best["vs_sft_p_holm"] == min(1.0, 4 * best["vs_sft_p_value"])  # the smallest p is multiplied by m
+    assert f"| {best['vs_sft_p_holm']:.3g} | better |" in table
 
 
 def test_failed_config_is_reported_not_dropped(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stepjepa.stats import mcnemar_exact, paired_bootstrap
+from stepjepa.stats import holm_adjust, mcnemar_exact, paired_bootstrap
 
 
 def brute_force_mcnemar(wins: int, losses: int) -> float:
@@ -53,3 +53,28 @@ def test_bootstrap_delta_is_the_seed_mean_difference():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="equal, non-empty shapes"):
         paired_bootstrap(np.ones((1, 3)), np.ones((1, 4)))
+
+
+def _holm_by_definition(p: list[float]) -> list[float]:
+    """Holm (1979) step-down, written from the definition: reject H_(1..k) while
+    p_(i) <= alpha / (m - i + 1); the adjusted p of H_(i) is the smallest alpha that rejects it."""
+    m = len(p)
+    ranked = sorted(p)
+    out = []
+    for value in p:
+        i = ranked.index(value)  # ties share the first rank: the same adjusted value
+        out.append(min(1.0, max((m - j) * ranked[j] for j in range(i + 1))))
+    return out
+
+
+@given(st.lists(st.floats(0, 1), min_size=0, max_size=12))
+def test_holm_matches_its_definition(p_values):
+    adjusted = holm_adjust(p_values)
+    assert adjusted == pytest.approx(_holm_by_definition(p_values))
+    assert all(raw <= adj <= 1 for raw, adj in zip(p_values, adjusted))
+
+
+def test_holm_known_values():
+    # Holm's worked example shape: m = 4, sorted p 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06, 0.06.
+    assert holm_adjust([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm_adjust([0.5]) == [0.5] and holm_adjust([]) == []
