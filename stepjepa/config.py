@@ -286,9 +286,15 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     """Read and validate a params file; `overrides` are `dotted.key=value` strings."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such params file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a params file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the params file ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):

@@ -61,9 +61,11 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tok
 
 
-def _check_record(record: dict) -> None:
-    """Fail early, naming the record and field, on input that is not a prepared record."""
-    record_id = record.get("id", "?")
+def _check_record(record: dict, line: int) -> None:
+    """Fail early, naming the record (or its line) and field, on input that is not a prepared record."""
+    record_id = record.get("id")
+    if not isinstance(record_id, str) or not record_id:
+        raise TokenizationError(f"line {line}: field id must be a non-empty string (got {record_id!r})")
     steps = record.get("steps")
     if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
         raise TokenizationError(f"record {record_id}: field steps must be a list of strings")
@@ -200,8 +202,8 @@ def _step_pair(
 
 def _render_all(tokenizer, records: list[dict], date_string: str) -> list[RenderedChat]:
     """`render_conversation` for all records with two batched template calls (about 2x faster)."""
-    for r in records:
-        _check_record(r)
+    for line, r in enumerate(records, start=1):
+        _check_record(r, line)
     messages = [r["messages"] for r in records]
     fulls = tokenizer.apply_chat_template(messages, tokenize=False, date_string=date_string)
     prompts = tokenizer.apply_chat_template(

@@ -141,3 +141,16 @@ def test_inspect_bad_index_or_id(tmp_path, rows, which, named):
 def test_inspect_with_a_missing_model_dir(tmp_path, rows):
     proc = run(["stepjepa.cli", "inspect", "--data", str(rows), "--model-dir", str(tmp_path / "no-model")], tmp_path)
     assert_clean_error(proc, f"--model-dir {tmp_path / 'no-model'}: cannot load the tokenizer")
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    """`stepjepa ... | head` closes stdout early; the command must stop quietly (status 141, as SIGPIPE)."""
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(json.dumps({"completion": "\\boxed{2}", "answer": "#### 2"}) + "\n")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "stepjepa.cli", "score", str(predictions)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the command writes
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

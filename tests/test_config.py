@@ -58,3 +58,9 @@ def test_errors_for_missing_and_malformed_files(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(ROOT / "params.yaml", ["train.k"])
+    with pytest.raises(ConfigError, match="a folder, not a params file"):
+        load_config(tmp_path)
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(b"\x80\xff\x00binary")
+    with pytest.raises(ConfigError, match="model.safetensors: not a UTF-8 text file"):
+        load_config(binary)

@@ -286,6 +286,9 @@ def test_errors_name_the_record():
     tok = families.merged_newline_bpe()
     with pytest.raises(TokenizationError, match="train-000009: field messages"):
         encode_records(tok, [make_record(["a", "b"], rid="train-000009") | {"messages": []}], 64, DATE)
+    no_id = {k: v for k, v in make_record(["a", "b"], rid="x").items() if k != "id"}
+    with pytest.raises(TokenizationError, match="line 2: field id must be a non-empty string"):
+        encode_records(tok, [make_record(["a", "b"], rid="r1"), no_id], 64, DATE)
     rewriting = copy_with_template(tok, "")
     rewriting.chat_template = tok.chat_template.replace("message['content']", "message['content'] | upper")
     with pytest.raises(TokenizationError, match="train-000003: field messages\\[-1\\].content"):
