@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stepjepa.config import ConfigError
 from stepjepa.prepare import BadRecordError
-from stepjepa.score import InputError
+from stepjepa.score import InputError, read_jsonl
 from stepjepa.tokenization import TokenizationError
 
 # What the library raises for bad input (params, files, records). Anything else is a bug
@@ -42,20 +42,7 @@ def stage_args(doc: str, *inputs: str) -> argparse.Namespace:
 
 def read_json_lines(path: Path) -> list[dict]:
     """The records of a prepared JSONL file; a bad line is an `InputError` naming file and line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
+    return [record for _, record in read_jsonl(path)]
 
 def write_json(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

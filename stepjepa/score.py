@@ -74,7 +74,9 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) for each non-blank line; errors name file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # "\n" only: `splitlines` also splits at U+2028 and U+0085, which JSON strings may hold
+        # unescaped (GSM8K questions do, in files written with ensure_ascii=False).
+        lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (IsADirectoryError, UnicodeDecodeError) as err:

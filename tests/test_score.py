@@ -98,3 +98,17 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing.jsonl: no such file" in err
     assert "Traceback" not in err
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """GSM8K text holds U+2028; written with ensure_ascii=False it is a raw character inside
+    a JSON string, where `str.splitlines` would cut the line in two."""
+    from pipelines._io import read_json_lines
+    from stepjepa.score import read_jsonl
+
+    records = [{"completion": "a\u2028b\x85c\u2029d\x1c\x1d\x1e\x0b\x0c", "answer": "#### 1"},
+               {"completion": "x", "answer": "#### 2"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert [(n, r) for n, r in read_jsonl(path)] == [(1, records[0]), (2, records[1])]
+    assert read_json_lines(path) == records
