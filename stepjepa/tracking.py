@@ -271,7 +271,7 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], alias: str =
     model_uri = client.get_run(run_id).data.tags.get("model_uri")
     if not model_uri:
         raise RuntimeError(f"run {run_id} logged no model (train.log_model is off?); nothing to register")
-    version = mlflow.register_model(model_uri, name).version
+    version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
     client.set_registered_model_alias(name, alias, version)
     tags = {"config": best["config"], "k": best["k"], "lambda": best["lambda"], "run_id": run_id,
             "accuracy_strict": best.get("accuracy_strict"), "accuracy_flexible": best.get("accuracy_flexible"),
@@ -279,6 +279,18 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], alias: str =
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     return {"name": name, "version": str(version), "alias": alias, "uri": f"models:/{name}@{alias}", "run_id": run_id}
+
+
+def _current_version(client, name: str, alias: str, run_id: str) -> str | None:
+    """The version `alias` points at if it already holds `run_id`'s model: a re-run sweep whose
+    configs all came from the cache names the same champion, not a copy of it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such model or alias yet
+        return None
+    return current.version if current.tags.get("run_id") == run_id else None
 
 
 def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: list[Path],

@@ -78,6 +78,8 @@ def test_rerun_skips_finished_configs(environment):
     exp = client.get_experiment_by_name("sweep-test")
     configs = client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep-config'")
     assert len(configs) == 3, "child runs are reused, not duplicated"
+    versions = client.search_model_versions("name = 'sj-test'")
+    assert len(versions) == 1 and summary["champion"]["version"] == "1", "the same champion is not registered twice"
 
 
 def test_bad_parameters_are_rejected_before_training(environment):
