@@ -301,4 +301,6 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for text in overrides or []:
         set_dotted(tree, *parse_override(text))
-    return config_from_dict(tree, str(path))
+    # An invalid value may come from the command line: say so, not only the file.
+    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    return config_from_dict(tree, source)

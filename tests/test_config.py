@@ -44,6 +44,11 @@ def test_bad_values_name_the_key(override, key):
         load_config(ROOT / "params.yaml", [override])
 
 
+def test_a_bad_override_is_named_as_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"params\.yaml with --set train\.k=-1: invalid configuration"):
+        load_config(ROOT / "params.yaml", ["train.k=-1"])
+
+
 def test_override_is_parsed_as_yaml():
     cfg = load_config(ROOT / "params.yaml", ["tokenize.max_length=256", "data.keep_annotations=true"])
     assert cfg.tokenize.max_length == 256 and cfg.data.keep_annotations is True
@@ -64,3 +69,22 @@ def test_errors_for_missing_and_malformed_files(tmp_path):
     binary.write_bytes(b"\x80\xff\x00binary")
     with pytest.raises(ConfigError, match="model.safetensors: not a UTF-8 text file"):
         load_config(binary)
+
+
+def test_commented_defaults_in_params_yaml_are_the_real_defaults():
+    """params.yaml lists the keys it leaves out as comments; they must not drift from config.py."""
+    import re
+
+    from stepjepa.config import Config
+
+    section, checked = None, 0
+    for line in (ROOT / "params.yaml").read_text().splitlines():
+        if re.match(r"^\w+:", line):
+            section = line.split(":")[0]
+        found = re.match(r"^  # (\w+): (.+?)(\s+#.*)?$", line)
+        if found and section:
+            field = Config.model_fields[section].annotation.model_fields[found[1]]
+            default = field.default
+            assert yaml.safe_load(found[2]) == (list(default) if isinstance(default, tuple) else default), line
+            checked += 1
+    assert checked >= 10
