@@ -249,10 +249,16 @@ def child_run(experiment: str, parent_id: str, name: str, cache_key: str) -> str
     found = client.search_runs([exp_id], filter_string=f"tags.`stepjepa.cache_key` = '{cache_key}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     if found:
+        # The UI nests a run under one parent: the newest sweep shows it, and the tag
+        # `stepjepa.sweeps` keeps every sweep it belongs to, oldest first.
         run_id = found[0].info.run_id
+        sweeps = found[0].data.tags.get("stepjepa.sweeps", found[0].data.tags.get("mlflow.parentRunId", ""))
+        if parent_id not in sweeps.split(","):
+            client.set_tag(run_id, "stepjepa.sweeps", ",".join(filter(None, [sweeps, parent_id])))
         client.set_tag(run_id, "mlflow.parentRunId", parent_id)
         return run_id
-    tags = {"mlflow.parentRunId": parent_id, "stepjepa.cache_key": cache_key, "stepjepa.kind": "sweep-config"}
+    tags = {"mlflow.parentRunId": parent_id, "stepjepa.cache_key": cache_key, "stepjepa.kind": "sweep-config",
+            "stepjepa.sweeps": parent_id}
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
 

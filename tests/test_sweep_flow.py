@@ -78,6 +78,11 @@ def test_rerun_skips_finished_configs(environment):
     exp = client.get_experiment_by_name("sweep-test")
     configs = client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep-config'")
     assert len(configs) == 3, "child runs are reused, not duplicated"
+    parents = client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep'", order_by=["start_time ASC"])
+    assert len(parents) == 2
+    for run in configs:  # nested under the newest sweep, and both sweeps are remembered
+        assert run.data.tags["mlflow.parentRunId"] == parents[1].info.run_id
+        assert run.data.tags["stepjepa.sweeps"] == ",".join(p.info.run_id for p in parents)
     versions = client.search_model_versions("name = 'sj-test'")
     assert len(versions) == 1 and summary["champion"]["version"] == "1", "the same champion is not registered twice"
 
