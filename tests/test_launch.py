@@ -1,0 +1,40 @@
+"""Running one sweep run as a process: its log file, progress lines and failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from stepjepa.launch import RunFailed, run_logged
+
+# What a training process writes: tqdm redraws ("\r"), log lines, a progress line per log_every steps.
+SCRIPT = r"""
+import sys
+sys.stdout.write("train:   0%|          | 0/4\rtrain:  50%|#####     | 2/4\r")
+print("2026-11-25 10:00:00,000 stepjepa.loop INFO step 2/4 loss=3.1 lm_loss=3.1")
+print("2026-11-25 10:00:01,000 stepjepa.loop INFO step 4/4 loss=2.9 lm_loss=2.9")
+print("not a step 5/4 line", file=sys.stderr)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_log_file_holds_everything_and_progress_lines_are_forwarded(tmp_path, forward):
+    seen: list[str] = []
+    log = tmp_path / "run" / "train.log"
+    run_logged([sys.executable, "-c", SCRIPT, "0"], dict(os.environ), log,
+               on_progress=seen.append if forward else None)
+    text = log.read_text()
+    assert text.startswith(f"$ {sys.executable} -c")
+    assert "step 4/4 loss=2.9" in text and "not a step 5/4 line" in text and "50%|#####" in text
+    assert seen == (["step 2/4 loss=3.1 lm_loss=3.1", "step 4/4 loss=2.9 lm_loss=2.9"] if forward else [])
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_a_failing_run_raises_with_the_log_tail(tmp_path, forward):
+    log = tmp_path / "train.log"
+    with pytest.raises(RunFailed, match=r"(?s)exited with code 3; full log .*train\.log.*not a step 5/4 line"):
+        run_logged([sys.executable, "-c", SCRIPT, "3"], dict(os.environ), log,
+                   on_progress=(lambda _: None) if forward else None)
