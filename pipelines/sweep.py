@@ -38,10 +38,12 @@ def _by_key(context: Any, parameters: dict[str, Any]) -> str:
 def train_run(spec: dict, key: str, paths: dict, child_run_id: str) -> dict:
     """One training run in its own process; resumes a checkpoint left by a killed sweep."""
     out = Path(paths["runs"]) / f"{spec['name']}-{key[:8]}"  # a changed config or data never resumes an old run
+    logger = get_run_logger()
     with SLOTS.acquire() as gpu:
         cmd = launch.train_command(Path(paths["params"]), Path(paths["train_data"]), out, list(spec["overrides"]),
                                    gpu, resume=True, run_name=spec["name"])
-        launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log")
+        launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log",
+                          on_progress=lambda text: logger.info("%s %s", spec["name"], text))
     return {"model_dir": str(out / "model"), "run_dir": str(out), "run_id": child_run_id}
 
 @task(cache_key_fn=_by_key, persist_result=True, task_run_name="evaluate {spec[name]}")

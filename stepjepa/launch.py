@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -91,14 +92,34 @@ def device_env(gpu: int | None, extra: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
+# Training logs `step N/M loss=...` every `train.log_every` steps (stepjepa.loop); a sweep
+# forwards those lines so that its console shows how far each run is.
+PROGRESS = re.compile(r"\bINFO (step \d+/\d+\b.*)$")
+
+
+def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
+               on_progress: Callable[[str], None] | None = None) -> None:
     """Run `cmd` with stdout and stderr appended to `log_path`; raise `RunFailed` with the
-    last lines of the log when it exits non-zero (a kill or OOM included)."""
+    last lines of the log when it exits non-zero (a kill or OOM included).
+
+    `on_progress` gets the text of each training progress line (`step 20/150 loss=...`).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.call(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        if on_progress is None:
+            code = subprocess.call(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        else:
+            # Text mode reads a progress bar's "\r" redraws as lines, so the log stays readable.
+            with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, encoding="utf-8", errors="replace") as proc:
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    if found := PROGRESS.search(line.rstrip("\n")):
+                        on_progress(found[1])
+                code = proc.wait()
     if code != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
         raise RunFailed(f"exited with code {code}; full log {log_path}; last lines:\n{tail}")
