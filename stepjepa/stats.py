@@ -6,6 +6,11 @@ McNemar's exact test on the discordant pairs. A report can then say "beats SFT" 
 the interval lies above zero, not merely when the mean is higher. The p-values of a
 sweep's configs are also reported Holm-adjusted (`holm_adjust`): they share a baseline
 and are many.
+
+Across seeds (the LLM-JEPA paper's protocol) a config's score per seed is paired with the
+baseline's score for the same seed: `mean_std` and `paired_t_test`. Continuous
+per-example values (held-out NLL per question) get `paired_mean_bootstrap`. Nothing here
+needs scipy: the t distribution's tail has a closed form for integer degrees of freedom.
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ def mcnemar_exact(config_correct: np.ndarray, baseline_correct: np.ndarray) -> f
     return min(1.0, 2 * tail / 2**n)
 
 
+def _bootstrap_ci(per_example: np.ndarray, n_boot: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile interval of the mean of `(n,)` per-example values, resampling examples."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, per_example.size, size=(n_boot, per_example.size))
+    boots = per_example[idx].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(boots, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def paired_bootstrap(
     config_correct: np.ndarray,
     baseline_correct: np.ndarray,
@@ -68,15 +83,11 @@ def paired_bootstrap(
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"paired results need equal, non-empty shapes; got {a.shape} and {b.shape}")
     per_question = (a - b).mean(axis=0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, per_question.size, size=(n_boot, per_question.size))
-    boots = per_question[idx].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(boots, [tail, 1 - tail])
+    low, high = _bootstrap_ci(per_question, n_boot, confidence, seed)
     return PairedComparison(
         delta=float(per_question.mean()),
-        ci_low=float(low),
-        ci_high=float(high),
+        ci_low=low,
+        ci_high=high,
         p_value=mcnemar_exact(a, b),
         n_questions=a.shape[1],
         n_seeds=a.shape[0],
@@ -99,3 +110,101 @@ def holm_adjust(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted
+
+
+def benjamini_hochberg(p_values: list[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order.
+
+    Controls the false discovery rate instead of Holm's family-wise error: less strict,
+    for a grid where a few true effects among many configs are expected. The i-th
+    smallest p becomes min over j >= i of m * p_(j) / j, capped at 1.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i], reverse=True)
+    adjusted, running = [0.0] * m, 1.0
+    for position, index in enumerate(order):
+        running = min(running, m * p_values[index] / (m - position))
+        adjusted[index] = running
+    return adjusted
+
+
+def _finite_1d(values, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float).ravel()
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite numbers; got {array.tolist()}")
+    return array
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) of per-seed scores; std 0.0 for one value."""
+    array = _finite_1d(values, "mean_std values")
+    if array.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else 0.0)
+
+
+def _t_sf(t: float, df: int) -> float:
+    """P(T > t) for Student's t with integer `df` >= 1, in closed form (Abramowitz and
+    Stegun 26.7.3-4: A(t|df) = P(|T| < t) as a finite series in cos(theta))."""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, term, series = math.cos(theta) ** 2, 1.0, 1.0
+    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        for j in range(1, (df - 1) // 2):
+            term *= c2 * (2 * j) / (2 * j + 1)
+            series += term
+        inside = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series) if df > 1 else 2 * theta / math.pi
+    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        for j in range(1, df // 2):
+            term *= c2 * (2 * j - 1) / (2 * j)
+            series += term
+        inside = math.sin(theta) * series
+    return (1 - inside) / 2 if t >= 0 else (1 + inside) / 2
+
+
+def paired_t_test(config_values, baseline_values, alternative: str = "greater") -> tuple[float, float]:
+    """(t statistic, p-value) of the paired t-test over seeds, as in the LLM-JEPA paper.
+
+    `config_values[i]` and `baseline_values[i]` are the scores of seed i. The default is
+    one-tailed, H1: config - baseline > 0 ("less" and "two-sided" also work). With fewer
+    than 2 pairs, or differences of zero variance (to rounding), the test has no
+    information: the statistic is nan and p = 1.0, so it never counts as a win.
+    """
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be greater, less or two-sided; got {alternative!r}")
+    a, b = _finite_1d(config_values, "config_values"), _finite_1d(baseline_values, "baseline_values")
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal lengths; got {a.size} and {b.size}")
+    d = a - b
+    if d.size < 2:
+        return math.nan, 1.0
+    sd = float(d.std(ddof=1))
+    if sd <= 16 * np.finfo(float).eps * float(np.abs(d).max()):  # identical differences, up to rounding
+        return math.nan, 1.0
+    t = float(d.mean()) / (sd / math.sqrt(d.size))
+    df = d.size - 1
+    if alternative == "greater":
+        return t, _t_sf(t, df)
+    if alternative == "less":
+        return t, _t_sf(-t, df)
+    return t, min(1.0, 2 * _t_sf(abs(t), df))
+
+
+def paired_mean_bootstrap(
+    config_values, baseline_values, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Mean paired difference of continuous per-example values and its bootstrap interval.
+
+    Values are `(n,)` or `(n_seeds, n)` (e.g. per-question NLL of each seed's model, the
+    baseline of the same seed in the same row); seeds are averaged per example, then
+    examples are resampled. Returns {"delta", "ci_low", "ci_high", "n"} (n = examples).
+    For a loss, a negative delta whose interval lies below zero means the config is better.
+    """
+    a = np.atleast_2d(np.asarray(config_values, dtype=float))
+    b = np.atleast_2d(np.asarray(baseline_values, dtype=float))
+    if a.shape != b.shape or a.size == 0 or a.ndim != 2:
+        raise ValueError(f"paired values need equal, non-empty (n,) or (n_seeds, n) shapes; got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("paired values must be finite (drop examples without labelled tokens first)")
+    per_example = (a - b).mean(axis=0)
+    low, high = _bootstrap_ci(per_example, n_boot, confidence, seed)
+    return {"delta": float(per_example.mean()), "ci_low": low, "ci_high": high, "n": int(per_example.size)}

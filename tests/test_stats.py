@@ -78,3 +78,130 @@ def test_holm_known_values():
     # Holm's worked example shape: m = 4, sorted p 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06, 0.06.
     assert holm_adjust([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
     assert holm_adjust([0.5]) == [0.5] and holm_adjust([]) == []
+
+
+# --- across seeds and continuous per-example values (issue 11) ---------------------------
+
+import statistics  # noqa: E402
+
+from hypothesis import assume, settings  # noqa: E402
+
+from stepjepa.stats import benjamini_hochberg, mean_std, paired_mean_bootstrap, paired_t_test  # noqa: E402
+
+def _scipy_stats():
+    """scipy is a test-only reference (the dev extra); the library never imports it."""
+    return pytest.importorskip("scipy.stats")
+
+
+scores = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(scores, min_size=1, max_size=10))
+def test_mean_std_matches_the_statistics_module(values):
+    mean, std = mean_std(values)
+    assert mean == pytest.approx(statistics.fmean(values), abs=1e-12)
+    assert std == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0.0, abs=1e-9)
+
+
+def test_mean_std_rejects_nothing_and_nan():
+    with pytest.raises(ValueError, match="at least one"):
+        mean_std([])
+    with pytest.raises(ValueError, match="finite"):
+        mean_std([0.5, float("nan")])
+
+
+def _t_by_definition(a: list[float], b: list[float]) -> float:
+    d = [x - y for x, y in zip(a, b)]
+    return statistics.fmean(d) / (statistics.stdev(d) / math.sqrt(len(d)))
+
+
+@settings(deadline=None)  # the first call imports scipy (seconds on a busy machine)
+@given(st.lists(st.tuples(scores, scores), min_size=2, max_size=12),
+       st.sampled_from(["greater", "less", "two-sided"]))
+def test_paired_t_test_matches_scipy(pairs, alternative):
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    d = np.subtract(a, b)
+    assume(d.std(ddof=1) > 1e-6 * max(1.0, np.abs(d).max()))
+    t, p = paired_t_test(a, b, alternative)
+    ref = _scipy_stats().ttest_rel(a, b, alternative=alternative)
+    assert t == pytest.approx(_t_by_definition(a, b), rel=1e-9, abs=1e-9)
+    assert t == pytest.approx(ref.statistic, rel=1e-9, abs=1e-9)
+    assert p == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+
+
+def test_paired_t_test_known_value_and_no_information_cases():
+    # The LLM-JEPA paper's shape: 5 seeds. d = 1..5: t = 3 / (sqrt(2.5) / sqrt(5)) = sqrt(18), df 4, and
+    # by hand P(T > t) = (1 - sin(theta) (1 + cos^2(theta) / 2)) / 2 with cos^2 = 4 / 22: 0.0066178.
+    t, p = paired_t_test([2, 3, 4, 5, 6], [1, 1, 1, 1, 1])
+    assert t == pytest.approx(math.sqrt(18)) and p == pytest.approx((1 - math.sqrt(18 / 22) * 12 / 11) / 2)
+    assert p == pytest.approx(0.0066178, rel=1e-4)
+    assert math.isnan(paired_t_test([0.3], [0.1])[0]) and paired_t_test([0.3], [0.1])[1] == 1.0
+    t, p = paired_t_test([0.3, 0.4, 0.5], [0.2, 0.3, 0.4])  # identical differences (0.1 up to rounding)
+    assert math.isnan(t) and p == 1.0
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_t_test([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="alternative"):
+        paired_t_test([1, 2], [0, 0], "bigger")
+
+
+@settings(deadline=None)  # the first call imports scipy (seconds on a busy machine)
+@given(st.integers(1, 40), st.floats(-8, 8))
+def test_t_tail_matches_scipy_for_every_df(df, t):
+    from stepjepa.stats import _t_sf
+
+    assert _t_sf(t, df) == pytest.approx(_scipy_stats().t.sf(t, df), rel=1e-7, abs=1e-13)
+
+
+@given(st.lists(st.tuples(scores, scores), min_size=1, max_size=30), st.integers(0, 3))
+def test_mean_bootstrap_is_paired_and_symmetric(pairs, seed):
+    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    out = paired_mean_bootstrap(a, b, n_boot=200, seed=seed)
+    assert out["n"] == len(pairs) and out["delta"] == pytest.approx(float(np.mean(a - b)), abs=1e-9)
+    assert out["ci_low"] <= out["ci_high"]
+    assert min(a - b) - 1e-9 <= out["ci_low"] and out["ci_high"] <= max(a - b) + 1e-9
+    swapped = paired_mean_bootstrap(b, a, n_boot=200, seed=seed)  # same resamples, negated
+    assert swapped["ci_low"] == pytest.approx(-out["ci_high"], abs=1e-9)
+    assert swapped["ci_high"] == pytest.approx(-out["ci_low"], abs=1e-9)
+    shifted = paired_mean_bootstrap(a + 1.5, b, n_boot=200, seed=seed)  # only differences matter
+    assert shifted["ci_low"] == pytest.approx(out["ci_low"] + 1.5, abs=1e-9)
+
+
+def test_mean_bootstrap_interval_matches_normal_theory_and_averages_seeds():
+    rng = np.random.default_rng(1)
+    base = rng.normal(2.0, 1.0, size=(3, 600))
+    config = base + rng.normal(-0.2, 0.5, size=(3, 600))
+    out = paired_mean_bootstrap(config, base)
+    per_example = (config - base).mean(axis=0)
+    half = 1.96 * per_example.std(ddof=1) / math.sqrt(per_example.size)
+    assert out["delta"] == pytest.approx(per_example.mean()) and out["n"] == 600
+    assert out["ci_high"] - out["ci_low"] == pytest.approx(2 * half, rel=0.1)
+    assert out["ci_high"] < 0, "a lower NLL everywhere is a significant improvement"
+    with pytest.raises(ValueError, match="finite"):
+        paired_mean_bootstrap([1.0, float("nan")], [1.0, 1.0])
+
+
+def test_mean_bootstrap_agrees_with_the_accuracy_bootstrap_on_booleans():
+    rng = np.random.default_rng(2)
+    a, b = rng.random((2, 50)) < 0.4, rng.random((2, 50)) < 0.3
+    accuracy = paired_bootstrap(a, b, n_boot=500, seed=3)
+    continuous = paired_mean_bootstrap(a.astype(float), b.astype(float), n_boot=500, seed=3)
+    assert (continuous["delta"], continuous["ci_low"], continuous["ci_high"]) == pytest.approx(
+        (accuracy.delta, accuracy.ci_low, accuracy.ci_high))
+
+
+def _bh_by_definition(p: list[float]) -> list[float]:
+    """Benjamini-Hochberg (1995) from its step-up rule: H_i is rejected at level q iff some
+    p_(j) >= p_i has p_(j) <= j q / m; its adjusted p is the smallest such q."""
+    m, ranked = len(p), sorted(p)
+    return [min(min(1.0, m * ranked[j] / (j + 1)) for j in range(m) if ranked[j] >= value) for value in p]
+
+
+@settings(deadline=None)  # the first call imports scipy (seconds on a busy machine)
+@given(st.lists(st.floats(0, 1), min_size=0, max_size=12))
+def test_benjamini_hochberg_matches_its_definition_and_scipy(p_values):
+    adjusted = benjamini_hochberg(p_values)
+    assert adjusted == pytest.approx(_bh_by_definition(p_values))
+    if p_values:
+        assert adjusted == pytest.approx(list(_scipy_stats().false_discovery_control(p_values, method="bh")))
+    assert all(raw - 1e-15 <= adj <= 1 for raw, adj in zip(p_values, adjusted))  # m * p / m may round down
+    assert all(bh <= holm + 1e-12 for bh, holm in zip(adjusted, holm_adjust(p_values)))
