@@ -6,8 +6,9 @@ change, and the NLL of the Step-2 tokens given Step 1 (a plain causal pass: no
 predictors, no isolation) is what Step-JEPA is meant to improve. `view_embeddings`
 returns the JEPA views the way training computes them, for `stepjepa.diagnostics`.
 
-Both functions run batched with right padding; padding never changes a row's numbers
-(tested against batch size 1), only their last bits.
+Both functions run batched, rows of similar length together, with right padding; results
+come back in row order, and padding never changes a row's numbers (tested against batch
+size 1), only their last bits.
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ def _inference(model: nn.Module) -> Iterator[ModelParts]:
 
 
 def _batches(rows: Sequence[dict[str, Any]], batch_size: int, device: torch.device,
-             **collate_args: Any) -> Iterator[tuple[Sequence[dict[str, Any]], dict[str, Tensor]]]:
+             **collate_args: Any) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+    """(row indices, collated batch on `device`); rows of similar length share a batch
+    (GSM8K answers vary 3x in length, so this saves most of the padding)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = collate(chunk, **collate_args)
-        yield chunk, {key: value.to(device) for key, value in batch.items()}
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        batch = collate([rows[i] for i in indices], **collate_args)
+        yield indices, {key: value.to(device) for key, value in batch.items()}
 
 
 def _step2_targets(targets: Tensor, chunk: Sequence[dict[str, Any]]) -> Tensor:
@@ -52,7 +56,7 @@ def _step2_targets(targets: Tensor, chunk: Sequence[dict[str, Any]]) -> Tensor:
     Position p predicts token p + 1, so Step 2's tokens [a2, e2] are predicted at
     positions a2 - 1 .. e2 - 1 (Step 1's last token predicts Step 2's first).
     """
-    spans = [r["step2_span"] if r["jepa_valid"] else (0, -1) for r in chunk]
+    spans = [r["step2_span"] if r["jepa_valid"] else (0, -1) for r in chunk]  # (0, -1): no position
     first = torch.tensor([int(s[0]) - 1 for s in spans], device=targets.device).unsqueeze(1)
     last = torch.tensor([int(s[1]) - 1 for s in spans], device=targets.device).unsqueeze(1)
     pos = torch.arange(targets.shape[1], device=targets.device).unsqueeze(0)
@@ -74,18 +78,19 @@ def heldout_nll(model: nn.Module, rows: list[dict], *, pad_id: int, batch_size: 
     Step-2 tokens, each given the question and Step 1 (None when the row has no valid pair).
     """
     device = next(model.parameters()).device
-    results = []
+    results: list[dict] = [{}] * len(rows)
     with _inference(model) as parts:
-        for chunk, batch in _batches(rows, batch_size, device, k=0, layout="inline", predictor_ids=[], pad_id=pad_id):
+        for indices, batch in _batches(rows, batch_size, device, k=0, layout="inline", predictor_ids=[],
+                                       pad_id=pad_id):
             hidden = last_hidden(parts, batch["lm_input_ids"], batch["lm_attention_mask"], batch["lm_position_ids"])
             targets = shift_targets(batch["lm_labels"])
-            step2 = _step2_targets(targets, chunk)
+            step2 = _step2_targets(targets, [rows[i] for i in indices])
             # Row by row through the LM head: logits of one row, not of the batch, are in memory at once.
-            for i, row in enumerate(chunk):
-                nll, tokens = _mean_nll(parts, hidden[i:i + 1], targets[i:i + 1])
-                step2_nll, step2_tokens = _mean_nll(parts, hidden[i:i + 1], step2[i:i + 1])
-                results.append({"nll": nll, "tokens": tokens, "step2_tokens": step2_tokens,
-                                "step2_nll": step2_nll if row["jepa_valid"] else None})
+            for b, i in enumerate(indices):
+                nll, tokens = _mean_nll(parts, hidden[b:b + 1], targets[b:b + 1])
+                step2_nll, step2_tokens = _mean_nll(parts, hidden[b:b + 1], step2[b:b + 1])
+                results[i] = {"nll": nll, "tokens": tokens, "step2_tokens": step2_tokens,
+                              "step2_nll": step2_nll if rows[i]["jepa_valid"] else None}
     return results
 
 
@@ -99,10 +104,11 @@ def view_embeddings(model: nn.Module, rows: list[dict], *, k: int, layout: str, 
     """
     valid = [r for r in rows if r["jepa_valid"]]
     device = next(model.parameters()).device
-    views1, views2 = [], []
+    views1, views2, order = [], [], []
     with _inference(model) as parts:
-        for _, batch in _batches(valid, batch_size, device, k=k, layout=layout, predictor_ids=predictor_ids,
-                                 pad_id=pad_id):
+        for indices, batch in _batches(valid, batch_size, device, k=k, layout=layout, predictor_ids=predictor_ids,
+                                       pad_id=pad_id):
+            order += indices
             every = torch.arange(len(batch["jepa_valid"]), device=device)
             if layout == "two_pass":
                 view1, view2 = _two_pass_views(parts, batch, every)
@@ -114,4 +120,6 @@ def view_embeddings(model: nn.Module, rows: list[dict], *, k: int, layout: str, 
     if not views1:
         empty = torch.zeros((0, parts.head.weight.shape[1]))
         return empty, empty.clone()
-    return torch.cat(views1), torch.cat(views2)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))  # batches ran shortest first; rows come back in order
+    return torch.cat(views1)[back], torch.cat(views2)[back]

@@ -202,7 +202,8 @@ def paired_mean_bootstrap(
     a = np.atleast_2d(np.asarray(config_values, dtype=float))
     b = np.atleast_2d(np.asarray(baseline_values, dtype=float))
     if a.shape != b.shape or a.size == 0 or a.ndim != 2:
-        raise ValueError(f"paired values need equal, non-empty (n,) or (n_seeds, n) shapes; got {a.shape} and {b.shape}")
+        raise ValueError(f"paired values need equal, non-empty (n,) or (n_seeds, n) shapes; "
+                         f"got {a.shape} and {b.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("paired values must be finite (drop examples without labelled tokens first)")
     per_example = (a - b).mean(axis=0)
