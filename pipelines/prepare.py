@@ -1,4 +1,5 @@
-"""DVC stage `prepare`: split every train and test record into steps and write messages.
+"""DVC stage `prepare`: split every train and test record into steps and write messages;
+carve the validation split out of the training records (`data.validation_size`).
 
     python -m pipelines.prepare --params params.yaml --raw data/raw --out data/prepared \
         --metrics metrics/prepare.json
@@ -8,7 +9,7 @@ import logging
 
 from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
-from stepjepa.prepare import prepare_file, write_json_lines
+from stepjepa.prepare import BadRecordError, prepare_file, split_validation, write_json_lines
 from stepjepa.sources import SPLITS
 
 log = logging.getLogger("prepare")
@@ -20,9 +21,19 @@ def main() -> None:
     on_error = "raise" if cfg.on_bad_record == "error" else "skip"
     metrics = {}
     for split in SPLITS:
-        records, stats = prepare_file(args.raw / f"{split}.jsonl", split, cfg, on_error)
-        write_json_lines(records, args.out / f"{split}.jsonl")
+        path = args.raw / f"{split}.jsonl"
+        records, stats = prepare_file(path, split, cfg, on_error)
+        if not records:
+            raise BadRecordError(f"{path}: no usable records ({stats.read} lines read, "
+                                 f"{sum(stats.skipped.values())} skipped, {stats.dropped_short} dropped as short)")
         metrics[split] = stats.as_dict()
+        if split == "train":
+            records, validation = split_validation(records, cfg.validation_size)
+            write_json_lines(validation, args.out / "validation.jsonl")
+            metrics["validation"] = {"records": len(validation), "carved_from": "train",
+                                     "rule": "the data.validation_size records with the smallest sha256 of their id"}
+            metrics[split]["training_records"] = len(records)
+        write_json_lines(records, args.out / f"{split}.jsonl")
         log.info("%s: read %d, kept %d (%d LM-only), dropped short %d, skipped %d %s",
                  split, stats.read, stats.kept, stats.kept_lm_only, stats.dropped_short,
                  sum(stats.skipped.values()), dict(stats.skipped) or "")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from pipelines._io import read_json_lines, run_stage, stage_args, write_json
 from stepjepa.config import load_config
-from stepjepa.sources import SPLITS
+from stepjepa.prepare import PREPARED_SPLITS
 from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, summarize
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
                                 f"cannot load its tokenizer ({err})") from None
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = {}
-    for split in SPLITS:
+    for split in PREPARED_SPLITS:
         path = args.prepared / f"{split}.jsonl"
         records = read_json_lines(path)
         try:

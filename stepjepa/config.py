@@ -43,6 +43,9 @@ class DataConfig(Section):
     """Records with fewer than 2 steps: `keep` for LM-only training, or `drop`. Counted either way."""
     on_bad_record: Literal["skip", "error"] = "skip"
     """A malformed or incomplete record: a counted skip naming file, line and field, or an error."""
+    validation_size: int = Field(500, ge=1)
+    """Training records held out as the validation split (chosen by a hash of the record id);
+    the sweep selects its champion on them, never on test."""
 
     @model_validator(mode="after")
     def _template_has_answer(self) -> DataConfig:
@@ -157,6 +160,11 @@ class TrainConfig(Section):
     """How many of the latest checkpoints to keep."""
     log_every: int = Field(10, ge=1)
     """Log metrics every N optimizer steps."""
+    eval_every: int | None = Field(None, ge=1)
+    """Held-out NLL (all answer tokens, and Step 2) of `eval_examples` validation rows every N
+    steps and at the last step (`stepjepa train --val-data`); a multiple of `log_every`."""
+    eval_examples: int = Field(64, ge=1)
+    """The first N validation rows the in-training held-out NLL uses (a fixed subset)."""
     tracking: Literal["mlflow", "none"] = "mlflow"
     """Where metrics go: MLflow (MLFLOW_TRACKING_URI, default sqlite in the project root) or nowhere."""
     experiment: str = Field("step-jepa", min_length=1)
@@ -170,6 +178,9 @@ class TrainConfig(Section):
             raise ValueError("train.batch_size must be >= 2 for train.loss=infonce (in-batch negatives)")
         if self.warmup_steps is not None and self.warmup_ratio > 0:
             raise ValueError("set train.warmup_steps or train.warmup_ratio, not both")
+        if self.eval_every is not None and self.eval_every % self.log_every:
+            raise ValueError(f"train.eval_every ({self.eval_every}) must be a multiple of train.log_every "
+                             f"({self.log_every}): held-out metrics are logged with a logging step")
         return self
 
 
@@ -224,8 +235,9 @@ class EvalConfig(Section):
     Decoding is greedy; the model's dtype and `trust_remote_code` come from `model`.
     """
 
-    split: Literal["test", "train"] = "test"
-    """Prepared split to evaluate, `data/prepared/{split}.jsonl`, unless `--data` names a file."""
+    split: Literal["test", "validation", "train"] = "test"
+    """Prepared split `stepjepa evaluate` reads, `data/prepared/{split}.jsonl`, unless `--data`
+    names a file. A sweep ignores it: it selects on `validation` and reads `test` once."""
     limit: int | None = Field(None, ge=1)
     """Evaluate the first N examples only; null evaluates them all."""
     batch_size: int = Field(32, ge=1)
@@ -280,6 +292,19 @@ def config_from_dict(tree: dict[str, Any], source: str = "params") -> Config:
         return Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_errors(source, err)) from None
+
+
+def resolved_tree(cfg: Config) -> dict[str, Any]:
+    """Every key with its value, defaults included: what a run's `config.yaml` holds."""
+    return cfg.model_dump(mode="json", by_alias=True)
+
+
+def write_config(cfg: Config, path: str | Path) -> Path:
+    """The resolved config as a params file (`stepjepa train/evaluate --params` read it back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(resolved_tree(cfg), sort_keys=False), encoding="utf-8")
+    return path
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:

@@ -3,10 +3,14 @@
 Every input line is accounted for: kept, kept as LM-only (fewer than 2 steps), dropped
 as short (by `data.short_records`), or skipped with a reason. Skips name the file, line and
 field; `on_error="raise"` turns the first one into an error instead.
+
+A record's id is a hash of its content, not its line number, so that the validation split
+carved out of the training records (`split_validation`) does not depend on file order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +21,11 @@ from typing import Any, Literal
 from stepjepa.config import DataConfig
 from stepjepa.prompts import STEP_SEPARATOR
 from stepjepa.steps import RecordError, Solution, split_record
+
+
+# The prepared splits, in the order the stages write them: `validation` is carved out of
+# the raw `train` file, `train` and `test` are the raw files' records.
+PREPARED_SPLITS = ("train", "validation", "test")
 
 
 class BadRecordError(ValueError):
@@ -87,7 +96,7 @@ def prepare_file(
     path: Path, split: str, cfg: DataConfig, on_error: Literal["skip", "raise"] = "skip"
 ) -> tuple[list[dict[str, Any]], PrepareStats]:
     """Read one raw split file; return its conversations and the accounting."""
-    stats, records = PrepareStats(), []
+    stats, records, seen = PrepareStats(), [], {}
     for lineno, obj in read_json_lines(path):
         stats.read += 1
         try:
@@ -100,15 +109,40 @@ def prepare_file(
                 raise BadRecordError(message) from None
             stats.skip(err.reason, message)
             continue
+        record_id = f"{split}-{content_hash(obj)}"
+        if record_id in seen:
+            stats.skip("duplicate", f"{path}:{lineno}: the same record as line {seen[record_id]}")
+            continue
+        seen[record_id] = lineno
         if len(solution.steps) < 2:
             if cfg.short_records == "drop":
                 stats.dropped_short += 1
                 continue
             stats.kept_lm_only += 1
         stats.kept += 1
-        record = {"id": f"{split}-{lineno:06d}", "source": str(path), "line": lineno}
+        record = {"id": record_id, "source": str(path), "line": lineno}
         records.append(record | to_conversation(solution, cfg))
     return records, stats
+
+
+def content_hash(obj: Any) -> str:
+    """12 hex digits of the record's canonical JSON: the same record, the same id, wherever it stands."""
+    canonical = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def split_validation(records: list[dict[str, Any]], size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation): the `size` records whose salted id hash is smallest go to validation.
+
+    A hash of the id, not a random draw or the file order: shuffling the input file, or
+    adding records to it, moves no other record between the splits. Both keep file order.
+    """
+    if size >= len(records):
+        raise BadRecordError(f"data.validation_size={size} would leave no training records "
+                             f"(the train file has {len(records)} usable records)")
+    rank = sorted(records, key=lambda r: hashlib.sha256(f"validation:{r['id']}".encode()).hexdigest())
+    chosen = {r["id"] for r in rank[:size]}
+    return [r for r in records if r["id"] not in chosen], [r for r in records if r["id"] in chosen]
 
 
 def write_json_lines(records: list[dict[str, Any]], path: Path) -> None:

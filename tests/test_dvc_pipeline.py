@@ -38,6 +38,7 @@ def project(tmp_path_factory):
             shutil.copy(src, repo / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tiny_model"] = TINY_TEST_MODEL.model_dump()
+    params["data"]["validation_size"] = 10
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     rng = random.Random(1)
     source.mkdir()
@@ -65,11 +66,12 @@ def test_repro_builds_every_output_and_accounts_for_every_record(project):
     prepare = json.loads((repo / "metrics/prepare.json").read_text())
     assert prepare["train"] | {"skip_examples": None} == {
         "read": 61, "kept": 60, "kept_lm_only": 0, "dropped_short": 0, "skipped": 1,
-        "skipped_by_reason": {"malformed_json": 1}, "skip_examples": None,
+        "skipped_by_reason": {"malformed_json": 1}, "skip_examples": None, "training_records": 50,
     }
+    assert prepare["validation"]["records"] == 10
     assert "data/raw/train.jsonl:4:" in prepare["train"]["skip_examples"][0]
     tokenize = json.loads((repo / "metrics/tokenize.json").read_text())
-    assert tokenize["test"]["count"] == 20
+    assert tokenize["test"]["count"] == 20 and tokenize["validation"]["count"] == 10
     assert (repo / "models/tiny/model.safetensors").is_file()
     assert (repo / "data/tokenized/train.parquet").is_file()
 

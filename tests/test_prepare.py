@@ -5,7 +5,10 @@ import json
 import pytest
 
 from stepjepa.config import DataConfig
-from stepjepa.prepare import BadRecordError, prepare_file
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stepjepa.prepare import BadRecordError, content_hash, prepare_file, split_validation
 from stepjepa.sources import fetch_gsm8k
 
 GOOD = {"question": "q?", "answer": "a = 1\nb = 2\n#### 2"}
@@ -35,18 +38,20 @@ def messy_file(tmp_path):
 def test_every_line_is_accounted_for_with_file_line_and_field(messy_file):
     records, stats = prepare_file(messy_file, "train", DataConfig())
     m = stats.as_dict()
-    assert m["read"] == 6 and m["kept"] == 3 and m["kept_lm_only"] == 1 and m["skipped"] == 3
-    assert m["skipped_by_reason"] == {"empty_field": 1, "malformed_json": 1, "missing_field": 1}
+    # Line 6 repeats line 1 exactly: one record, not two (it would be in train and validation).
+    assert m["read"] == 6 and m["kept"] == 2 and m["kept_lm_only"] == 1 and m["skipped"] == 4
+    assert m["skipped_by_reason"] == {"duplicate": 1, "empty_field": 1, "malformed_json": 1, "missing_field": 1}
     assert f"{messy_file}:2: " in m["skip_examples"][0] and "not valid JSON" in m["skip_examples"][0]
     assert f"{messy_file}:3: field 'answer': missing" in m["skip_examples"][1]
     assert f"{messy_file}:4: field 'answer': is empty" in m["skip_examples"][2]
-    assert [r["line"] for r in records] == [1, 5, 6]
+    assert f"{messy_file}:6: the same record as line 1" in m["skip_examples"][3]
+    assert [r["line"] for r in records] == [1, 5]
     assert records[1]["total_steps"] == 1
 
 
 def test_short_records_can_be_dropped_and_are_counted(messy_file):
     records, stats = prepare_file(messy_file, "train", DataConfig(short_records="drop"))
-    assert stats.as_dict()["dropped_short"] == 1 and len(records) == 2
+    assert stats.as_dict()["dropped_short"] == 1 and len(records) == 1
 
 
 def test_on_error_raise_names_file_line_and_field(messy_file):
@@ -57,7 +62,7 @@ def test_on_error_raise_names_file_line_and_field(messy_file):
 def test_conversation_layout(tmp_path):
     records, _ = prepare_file(write_lines(tmp_path / "t.jsonl", [json.dumps(GOOD)]), "test", DataConfig())
     (r,) = records
-    assert r["id"] == "test-000001" and r["gold"] == "2"
+    assert r["id"] == f"test-{content_hash(GOOD)}" and r["gold"] == "2" and r["line"] == 1
     assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
     assert r["messages"][2]["content"] == "a = 1\n\nb = 2\n\nThe final answer is \\boxed{2}."
 
@@ -79,3 +84,43 @@ def test_gsm8k_dir_missing_split_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("GSM8K_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="missing test.jsonl"):
         fetch_gsm8k(DataConfig(), tmp_path / "out")
+
+
+def _raw_records(n):
+    return [{"question": f"How many {i}?", "answer": f"a = {i}\nb = {i + 1}\n#### {i + 1}"} for i in range(n)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(3, 40), size=st.integers(1, 10), order=st.randoms(use_true_random=False))
+def test_validation_split_is_disjoint_sized_and_independent_of_file_order(tmp_path_factory, n, size, order):
+    size = min(size, n - 1)
+    raw = _raw_records(n)
+    shuffled = raw[:]
+    order.shuffle(shuffled)
+    folder = tmp_path_factory.mktemp("split")
+    splits = []
+    for name, lines in [("a", raw), ("b", shuffled)]:
+        records, _ = prepare_file(write_lines(folder / f"{name}.jsonl", map(json.dumps, lines)), "train", DataConfig())
+        splits.append(split_validation(records, size))
+    (train_a, val_a), (train_b, val_b) = splits
+    assert len(val_a) == size and len(train_a) == n - size
+    assert {r["id"] for r in val_a} == {r["id"] for r in val_b}, "file order changed the validation split"
+    assert {r["id"] for r in train_a} == {r["id"] for r in train_b}
+    assert not {r["id"] for r in val_a} & {r["id"] for r in train_a}
+    assert [r["line"] for r in val_b] == sorted(r["line"] for r in val_b), "each split keeps file order"
+
+
+def test_validation_split_that_would_leave_no_training_is_an_error(tmp_path):
+    records, _ = prepare_file(write_lines(tmp_path / "t.jsonl", map(json.dumps, _raw_records(3))), "train", DataConfig())
+    with pytest.raises(BadRecordError, match="data.validation_size=3 would leave no training records"):
+        split_validation(records, 3)
+
+
+def test_official_gsm8k_splits_are_disjoint(gsm8k_dir, tmp_path):
+    """Train, validation and test ids (and questions) are disjoint on the real data."""
+    train, _ = prepare_file(gsm8k_dir / "train.jsonl", "train", DataConfig())
+    test, _ = prepare_file(gsm8k_dir / "test.jsonl", "test", DataConfig())
+    train, validation = split_validation(train, DataConfig().validation_size)
+    ids = [{r["id"] for r in part} for part in (train, validation, test)]
+    assert len(ids[1]) == 500 and sum(map(len, ids)) == len(set().union(*ids))
+    assert not {r["question"] for r in validation} & {r["question"] for r in train}
