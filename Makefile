@@ -23,7 +23,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-unit test-e2e bench clean
+.PHONY: install run test test-unit test-e2e bench clean mlflow-ui
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# dvc repro runs what is out of date (the sweep too when runs/sweep is missing); the
+# reconcile step registers the champion in this MLflow store if it lacks it (a new store,
+# run folders from `dvc pull`), training nothing.
 run: install
 	dvc repro
-	@echo; echo "GSM8K accuracy per config (metrics/sweep/table.md; all metrics: dvc metrics show):"
+	python -m pipelines.sweep --reconcile
+	@echo; echo "The sweep (metrics/sweep/table.md; dvc metrics show; MLflow: make mlflow-ui):"
 	@cat metrics/sweep/table.md
 
 test: install
@@ -51,6 +55,9 @@ test-e2e: install
 
 bench: install
 	python benchmarks/bench_data.py
+
+mlflow-ui: install
+	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

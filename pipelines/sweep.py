@@ -1,9 +1,17 @@
 """Prefect flow `step-jepa-sweep`: K x lambda training runs (+ the SFT baseline per seed),
-each its own `accelerate launch` process, evaluated on GSM8K; the best config's model
-is registered in MLflow with alias `champion`.
+each its own `accelerate launch` process, evaluated on the **validation** split; the best
+config by validation accuracy (and the SFT baseline) is then evaluated once on **test**, and
+its model is registered in MLflow with alias `champion`.
 
     python -m pipelines.sweep --params params.yaml            # what the DVC stage runs
+    python -m pipelines.sweep --reconcile                      # register the champion of the
+                                                               # run folders in this MLflow store
     python -m pipelines.sweep --serve                          # a UI-triggerable deployment
+
+The run folders (`runs/sweep/<config>_s<seed>-<key>/`) are the sweep's products, a DVC
+out: a config whose folder holds a finished model (and evaluation) is not trained (or
+evaluated) again, whichever machine, tracking store or Prefect server asks. MLflow is
+brought up to date from the folders when it lacks a run (a new store, another server).
 
 Only orchestration lives here: what to run (`stepjepa.sweep`), how to launch it
 (`stepjepa.launch`), the statistics and plots (`stepjepa.report`) and MLflow
@@ -25,66 +33,74 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from stepjepa import launch, report, tracking
-from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config
-from stepjepa.sweep import RunSpec, cache_key, data_fingerprint, eval_cache_key, expand_grid, resolve
+from stepjepa import launch, plots, report, tracking
+from stepjepa import sweep as plan
+from stepjepa.config import Config, ConfigError, SweepConfig, config_from_dict, load_config, write_config
 
 SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
 
-def _by_key(context: Any, parameters: dict[str, Any]) -> str:
-    return parameters["key"]
+SELECT_SPLIT, TEST_SPLIT = "validation", "test"
 
-@task(cache_key_fn=_by_key, persist_result=True, task_run_name="train {spec[name]}")
-def train_run(spec: dict, key: str, paths: dict, child_run_id: str) -> dict:
-    """One training run in its own process; resumes a checkpoint left by a killed sweep."""
-    out = Path(paths["runs"]) / f"{spec['name']}-{key[:8]}"  # a changed config or data never resumes an old run
-    logger = get_run_logger()
+@task(task_run_name="train {spec[name]}")
+def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str) -> dict:
+    """One training run in its own process; resumes a checkpoint left by a killed sweep, and
+    trains nothing when the run folder already holds the finished model."""
+    out, logger = Path(run_dir), get_run_logger()
+    if plan.is_trained(out):
+        logger.info("%s: trained already (%s)", spec["name"], out)
+        tracking.backfill_training(child_run_id, out)
+        return {"run_dir": run_dir, "run_id": child_run_id}
     with SLOTS.acquire() as gpu:
-        cmd = launch.train_command(Path(paths["params"]), Path(paths["train_data"]), out, list(spec["overrides"]),
-                                   gpu, resume=True, run_name=spec["name"])
+        cmd = launch.train_command(out / "config.yaml", Path(paths["train_data"]), out, [], gpu, resume=True,
+                                   run_name=spec["name"], val_data=Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet")
         launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log",
                           on_progress=lambda text: logger.info("%s %s", spec["name"], text))
-    return {"model_dir": str(out / "model"), "run_dir": str(out), "run_id": child_run_id}
+    return {"run_dir": run_dir, "run_id": child_run_id}
 
-@task(cache_key_fn=_by_key, persist_result=True, task_run_name="evaluate {spec[name]}")
-def evaluate_run(spec: dict, key: str, trained: dict, paths: dict, eval_args: list[str]) -> dict:
-    """GSM8K accuracy of one trained model, logged into its MLflow run."""
-    out = Path(trained["run_dir"]) / "eval"
-    with SLOTS.acquire() as gpu:
-        cmd = [sys.executable, "-m", "stepjepa.cli", "evaluate", "--model", trained["model_dir"],
-               "--data", paths["test_data"], "--params", paths["params"], "--out", str(out),
-               "--mlflow-run-id", trained["run_id"], "--no-progress", *eval_args]
-        launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log")
-    return report.read_run_result(Path(trained["run_dir"]))
+@task(task_run_name="evaluate {spec[name]} on {split}")
+def evaluate_run(spec: dict, trained: dict, split: str, eval_key: str, paths: dict, config: dict) -> dict:
+    """Accuracy, held-out NLL and view diagnostics of one trained model on `split`, logged
+    into its MLflow run under `split/`; nothing is generated again for a folder that has them."""
+    run_dir = Path(trained["run_dir"])
+    out = plan.eval_folder(run_dir, split)
+    if not plan.is_evaluated(run_dir, split, eval_key):
+        config_file = write_config(config_from_dict(config), out / "config.yaml")
+        with SLOTS.acquire() as gpu:
+            cmd = launch.evaluate_command(run_dir / "model", config_file, Path(paths["prepared"]) / f"{split}.jsonl",
+                                          out, heldout=Path(paths["tokenized"]) / f"{split}.parquet")
+            launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log")
+        plan.mark_evaluated(run_dir, split, eval_key)
+    tracking.log_split(trained["run_id"], split, out)
+    return report.read_run_result(run_dir, split)
 
 @flow(name="step-jepa-config", log_prints=True)
-def step_jepa_config(spec: dict, key: str, paths: dict, child_run_id: str, eval_args: list[str]) -> dict:
-    """One config, trained and evaluated: what a work-pool worker runs for the sweep."""
+def step_jepa_config(spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str,
+                     config: dict, workdir: str) -> None:
+    """One config on a work-pool worker: trained (unless its folder holds the model) and
+    evaluated on `split`; the sweep reads the results back from MLflow."""
     global SLOTS
     SLOTS = SLOTS or launch.DeviceSlots(launch.visible_gpus())
     # Paths are relative to the sweep's folder. A worker on the same machine works there; a
     # worker elsewhere (a cluster image) has no such folder and uses its own checkout.
-    if Path(paths["workdir"]).is_dir():
-        os.chdir(paths["workdir"])
-    trained = train_run.fn(spec, key, paths, child_run_id)
-    return evaluate_run.fn(spec, key, trained, paths, eval_args)
+    if Path(workdir).is_dir():
+        os.chdir(workdir)
+    trained = train_run.fn(spec, run_dir, paths, child_run_id)
+    evaluate_run.fn(spec, trained, split, eval_key, paths, config)
 
-def _by_eval_key(context: Any, parameters: dict[str, Any]) -> str:
-    return parameters["eval_key"]
-
-@task(cache_key_fn=_by_eval_key, persist_result=True, task_run_name="dispatch {spec[name]}")
-def dispatch_run(spec: dict, key: str, eval_key: str, paths: dict, child_run_id: str, eval_args: list[str],
+@task(task_run_name="dispatch {spec[name]} ({split})")
+def dispatch_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict,
                  deployment: str) -> dict:
     """One config as a flow run on a work pool; its result comes back through MLflow, which
     the worker and this process share (their file systems need not be shared)."""
     from prefect.deployments import run_deployment
 
-    params = dict(spec=spec, key=key, paths=paths, child_run_id=child_run_id, eval_args=eval_args)
+    params = dict(spec=spec, run_dir=run_dir, paths=paths, child_run_id=child_run_id, split=split, eval_key=eval_key,
+                  config=config, workdir=str(Path.cwd()))
     flow_run = run_deployment(deployment, parameters=params, timeout=None, as_subflow=True)
     if not flow_run.state.is_completed():
         raise launch.RunFailed(f"flow run {flow_run.name} of {deployment} ended {flow_run.state.name}: "
                                f"{flow_run.state.message}")
-    return tracking.run_result(child_run_id)
+    return tracking.run_result(child_run_id, split)
 
 @flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def step_jepa_sweep(
@@ -100,6 +116,7 @@ def step_jepa_sweep(
     params_file: str = "params.yaml",
     runs_dir: str = "runs/sweep",
     report_dir: str = "metrics/sweep",
+    data_dir: str = "data",
 ) -> dict:
     """Parameters left empty come from the `sweep` section of `params_file`."""
     global SLOTS
@@ -109,81 +126,156 @@ def step_jepa_sweep(
                                    max_concurrent=max_concurrent, retries=retries,
                                    launcher=launcher).items() if v is not None}
     sweep = config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, params_file).sweep
-    specs = expand_grid(sweep)
-    configs = {s.name: resolve(base, s) for s in specs}  # every run validated before any trains
-    paths = {"workdir": str(Path.cwd()), "params": params_file, "runs": runs_dir, "train_data": "data/tokenized/train.parquet",
-             "test_data": f"data/prepared/{configs[specs[0].name].eval.split}.jsonl"}
-    # Cached results name run folders and MLflow runs: they are valid only for this store and folder.
-    fingerprint = "|".join([data_fingerprint([paths["train_data"], paths["test_data"],
-                                              configs[specs[0].name].model.name_or_path]),
-                            tracking.tracking_uri(), str(Path(runs_dir).resolve())])
+    specs = plan.expand_grid(sweep)
+    configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
+    data = Path(data_dir)
+    paths = {"train_data": str(data / "tokenized/train.parquet"), "tokenized": str(data / "tokenized"),
+             "prepared": str(data / "prepared")}
+    first = configs[specs[0].name]
+    fingerprint = plan.data_fingerprint([data / "tokenized", *(data / f"prepared/{s}.jsonl" for s in
+                                                              (SELECT_SPLIT, TEST_SPLIT)), first.model.name_or_path])
     SLOTS = launch.DeviceSlots(launch.visible_gpus(), cpu_slots=sweep.max_concurrent or 1)
     logger.info("sweep of %d runs (%d at a time): %s", len(specs), SLOTS.size, ", ".join(configs))
+    tracking.init_store()
 
-    with tracking.sweep_run(sweep.experiment, sweep.model_dump(mode="json") | {"runs": len(specs)}) as parent:
-        futures = {}
+    with tracking.sweep_run(sweep.experiment, sweep.model_dump(mode="json") | {"runs": len(specs)},
+                            run_name=_sweep_name(sweep)) as parent:
+        runs = {}
         for spec in specs:
-            key, eval_key = cache_key(configs[spec.name], fingerprint), eval_cache_key(configs[spec.name], fingerprint)
+            config = configs[spec.name]
+            key = plan.cache_key(config, fingerprint)
+            run_dir = plan.run_folder(runs_dir, spec, key)
+            if not plan.is_trained(run_dir):
+                write_config(config, run_dir / "config.yaml")
             child = tracking.child_run(sweep.experiment, parent, spec.name, key)
-            spec_d = spec.as_dict() | {"overrides": [*spec.overrides, f"train.experiment={sweep.experiment}"]}
-            eval_args = launch.eval_args(configs[spec.name].eval)
-            if sweep.launcher == "work_pool":
-                trained = evaluated = dispatch_run.with_options(retries=sweep.retries).submit(
-                    spec_d, key, eval_key, paths, child, eval_args, sweep.config_deployment)
-            else:
-                trained = train_run.with_options(retries=sweep.retries).submit(spec_d, key, paths, child)
-                evaluated = evaluate_run.submit(spec_d, eval_key, trained, paths, eval_args)
-            futures[spec.name] = (child, trained, evaluated)
-        wait([f for _, *pair in futures.values() for f in pair])
-        results = [_collect(spec, *futures[spec.name], logger) for spec in specs]
-        return _finish(sweep, parent, results, Path(report_dir))
+            runs[spec.name] = dict(spec=spec, key=key, eval_key=plan.eval_cache_key(config, fingerprint),
+                                   run_dir=str(run_dir), child=child, config=config)
+        validation = _train_and_evaluate(runs, specs, paths, sweep, logger)
+        rows = report.summarize(validation)
+        best = report.best_config(rows)
+        tested = _test_once(runs, specs, validation, best, paths, sweep, logger) if best else []
+        return _finish(sweep, parent, validation, tested, rows, best, runs, Path(report_dir))
 
-def _collect(spec: RunSpec, child: str, trained, evaluated, logger) -> dict:
+def _sweep_name(sweep: SweepConfig) -> str:
+    """A parent run name that says what was swept."""
+    ks = ",".join(map(str, sweep.ks))
+    lams = ",".join(f"{x:g}" for x in sweep.lambdas)
+    return f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {sweep.layout}/{sweep.loss}"
+
+def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, trained=None) -> tuple[Any, Any]:
+    """(training future or None, evaluation future) of one run on `split`."""
+    spec_d, config = run["spec"].as_dict(), run["config"].model_dump(mode="json", by_alias=True)
+    if sweep.launcher == "work_pool":
+        return None, dispatch_run.with_options(retries=sweep.retries).submit(
+            spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment)
+    if trained is None:
+        trained = train_run.with_options(retries=sweep.retries).submit(spec_d, run["run_dir"], paths, run["child"])
+    return trained, evaluate_run.submit(spec_d, trained, split, run["eval_key"], paths, config)
+
+def _train_and_evaluate(runs: dict, specs: list, paths: dict, sweep: SweepConfig, logger) -> list[dict]:
+    futures = {spec.name: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep) for spec in specs}
+    wait([f for pair in futures.values() for f in pair if f is not None])
+    return [_collect(spec, runs[spec.name], *futures[spec.name], logger) for spec in specs]
+
+def _test_once(runs: dict, specs: list, validation: list[dict], best: dict, paths: dict, sweep: SweepConfig,
+               logger) -> list[dict]:
+    """The test split, read once: the champion config's runs and the SFT baseline's."""
+    done = {r["spec"]["name"] for r in validation if r["status"] == "completed"}
+    chosen = [s for s in specs if s.config_name in {best["config"], "sft"} and s.name in done]
+    trained = {s.name: {"run_dir": runs[s.name]["run_dir"], "run_id": runs[s.name]["child"]} for s in chosen}
+    futures = {s.name: _submit(runs[s.name], TEST_SPLIT, paths, sweep, trained[s.name])[1] for s in chosen}
+    wait(list(futures.values()))
+    return [_collect(s, runs[s.name], None, futures[s.name], logger) for s in chosen]
+
+def _collect(spec, run: dict, trained, evaluated, logger) -> dict:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
+    base = {"spec": spec.as_dict(), "run_id": run["child"], "run_folder": Path(run["run_dir"]).name}
     if evaluated.state.is_completed():
-        return {"spec": spec.as_dict(), "status": "completed", "run_id": child} | evaluated.result()
-    failed = trained if not trained.state.is_completed() else evaluated
+        return base | {"status": "completed"} | evaluated.result()
+    failed = trained if trained is not None and not trained.state.is_completed() else evaluated
     message = failed.state.message or failed.state.name
     logger.error("%s failed: %s", spec.name, message)
-    tracking.mark_failed(child, message)
-    return {"spec": spec.as_dict(), "status": "failed", "run_id": child, "error": message[-2000:]}
+    tracking.mark_failed(run["child"], message)
+    return base | {"status": "failed", "error": message[-2000:]}
 
-def _finish(sweep: SweepConfig, parent: str, results: list[dict], report_dir: Path) -> dict:
-    rows = report.summarize(results)
-    best = report.best_config(rows)
-    table = report.markdown_table(rows)
-    plots = [report.plot_heatmap(rows, report_dir / "heatmap.png"),
-             report.plot_loss_curves(results, report_dir / "loss_curves.png")]
-    summary = report.summary_metrics(rows, best)
+def _warn(rows: list[dict], validation: list[dict]) -> None:
+    """Collapse warnings in the log and as an MLflow tag on each run of the config."""
+    logger = get_run_logger()
+    for row in rows:
+        if row.get("warnings"):
+            text = "; ".join(row["warnings"])
+            logger.warning("%s: %s", row["config"], text)
+            for r in validation:
+                if r["spec"]["config_name"] == row["config"] and r["status"] == "completed":
+                    tracking.set_tags(r["run_id"], {"stepjepa.warning": text})
+
+def _finish(sweep: SweepConfig, parent: str, validation: list[dict], tested: list[dict], rows: list[dict],
+            best: dict | None, runs: dict, report_dir: Path) -> dict:
+    _warn(rows, validation)
+    test_row = report.compare_on_test(tested, best) if best else None
+    table = report.markdown_table(rows, test_row)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    figures = [plots.plot_heatmap(rows, report_dir / "heatmap.png"),
+               plots.plot_loss_curves(validation, report_dir / "loss_curves.png")]
+    summary = report.summary_metrics(rows, best, test_row)
     champion = None
     if best is not None:
-        winner = report.champion_run(results, best)
-        champion = tracking.register_champion(sweep.registered_model_name, winner["run_id"], best)
-    summary["champion"] = champion
-    tracking.log_sweep_summary(parent, rows, table, plots, summary)
-    report_dir.mkdir(parents=True, exist_ok=True)
+        winner = report.champion_run(validation, best)
+        champion = tracking.register_champion(sweep.registered_model_name, winner["run_id"], best, test_row,
+                                              run_dir=Path(runs[winner["spec"]["name"]]["run_dir"]))
+        summary["champion"] = {"name": champion["name"], "alias": champion["alias"], "config": best["config"],
+                               "run_folder": winner["run_folder"]}
+    tracking.log_sweep_summary(parent, rows, table, figures, summary)
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (report_dir / "table.md").write_text(table + "\n")
-    report.write_plot_data(rows, results, report_dir)
-    create_markdown_artifact(table, key="step-jepa-sweep", description="GSM8K accuracy per K x lambda config")
-    return summary
+    report.write_plot_data(rows, validation, report_dir)
+    create_markdown_artifact(table, key="step-jepa-sweep", description="Validation selection, test once: the sweep")
+    failed = [r["spec"]["name"] for r in validation if r["status"] != "completed"]
+    return summary | {"failed": failed, "champion_version": champion and champion["version"]}
+
+def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:
+    """Make this MLflow store hold the champion that `report_dir/summary.json` names, from the
+    run folders: a no-op when it does; otherwise the sweep runs, trains nothing that is
+    already in `runs_dir`, and registers it."""
+    cfg = load_config(params_file)
+    summary = json.loads((Path(report_dir) / "summary.json").read_text())
+    wanted = (summary.get("champion") or {}).get("run_folder")
+    if wanted and tracking.champion_registered(cfg.sweep.registered_model_name, wanted):
+        print(f"champion {cfg.sweep.registered_model_name}@champion ({wanted}) is registered in {tracking.tracking_uri()}")
+        return 0
+    print(f"the MLflow store {tracking.tracking_uri()} lacks the champion {wanted}: registering it from the run folders")
+    return _exit_code(step_jepa_sweep(params_file=params_file, report_dir=report_dir, **flow_params))
+
+def _exit_code(summary: dict) -> int:
+    """Non-zero when a config failed (after the others were reported), so that `dvc repro`
+    records no success and the next run retries exactly the failed configs."""
+    if summary.get("failed"):
+        print(f"sweep: {len(summary['failed'])} run(s) failed: {', '.join(summary['failed'])}", file=sys.stderr)
+        return 1
+    return 0 if summary.get("champion") else 1
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--runs-dir", default="runs/sweep")
     parser.add_argument("--report-dir", default="metrics/sweep")
+    parser.add_argument("--data-dir", default="data", help="the folder holding prepared/ and tokenized/")
+    parser.add_argument("--reconcile", action="store_true",
+                        help="register the champion named by REPORT_DIR/summary.json if this MLflow store lacks it")
     parser.add_argument("--serve", action="store_true", help="serve a deployment the Prefect UI can trigger")
     parser.add_argument("--name", default="gsm8k", help="deployment name (with --serve or --deploy)")
     parser.add_argument("--deploy", metavar="POOL",
                         help="deploy the per-config flow `step-jepa-config/NAME` to this work pool and exit")
     args = parser.parse_args(argv)
+    # A loaded machine can take longer than Prefect's default 20 s to start its temporary server.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         load_config(args.params)  # fail on a bad params file before Prefect starts
     except ConfigError as err:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
-    params = {"params_file": args.params, "runs_dir": args.runs_dir, "report_dir": args.report_dir}
+    params = {"params_file": args.params, "runs_dir": args.runs_dir, "report_dir": args.report_dir,
+              "data_dir": args.data_dir}
     if args.deploy:
         # The worker runs the flow from this checkout (a process pool); a docker or kubernetes
         # pool runs the same entrypoint inside the worker image (docs/scaling-out.md).
@@ -191,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         step_jepa_config.from_source(source=checkout, entrypoint="pipelines/sweep.py:step_jepa_config") \
             .deploy(name=args.name, work_pool_name=args.deploy)
         return 0
+    if args.reconcile:
+        return reconcile(**params)
     if args.serve:
         step_jepa_sweep.serve(name=args.name, parameters=params)
         return 0
-    summary = step_jepa_sweep(**params)
-    return 0 if summary.get("champion") else 1
+    return _exit_code(step_jepa_sweep(**params))
 
 if __name__ == "__main__":
     raise SystemExit(main())

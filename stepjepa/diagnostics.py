@@ -4,8 +4,12 @@ A JEPA loss can be minimised trivially: map every view 1 and view 2 to the same 
 Then the loss is ~0 and says nothing. Two symptoms show it, measured on held-out pairs
 (`stepjepa.heldout.view_embeddings`) and on the run's logged metrics:
 
-- the effective rank (RankMe) of the view embeddings falls towards 1: every example's
-  view points the same way;
+- the views of different questions stop differing: their spread (the variance across
+  questions relative to their mean squared norm) falls towards 0. The effective rank
+  (RankMe) is reported too, but it does not decide: a language model's last hidden states
+  share one large direction, so their uncentred RankMe sits near 1 even in healthy
+  training (measured on the tiny model after 12 steps of Step-JEPA: 1.55, spread 4.4e-4;
+  JEPA-only training: 1.16, spread 4.5e-5; untrained: 11.3, spread 0.12);
 - the JEPA loss is ~0 within the first logged steps while the LM loss is still high: the
   views agree before the model has learned anything to predict Step 2 with.
 """
@@ -22,13 +26,14 @@ from stepjepa.losses import jepa_loss, mean_cosine
 RANKME_EPS = 1e-7
 """Added to the normalised singular values before the entropy, as in Garrido et al. (2023)."""
 
-COLLAPSED_RANK = 2.0
-"""An effective rank under 2 means one direction carries (almost) all the spectrum: the
-views of different questions are (nearly) the same vector up to scale. Measured on the
-tests' tiny Llama (32 held-out pairs, 80 steps at lr 1e-3, a loaded 2-core machine):
-untrained 11-15, SFT 2.3-2.8 (uncentred last-layer states share one dominant direction),
-JEPA with lambda 0.1-2 1.7-2.3 at mean cos 0.995, JEPA only 1.3-1.6. A fraction of
-min(n, d) would sit above SFT's rank for wide models and fire on every run."""
+COLLAPSED_SPREAD = 1e-4
+"""A relative spread under 1e-4: the views of different questions are the same vector to
+within 1% of its norm. On the tests' tiny Llama (module doc) ordinary Step-JEPA training
+sits 4x above it and JEPA-only training 2x below; the effective rank does not separate
+them (uncentred last-layer states share one dominant direction: untrained 11-15, SFT
+2.3-2.8, JEPA with lambda 0.1-2 1.7-2.3 at mean cos 0.995, JEPA only 1.1-1.6). A sweep
+also compares each config's spread with SFT's (`stepjepa.report`), which does not depend
+on the model's scale."""
 
 MIN_PAIRS_FOR_RANK = 4
 """With fewer pairs the rank is bounded by n itself, so a low value is no evidence."""
@@ -59,18 +64,28 @@ def effective_rank(embeddings) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def spread(embeddings) -> float:
+    """Variance across rows relative to the rows' mean squared norm, in [0, 1]: 0 when every
+    row is the same vector, ~1 for isotropic rows around the origin."""
+    x = torch.as_tensor(embeddings).double()
+    power = x.pow(2).sum(dim=1).mean()
+    return float((x - x.mean(dim=0)).pow(2).sum(dim=1).mean() / power) if power > 0 else 0.0
+
+
 def view_diagnostics(view1, view2, *, loss_kind: str = "cosine", temperature: float = 0.07) -> dict[str, float]:
-    """Mean cosine of paired `(V, H)` views, the effective rank of each, the JEPA loss of
-    these pairs (the floor a run reaches on held-out data) and n_pairs. With no pair
+    """Mean cosine of paired `(V, H)` views, the effective rank and spread of each, the JEPA
+    loss of these pairs (the floor a run reaches on held-out data) and n_pairs. With no pair
     every value but n_pairs = 0 is nan."""
     a, b = torch.as_tensor(view1).float(), torch.as_tensor(view2).float()
     if len(a) == 0:
-        return {"mean_cos": math.nan, "rank_view1": math.nan, "rank_view2": math.nan, "jepa_loss": math.nan,
-                "n_pairs": 0}
+        return {"mean_cos": math.nan, "rank_view1": math.nan, "rank_view2": math.nan, "spread_view1": math.nan,
+                "spread_view2": math.nan, "jepa_loss": math.nan, "n_pairs": 0}
     return {
         "mean_cos": float(mean_cosine(a, b)),
         "rank_view1": effective_rank(a),
         "rank_view2": effective_rank(b),
+        "spread_view1": spread(a),
+        "spread_view2": spread(b),
         "jepa_loss": float(jepa_loss(a, b, loss_kind, temperature)),
         "n_pairs": len(a),
     }
@@ -80,10 +95,11 @@ def _rank_warnings(diag: dict) -> list[str]:
     if diag.get("n_pairs", 0) < MIN_PAIRS_FOR_RANK:
         return []
     return [
-        f"JEPA views may have collapsed: effective rank of {view} is {diag[key]:.2f} (< {COLLAPSED_RANK}) "
-        f"over {diag['n_pairs']} held-out pairs"
-        for key, view in (("rank_view1", "view 1"), ("rank_view2", "view 2"))
-        if diag.get(key) is not None and not math.isnan(diag[key]) and diag[key] < COLLAPSED_RANK
+        f"JEPA views may have collapsed: {view} hardly varies across questions (spread {diag[f'spread_{key}']:.1e} "
+        f"< {COLLAPSED_SPREAD:g}; effective rank of {view} {diag[f'rank_{key}']:.2f}) over {diag['n_pairs']} "
+        "held-out pairs"
+        for key, view in (("view1", "view 1"), ("view2", "view 2"))
+        if not math.isnan(diag.get(f"spread_{key}", math.nan)) and diag[f"spread_{key}"] < COLLAPSED_SPREAD
     ]
 
 
@@ -105,7 +121,7 @@ def collapse_warnings(diag: dict | None, history: list[dict], *, loss_kind: str 
 
     `diag` is `view_diagnostics`' output (or None); `history` the run's logged training
     metrics (dicts with step, lm_loss and, on steps that applied JEPA, jepa_loss). Rules:
-    an effective rank under COLLAPSED_RANK (with at least MIN_PAIRS_FOR_RANK pairs), and
+    a view spread under COLLAPSED_SPREAD (with at least MIN_PAIRS_FOR_RANK pairs), and
     a jepa_loss under JEPA_LOSS_ZERO in the first logged steps while lm_loss is above
     LM_STILL_HIGH of its first value. InfoNCE is exempt from the loss rule: its loss is
     ~0 when views are told apart, and collapse shows as log(batch), not 0.
@@ -114,3 +130,21 @@ def collapse_warnings(diag: dict | None, history: list[dict], *, loss_kind: str 
     if loss_kind != "infonce":
         warnings += _history_warnings(history)
     return warnings
+
+
+RELATIVE_SPREAD = 0.1
+"""A config whose view spread is under a tenth of the SFT baseline's (same model, data and
+steps) has lost most of the variation across questions that plain fine-tuning keeps."""
+
+
+def relative_collapse_warnings(diag: dict | None, baseline: dict | None) -> list[str]:
+    """Warnings for views that vary far less across questions than the SFT baseline's."""
+    if not diag or not baseline or diag.get("n_pairs", 0) < MIN_PAIRS_FOR_RANK:
+        return []
+    out = []
+    for key, view in (("spread_view1", "view 1"), ("spread_view2", "view 2")):
+        mine, base = diag.get(key, math.nan), baseline.get(key, math.nan)
+        if not (math.isnan(mine) or math.isnan(base)) and mine < RELATIVE_SPREAD * base:
+            out.append(f"JEPA views may have collapsed: {view} varies {base / max(mine, 1e-300):.0f}x less across "
+                       f"questions than under SFT (spread {mine:.1e} vs {base:.1e})")
+    return out

@@ -3,9 +3,13 @@
 The prompt is the record's system + user messages through the model's own chat template
 (the template and system prompt it was trained with), with no predictor tokens; answers
 are greedy, batched completions that stop at the end-of-turn token. Writes
-`predictions.jsonl` (one record per question, re-scorable with `stepjepa score`) and
-`metrics.json` to `--out`, and logs both to MLflow with `--mlflow` (a new run) or
-`--mlflow-run-id` (e.g. the training run).
+`predictions.jsonl` (one record per question, re-scorable with `stepjepa score`),
+`metrics.json` and `timing.json` (speed: kept apart, since it differs from machine to
+machine while the metrics do not) to `--out`, and logs them to MLflow with `--mlflow` (a
+new run) or `--mlflow-run-id` (e.g. the training run). With `--heldout ROWS.parquet` (the
+tokenised rows of the same split) it also writes `heldout.jsonl`: each example's held-out
+NLL (all answer tokens, and Step 2's given Step 1) and adds their means and the JEPA view
+diagnostics (mean cosine, effective ranks, the JEPA loss floor) to the metrics.
 
     stepjepa evaluate --model models/tiny --limit 50 --out outputs/eval
     stepjepa evaluate --model models:/step-jepa-gsm8k@champion --mlflow
@@ -207,12 +211,54 @@ def load_model(model_dir: Path, cfg: Config, device: str) -> tuple[PreTrainedMod
 
 
 def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
-    """`predictions.jsonl` and `metrics.json` in `out_dir` (other files there are left alone)."""
+    """`predictions.jsonl`, `metrics.json` and `timing.json` in `out_dir` (other files there are left alone)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictions, metrics = out_dir / "predictions.jsonl", out_dir / "metrics.json"
+    predictions, metrics, timing = out_dir / "predictions.jsonl", out_dir / "metrics.json", out_dir / "timing.json"
     predictions.write_text("".join(json.dumps(r) + "\n" for r in result.rows), encoding="utf-8")
-    metrics.write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
-    return predictions, metrics
+    speed = {k: v for k, v in result.metrics.items() if k in TIMING_KEYS}
+    quality = {k: v for k, v in result.metrics.items() if k not in TIMING_KEYS}
+    metrics.write_text(json.dumps(quality, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    timing.write_text(json.dumps(speed, indent=2) + "\n", encoding="utf-8")
+    return predictions, metrics, timing
+
+
+TIMING_KEYS = ("completions_per_second",)
+
+
+def heldout_evaluation(model, tokenizer, rows_path: Path, cfg: Config, out_dir: Path) -> dict[str, Any]:
+    """Held-out NLL per example (`heldout.jsonl`) and the JEPA view diagnostics of the
+    model's own K and layout (`cfg.train`): the metrics to add to `metrics.json`."""
+    from stepjepa.batching import load_rows
+    from stepjepa.diagnostics import view_diagnostics
+    from stepjepa.heldout import heldout_nll, view_embeddings
+    from stepjepa.modeling import pad_id
+    from stepjepa.prompts import predictor_tokens
+
+    tc = cfg.train
+    rows = load_rows(rows_path)
+    pad = pad_id(tokenizer)
+    per_example = heldout_nll(model, rows, pad_id=pad)
+    ids = [str(r) for r in _row_ids(rows_path)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "heldout.jsonl").open("w", encoding="utf-8") as fh:
+        for row_id, values in zip(ids, per_example, strict=True):
+            fh.write(json.dumps({"id": row_id} | values) + "\n")
+    step2 = [v["step2_nll"] for v in per_example if v["step2_nll"] is not None]
+    metrics: dict[str, Any] = {"nll": sum(v["nll"] for v in per_example) / len(per_example),
+                               "step2_nll": sum(step2) / len(step2) if step2 else None,
+                               "heldout_examples": len(per_example), "heldout_step2_examples": len(step2)}
+    predictor_ids = list(tokenizer.convert_tokens_to_ids(predictor_tokens(tc.k)))
+    layout = "inline" if tc.k == 0 or tc.lambda_ == 0 else tc.layout
+    view1, view2 = view_embeddings(model, rows, k=tc.k, layout=layout, predictor_ids=predictor_ids, pad_id=pad)
+    if len(view1) >= 2:
+        metrics |= view_diagnostics(view1, view2, loss_kind=tc.loss, temperature=tc.temperature)
+    return metrics
+
+
+def _row_ids(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["id"])["id"].to_pylist()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -227,6 +273,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlflow-run-id", help="log into this existing MLflow run (implies --mlflow)")
     parser.add_argument("--experiment", default="stepjepa-eval", help="MLflow experiment of a new run")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the project's sqlite mlflow.db")
+    parser.add_argument("--heldout", type=Path, metavar="ROWS.parquet",
+                        help="tokenised rows of the same split: add held-out NLL and JEPA view diagnostics")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -280,8 +328,10 @@ def main(argv: list[str]) -> int:
     result = evaluate_model(model, tokenizer, examples, batch_size=cfg.eval.batch_size,
                             max_new_tokens=cfg.eval.max_new_tokens, date_string=cfg.tokenize.date_string,
                             progress=not args.no_progress)  # fmt: skip
+    if args.heldout is not None:
+        result.metrics.update(heldout_evaluation(model, tokenizer, args.heldout, cfg, args.out))
     files = write_outputs(args.out, result)
-    logger.info("wrote %s and %s", *files)
+    logger.info("wrote %s", ", ".join(map(str, files)))
     if args.mlflow or args.mlflow_run_id:
         tags = {"eval.model": str(args.model or cfg.model.name_or_path), "eval.data": str(data)}
         tags |= {f"eval.{key}": str(value) for key, value in cfg.eval.model_dump().items()}

@@ -50,7 +50,7 @@ class DeviceSlots:
 
 def train_command(
     params: Path, data: Path, out: Path, overrides: list[str], gpu: int | None, resume: bool,
-    accelerate_config: Path | None = None, run_name: str | None = None,
+    accelerate_config: Path | None = None, run_name: str | None = None, val_data: Path | None = None,
 ) -> list[str]:
     """`python -m accelerate.commands.launch ... -m stepjepa.train ...` for one run."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -67,7 +67,16 @@ def train_command(
         cmd.append("--resume")
     if run_name:
         cmd += ["--run-name", run_name]
+    if val_data:
+        cmd += ["--val-data", str(val_data)]
     return cmd
+
+
+def evaluate_command(model_dir: Path, config_file: Path, data: Path, out: Path, heldout: Path | None = None) -> list[str]:
+    """`stepjepa evaluate` of one trained model; every setting comes from `config_file`."""
+    cmd = [sys.executable, "-m", "stepjepa.cli", "evaluate", "--model", str(model_dir), "--params", str(config_file),
+           "--data", str(data), "--out", str(out), "--no-progress"]
+    return cmd + (["--heldout", str(heldout)] if heldout else [])
 
 
 def eval_args(eval_cfg) -> list[str]:

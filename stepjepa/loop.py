@@ -130,10 +130,19 @@ def _resume_history(path: Path, start: int) -> list[dict[str, float]]:
     return kept
 
 
+# Speed differs from machine to machine: it goes to the tracker, not into metrics.jsonl,
+# so that a run folder holds the same bytes wherever the same run is trained.
+TIMING = ("tokens_per_s",)
+
+
 def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
               scheduler: Any, plan: Plan, rows: list[dict], cfg: TrainConfig, *, start: int, tracker: Tracker,
-              out: Path, save: Callable[[int], None]) -> list[dict[str, float]]:
-    """Run optimizer steps `start + 1 .. len(plan)`; returns the logged metrics (main process)."""
+              out: Path, save: Callable[[int], None],
+              probe: Callable[[], dict[str, float]] | None = None) -> list[dict[str, float]]:
+    """Run optimizer steps `start + 1 .. len(plan)`; returns the logged metrics (main process).
+
+    `probe` (main process) measures held-out metrics every `cfg.eval_every` steps and at the
+    last step; they are logged with that step's training metrics."""
     main = accelerator.is_main_process
     history_file = out / "metrics.jsonl"
     history = _resume_history(history_file, start) if main else []
@@ -147,9 +156,13 @@ def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer:
         if step % cfg.log_every == 0 or step == len(plan):
             metrics = mean_metrics(window)
             window = []
+            if probe is not None and main and (step % (cfg.eval_every or len(plan)) == 0 or step == len(plan)):
+                step_module.eval()
+                metrics |= probe()
+                step_module.train()
             tracker.log_metrics(metrics, step)
             if main:
-                history.append({"step": step, **metrics})
+                history.append({"step": step, **{k: v for k, v in metrics.items() if k not in TIMING}})
                 with history_file.open("a") as f:
                     f.write(json.dumps(history[-1]) + "\n")
                 log.info("step %d/%d %s", step, len(plan), " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

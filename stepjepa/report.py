@@ -1,23 +1,51 @@
-"""The sweep summary: per-config accuracy over seeds, paired comparison with the SFT
-baseline, the best config, a markdown table, and plots (K x lambda heatmap, loss curves).
+"""The sweep summary: per-config validation results over seeds, paired comparisons with the
+SFT baseline, the selected config, the one test comparison, and the markdown table.
 
-Input is a list of run results, each a dict with `spec` (`RunSpec.as_dict()`), `status`
-("completed" or "failed"), and for completed runs `metrics` (the evaluation metrics),
-`correct_strict` (per-question booleans in test order) and optionally `history`
-(`{"step": [...], "loss": [...], ...}`).
+The protocol a reviewer expects: every config is scored on the **validation** split; the
+champion is the config with the highest mean validation accuracy (ties: the lower mean
+validation NLL, then the smaller K and lambda); only the champion and SFT are scored on
+**test**, once. Next to accuracy, which a small model may leave flat, each config gets the
+held-out NLL of the answers and of Step 2 given Step 1 (per example, paired with SFT, with a
+bootstrap interval), the JEPA view diagnostics and collapse warnings, and across seeds the
+mean +- std and the paired one-tailed t-test the LLM-JEPA paper uses. P-values are
+Holm-adjusted over the configs (they share the baseline and are many).
+
+A run result (`read_run_result`, `tracking.run_result`) is a dict with `spec`
+(`RunSpec.as_dict()`), `status` ("completed" or "failed"), and for completed runs `metrics`,
+`correct_strict` (per question, in file order), `heldout` (per example) and `history`.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stepjepa.stats import holm_adjust, paired_bootstrap
+from stepjepa.stats import holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap, paired_t_test
 
 METRIC = "accuracy_strict"
+DIAGNOSTICS = ("mean_cos", "rank_view1", "rank_view2", "spread_view1", "spread_view2", "jepa_loss")
+
+
+def read_eval_folder(folder: Path) -> dict[str, Any]:
+    """An evaluation folder's metrics, per-question strict correctness and per-example NLL."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    correct = [bool(json.loads(line)["correct_strict"]) for line in _lines(folder / "predictions.jsonl")]
+    heldout = [json.loads(line) for line in _lines(folder / "heldout.jsonl")] if (folder / "heldout.jsonl").is_file() else []
+    return {"metrics": metrics, "correct_strict": correct, "heldout": heldout}
+
+
+def read_run_result(run_dir: Path, split: str) -> dict[str, Any]:
+    """What the summary needs of one run on `split`, plus its training history."""
+    history = [json.loads(line) for line in _lines(run_dir / "metrics.jsonl")] if (run_dir / "metrics.jsonl").is_file() else []
+    return read_eval_folder(run_dir / "eval" / split) | {"history": history}
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def _by_config(results: list[dict]) -> dict[str, list[dict]]:
@@ -27,160 +55,187 @@ def _by_config(results: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def _correct_matrix(runs: list[dict], seeds: list[int]) -> np.ndarray:
-    by_seed = {r["spec"]["seed"]: r["correct_strict"] for r in runs}
-    return np.array([by_seed[s] for s in seeds], dtype=bool)
+def _per_seed(runs: list[dict], seeds: list[int], values) -> np.ndarray:
+    by_seed = {r["spec"]["seed"]: r for r in runs}
+    return np.array([values(by_seed[s]) for s in seeds], dtype=float)
+
+
+def _step2(run: dict) -> list[float]:
+    return [np.nan if h.get("step2_nll") is None else h["step2_nll"] for h in run["heldout"]]
+
+
+def _diagnostics(run: dict | None) -> dict | None:
+    if run is None:
+        return None
+    return {k: run["metrics"][k] for k in (*DIAGNOSTICS, "n_pairs") if run["metrics"].get(k) is not None} or None
+
+
+def _warnings(run: dict, baseline: dict | None) -> list[str]:
+    """Collapse warnings of one run: absolute, from its history, and against its seed's SFT run."""
+    from stepjepa.diagnostics import collapse_warnings, relative_collapse_warnings
+
+    if run["spec"]["config_name"] == "sft":
+        return []
+    diag = _diagnostics(run)
+    return collapse_warnings(diag, run["history"]) + relative_collapse_warnings(diag, _diagnostics(baseline))
+
+
+def _seed_stats(row: dict, done: list[dict]) -> None:
+    for key in (METRIC, "accuracy_flexible", "nll", "step2_nll", *DIAGNOSTICS):
+        values = [r["metrics"][key] for r in done if r["metrics"].get(key) is not None]
+        if values:
+            row[key], row[f"{key}_std"] = mean_std(values)
+
+
+def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> None:
+    """Paired comparisons with SFT on the seeds both completed."""
+    seeds = sorted(s for s in (r["spec"]["seed"] for r in done) if s in base)
+    if not seeds:
+        return
+    mine, theirs = [r for r in done if r["spec"]["seed"] in seeds], list(base.values())
+    acc = paired_bootstrap(_per_seed(mine, seeds, lambda r: r["correct_strict"]),
+                           _per_seed(theirs, seeds, lambda r: r["correct_strict"]))
+    row |= {f"vs_sft_{k}": v for k, v in acc.as_dict().items()}
+    if all(r["heldout"] for r in mine + theirs):
+        a, b = _per_seed(mine, seeds, _step2).mean(axis=0), _per_seed(theirs, seeds, _step2).mean(axis=0)
+        keep = ~(np.isnan(a) | np.isnan(b))
+        if keep.any():
+            nll = paired_mean_bootstrap(a[keep], b[keep])
+            row |= {"vs_sft_step2_nll_delta": nll["delta"], "vs_sft_step2_nll_ci_low": nll["ci_low"],
+                    "vs_sft_step2_nll_ci_high": nll["ci_high"], "vs_sft_step2_nll_n": nll["n"]}
+    if len(seeds) >= 2:
+        t, p = paired_t_test(_per_seed(mine, seeds, lambda r: r["metrics"][METRIC]),
+                             _per_seed(theirs, seeds, lambda r: r["metrics"][METRIC]))
+        row |= {"vs_sft_t": t, "vs_sft_t_p": p}
 
 
 def summarize(results: list[dict]) -> list[dict[str, Any]]:
-    """One row per config, baseline first; `delta` and its CI are against the baseline
-    on the seeds both completed."""
+    """One row per config, baseline first (validation results)."""
     groups = _by_config(results)
     base = {r["spec"]["seed"]: r for r in groups.get("sft", []) if r["status"] == "completed"}
     rows = []
     for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != "sft", kv[0])):
         done = [r for r in runs if r["status"] == "completed"]
         spec = runs[0]["spec"]
-        row = {"config": name, "k": spec["k"], "lambda": spec["lam"], "runs": len(runs), "completed": len(done)}
+        row = {"config": name, "k": spec["k"], "lambda": spec["lam"], "runs": len(runs), "completed": len(done),
+               "seeds": sorted(r["spec"]["seed"] for r in done)}
         if done:
-            row[METRIC] = float(np.mean([r["metrics"][METRIC] for r in done]))
-            row["accuracy_flexible"] = float(np.mean([r["metrics"]["accuracy_flexible"] for r in done]))
-            seeds = sorted(s for s in (r["spec"]["seed"] for r in done) if s in base)
-            if seeds and name != "sft":
-                cmp = paired_bootstrap(_correct_matrix(done, seeds), _correct_matrix(list(base.values()), seeds))
-                row |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items()}
+            _seed_stats(row, done)
+            row["questions"] = len(done[0]["correct_strict"])
+            if name != "sft":
+                _compare(row, done, base)
+            row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r["spec"]["seed"]))})
         rows.append(row)
-    compared = [r for r in rows if "vs_sft_p_value" in r]
-    for row, adjusted in zip(compared, holm_adjust([r["vs_sft_p_value"] for r in compared]), strict=True):
-        row["vs_sft_p_holm"] = adjusted
+    for key in ("vs_sft_p_value", "vs_sft_t_p"):
+        compared = [r for r in rows if key in r]
+        for row, adjusted in zip(compared, holm_adjust([r[key] for r in compared]), strict=True):
+            row[key.replace("_p_value", "_p") + "_holm"] = adjusted
     return rows
 
 
 def best_config(rows: list[dict]) -> dict | None:
-    """Highest mean strict accuracy; ties go to the flexible metric, then the smaller K."""
+    """Highest mean validation strict accuracy; ties: lower validation NLL, then smaller K, lambda."""
     done = [r for r in rows if METRIC in r]
     if not done:
         return None
-    return max(done, key=lambda r: (r[METRIC], r["accuracy_flexible"], -r["k"], -r["lambda"]))
-
-
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| config | K | lambda | seeds done | strict acc | flexible acc | delta vs SFT [95% CI] | McNemar p "
-            "| p, Holm-adjusted | verdict |")
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        acc = f"{r[METRIC]:.3f}" if METRIC in r else "failed"
-        flex = f"{r['accuracy_flexible']:.3f}" if METRIC in r else ""
-        if "vs_sft_delta" in r:
-            delta = f"{r['vs_sft_delta']:+.3f} [{r['vs_sft_ci_low']:+.3f}, {r['vs_sft_ci_high']:+.3f}]"
-            p, holm, verdict = f"{r['vs_sft_p_value']:.3g}", f"{r['vs_sft_p_holm']:.3g}", r["vs_sft_verdict"]
-        else:
-            delta, p, holm, verdict = "", "", "", "baseline" if r["config"] == "sft" else ""
-        lines.append(f"| {r['config']} | {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {acc} | {flex} "
-                     f"| {delta} | {p} | {holm} | {verdict} |")
-    return "\n".join(lines)
-
-
-def plot_heatmap(rows: list[dict], path: Path) -> Path:
-    """K x lambda mean strict accuracy (seed mean); failed configs are blank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid_rows = [r for r in rows if r["config"] != "sft"]
-    ks = sorted({r["k"] for r in grid_rows})
-    lams = sorted({r["lambda"] for r in grid_rows})
-    acc = np.full((len(ks), len(lams)), np.nan)
-    for r in grid_rows:
-        acc[ks.index(r["k"]), lams.index(r["lambda"])] = r.get(METRIC, np.nan)
-    base = next((r.get(METRIC) for r in rows if r["config"] == "sft"), None)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(lams), 1.4 + 0.9 * len(ks)))
-    im = ax.imshow(acc, cmap="viridis", aspect="auto")
-    for (i, j), v in np.ndenumerate(acc):
-        ax.text(j, i, "failed" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", color="w")
-    ax.set_xticks(range(len(lams)), [f"{x:g}" for x in lams])
-    ax.set_yticks(range(len(ks)), [str(k) for k in ks])
-    ax.set_xlabel("lambda")
-    ax.set_ylabel("K (predictor tokens)")
-    ax.set_title(f"GSM8K strict accuracy (seed mean); SFT = {base:.3f}" if base is not None else "GSM8K strict accuracy")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_loss_curves(results: list[dict], path: Path, metric: str = "lm_loss") -> Path:
-    """Training curves of every completed run that has a history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in results:
-        hist = r.get("history") or {}
-        if r["status"] == "completed" and hist.get(metric):
-            ax.plot(hist["step"], hist[metric], label=r["spec"]["name"], lw=1)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per run")
-    if ax.lines:
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def read_run_result(run_dir: Path) -> dict[str, Any]:
-    """What the summary needs of one finished run: eval metrics, per-question strict
-    correctness (in test order) and the training history."""
-    import json
-
-    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    with (run_dir / "eval" / "predictions.jsonl").open(encoding="utf-8") as fh:
-        correct = [bool(json.loads(line)["correct_strict"]) for line in fh]
-    history: dict[str, list] = defaultdict(list)
-    if (run_dir / "metrics.jsonl").is_file():
-        with (run_dir / "metrics.jsonl").open(encoding="utf-8") as fh:
-            for line in fh:
-                for key, value in json.loads(line).items():
-                    history[key].append(value)
-    return {"metrics": metrics, "correct_strict": correct, "history": dict(history)}
+    return min(done, key=lambda r: (-r[METRIC], r.get("nll", np.inf), r["k"], r["lambda"]))
 
 
 def champion_run(results: list[dict], best: dict) -> dict:
-    """The best config's run to register: its most accurate seed (ties: the lowest seed)."""
+    """The best config's run to register: its most accurate seed (ties: lower NLL, lower seed)."""
     runs = [r for r in results if r["spec"]["config_name"] == best["config"] and r["status"] == "completed"]
-    return max(runs, key=lambda r: (r["metrics"][METRIC], -r["spec"]["seed"]))
+    return min(runs, key=lambda r: (-r["metrics"][METRIC], r["metrics"].get("nll", np.inf), r["spec"]["seed"]))
 
 
-def summary_metrics(rows: list[dict], best: dict | None) -> dict[str, Any]:
-    """The sweep's metrics file: accuracy per config (baseline included) and the best."""
-    keep = (METRIC, "accuracy_flexible", "vs_sft_delta", "vs_sft_ci_low", "vs_sft_ci_high", "vs_sft_p_value",
-            "vs_sft_p_holm")
-    configs = {r["config"]: {k: r[k] for k in keep if k in r} | {"completed": r["completed"], "runs": r["runs"]}
-               for r in rows}
-    out: dict[str, Any] = {"configs": configs, "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
+def compare_on_test(tested: list[dict], best: dict) -> dict[str, Any] | None:
+    """The champion against SFT on the test split (the only test numbers a sweep reports)."""
+    done = [r for r in tested if r["status"] == "completed"]
+    champ = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == best["config"]}
+    sft = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == "sft"}
+    seeds = sorted(champ.keys() & sft.keys())
+    if not seeds:
+        return None
+    out: dict[str, Any] = {"config": best["config"], "seeds": len(seeds), "questions": len(sft[seeds[0]]["correct_strict"])}
+    for name, runs in (("champion", champ), ("sft", sft)):
+        out[f"{name}_{METRIC}"] = float(np.mean([runs[s]["metrics"][METRIC] for s in seeds]))
+        out[f"{name}_nll"] = float(np.mean([runs[s]["metrics"].get("nll", np.nan) for s in seeds]))
+    if best["config"] != "sft":
+        cmp = paired_bootstrap(np.array([champ[s]["correct_strict"] for s in seeds]),
+                               np.array([sft[s]["correct_strict"] for s in seeds]))
+        out |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items() if k not in ("n_questions", "n_seeds")}
+    return out
+
+
+def _fmt(row: dict, key: str, digits: int = 3) -> str:
+    if key not in row or row[key] is None:
+        return ""
+    std = row.get(f"{key}_std")
+    return f"{row[key]:.{digits}f}" + (f" +- {std:.{digits}f}" if std and len(row.get("seeds", [])) > 1 else "")
+
+
+def _interval(row: dict, prefix: str) -> str:
+    if f"{prefix}_delta" not in row:
+        return ""
+    return f"{row[f'{prefix}_delta']:+.3f} [{row[f'{prefix}_ci_low']:+.3f}, {row[f'{prefix}_ci_high']:+.3f}]"
+
+
+def markdown_table(rows: list[dict], test: dict | None = None) -> str:
+    """The validation table, the test row (champion vs SFT only) and a sentence on what the
+    claims rest on."""
+    head = ("| config | K | lambda | seeds | val acc | delta acc vs SFT [95% CI] | McNemar p (Holm) | val NLL "
+            "| val Step-2 NLL | delta Step-2 NLL vs SFT [95% CI] | t-test p (Holm) | mean cos | rank v1 / v2 "
+            "| verdict |")
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        if METRIC not in r:
+            lines.append(f"| {r['config']} | {r['k']} | {r['lambda']:g} | 0/{r['runs']} | failed |" + " |" * 9)
+            continue
+        p = f"{r['vs_sft_p_value']:.3g} ({r['vs_sft_p_holm']:.3g})" if "vs_sft_p_value" in r else ""
+        t = f"{r['vs_sft_t_p']:.3g} ({r['vs_sft_t_p_holm']:.3g})" if "vs_sft_t_p" in r else ""
+        ranks = f"{r['rank_view1']:.1f} / {r['rank_view2']:.1f}" if "rank_view1" in r else ""
+        verdict = "baseline" if r["config"] == "sft" else r.get("vs_sft_verdict", "")
+        if r.get("warnings"):
+            verdict += " (warning: " + "; ".join(r["warnings"]) + ")"
+        lines.append(f"| {r['config']} | {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
+                     f"| {_interval(r, 'vs_sft')} | {p} | {_fmt(r, 'nll')} | {_fmt(r, 'step2_nll')} "
+                     f"| {_interval(r, 'vs_sft_step2_nll')} | {t} | {_fmt(r, 'mean_cos')} | {ranks} | {verdict} |")
+    text = "\n".join(lines)
+    done = [r for r in rows if METRIC in r]
+    if done:
+        seeds, questions = max(len(r["seeds"]) for r in done), done[0]["questions"]
+        text += (f"\n\nValidation: {questions} questions, {seeds} seed(s) per config; intervals resample questions "
+                 "(paired with SFT, seeds averaged)" + ("; the t-test is over seeds." if seeds > 1 else
+                 "; with one seed nothing is said about seed-to-seed variance (set sweep.seeds)."))
+    if test:
+        delta = _interval(test, "vs_sft") or "(the champion is SFT)"
+        p = f", McNemar p {test['vs_sft_p_value']:.3g}" if "vs_sft_p_value" in test else ""
+        text += (f"\n\n**Test (read once): {test['config']} vs SFT** on {test['questions']} questions, "
+                 f"{test['seeds']} seed(s): accuracy {test['champion_accuracy_strict']:.3f} vs "
+                 f"{test['sft_accuracy_strict']:.3f}, delta {delta}{p}.")
+    return text
+
+
+def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = None) -> dict[str, Any]:
+    """The sweep's metrics file (`dvc metrics show`): a few validation numbers per config, the
+    selection and the test comparison; nothing that differs between machines."""
+    keep = (METRIC, "nll", "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta", "mean_cos")
+    configs = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
+    out: dict[str, Any] = {"validation": configs, "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
     if best is not None:
-        out |= {"best_config": best["config"], f"best_{METRIC}": best[METRIC],
-                "best_vs_sft_verdict": best.get("vs_sft_verdict", "baseline")}
+        out |= {"selected": best["config"], "selected_on": "validation accuracy, then validation NLL",
+                "beats_sft": best["config"] != "sft" and best.get("vs_sft_verdict") == "better"}
+    if test:
+        out["test"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()}
     return out
 
 
 def write_plot_data(rows: list[dict], results: list[dict], folder: Path) -> None:
-    """Tabular data for `dvc plots`: accuracy per config and the loss curves."""
-    import json
-
+    """Tabular data for `dvc plots`: validation metrics per config and the training curves."""
     folder.mkdir(parents=True, exist_ok=True)
-    accuracy = [{"config": r["config"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC]}
-                for r in rows if METRIC in r]
-    (folder / "accuracy.json").write_text(json.dumps(accuracy, indent=1) + "\n")
-    curves = [{"run": r["spec"]["name"], "step": s, "lm_loss": v}
-              for r in results if r["status"] == "completed"
-              for s, v in zip(r.get("history", {}).get("step", []), r.get("history", {}).get("lm_loss", []))]
+    table = [{"config": r["config"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC],
+              "step2_nll": r.get("step2_nll")} for r in rows if METRIC in r]
+    (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
+    curves = [{"run": r["spec"]["name"], "step": h["step"], "lm_loss": h.get("lm_loss"),
+               "val_step2_nll": h.get("val_step2_nll")}
+              for r in results if r["status"] == "completed" for h in r.get("history", [])]
     (folder / "loss_curves.json").write_text(json.dumps(curves) + "\n")

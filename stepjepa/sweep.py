@@ -45,7 +45,8 @@ def _yaml_value(value: Any) -> str:
 
 def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
     """Baseline first for every seed, then each (K, lambda); duplicates removed."""
-    common = [f"train.layout={sweep.layout}", f"train.loss={sweep.loss}"]
+    # Training runs log into the sweep's experiment, as children of its parent run.
+    common = [f"train.layout={sweep.layout}", f"train.loss={sweep.loss}", f"train.experiment={_yaml_value(sweep.experiment)}"]
     common += [f"{key}={_yaml_value(value)}" for key, value in sorted(sweep.overrides.items())]
     pairs = [(0, 0.0)] + [(k, float(lam)) for k in sweep.ks for lam in sweep.lambdas]
     specs, seen = [], set()
@@ -73,7 +74,10 @@ LIBRARY = Path(__file__).resolve().parent
 
 def data_fingerprint(paths: list[str | Path]) -> str:
     """Content hash of what a run's result depends on besides its config: the data files,
-    a local model directory (a hub id is hashed by name), and the library's source."""
+    a local model directory (a hub id is hashed by name), and the library's source.
+
+    Never where results are logged or which folder holds the runs: the same config on the
+    same data is the same run on every machine and for every tracking server."""
     digest = hashlib.sha256()
     files: list[Path] = sorted(LIBRARY.glob("*.py"))
     for path in map(Path, paths):
@@ -84,9 +88,11 @@ def data_fingerprint(paths: list[str | Path]) -> str:
     return digest.hexdigest()[:32]
 
 
-# How often a run logs and checkpoints, and how many prompts are generated together,
-# change neither its weights nor its answers (tested: batch size never changes tokens).
-OUTSIDE_KEY = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size"}
+# How often a run logs, checkpoints and measures held-out loss, how many prompts are
+# generated together, and where results are logged change neither its weights nor its
+# answers (tested: batch size never changes tokens).
+OUTSIDE_KEY = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
+               "train.eval_examples", "train.tracking", "train.experiment", "train.log_model", "eval.batch_size"}
 
 
 def _identity(config: Config, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -111,3 +117,29 @@ def cache_key(config: Config, data_fingerprint: str) -> str:
 def eval_cache_key(config: Config, data_fingerprint: str) -> str:
     """The evaluation's identity: the trained model's key plus the `eval` settings."""
     return _digest({"model": cache_key(config, data_fingerprint), "eval": _identity(config, ("eval",))})
+
+
+# --- Run folders: the sweep's real products, and what says they are complete -------------
+
+def run_folder(runs_dir: str | Path, spec: RunSpec, key: str) -> Path:
+    """`<runs_dir>/<name>-<key[:8]>`: a changed config or data never resumes or reuses an old run."""
+    return Path(runs_dir) / f"{spec.name}-{key[:8]}"
+
+
+def is_trained(run_dir: Path) -> bool:
+    """The final model was saved (saving is the last step of training)."""
+    return (run_dir / "model" / "config.json").is_file() and (run_dir / "metrics.jsonl").is_file()
+
+
+def eval_folder(run_dir: Path, split: str) -> Path:
+    return run_dir / "eval" / split
+
+
+def is_evaluated(run_dir: Path, split: str, eval_key: str) -> bool:
+    """`split` was evaluated with the settings `eval_key` stands for (marker written last)."""
+    marker = eval_folder(run_dir, split) / "eval_key"
+    return marker.is_file() and marker.read_text().strip() == eval_key
+
+
+def mark_evaluated(run_dir: Path, split: str, eval_key: str) -> None:
+    (eval_folder(run_dir, split) / "eval_key").write_text(eval_key + "\n")

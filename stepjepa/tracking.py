@@ -17,7 +17,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -115,14 +115,26 @@ class MlflowTracker:
 
     def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
         """Log a transformers model + tokenizer; returns the `models:/` URI to register."""
-        import torch
-        import transformers
-        from huggingface_hub import ModelCard
+        return log_hf_model(model, tokenizer, self.run_id, name)
 
-        # Our own card: otherwise MLflow fetches one from the hub for the base model's name
-        # (~46 s of retries offline unless HF_HUB_OFFLINE is set before the import).
-        card = ModelCard(f"# Step-JEPA fine-tune\n\nBase model `{model.name_or_path}`; MLflow run `{self.run_id}`.\n")
-        info = self._mlflow.transformers.log_model(
+    def end(self, status: str = "FINISHED") -> None:
+        self._mlflow.end_run(status=status)
+
+
+def log_hf_model(model: Any, tokenizer: Any, run_id: str, name: str = "model") -> str:
+    """Log a transformers model + tokenizer into `run_id`; returns the `models:/` URI to register."""
+    import mlflow
+    import torch
+    import transformers
+    from huggingface_hub import ModelCard
+
+    # Our own card: otherwise MLflow fetches one from the hub for the base model's name
+    # (~46 s of retries offline unless HF_HUB_OFFLINE is set before the import).
+    card = ModelCard(f"# Step-JEPA fine-tune\n\nBase model `{model.name_or_path}`; MLflow run `{run_id}`.\n")
+    active = mlflow.active_run()
+    context = mlflow.start_run(run_id=run_id) if active is None or active.info.run_id != run_id else nullcontext()
+    with context:
+        info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},
             name=name,
             task="text-generation",
@@ -130,11 +142,8 @@ class MlflowTracker:
             # Without explicit requirements MLflow infers them by importing torchvision.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
         )
-        self._mlflow.set_tag("model_uri", info.model_uri)
-        return info.model_uri
-
-    def end(self, status: str = "FINISHED") -> None:
-        self._mlflow.end_run(status=status)
+        mlflow.set_tag("model_uri", info.model_uri)
+    return info.model_uri
 
 
 def _last_logged_step(client, run) -> int:
@@ -218,7 +227,7 @@ def _experiment_id(client, name: str) -> str:
 
 
 @contextmanager
-def sweep_run(experiment: str, params: dict[str, Any]) -> Iterator[str]:
+def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep") -> Iterator[str]:
     """The sweep's parent run (sweep params, code version) for the `with` block; yields its id.
 
     It ends FINISHED when the block does, FAILED on an error and KILLED on an interrupt
@@ -227,7 +236,7 @@ def sweep_run(experiment: str, params: dict[str, Any]) -> Iterator[str]:
     from mlflow.entities import Param
 
     client = _client()
-    run_id = client.create_run(_experiment_id(client, experiment), run_name="sweep",
+    run_id = client.create_run(_experiment_id(client, experiment), run_name=run_name,
                                tags={"stepjepa.kind": "sweep"} | git_tags()).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
     try:
@@ -262,29 +271,65 @@ def child_run(experiment: str, parent_id: str, name: str, cache_key: str) -> str
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
 
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = _client()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value[:5000])
+
+
 def mark_failed(run_id: str, message: str) -> None:
     client = _client()
     client.set_tag(run_id, "stepjepa.error", message[-5000:])
     client.set_terminated(run_id, status="FAILED")
 
 
-def register_champion(name: str, run_id: str, best: dict[str, Any], alias: str = "champion") -> dict[str, Any]:
-    """Register the model logged by `run_id` under `name` and point `alias` at it; the
-    version is tagged with its config, accuracy and delta to the SFT baseline."""
+def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[str, Any] | None = None,
+                      alias: str = "champion", run_dir: Path | None = None) -> dict[str, Any]:
+    """Register the model logged by `run_id` under `name` and point `alias` at it; the version
+    is tagged with its config, validation accuracy, the test comparison with the SFT baseline
+    and whether any config beat SFT at all. A run whose model is not in this store (its
+    folder came from the DVC cache) has it logged from `run_dir/model` first."""
     import mlflow
 
     client = _client()
     model_uri = client.get_run(run_id).data.tags.get("model_uri")
+    if not model_uri and run_dir is not None and (run_dir / "model" / "config.json").is_file():
+        model_uri = _log_model_from_folder(run_id, run_dir / "model")
     if not model_uri:
         raise RuntimeError(f"run {run_id} logged no model (train.log_model is off?); nothing to register")
     version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
     client.set_registered_model_alias(name, alias, version)
+    beat = best["config"] != "sft" and best.get("vs_sft_verdict") == "better"
     tags = {"config": best["config"], "k": best["k"], "lambda": best["lambda"], "run_id": run_id,
-            "accuracy_strict": best.get("accuracy_strict"), "accuracy_flexible": best.get("accuracy_flexible"),
-            "delta_vs_sft": best.get("vs_sft_delta", 0.0), "vs_sft_verdict": best.get("vs_sft_verdict", "baseline")}
+            "run_folder": run_dir.name if run_dir else "", "selected_on": "validation",
+            "validation_accuracy_strict": best.get("accuracy_strict"),
+            "delta_vs_sft": best.get("vs_sft_delta", 0.0), "vs_sft_verdict": best.get("vs_sft_verdict", "baseline"),
+            "beats_sft": "yes" if beat else "no: no config beat the SFT baseline on validation"}
+    if test:
+        tags |= {f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float, str))}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     return {"name": name, "version": str(version), "alias": alias, "uri": f"models:/{name}@{alias}", "run_id": run_id}
+
+
+def champion_registered(name: str, run_folder: str, alias: str = "champion") -> bool:
+    """Whether `name@alias` in this store is the model of `run_folder` (and its run exists)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+        return version.tags.get("run_folder") == run_folder and client.get_run(version.run_id) is not None
+    except MlflowException:
+        return False
+
+
+def _log_model_from_folder(run_id: str, model_dir: Path) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _client()  # sets the tracking URI
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    return log_hf_model(model, tokenizer, run_id)
 
 
 def _current_version(client, name: str, alias: str, run_id: str) -> str | None:
@@ -306,32 +351,35 @@ def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: li
 
     client = _client()
     columns = sorted({k for r in rows for k in r})
-    mlflow.log_table({c: [r.get(c) for r in rows] for c in columns}, "sweep_summary.json", run_id=parent_id)
+    cells = {c: [str(r[c]) if isinstance(r.get(c), list) else r.get(c) for r in rows] for c in columns}
+    mlflow.log_table(cells, "sweep_summary.json", run_id=parent_id)
     client.log_text(parent_id, table_md, "sweep_summary.md")
     client.log_dict(parent_id, summary, "summary.json")
     for plot in plots:
         client.log_artifact(parent_id, str(plot), "plots")
-    for config, values in summary["configs"].items():
-        if "accuracy_strict" in values:
-            client.log_metric(parent_id, f"accuracy_strict.{config}", values["accuracy_strict"])
+    for config, values in summary["validation"].items():
+        for key in ("accuracy_strict", "step2_nll"):
+            if key in values:
+                client.log_metric(parent_id, f"validation/{key}.{config}", values[key])
 
 
-def run_result(run_id: str) -> dict[str, Any]:
-    """A finished config's result read back from its MLflow run (eval metrics, per-question
-    strict correctness, LM-loss history): how a sweep collects configs that ran elsewhere."""
-    import json
+def run_result(run_id: str, split: str) -> dict[str, Any]:
+    """A finished config's result on `split` read back from its MLflow run (the same shape as
+    `report.read_run_result`): how a sweep collects configs that ran on a work pool."""
     import tempfile
 
+    from stepjepa.report import read_eval_folder
+
     client = _client()
-    run = client.get_run(run_id)
-    metrics = {k.removeprefix("eval/"): v for k, v in run.data.metrics.items() if k.startswith("eval/")}
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, "eval/predictions.jsonl", tmp)
-        with open(path, encoding="utf-8") as fh:
-            correct = [bool(json.loads(line)["correct_strict"]) for line in fh]
-    points = sorted(client.get_metric_history(run_id, "lm_loss"), key=lambda m: m.step)
-    history = {"step": [m.step for m in points], "lm_loss": [m.value for m in points]}
-    return {"metrics": metrics, "correct_strict": correct, "history": history}
+        folder = Path(client.download_artifacts(run_id, split, tmp))
+        result = read_eval_folder(folder)
+    keys = [k for k in client.get_run(run_id).data.metrics if "/" not in k]
+    steps: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            steps.setdefault(m.step, {"step": m.step})[key] = m.value
+    return result | {"history": [steps[s] for s in sorted(steps)]}
 
 
 # --- Evaluation: model URIs in, metrics and per-example tables out ---------------------
@@ -388,3 +436,53 @@ def log_evaluation(metrics: dict[str, float], rows: list[dict[str, Any]], files:
     if new_run:
         client.set_terminated(run_id)
     return run_id
+
+
+# --- Bringing a store up to date from run folders -----------------------------------------
+
+def init_store() -> None:
+    """Create (or migrate) the tracking store once, before several processes start at once."""
+    _client().search_experiments(max_results=1)
+
+
+def backfill_training(run_id: str, run_dir: Path) -> None:
+    """Log a finished run folder (its `config.yaml` and `metrics.jsonl`) into `run_id` when this
+    store has not seen its training: the folder came from the DVC cache or another store."""
+    import json
+
+    from mlflow.entities import Metric, Param
+
+    client = _client()
+    run = client.get_run(run_id)
+    if run.data.params:
+        return
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    stamp = int(time.time() * 1000)
+    points = [Metric(k, float(v), stamp, int(m["step"])) for m in lines for k, v in m.items() if k != "step"]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i:i + 1000])
+    client.set_tag(run_id, "stepjepa.backfilled_from", run_dir.name)
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def log_split(run_id: str, split: str, folder: Path) -> None:
+    """An evaluation folder's metrics as `<split>/<name>` and its files as artifacts under
+    `<split>/`; values already in the run are not logged again."""
+    import json
+
+    client = _client()
+    logged = client.get_run(run_id).data.metrics
+    metrics = json.loads((folder / "metrics.json").read_text())
+    fresh = {f"{split}/{k}": float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and logged.get(f"{split}/{k}") != float(v)}
+    stamp = int(time.time() * 1000)
+    for name, value in fresh.items():
+        client.log_metric(run_id, name, value, timestamp=stamp)
+    if fresh:
+        for name in ("predictions.jsonl", "heldout.jsonl", "metrics.json"):
+            if (folder / name).is_file():
+                client.log_artifact(run_id, str(folder / name), artifact_path=split)

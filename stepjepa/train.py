@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import set_seed
 
 from stepjepa.batching import check_rows, check_vocab, laid_out_length, load_rows, step_plan
 from stepjepa.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from stepjepa.config import Config, ConfigError, TrainConfig, load_config
+from stepjepa.config import Config, ConfigError, TrainConfig, load_config, resolved_tree, write_config
 from stepjepa.loop import StepModule, TrainingError, run_steps
 from stepjepa.modeling import build_model, merged_model, pad_id, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
@@ -44,7 +43,7 @@ log = logging.getLogger(__name__)
 # (Not train.experiment: the resumed MLflow run lives in the experiment it started in.)
 RESUME_SECTIONS = ("model", "tokenize", "train")
 RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tracking",
-                     "train.log_model"}
+                     "train.log_model", "train.eval_every", "train.eval_examples"}
 
 
 @dataclass
@@ -55,10 +54,6 @@ class TrainResult:
     steps: int
     run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolved_config(cfg: Config) -> dict:
-    return cfg.model_dump(mode="json", by_alias=True)
 
 
 def _checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
@@ -75,7 +70,7 @@ def _check_same_config(saved: dict, cfg: Config, checkpoint: Path) -> None:
     def training_part(tree: dict) -> dict:
         return flatten({name: tree.get(name, {}) for name in RESUME_SECTIONS})
 
-    before, now = training_part(saved), training_part(resolved_config(cfg))
+    before, now = training_part(saved), training_part(resolved_tree(cfg))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
@@ -87,7 +82,7 @@ def _start_tracking(cfg: Config, data: Path, out: Path, run_id: str | None, run_
     tracker = make_tracker(cfg.train.tracking, cfg.train.experiment, run_name or out.name, run_id,
                            PartialState().is_main_process)
     if run_id is None:  # a resumed run already has its params and tags
-        tracker.log_params(flatten(resolved_config(cfg)) | {f"run.{k}": v for k, v in facts.items()})
+        tracker.log_params(flatten(resolved_tree(cfg)) | {f"run.{k}": v for k, v in facts.items()})
         model_path = Path(cfg.model.name_or_path)
         tracker.set_tags(git_tags() | dvc_tags([data, *([model_path] if model_path.exists() else [])])
                          | {"data.path": str(data.resolve()), "out": str(out.resolve())})
@@ -117,9 +112,27 @@ def _restore(checkpoint: Path | None, cfg: Config, model, optimizer, scheduler, 
     return state["step"], state["run_id"]
 
 
+def heldout_probe(model: torch.nn.Module, val_data: Path | None, tc: TrainConfig, pad: int):
+    """The in-training held-out NLL on the first `tc.eval_examples` validation rows, or None."""
+    if val_data is None or tc.eval_every is None:
+        return None
+    from stepjepa.heldout import heldout_nll
+
+    rows = load_rows(val_data, tc.eval_examples)
+
+    def probe() -> dict[str, float]:
+        per_example = heldout_nll(model, rows, pad_id=pad)
+        step2 = [v["step2_nll"] for v in per_example if v["step2_nll"] is not None]
+        metrics = {"val_nll": sum(v["nll"] for v in per_example) / len(per_example)}
+        return metrics | ({"val_step2_nll": sum(step2) / len(step2)} if step2 else {})
+
+    return probe
+
+
 def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, run_name: str | None = None,
-          accelerator: Accelerator | None = None) -> TrainResult:
-    """Train `cfg.model` on the tokenised rows in `data`; write the run to `out`."""
+          accelerator: Accelerator | None = None, val_data: str | Path | None = None) -> TrainResult:
+    """Train `cfg.model` on the tokenised rows in `data`; write the run to `out`. With
+    `val_data` and `train.eval_every`, held-out NLL curves are logged during training."""
     tc, data, out = cfg.train, Path(data), Path(out)
     checkpoint = _checkpoint_to_resume(out, resume)
     rows = load_rows(data, tc.max_examples)
@@ -140,14 +153,15 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
     tracker = _start_tracking(cfg, data, out, run_id, run_name, facts)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
+        write_config(cfg, out / "config.yaml")
     save = functools.partial(save_checkpoint, out, model=model, optimizer=optimizer, scheduler=scheduler,
-                             state={"run_id": tracker.run_id, "config": resolved_config(cfg)},
+                             state={"run_id": tracker.run_id, "config": resolved_tree(cfg)},
                              keep=tc.keep_checkpoints, rank=accelerator.process_index,
                              barrier=accelerator.wait_for_everyone)
     try:
+        probe = heldout_probe(model, Path(val_data) if val_data else None, tc, pad_id(tokenizer))
         history = run_steps(accelerator, step_module, optimizer, scheduler, plan, rows, tc,
-                            start=start, tracker=tracker, out=out, save=save)
+                            start=start, tracker=tracker, out=out, save=save, probe=probe)
         result = _finish(accelerator, step_module, tokenizer, tracker, out, history, steps=len(plan),
                          log_model=tc.log_model)
     except BaseException as err:
@@ -183,6 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override params, e.g. --set train.k=2 train.lambda=0.5")
     parser.add_argument("--data", required=True, help="tokenised training rows (parquet)")
     parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--val-data", help="tokenised validation rows (parquet) for held-out curves (train.eval_every)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--run-name", help="MLflow run name (default: the --out folder's name)")
     return parser.parse_args(argv)
@@ -197,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = make_accelerator(cfg.train)
         if not accelerator.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
-        train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name, accelerator=accelerator)
+        train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name, accelerator=accelerator,
+              val_data=args.val_data)
     except (ConfigError, CheckpointError) as err:
         log.error("%s", err)
         return 2

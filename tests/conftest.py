@@ -90,9 +90,13 @@ def gsm8k_dir() -> Path:
     pytest.skip("GSM8K not available: set GSM8K_DIR to a folder with train.jsonl and test.jsonl")
 
 
+# The splits of a sweep project: which synthetic conversations each holds.
+SWEEP_SPLITS = {"train": slice(0, 64), "validation": slice(90, 96), "test": slice(100, 106)}
+
+
 def make_sweep_project(root: Path, model_dir: Path, conversations: list[dict], sweep: dict) -> Path:
-    """A project folder the sweep flow can run in: tokenised train rows, prepared test
-    questions and a params.yaml sized for seconds-long runs of the tiny model."""
+    """A project folder the sweep flow can run in: prepared and tokenised train, validation
+    and test splits, and a params.yaml sized for seconds-long runs of the tiny model."""
     import json
 
     import pyarrow.parquet as pq
@@ -102,14 +106,17 @@ def make_sweep_project(root: Path, model_dir: Path, conversations: list[dict], s
 
     (root / "data/tokenized").mkdir(parents=True)
     (root / "data/prepared").mkdir(parents=True)
-    table = encode_records(load_tokenizer(str(model_dir)), conversations[:64], 256, "26 Jul 2024")
-    pq.write_table(table, root / "data/tokenized/train.parquet")
-    with (root / "data/prepared/test.jsonl").open("w") as fh:
-        for record in conversations[100:106]:
-            fh.write(json.dumps(record) + "\n")
+    tokenizer = load_tokenizer(str(model_dir))
+    for split, part in SWEEP_SPLITS.items():
+        records = conversations[part]
+        pq.write_table(encode_records(tokenizer, records, 256, "26 Jul 2024"), root / f"data/tokenized/{split}.parquet")
+        with (root / f"data/prepared/{split}.jsonl").open("w") as fh:
+            for record in records:
+                fh.write(json.dumps(record) + "\n")
     params = {
         "model": {"name_or_path": str(model_dir)},
-        "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "learning_rate": 1e-3},
+        "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "learning_rate": 1e-3,
+                  "eval_every": 2, "eval_examples": 4},
         "eval": {"limit": 6, "max_new_tokens": 16, "batch_size": 6},
         "sweep": sweep,
     }

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stepjepa.diagnostics import (
-    COLLAPSED_RANK, JEPA_LOSS_ZERO, collapse_warnings, effective_rank, view_diagnostics,
+    COLLAPSED_SPREAD, JEPA_LOSS_ZERO, collapse_warnings, effective_rank, view_diagnostics,
 )
 from stepjepa.losses import LOSS_KINDS, jepa_loss
 from tests.test_forward import one_thread  # noqa: F401 (autouse: tiny matmuls run faster on one thread)
@@ -66,6 +66,7 @@ def test_view_diagnostics_values(kind):
     same = view_diagnostics(*collapsed_views(), loss_kind="cosine")
     assert same["mean_cos"] == pytest.approx(1.0) and same["jepa_loss"] == pytest.approx(0.0, abs=1e-6)
     assert same["rank_view1"] == pytest.approx(1.0, abs=1e-3) == same["rank_view2"]
+    assert same["spread_view1"] == pytest.approx(0.0, abs=1e-9) and diag["spread_view1"] > 0.9
 
 
 def test_view_diagnostics_without_pairs_is_nan_not_an_error():
@@ -82,7 +83,7 @@ def test_collapsed_views_warn_and_random_views_do_not():
     # Only view 1 collapsed (a predictor that outputs a constant): one warning, naming it.
     a, _ = collapsed_views()
     (warning,) = collapse_warnings(view_diagnostics(a, random_views()[1]), [])
-    assert "view 1" in warning and f"< {COLLAPSED_RANK}" in warning
+    assert "view 1" in warning and f"< {COLLAPSED_SPREAD:g}" in warning
 
 
 def test_too_few_pairs_are_no_evidence_of_collapse():
@@ -152,5 +153,5 @@ def test_jepa_only_training_collapses_the_views_and_warns(tiny_model_dir, conver
     assert collapse_warnings(fresh, []) == [] and fresh["n_pairs"] >= 16
     logged = _train(model, train, ids, tokenizer.eos_token_id, gamma=0.0, steps=6)
     collapsed = view_diagnostics(*view_embeddings(model, validation, **kwargs))
-    assert collapsed["mean_cos"] > 0.99 and collapsed["rank_view1"] < COLLAPSED_RANK
+    assert collapsed["mean_cos"] > 0.99 and collapsed["spread_view1"] < COLLAPSED_SPREAD
     assert any("effective rank of view 1" in w for w in collapse_warnings(collapsed, logged))

@@ -2,6 +2,7 @@
 tiny model trained by real `accelerate launch` processes. One config is made to fail
 (lambda = 1e39 overflows the loss to inf) to prove that the others still finish."""
 
+import json
 import os
 
 import mlflow
@@ -41,39 +42,68 @@ def children(client, parent_id):
     return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-def test_sweep_trains_evaluates_registers_and_survives_a_failure(environment):
-    from pipelines.sweep import step_jepa_sweep
+def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure(environment):
+    from pipelines.sweep import _exit_code, step_jepa_sweep
 
     summary = step_jepa_sweep(params_file="params.yaml")
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    assert set(summary["configs"]) == {"sft", "k1_lam0.5", "k1_lam1e+39"}
-    assert summary["failed_runs"] == 1
+    assert set(summary["validation"]) == {"sft", "k1_lam0.5", "k1_lam1e+39"}
+    assert summary["failed_runs"] == 1 and summary["failed"] == ["k1_lam1e+39_s0"]
+    assert _exit_code(summary) == 1, "a sweep with a failed config must not look done to DVC"
     parent = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id],
                                 "tags.`stepjepa.kind` = 'sweep'")[0]
     assert parent.info.status == "FINISHED"  # a failed config does not fail the sweep
+    assert parent.info.run_name.startswith("sweep K=1 lambda=0.5,1e+39")
     runs = {r.info.run_name: r for r in children(client, parent.info.run_id)}
     assert set(runs) == {"sft_s0", "k1_lam0.5_s0", "k1_lam1e+39_s0"}
     assert runs["k1_lam1e+39_s0"].info.status == "FAILED"
     for name in ["sft_s0", "k1_lam0.5_s0"]:
         assert runs[name].info.status == "FINISHED"
-        assert {"eval/accuracy_strict", "eval/accuracy_flexible", "lm_loss"} <= set(runs[name].data.metrics)
+        assert {"validation/accuracy_strict", "validation/nll", "validation/step2_nll", "lm_loss",
+                "val_nll", "val_step2_nll"} <= set(runs[name].data.metrics)
         assert runs[name].data.params["train.k"] == ("0" if name == "sft_s0" else "1")
-    assert summary["champion"]["uri"] == "models:/sj-test@champion"
+    assert {"validation/mean_cos", "validation/rank_view1"} <= set(runs["k1_lam0.5_s0"].data.metrics)
+    # Test once: the selected config and SFT, no other run, no other evaluation.
+    selected = summary["selected"]
+    tested = {name for name, run in runs.items() if any(k.startswith("test/") for k in run.data.metrics)}
+    assert tested == {f"{selected}_s0", "sft_s0"}
+    assert {p.parent.parent.parent.name.split("-")[0] for p in environment.glob("runs/sweep/*/eval/test/predictions.jsonl")} \
+        == {f"{selected}_s0", "sft_s0"}
+    assert summary["test"]["config"] == selected and "sft_accuracy_strict" in summary["test"]
+    assert summary["champion"] == {"name": "sj-test", "alias": "champion", "config": selected,
+                                   "run_folder": summary["champion"]["run_folder"]}
     version = client.get_model_version_by_alias("sj-test", "champion")
-    assert version.tags["config"] == summary["best_config"] and "delta_vs_sft" in version.tags
+    assert version.tags["config"] == selected and version.tags["selected_on"] == "validation"
+    assert version.tags["run_folder"] == summary["champion"]["run_folder"] and "beats_sft" in version.tags
     pipe = mlflow.transformers.load_model("models:/sj-test@champion")
     assert isinstance(pipe("Betty has 5 apples.", max_new_tokens=4)[0]["generated_text"], str)
     assert (environment / "metrics/sweep/heatmap.png").stat().st_size > 1000
+    table = (environment / "metrics/sweep/table.md").read_text()
+    assert "val Step-2 NLL" in table and f"**Test (read once): {selected} vs SFT**" in table
+
+
+def test_tracked_reports_hold_nothing_machine_specific(environment):
+    text = "".join(p.read_text() for p in (environment / "metrics/sweep").glob("*.json"))
+    text += (environment / "metrics/sweep/table.md").read_text()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run_ids = {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    assert run_ids and not any(run_id in text for run_id in run_ids)
+    assert str(environment) not in text and "version" not in json.loads(
+        (environment / "metrics/sweep/summary.json").read_text())["champion"]
 
 
 def test_rerun_skips_finished_configs(environment):
     from pipelines.sweep import step_jepa_sweep
 
     (log,) = environment.glob("runs/sweep/k1_lam0.5_s0-*/train.log")
-    launches = log.read_text().count("$ ")
+    (eval_log,) = environment.glob("runs/sweep/k1_lam0.5_s0-*/eval/validation/evaluate.log")
+    launches, evals = log.read_text().count("$ "), eval_log.read_text().count("$ ")
+    before = (environment / "metrics/sweep/summary.json").read_text()
     summary = step_jepa_sweep(params_file="params.yaml")
     assert log.read_text().count("$ ") == launches, "a finished config was trained again"
+    assert eval_log.read_text().count("$ ") == evals, "a finished evaluation was run again"
     assert summary["champion"] is not None
+    assert (environment / "metrics/sweep/summary.json").read_text() == before, "same results, same report"
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("sweep-test")
     configs = client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep-config'")
@@ -84,7 +114,28 @@ def test_rerun_skips_finished_configs(environment):
         assert run.data.tags["mlflow.parentRunId"] == parents[1].info.run_id
         assert run.data.tags["stepjepa.sweeps"] == ",".join(p.info.run_id for p in parents)
     versions = client.search_model_versions("name = 'sj-test'")
-    assert len(versions) == 1 and summary["champion"]["version"] == "1", "the same champion is not registered twice"
+    assert len(versions) == 1 and summary["champion_version"] == "1", "the same champion is not registered twice"
+
+
+def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(environment):
+    """What `make run` does after `dvc pull`, or with another tracking server: reconcile."""
+    from pipelines.sweep import reconcile
+
+    (log,) = environment.glob("runs/sweep/k1_lam0.5_s0-*/train.log")
+    launches = log.read_text().count("$ ")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{environment}/other-store.db"
+    try:
+        assert reconcile("params.yaml", "metrics/sweep") == 1  # the failed config is retried, and fails again
+        assert log.read_text().count("$ ") == launches, "reconciling trained a finished config again"
+        client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+        version = client.get_model_version_by_alias("sj-test", "champion")
+        run = client.get_run(version.run_id)
+        assert "lm_loss" in run.data.metrics and "validation/accuracy_strict" in run.data.metrics
+        assert run.data.tags["stepjepa.backfilled_from"] == version.tags["run_folder"]
+        assert mlflow.transformers.load_model("models:/sj-test@champion") is not None
+        assert reconcile("params.yaml", "metrics/sweep") == 0, "a registered champion is a no-op"
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{environment}/mlflow.db"
 
 
 def test_bad_parameters_are_rejected_before_training(environment):

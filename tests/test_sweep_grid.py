@@ -69,7 +69,8 @@ def _key_pair(base: dict, changes: dict) -> tuple[str, str]:
 @pytest.mark.parametrize("changes", [
     {"sweep.ks": [2, 4]}, {"sweep.lambdas": [0.5, 5.0]}, {"sweep.max_concurrent": 2}, {"sweep.retries": 3},
     {"sweep.registered_model_name": "other"}, {"train.log_every": 1}, {"train.checkpoint_every": 5},
-    {"train.keep_checkpoints": 9}, {"eval.batch_size": 3},
+    {"train.keep_checkpoints": 9}, {"eval.batch_size": 3}, {"sweep.experiment": "elsewhere"},
+    {"sweep.overrides": {"train.eval_every": 20}}, {"sweep.overrides": {"train.log_model": False}},
 ])
 def test_what_changes_no_result_keeps_both_keys(changes):
     """Growing the grid or tuning throughput must reuse the runs already trained and evaluated."""

@@ -72,11 +72,11 @@ def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_
                     [MlflowClient(ml).get_experiment_by_name("team").experiment_id],
                     "tags.`stepjepa.kind` = 'sweep-config'")
                 assert {r.info.run_name for r in runs} == {"sft_s0", "k1_lam0.5_s0", "k2_lam0.5_s0"}
-                assert all(r.info.status == "FINISHED" and "eval/accuracy_strict" in r.data.metrics for r in runs)
+                assert all(r.info.status == "FINISHED" and "validation/accuracy_strict" in r.data.metrics for r in runs)
                 before = MlflowClient(ml).get_model_version_by_alias("sj-team", "champion")
             with mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow2.log", env) as ml:  # a restart
                 client = MlflowClient(ml)
                 after = client.get_model_version_by_alias("sj-team", "champion")
                 assert (after.version, after.run_id) == (before.version, before.run_id)
                 assert len(client.search_runs([client.get_experiment_by_name("team").experiment_id])) == 4
-                assert client.list_artifacts(after.run_id, "eval"), "artifacts survive the restart"
+                assert client.list_artifacts(after.run_id, "validation"), "artifacts survive the restart"

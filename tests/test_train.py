@@ -235,9 +235,10 @@ def test_two_processes_match_one_process_with_accumulation(tiny_model_dir, train
 def test_resume_needs_the_same_training_config_only(tmp_path):
     """Evaluation and sweep settings may change between a kill and its resume; what trains may not."""
     from stepjepa.config import config_from_dict
-    from stepjepa.train import _check_same_config, resolved_config
+    from stepjepa.config import resolved_tree
+    from stepjepa.train import _check_same_config
 
-    saved = resolved_config(config_from_dict({"train": {"k": 2, "learning_rate": 1e-3}}))
+    saved = resolved_tree(config_from_dict({"train": {"k": 2, "learning_rate": 1e-3}}))
     fine = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "log_every": 1},
                              "eval": {"limit": None, "batch_size": 4}, "sweep": {"max_concurrent": 2, "ks": [5]}})
     _check_same_config(saved, fine, tmp_path / "step-000003")

@@ -1,0 +1,110 @@
+"""`make run` on a fresh clone (issue 17): a clone whose data stages are up to date but that
+has no run folders and an empty MLflow store must train the sweep and register its
+champion; the committed `dvc.lock` and metrics must not change when the results are the
+same; a second run is a no-op. Real git, DVC, Prefect and MLflow, the tiny model."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_TEST_MODEL, synthetic_raw_record
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def make_run(repo: Path, env: dict) -> str:
+    """What `make run` runs (the Makefile's `run` target without the venv step)."""
+    return run(["dvc", "repro"], repo, env) + run([sys.executable, "-m", "pipelines.sweep", "--reconcile"], repo, env)
+
+
+def environment(repo: Path, source: Path) -> dict:
+    return os.environ | {
+        "GSM8K_DIR": str(source), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db", "PREFECT_HOME": str(repo / ".prefect"),
+    }
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A project whose author ran the pipeline and committed dvc.lock and metrics/."""
+    import json
+    import random
+
+    tmp = tmp_path_factory.mktemp("fresh")
+    repo, source = tmp / "author", tmp / "gsm8k"
+    repo.mkdir()
+    for name in ["stepjepa", "pipelines", "dvc.yaml", ".dvcignore", ".gitignore"]:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tiny_model"] = TINY_TEST_MODEL.model_dump()
+    params["data"]["validation_size"] = 8
+    params["train"] |= {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2, "eval_every": 2,
+                        "eval_examples": 4}
+    params["eval"] |= {"limit": 6, "max_new_tokens": 12, "batch_size": 6}
+    params["sweep"] |= {"ks": [1], "lambdas": [0.5], "experiment": "fresh", "registered_model_name": "sj-fresh"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    rng = random.Random(3)
+    source.mkdir()
+    for split, n in [("train", 40), ("test", 10)]:
+        (source / f"{split}.jsonl").write_text("".join(json.dumps(synthetic_raw_record(rng)) + "\n" for _ in range(n)))
+    env = environment(repo, source)
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    make_run(repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], repo, env)
+    return repo, source
+
+
+@pytest.fixture(scope="module")
+def clone(published, tmp_path_factory):
+    """A fresh clone with the data stages' outputs in place (as after `dvc pull` of the data,
+    or byte-identical re-runs), no run folders, and its own empty MLflow store."""
+    author, source = published
+    repo = tmp_path_factory.mktemp("clone") / "repo"
+    run(["git", "clone", "-q", str(author), str(repo)], author.parent, os.environ)
+    for name in ["data", "models"]:
+        shutil.copytree(author / name, repo / name)
+    return repo, environment(repo, source)
+
+
+def test_fresh_clone_trains_the_sweep_and_registers_the_champion(clone):
+    import mlflow
+
+    repo, env = clone
+    assert not (repo / "runs").exists() and not (repo / "mlflow.db").exists()
+    out = make_run(repo, env)
+    assert "Running stage 'sweep'" in out
+    for stage in ["fetch", "prepare", "build_model", "tokenize"]:
+        assert f"Running stage '{stage}'" not in out, "the data stages were up to date"
+    models = sorted(p.parent.name for p in (repo / "runs/sweep").glob("*/model"))
+    assert [m.split("-")[0] for m in models] == ["k1_lam0.5_s0", "sft_s0"]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    assert mlflow.transformers.load_model("models:/sj-fresh@champion") is not None
+    status = run(["git", "status", "--porcelain"], repo, env)
+    assert status == "", f"the same results must leave dvc.lock and metrics/ unchanged:\n{status}"
+
+
+def test_second_run_is_a_noop_and_leaves_everything_clean(clone):
+    repo, env = clone
+    out = make_run(repo, env)
+    assert "Running stage" not in out and "is registered in" in out
+    assert "up to date" in run(["dvc", "status"], repo, env) or run(["dvc", "status"], repo, env).strip() == ""
+    assert run(["git", "status", "--porcelain"], repo, env) == ""
