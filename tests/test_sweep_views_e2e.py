@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import make_sweep_project
+from tests.test_sweep_flow import environment  # noqa: F401  (a fixture: Prefect harness and MLflow in `project`)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,23 +25,6 @@ def project(tmp_path_factory, tiny_model_dir, conversations):
     sweep = {"ks": [1], "lambdas": [0.5, 1.0], "views": ["steps", "user_assistant"], "layout": "packed",
              "experiment": "views-test", "registered_model_name": "sj-views"}
     return make_sweep_project(tmp_path_factory.mktemp("views"), tiny_model_dir, conversations, sweep)
-
-
-@pytest.fixture(scope="module")
-def environment(project):
-    from prefect.testing.utilities import prefect_test_harness
-
-    saved = dict(os.environ)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlflow.db"
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        with prefect_test_harness(server_startup_timeout=90):
-            yield project
-    finally:
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def test_one_sweep_holds_sft_step_jepa_and_llm_jepa(environment):
