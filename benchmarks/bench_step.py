@@ -2,8 +2,10 @@
 
 Variants, all on the same model and the same length-grouped batches of GSM8K rows:
 `sft` (K = 0, lambda = 0: the sweep's baseline), `inline`, `packed` and `two_pass`
-(K = 2, lambda = 0.1), plus `hf_causal` (the model's own forward with a 2D padding mask,
-for reference). A step is collate + forward + backward (the optimizer update is the same
+(K = 2, lambda = 0.1, the Step-1 -> Step-2 pair), `ua_packed` and `ua_two_pass` (the same
+with the original LLM-JEPA pair, user turn -> assistant turn, `train.views:
+user_assistant`), plus `hf_causal` (the model's own forward with a 2D padding mask, for
+reference). A step is collate + forward + backward (the optimizer update is the same
 for every variant and left out). Variants are interleaved batch by batch, in rotating
 order, so load from other processes hits them alike; ratios are medians of per-batch
 ratios to `sft`. Also reported: the padding fraction of each layout with length grouping
@@ -38,9 +40,10 @@ from stepjepa.forward import step_jepa_forward
 from stepjepa.modeling import add_predictor_tokens, load_model, load_tokenizer, pad_id
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (layout, k, lambda)
-    "sft": ("inline", 0, 0.0), "inline": ("inline", 2, 0.1), "packed": ("packed", 2, 0.1),
-    "two_pass": ("two_pass", 2, 0.1),
+VARIANTS = {  # name: (layout, k, lambda, view pair)
+    "sft": ("inline", 0, 0.0, "steps"), "inline": ("inline", 2, 0.1, "steps"), "packed": ("packed", 2, 0.1, "steps"),
+    "two_pass": ("two_pass", 2, 0.1, "steps"), "ua_packed": ("packed", 2, 0.1, "user_assistant"),
+    "ua_two_pass": ("two_pass", 2, 0.1, "user_assistant"),
 }
 TARGETS = {"inline": 1.08, "packed": 1.25}
 
@@ -70,8 +73,8 @@ def build_inputs(scratch: Path, limit: int) -> tuple[Path, Path]:
 def padding_report(rows: list[dict], batch_size: int, seed: int) -> dict[str, dict[str, float]]:
     """Padding fraction per layout, with length grouping (the trainer's batches) and without."""
     report = {}
-    for name, (layout, k, _) in VARIANTS.items():
-        lengths = [laid_out_length(r, k, layout) for r in rows]
+    for name, (layout, k, _, views) in VARIANTS.items():
+        lengths = [laid_out_length(r, k, layout, views) for r in rows]
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
         shuffled = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -98,8 +101,8 @@ def one_step(model, examples: list[dict], variant: str, predictor_ids: list[int]
     if variant == "hf_causal":
         loss = hf_step(model, examples, pad)
     else:
-        layout, k, lam = VARIANTS[variant]
-        batch = collate(examples, k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad)
+        layout, k, lam, views = VARIANTS[variant]
+        batch = collate(examples, k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad, views=views)
         batch = {key: value.to(model.device) for key, value in batch.items()}
         loss = step_jepa_forward(model, batch, layout=layout, lam=lam).loss
     loss.backward()

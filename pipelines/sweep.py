@@ -109,6 +109,7 @@ def step_jepa_sweep(
     seeds: list[int] | None = None,
     layout: Literal["inline", "two_pass", "packed"] | None = None,
     loss: Literal["cosine", "l2", "mse", "infonce"] | None = None,
+    views: list[Literal["steps", "user_assistant"]] | None = None,
     overrides: dict[str, Any] | None = None,
     max_concurrent: int | None = None,
     retries: int | None = None,
@@ -122,7 +123,8 @@ def step_jepa_sweep(
     global SLOTS
     logger = get_run_logger()
     base = yaml.safe_load(Path(params_file).read_text())
-    given = {k: v for k, v in dict(ks=ks, lambdas=lambdas, seeds=seeds, layout=layout, loss=loss, overrides=overrides,
+    given = {k: v for k, v in dict(ks=ks, lambdas=lambdas, seeds=seeds, layout=layout, loss=loss, views=views,
+                                   overrides=overrides,
                                    max_concurrent=max_concurrent, retries=retries,
                                    launcher=launcher).items() if v is not None}
     sweep = config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, params_file).sweep
@@ -160,7 +162,7 @@ def _sweep_name(sweep: SweepConfig) -> str:
     """A parent run name that says what was swept."""
     ks = ",".join(map(str, sweep.ks))
     lams = ",".join(f"{x:g}" for x in sweep.lambdas)
-    return f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {sweep.layout}/{sweep.loss}"
+    return f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
 
 def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, trained=None) -> tuple[Any, Any]:
     """(training future or None, evaluation future) of one run on `split`."""

@@ -17,12 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stepjepa.collate import length_grouped_batches
+from stepjepa.collate import PAIR_COLUMNS, length_grouped_batches
 from stepjepa.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("input_ids", "labels", "step1_span", "step2_span", "jepa_valid")
+# The user/assistant pair's columns (train.views: user_assistant); data tokenised before
+# they existed still trains the steps pair.
+UA_COLUMNS = ("user_span", "assistant_span", "ua_valid", "ua_invalid_reason")
 Plan = list[list[list[int]]]
 """plan[step] = the micro-batches (lists of row indices) of that optimizer step on this process."""
 
@@ -44,7 +47,7 @@ def load_rows(path: str | Path, max_examples: int | None = None) -> list[dict[st
         raise ConfigError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
     if max_examples is not None:
         table = table.slice(0, max_examples)
-    extra = [c for c in ("invalid_reason",) if c in table.column_names]
+    extra = [c for c in ("invalid_reason", *UA_COLUMNS) if c in table.column_names]
     return table.select([*COLUMNS, *extra]).to_pylist()
 
 
@@ -57,7 +60,15 @@ def check_rows(rows: list[dict[str, Any]], cfg: Config) -> dict[str, int]:
     """
     if not rows:
         raise ConfigError("--data: no rows to train on (check train.max_examples)")
-    valid = sum(bool(r["jepa_valid"]) for r in rows)
+    valid_key = PAIR_COLUMNS[cfg.train.views][2]
+    if valid_key not in rows[0]:
+        raise ConfigError(f"--data: no {valid_key} column, which train.views={cfg.train.views} needs: the data "
+                          "was tokenised by an older version; rerun the tokenize stage")
+    valid = sum(bool(r[valid_key]) for r in rows)
+    if cfg.train.lambda_ > 0 and valid == 0 and valid_key == "ua_valid":
+        reasons = Counter(r.get("ua_invalid_reason") for r in rows)
+        raise ConfigError(f"train.views=user_assistant with train.lambda={cfg.train.lambda_} needs user/assistant "
+                          f"pairs but none of the {len(rows)} rows has one (reasons: {dict(reasons)})")
     if cfg.train.lambda_ > 0 and valid == 0:
         reasons = Counter(r.get("invalid_reason") for r in rows)
         raise ConfigError(
@@ -83,13 +94,14 @@ def check_vocab(rows: list[dict[str, Any]], vocab_size: int, predictor_ids: list
         )
 
 
-def laid_out_length(row: dict[str, Any], k: int, layout: str) -> int:
+def laid_out_length(row: dict[str, Any], k: int, layout: str, views: str = "steps") -> int:
     """Length of a row after layout, which is what padding and compute scale with."""
     n = len(row["input_ids"])
-    if not row["jepa_valid"]:
+    first, second, valid = PAIR_COLUMNS[views]
+    if not row[valid]:
         return n
     if layout == "packed":
-        return n + k + row["step2_span"][1] - row["step1_span"][1]
+        return n + k + row[second][1] - row[first][1]
     return n + k
 
 

@@ -14,24 +14,43 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from stepjepa.config import INLINE_UA
 from stepjepa.masks import (
     Layout, causal_mask, check_k, check_layout, inline_lengths, layout_mask, packed_lengths,
 )
 
 IGNORE = -100
 
+Views = Literal["steps", "user_assistant"]
+# Per view pair: the row columns of its first and second span, and of its validity. The
+# layouts only need the end of the first span and the second span (which follows it), so
+# both pairs share every mask and layout; docs/step-jepa.md 3, 5, 8.
+PAIR_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "steps": ("step1_span", "step2_span", "jepa_valid"),
+    "user_assistant": ("user_span", "assistant_span", "ua_valid"),
+}
+
+
+def check_views(views: str, layout: str) -> None:
+    """Raise a ValueError naming the view pair unless it is known and fits the layout."""
+    if views not in PAIR_COLUMNS:
+        raise ValueError(f"views must be one of {', '.join(PAIR_COLUMNS)}; got {views!r}")
+    if views == "user_assistant" and layout == "inline":
+        raise ValueError(INLINE_UA)
+
 
 def _round_up(value: int, multiple: int | None) -> int:
     return value if not multiple else -(-value // multiple) * multiple
 
 
-def _stack(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Tensor]:
-    """Right-pad the ragged rows; `(B, N)` ids/labels and `(B,)` n, s1_end, s2_end, valid."""
+def _stack(examples: Sequence[Mapping[str, Any]], pad_id: int, views: Views = "steps") -> dict[str, Tensor]:
+    """Right-pad the ragged rows; `(B, N)` ids/labels and `(B,)` n, s1_end, s2_end, valid
+    (s1_end, s2_end: the ends of the view pair's first and second span)."""
     if not examples:
         raise ValueError("collate needs at least one example")
     ids = [torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples]
@@ -39,14 +58,18 @@ def _stack(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Tens
     n = torch.tensor([len(x) for x in ids])
     if any(len(a) != len(b) for a, b in zip(ids, labels)) or bool((n == 0).any()):
         raise ValueError("every example needs non-empty input_ids and labels of equal length")
-    valid = torch.tensor([bool(e["jepa_valid"]) for e in examples])
+    first, second, valid_key = PAIR_COLUMNS[views]
+    if valid_key not in examples[0]:
+        raise ValueError(f"views={views} needs the columns {first}, {second}, {valid_key}: re-tokenise the data")
+    valid = torch.tensor([bool(e[valid_key]) for e in examples])
     # Invalid rows may have null spans; 0 is never read for them (K and the copy are 0).
-    s1 = torch.tensor([int(e["step1_span"][1]) if v else 0 for e, v in zip(examples, valid)])
-    s2 = torch.tensor([int(e["step2_span"][1]) if v else 0 for e, v in zip(examples, valid)])
+    s1 = torch.tensor([int(e[first][1]) if v else 0 for e, v in zip(examples, valid)])
+    s2 = torch.tensor([int(e[second][1]) if v else 0 for e, v in zip(examples, valid)])
     bad = valid & ~((s1 >= 0) & (s1 < s2) & (s2 < n))
     if bool(bad.any()):
         rows = bad.nonzero().flatten().tolist()
-        raise ValueError(f"jepa_valid examples {rows} need 0 <= s1_end < s2_end < len(input_ids)")
+        raise ValueError(f"{valid_key} examples {rows} need 0 <= s1_end < s2_end < len(input_ids)"
+                         f" (the ends of {first} and {second})")
     pad = torch.nn.utils.rnn.pad_sequence
     return {"ids": pad(ids, batch_first=True, padding_value=pad_id),
             "labels": pad(labels, batch_first=True, padding_value=IGNORE),
@@ -114,7 +137,7 @@ def shift_targets(labels: Tensor) -> Tensor:
 
 def collate(
     examples: Sequence[Mapping[str, Any]], *, k: int, layout: Layout = "inline",
-    predictor_ids: Sequence[int], pad_id: int, pad_to_multiple_of: int | None = None,
+    predictor_ids: Sequence[int], pad_id: int, pad_to_multiple_of: int | None = None, views: Views = "steps",
 ) -> dict[str, Tensor]:
     """Lay out and pad a batch of tokenised rows for one Step-JEPA training step.
 
@@ -128,15 +151,18 @@ def collate(
         invalid); jepa_valid `(B,)` bool,
       lm_input_ids, lm_labels, lm_position_ids `(B, N)`, lm_attention_mask `(B, 1, N, N)`:
         the plain causal batch (two_pass's LM pass, and any batch without JEPA).
-    For `two_pass` the main keys are the inline JEPA pass.
+    For `two_pass` the main keys are the inline JEPA pass. `views` picks the pair: Step 1 ->
+    Step 2, or `user_assistant` (user turn -> assistant turn: the predictors follow the user
+    turn, the assistant turn is the isolated block; jepa_valid is then the row's `ua_valid`).
     """
     check_k(k)
     check_layout(layout)
+    check_views(views, layout)
     if len(predictor_ids) != k:
         raise ValueError(f"predictor_ids must hold k={k} ids; got {len(predictor_ids)}")
     if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
         raise ValueError(f"pad_to_multiple_of must be >= 1 or None; got {pad_to_multiple_of}")
-    rows = _stack(examples, pad_id)
+    rows = _stack(examples, pad_id, views)
     n, s1, s2, valid = rows["n"], rows["s1"], rows["s2"], rows["valid"]
     laid_out = packed_lengths(n, s1, s2, k, valid) if layout == "packed" else inline_lengths(n, k, valid)
     total_len = _round_up(int(laid_out.max()), pad_to_multiple_of)

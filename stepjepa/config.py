@@ -99,6 +99,11 @@ class TokenizeConfig(Section):
     data does not change from day to day."""
 
 
+# The original LLM-JEPA pair isolates the whole assistant turn (method doc section 8).
+INLINE_UA = ("train.views=user_assistant needs train.layout packed or two_pass, not inline: its assistant "
+             "is isolated from the question, which the LM loss cannot be trained without")
+
+
 class TrainConfig(Section):
     """One training run: the Step-JEPA objective, what is trained, and the optimiser."""
 
@@ -116,6 +121,13 @@ class TrainConfig(Section):
     """Probability that a batch applies the JEPA loss; <= 0 means every batch."""
     layout: Literal["inline", "two_pass", "packed"] = "inline"
     """How the two views are computed (method doc section 5)."""
+    views: Literal["steps", "user_assistant"] = "steps"
+    """The JEPA view pair: `steps` (Step 1 -> Step 2, Step-JEPA) or `user_assistant` (the
+    user turn -> the assistant turn, the original LLM-JEPA; layout packed or two_pass)."""
+    target_grad: bool = True
+    """Back-propagate the JEPA loss into view 2 too (the paper's code). false detaches the
+    target, as latent-prediction work such as NextLat does: a co-trained target can
+    collapse towards the predictor and make the JEPA loss trivially small."""
     finetune: Literal["full", "lora"] = "full"
     """Train every weight, or LoRA adapters plus the predictor-token embeddings."""
     lora_r: int = Field(16, ge=1)
@@ -181,11 +193,14 @@ class TrainConfig(Section):
         if self.eval_every is not None and self.eval_every % self.log_every:
             raise ValueError(f"train.eval_every ({self.eval_every}) must be a multiple of train.log_every "
                              f"({self.log_every}): held-out metrics are logged with a logging step")
+        if self.views == "user_assistant" and self.layout == "inline":
+            raise ValueError(INLINE_UA)
         return self
 
 
+
 # Set per run by the sweep's grid fields, so `sweep.overrides` may not set them.
-GRID_KEYS = ("train.k", "train.lambda", "train.seed", "train.layout", "train.loss")
+GRID_KEYS = ("train.k", "train.lambda", "train.seed", "train.layout", "train.loss", "train.views")
 
 
 class SweepConfig(Section):
@@ -199,9 +214,11 @@ class SweepConfig(Section):
     """Each config (and the baseline) is trained once per seed."""
     layout: Literal["inline", "two_pass", "packed"] = "inline"
     loss: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
+    views: list[Literal["steps", "user_assistant"]] = Field(["steps"], min_length=1)
+    """View pairs to try (`train.views`); one sweep can hold SFT, LLM-JEPA and Step-JEPA."""
     overrides: dict[str, Any] = {}
     """Extra `train.*` / `eval.*` values for every run, by dotted key (not the grid's own
-    `train.k`, `train.lambda`, `train.seed`, `train.layout`, `train.loss`)."""
+    `train.k`, `train.lambda`, `train.seed`, `train.layout`, `train.loss`, `train.views`)."""
     max_concurrent: int | None = Field(None, ge=1)
     """Training runs at once; null = 1 on CPU, one per visible GPU."""
     retries: int = Field(0, ge=0)
@@ -223,10 +240,20 @@ class SweepConfig(Section):
         # be logged as if applied while every run trains on the same tokenised file.
         for key in overrides:
             if key in GRID_KEYS:
-                raise ValueError(f"{key} is set by the grid (sweep.ks, lambdas, seeds, layout, loss), not an override")
+                raise ValueError(
+                    f"{key} is set by the grid (sweep.ks, lambdas, seeds, layout, loss, views), not an override"
+                )
             if not key.startswith(("train.", "eval.")):
                 raise ValueError(f"{key}: only train.* and eval.* keys can be overridden per run")
         return overrides
+
+    @model_validator(mode="after")
+    def _views_fit_layout(self) -> SweepConfig:
+        if "user_assistant" in self.views and self.layout == "inline":
+            raise ValueError(
+                "sweep.views holds user_assistant, which needs sweep.layout packed or two_pass, not inline"
+            )
+        return self
 
 
 class EvalConfig(Section):

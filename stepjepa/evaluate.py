@@ -248,8 +248,12 @@ def heldout_evaluation(model, tokenizer, rows_path: Path, cfg: Config, out_dir: 
                                "step2_nll": sum(step2) / len(step2) if step2 else None,
                                "heldout_examples": len(per_example), "heldout_step2_examples": len(step2)}
     predictor_ids = list(tokenizer.convert_tokens_to_ids(predictor_tokens(tc.k)))
-    layout = "inline" if tc.k == 0 or tc.lambda_ == 0 else tc.layout
-    view1, view2 = view_embeddings(model, rows, k=tc.k, layout=layout, predictor_ids=predictor_ids, pad_id=pad)
+    # SFT (no JEPA pass) is measured on the steps pair through the inline layout, which
+    # computes the same states a plain causal pass does before Step 2.
+    views = tc.views if tc.lambda_ > 0 else "steps"
+    layout = tc.layout if tc.lambda_ > 0 else "inline"
+    view1, view2 = view_embeddings(model, rows, k=tc.k, layout=layout, predictor_ids=predictor_ids, pad_id=pad,
+                                   views=views)
     if len(view1) >= 2:
         metrics |= view_diagnostics(view1, view2, loss_kind=tc.loss, temperature=tc.temperature)
     return metrics

@@ -119,13 +119,16 @@ def _two_pass_views(parts: ModelParts, batch: dict[str, Tensor], rows: Tensor) -
 def step_jepa_forward(
     model: nn.Module, batch: dict[str, Tensor], *, layout: Layout, loss_kind: LossKind = "cosine",
     gamma: float = 1.0, lam: float = 1.0, temperature: float = 0.07, apply_jepa: bool = True,
+    target_grad: bool = True,
 ) -> StepOutput:
     """One training step's loss for a `collate` batch (tensors on the model's device).
 
     `loss = gamma * LM + lam * JEPA(view1, view2)` over the `jepa_valid` rows, `loss_kind`
     and `temperature` as in `stepjepa.losses.jepa_loss`. Without JEPA (`apply_jepa`
     False, `lam` 0 or no valid row) it is `gamma * LM` of one plain causal pass, so
-    K = 0 with lambda = 0 is exactly supervised fine-tuning in every layout.
+    K = 0 with lambda = 0 is exactly supervised fine-tuning in every layout. With
+    `target_grad` False view 2 is detached: the JEPA loss trains only view 1's path (the
+    LM loss still trains everything), so the target cannot move towards the predictor.
     """
     check_layout(layout)
     check_loss_kind(loss_kind)
@@ -141,6 +144,8 @@ def step_jepa_forward(
         hidden = last_hidden(parts, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
         lm = lm_loss_from_hidden(parts, hidden, batch["shift_labels"])
         view1, view2 = gather_views(hidden, batch, rows)
+    if not target_grad:
+        view2 = view2.detach()
     jepa = jepa_loss(view1, view2, loss_kind, temperature)
     return StepOutput(
         loss=gamma * lm + lam * jepa, lm_loss=lm.detach(), jepa_loss=jepa.detach(),

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stepjepa.collate import IGNORE, collate, shift_targets
+from stepjepa.collate import IGNORE, PAIR_COLUMNS, collate, shift_targets
 from stepjepa.forward import ModelParts, _two_pass_views, gather_views, last_hidden, lm_loss_from_hidden, model_parts
 
 
@@ -95,19 +95,19 @@ def heldout_nll(model: nn.Module, rows: list[dict], *, pad_id: int, batch_size: 
 
 
 def view_embeddings(model: nn.Module, rows: list[dict], *, k: int, layout: str, predictor_ids: list[int],
-                    pad_id: int, batch_size: int = 16) -> tuple[Tensor, Tensor]:
+                    pad_id: int, batch_size: int = 16, views: str = "steps") -> tuple[Tensor, Tensor]:
     """`(V, H)` float32 view 1 and view 2 (on the CPU) of the V rows with a valid pair.
 
     View 1 is the last predictor's last-layer state (Step 1's last token when k == 0),
     view 2 Step 2's last token; computed by `collate` and the layout's training forward
     (`stepjepa.forward`), so they are the states the JEPA loss of that config compares.
     """
-    valid = [r for r in rows if r["jepa_valid"]]
+    valid = [r for r in rows if r[PAIR_COLUMNS[views][2]]]
     device = next(model.parameters()).device
     views1, views2, order = [], [], []
     with _inference(model) as parts:
         for indices, batch in _batches(valid, batch_size, device, k=k, layout=layout, predictor_ids=predictor_ids,
-                                       pad_id=pad_id):
+                                       pad_id=pad_id, views=views):
             order += indices
             every = torch.arange(len(batch["jepa_valid"]), device=device)
             if layout == "two_pass":

@@ -1,12 +1,17 @@
 """`stepjepa inspect`: show how one example is laid out for training.
 
-For a tokenised row and K (default 1, 2, 3) it prints the laid-out tokens with their
-segments, positions and labels, the two view positions, and the attention mask as a text
-grid (`--png PATH` also draws it; `--json` prints one K/layout as JSON). The row goes
-through `stepjepa.collate.collate`, the very function training batches come from.
+For a tokenised row, K (default 1, 2, 3) and view pair (default train.views; `--views
+steps --views user_assistant` shows Step-JEPA's and the original LLM-JEPA's side by side)
+it prints the laid-out tokens with their segments, positions and labels, the two view
+positions, and the attention mask as a text grid (`--png PATH` also draws it; `--json`
+prints one K as JSON, one line per view pair).
+The row goes through `stepjepa.collate.collate`, the very function training batches come
+from. The user/assistant pair has no inline layout: under `inline` it is shown as
+`two_pass`'s JEPA pass (the same mask).
 
     stepjepa inspect --index 0 --k 2 --layout packed
-    stepjepa inspect --id train-000001 --json --k 1 > example.json
+    stepjepa inspect --id train-000001 --k 2 --layout packed --views steps --views user_assistant
+    stepjepa inspect --id train-000001 --json --k 1 --views user_assistant > example.json
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from stepjepa.batching import COLUMNS
-from stepjepa.collate import collate
+from stepjepa.collate import PAIR_COLUMNS, collate
 from stepjepa.config import ConfigError
 from stepjepa.masks import LAYOUTS
 from stepjepa.prompts import predictor_tokens
 from stepjepa.score import InputError
 
 log = logging.getLogger(__name__)
-MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C"}
+MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C",
+         "user": "U", "assistant": "A"}
+# Segment names of each view pair's first and second span.
+SPAN_NAMES = {"steps": ("step1", "step2"), "user_assistant": ("user", "assistant")}
 
 
 def load_row(path: str | Path, index: int | None = None, row_id: str | None = None) -> dict[str, Any]:
@@ -85,13 +93,18 @@ def predictor_ids(tokenizer: Any, k: int) -> list[int]:
     return tokenizer.convert_tokens_to_ids(tokens)
 
 
-def segments(row: dict[str, Any], k: int, layout: str, length: int) -> tuple[list[str], list | None, list | None]:
-    """Segment name of each laid-out position, and the inclusive laid-out Step 1 / Step 2 spans."""
+def segments(
+    row: dict[str, Any], k: int, layout: str, length: int, views: str = "steps"
+) -> tuple[list[str], list | None, list | None]:
+    """Segment name of each laid-out position, and the inclusive laid-out spans of the view
+    pair (Step 1 / Step 2, or user turn / assistant turn)."""
     n = len(row["input_ids"])
-    if not row["jepa_valid"]:
+    first, second, valid = PAIR_COLUMNS[views]
+    if not row[valid]:
         return ["prompt"] * n, None, None
-    (a1, e1), (a2, e2) = row["step1_span"], row["step2_span"]
-    plain = ["prompt"] * a1 + ["step1"] * (e1 - a1 + 1) + ["step2"] * (e2 - e1) + ["rest"] * (n - e2 - 1)
+    (a1, e1), (a2, e2) = row[first], row[second]
+    one, two = SPAN_NAMES[views]
+    plain = ["prompt"] * a1 + [one] * (e1 - a1 + 1) + [two] * (e2 - e1) + ["rest"] * (n - e2 - 1)
     if layout == "packed":
         copy_start = n + k
         names = plain + ["pred"] * k + ["copy"] * (length - copy_start)
@@ -100,22 +113,27 @@ def segments(row: dict[str, Any], k: int, layout: str, length: int) -> tuple[lis
     return names, [a1, e1], [a2 + k, e2 + k]
 
 
-def lay_out(row: dict[str, Any], tokenizer: Any, k: int, layout: str, steps: list[str] | None) -> dict[str, Any]:
-    """One example laid out under one K and layout, straight from `collate`.
+def lay_out(
+    row: dict[str, Any], tokenizer: Any, k: int, layout: str, steps: list[str] | None, views: str = "steps"
+) -> dict[str, Any]:
+    """One example laid out under one K, layout and view pair, straight from `collate`.
 
-    Keys: id, layout, k, steps (texts or None), tokens, input_ids, labels, position_ids
-    (each length L), attention (L x L 0/1, rows = queries), view1_index, view2_index,
-    step1_span, step2_span (inclusive, in the laid-out row; packed: Step 2 = its copy;
-    None without a JEPA pair), segments (name per token), invalid_reason.
+    Keys: id, views, layout, k, steps (texts or None), tokens, input_ids, labels,
+    position_ids (each length L), attention (L x L 0/1, rows = queries), view1_index,
+    view2_index, step1_span, step2_span (inclusive, in the laid-out row: the pair's first
+    and second span, so for `user_assistant` the user and the assistant turn; packed: the
+    second span is its copy; None without a pair), segments (name per token),
+    invalid_reason.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = collate([row], k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id)
+    batch = collate([row], k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id, views=views)
     length = int(batch["lengths"][0])
     ids = batch["input_ids"][0, :length].tolist()
-    names, span1, span2 = segments(row, k, layout, length)
+    names, span1, span2 = segments(row, k, layout, length, views)
     valid = bool(batch["jepa_valid"][0])
+    reason_key = "invalid_reason" if views == "steps" else "ua_invalid_reason"
     return {
-        "id": row.get("id"), "layout": layout, "k": k, "steps": steps,
+        "id": row.get("id"), "views": views, "layout": layout, "k": k, "steps": steps,
         "tokens": tokenizer.batch_decode([[i] for i in ids]), "input_ids": ids,
         "labels": batch["labels"][0, :length].tolist(),
         "position_ids": batch["position_ids"][0, :length].tolist(),
@@ -123,7 +141,7 @@ def lay_out(row: dict[str, Any], tokenizer: Any, k: int, layout: str, steps: lis
         "view1_index": int(batch["view1_index"][0]) if valid else None,
         "view2_index": int(batch["view2_index"][0]) if valid else None,
         "step1_span": span1, "step2_span": span2, "segments": names,
-        "invalid_reason": None if valid else row.get("invalid_reason"),
+        "invalid_reason": None if valid else row.get(reason_key),
     }
 
 
@@ -155,7 +173,7 @@ def block_grid(rec: dict[str, Any]) -> list[str]:
 def render_text(rec: dict[str, Any], full_grid: bool = False) -> str:
     """Token table with segments and view markers, then the mask per segment (rows =
     queries) and, with `full_grid`, per token."""
-    head = f"== {rec['id']}  layout={rec['layout']}  K={rec['k']}"
+    head = f"== {rec['id']}  views={rec.get('views', 'steps')}  layout={rec['layout']}  K={rec['k']}"
     lines = [head + ("" if rec["view1_index"] is not None else f"  (no JEPA pair: {rec['invalid_reason']})")]
     lines += [f"  step {i}: {s}" for i, s in enumerate(rec["steps"] or [], start=1)]
     lines.append("  idx  pos seg  label  token")
@@ -163,7 +181,8 @@ def render_text(rec: dict[str, Any], full_grid: bool = False) -> str:
     for i, (tok, pos, seg, lab) in enumerate(zip(rec["tokens"], rec["position_ids"], rec["segments"], rec["labels"])):
         label = "-" if lab == -100 else str(lab)
         lines.append(f"  {i:>3} {pos:>4} {MARKS[seg]:>3} {label:>6}  {tok!r} {views.get(i, '')}".rstrip())
-    lines.append("  segments: Q prompt, 1 Step 1, P predictors, 2 Step 2, R rest, C Step-2 copy (packed)")
+    lines.append("  segments: Q prompt, 1 Step 1, P predictors, 2 Step 2, U user turn, A assistant turn, R rest, "
+                 "C copy of Step 2 / the assistant turn (packed)")
     lines.append("  mask per segment (rows = queries; # all, . none, \\ causal, + partial):")
     lines += block_grid(rec)
     if full_grid:
@@ -192,7 +211,7 @@ def save_png(records: list[dict[str, Any]], path: str | Path) -> None:
         for key, color in (("view1_index", "tab:red"), ("view2_index", "tab:green")):
             if rec[key] is not None:
                 ax.axhline(rec[key], color=color, lw=1.2, label=key)
-        ax.set_title(f"{rec['id']}  {rec['layout']}  K={rec['k']}")
+        ax.set_title(f"{rec['id']}  {rec.get('views', 'steps')}  {rec['layout']}  K={rec['k']}")
         ax.set_xlabel("key")
         ax.set_ylabel("query")
         ax.legend(loc="upper right", fontsize=7)
@@ -211,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--id", help="row id, e.g. train-000001")
     p.add_argument("--k", type=int, action="append", help="predictor tokens (repeatable; default 1, 2, 3)")
     p.add_argument("--layout", choices=LAYOUTS, help="default: train.layout from --params, else inline")
+    p.add_argument("--views", action="append", choices=list(PAIR_COLUMNS),
+                   help="view pair (repeatable, e.g. both side by side; default: train.views from --params)")
     p.add_argument("--model-dir", help="tokenizer directory; default: model.name_or_path from --params")
     p.add_argument("--full-grid", action="store_true", help="also print the mask token by token")
     p.add_argument("--png", help="also draw the masks to this PNG file")
@@ -218,13 +239,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _defaults(params: str) -> tuple[Any, Any, str]:
-    """(train.k, train.layout, model.name_or_path) from params.yaml where present."""
+def _defaults(params: str) -> tuple[Any, Any, str, str]:
+    """(train.k, train.layout, model.name_or_path, train.views) from params.yaml where present."""
     from stepjepa.config import Config, load_config
 
     cfg = load_config(params) if Path(params).exists() else Config()
     train = getattr(cfg, "train", None)
-    return getattr(train, "k", None), getattr(train, "layout", None), cfg.model.name_or_path
+    return (getattr(train, "k", None), getattr(train, "layout", None), cfg.model.name_or_path,
+            getattr(train, "views", "steps"))
+
+
+def _pairs(requested: list[str] | None, default: str, row: dict[str, Any]) -> list[str]:
+    """The view pairs to show (default: train.views); the row must have their columns."""
+    pairs = list(dict.fromkeys(requested or [default]))
+    for views in pairs:
+        if PAIR_COLUMNS[views][2] not in row:
+            column = PAIR_COLUMNS[views][2]
+            raise InputError(f"--views {views}: --data has no {column} column; rerun the tokenize stage")
+    return pairs
 
 
 def _tokenizer(model_dir: str, from_flag: bool) -> Any:
@@ -241,7 +273,7 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        k_default, layout_default, model_dir = _defaults(args.params)
+        k_default, layout_default, model_dir, views_default = _defaults(args.params)
         ks = args.k or ([k_default] if args.json and k_default is not None else [1, 2, 3])
         if any(k < 0 for k in ks):
             parser.error(f"--k must be >= 0; got {ks}")
@@ -249,18 +281,21 @@ def main(argv: list[str]) -> int:
             parser.error("--json shows one example layout: give exactly one --k")
         # The row first: a missing or bad --data is reported without waiting for transformers.
         row = load_row(args.data, None if args.id else args.index, args.id)
+        pairs = _pairs(args.views, views_default, row)
         steps = load_steps(args.prepared, row.get("id"))
         tokenizer = _tokenizer(args.model_dir or model_dir, args.model_dir is not None)
     except (InputError, ConfigError) as err:
         print(f"stepjepa inspect: error: {err}", file=sys.stderr)
         return 2
     layout = args.layout or layout_default or "inline"
-    records = [lay_out(row, tokenizer, k, layout, steps) for k in ks]
+    # The user/assistant pair has no inline layout; two_pass's JEPA pass is the same mask.
+    records = [lay_out(row, tokenizer, k, "two_pass" if (views, layout) == ("user_assistant", "inline") else layout,
+                       steps, views) for views in pairs for k in ks]
     if args.png:
         save_png(records, args.png)
         log.info("wrote %s", args.png)
     if args.json:
-        print(json.dumps(records[0], ensure_ascii=False))
+        print("\n".join(json.dumps(rec, ensure_ascii=False) for rec in records))
     else:
         print("\n\n".join(render_text(rec, args.full_grid) for rec in records))
     return 0

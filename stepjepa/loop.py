@@ -58,7 +58,8 @@ class StepModule(torch.nn.Module):
         device_type = batch["input_ids"].device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
             return step_jepa_forward(self.model, batch, layout=c.layout, loss_kind=c.loss, gamma=c.gamma,
-                                     lam=c.lambda_, temperature=c.temperature, apply_jepa=apply_jepa)
+                                     lam=c.lambda_, temperature=c.temperature, apply_jepa=apply_jepa,
+                                     target_grad=c.target_grad)
 
 
 def jepa_draw(seed: int, step: int, ratio: float) -> bool:
@@ -80,7 +81,8 @@ def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optim
     sums = torch.zeros(len(STATS), dtype=torch.float64)
     for i, indices in enumerate(micro_batches):
         examples = [rows[j] for j in indices]
-        batch = collate(examples, k=cfg.k, layout=cfg.layout, predictor_ids=inner.predictor_ids, pad_id=inner.pad_id)
+        batch = collate(examples, k=cfg.k, layout=cfg.layout, predictor_ids=inner.predictor_ids, pad_id=inner.pad_id,
+                        views=cfg.views)
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         last = i == len(micro_batches) - 1

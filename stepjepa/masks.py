@@ -11,6 +11,10 @@ query i may attend key j iff `j <= i and (j >= lo[i] or j <= hi[i])`. Causal row
 lo = 0; an isolated block starting at S has lo = S; packed predictors add hi = s1_end
 to reach back into the plain prefix; padding has lo = i (itself only). Layouts are
 defined in docs/step-jepa.md sections 3 and 5.
+
+The original LLM-JEPA view pair (section 8) uses the same builders: its user turn
+`[0, u_end]` plays Step 1 and its assistant turn `[u_end + 1, a_end]` plays Step 2, so
+`s1_end = u_end` and `s2_end = a_end` (`stepjepa.collate.PAIR_COLUMNS`).
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ def _pyplot():
     return plt
 
 
-def _grid(rows: list[dict], key: str) -> tuple[list[int], list[float], np.ndarray]:
+def _grid(rows: list[dict], key: str, views: str) -> tuple[list[int], list[float], np.ndarray]:
     grid_rows = [r for r in rows if r["config"] != "sft"]
     ks = sorted({r["k"] for r in grid_rows})
     lams = sorted({r["lambda"] for r in grid_rows})
     values = np.full((len(ks), len(lams)), np.nan)
     for r in grid_rows:
-        if r.get(key) is not None:
+        if r.get(key) is not None and r.get("views", "steps") == views:
             values[ks.index(r["k"]), lams.index(r["lambda"])] = r[key]
     return ks, lams, values
 
@@ -33,14 +33,18 @@ PANELS = (("accuracy_strict", "validation strict accuracy", "viridis"),
 
 
 def plot_heatmap(rows: list[dict], path: Path) -> Path:
-    """K x lambda seed means, one panel per metric; SFT's value in each title; failed = blank."""
+    """K x lambda seed means, one panel per metric (columns) and view pair (rows); SFT's
+    value in each title; failed = blank."""
     plt = _pyplot()
     base = next((r for r in rows if r["config"] == "sft"), {})
-    ks, lams, _ = _grid(rows, PANELS[0][0])
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(2.5 + 2.4 * len(lams), 2.0 + 0.9 * max(len(ks), 1)),
-                             squeeze=False)
-    for ax, (key, title, cmap) in zip(axes[0], PANELS, strict=True):
-        _, _, values = _grid(rows, key)
+    pairs = sorted({r.get("views", "steps") for r in rows if r["config"] != "sft"}) or ["steps"]
+    ks, lams, _ = _grid(rows, PANELS[0][0], pairs[0])
+    fig, axes = plt.subplots(len(pairs), len(PANELS), squeeze=False,
+                             figsize=(2.5 + 2.4 * len(lams), len(pairs) * (2.0 + 0.9 * max(len(ks), 1))))
+    cells = [(ax, pair, panel) for row, pair in zip(axes, pairs, strict=True) for ax, panel in zip(row, PANELS)]
+    for ax, pair, (key, title, cmap) in cells:
+        _, _, values = _grid(rows, key, pair)
+        title = title if len(pairs) == 1 else f"{pair}: {title}"
         im = ax.imshow(values, cmap=cmap, aspect="auto")
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", color="w")

@@ -117,8 +117,8 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
     for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != "sft", kv[0])):
         done = [r for r in runs if r["status"] == "completed"]
         spec = runs[0]["spec"]
-        row = {"config": name, "k": spec["k"], "lambda": spec["lam"], "runs": len(runs), "completed": len(done),
-               "seeds": sorted(r["spec"]["seed"] for r in done)}
+        row = {"config": name, "views": spec.get("views", "steps"), "k": spec["k"], "lambda": spec["lam"],
+               "runs": len(runs), "completed": len(done), "seeds": sorted(r["spec"]["seed"] for r in done)}
         if done:
             _seed_stats(row, done)
             row["questions"] = len(done[0]["correct_strict"])
@@ -138,7 +138,7 @@ def best_config(rows: list[dict]) -> dict | None:
     done = [r for r in rows if METRIC in r]
     if not done:
         return None
-    return min(done, key=lambda r: (-r[METRIC], r.get("nll", np.inf), r["k"], r["lambda"]))
+    return min(done, key=lambda r: (-r[METRIC], r.get("nll", np.inf), r["k"], r["lambda"], r["views"] != "steps"))
 
 
 def champion_run(results: list[dict], best: dict) -> dict:
@@ -185,10 +185,14 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
     head = ("| config | K | lambda | seeds | val acc | delta acc vs SFT [95% CI] | McNemar p (Holm) | val NLL "
             "| val Step-2 NLL | delta Step-2 NLL vs SFT [95% CI] | t-test p (Holm) | mean cos | rank v1 / v2 "
             "| verdict |")
-    lines = [head, "|" + "---|" * 14]
+    pairs = any(r["views"] != "steps" for r in rows)  # a views column only when the sweep compares pairs
+    if pairs:
+        head = head.replace("| config |", "| config | views |")
+    lines = [head, "|" + "---|" * (15 if pairs else 14)]
     for r in rows:
+        views = "" if not pairs else (" - |" if r["config"] == "sft" else f" {r['views']} |")
         if METRIC not in r:
-            lines.append(f"| {r['config']} | {r['k']} | {r['lambda']:g} | 0/{r['runs']} | failed |" + " |" * 9)
+            lines.append(f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | 0/{r['runs']} | failed |" + " |" * 9)
             continue
         p = f"{r['vs_sft_p_value']:.3g} ({r['vs_sft_p_holm']:.3g})" if "vs_sft_p_value" in r else ""
         t = f"{r['vs_sft_t_p']:.3g} ({r['vs_sft_t_p_holm']:.3g})" if "vs_sft_t_p" in r else ""
@@ -196,7 +200,7 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
         verdict = "baseline" if r["config"] == "sft" else r.get("vs_sft_verdict", "")
         if r.get("warnings"):
             verdict += " (warning: " + "; ".join(r["warnings"]) + ")"
-        lines.append(f"| {r['config']} | {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
+        lines.append(f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
                      f"| {_interval(r, 'vs_sft')} | {p} | {_fmt(r, 'nll')} | {_fmt(r, 'step2_nll')} "
                      f"| {_interval(r, 'vs_sft_step2_nll')} | {t} | {_fmt(r, 'mean_cos')} | {ranks} | {verdict} |")
     text = "\n".join(lines)

@@ -25,6 +25,8 @@ class RunSpec:
     seed: int
     overrides: tuple[str, ...]
     """`dotted.key=value` strings for `stepjepa train --set`."""
+    views: str = "steps"
+    """The JEPA view pair (`train.views`); the baseline is `steps`, where it plays no part."""
 
     @property
     def is_baseline(self) -> bool:
@@ -32,11 +34,20 @@ class RunSpec:
 
     @property
     def config_name(self) -> str:
-        """The name shared by all seeds of one (K, lambda) config."""
-        return "sft" if self.is_baseline else f"k{self.k}_lam{self.lam:g}"
+        """The name shared by all seeds of one (view pair, K, lambda) config."""
+        return config_name(self.k, self.lam, self.views)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"is_baseline": self.is_baseline, "config_name": self.config_name}
+
+
+# Name prefix per view pair: Step-JEPA keeps the names it always had.
+VIEW_PREFIX = {"steps": "", "user_assistant": "ua_"}
+
+
+def config_name(k: int, lam: float, views: str = "steps") -> str:
+    """`sft`, `k2_lam0.5` (Step-JEPA) or `ua_k2_lam0.5` (the original LLM-JEPA pair)."""
+    return "sft" if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
 
 
 def _yaml_value(value: Any) -> str:
@@ -44,20 +55,26 @@ def _yaml_value(value: Any) -> str:
 
 
 def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
-    """Baseline first for every seed, then each (K, lambda); duplicates removed."""
+    """Baseline first for every seed, then each (view pair, K, lambda); duplicates removed.
+
+    The baseline is one run per seed whatever the view pairs: with lambda = 0 no view is
+    computed. Step-JEPA runs (`steps`) keep the names they had before view pairs were a
+    grid axis.
+    """
     # Training runs log into the sweep's experiment, as children of its parent run.
     common = [f"train.layout={sweep.layout}", f"train.loss={sweep.loss}", f"train.experiment={_yaml_value(sweep.experiment)}"]
     common += [f"{key}={_yaml_value(value)}" for key, value in sorted(sweep.overrides.items())]
-    pairs = [(0, 0.0)] + [(k, float(lam)) for k in sweep.ks for lam in sweep.lambdas]
+    grid = [(0, 0.0, "steps")] + [(k, float(lam), v) for v in sweep.views for k in sweep.ks for lam in sweep.lambdas]
     specs, seen = [], set()
     for seed in sweep.seeds:
-        for k, lam in pairs:
-            if (k, lam, seed) in seen:
+        for k, lam, views in grid:
+            if (k, lam) == (0, 0.0):
+                views = "steps"
+            if (k, lam, views, seed) in seen:
                 continue
-            seen.add((k, lam, seed))
-            cfg_name = "sft" if (k, lam) == (0, 0.0) else f"k{k}_lam{lam:g}"
-            overrides = (f"train.k={k}", f"train.lambda={lam!r}", f"train.seed={seed}", *common)
-            specs.append(RunSpec(f"{cfg_name}_s{seed}", k, lam, seed, overrides))
+            seen.add((k, lam, views, seed))
+            overrides = (f"train.k={k}", f"train.lambda={lam!r}", f"train.seed={seed}", f"train.views={views}", *common)
+            specs.append(RunSpec(f"{config_name(k, lam, views)}_s{seed}", k, lam, seed, overrides, views))
     return specs
 
 

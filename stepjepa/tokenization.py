@@ -9,6 +9,8 @@ Span rule: a token belongs to the step whose character range (step text plus its
 view 1 never holds text of Step 2. A token with non-whitespace text on both sides of a
 boundary (prompt | Step 1 | Step 2 | rest) makes the pair invalid. Spans are stored only for
 valid pairs, so every stored position lies inside the (possibly truncated) sequence.
+The original LLM-JEPA pair (user turn, assistant turn) is stored the same way, from the
+end of the user turn's own rendering (`user_span`, `assistant_span`, `ua_valid`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ _INT32_LIST = pa.list_(pa.int32())
 SCHEMA = pa.schema({
     "id": pa.string(), "input_ids": _INT32_LIST, "labels": _INT32_LIST, "step1_span": _INT32_LIST,
     "step2_span": _INT32_LIST, "jepa_valid": pa.bool_(), "invalid_reason": pa.string(), "truncated": pa.bool_(),
-    "num_tokens": pa.int32(),
+    "num_tokens": pa.int32(), "user_span": _INT32_LIST, "assistant_span": _INT32_LIST, "ua_valid": pa.bool_(),
+    "ua_invalid_reason": pa.string(),
 })
 
 
@@ -40,11 +43,16 @@ class TokenizationError(ValueError):
 
 @dataclass(frozen=True)
 class RenderedChat:
-    """The full chat text; the assistant content is `text[content_start:content_end]`."""
+    """The full chat text; the assistant content is `text[content_start:content_end]`.
+
+    `user_end`: where the user turn ends (`text[:user_end]` is the conversation rendered
+    without its assistant message), or None when that rendering is not a prefix of `text`.
+    """
 
     text: str
     content_start: int
     content_end: int
+    user_end: int | None = None
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -81,8 +89,9 @@ def _check_messages(messages: Any, record_id: str) -> None:
         raise TokenizationError(f"record {record_id}: field messages[-1].content must be a string")
 
 
-def _locate_content(full: str, prompt: str, content: str, record_id: str) -> RenderedChat:
-    """Find the assistant content in `full`, given the prompt rendered with a generation prompt."""
+def _locate_content(full: str, prompt: str, content: str, record_id: str, user_turns: str = "") -> RenderedChat:
+    """Find the assistant content in `full`, given the prompt rendered with a generation prompt
+    (and `user_turns`, the prompt rendered without one, for the end of the user turn)."""
     if full.startswith(prompt) and full.startswith(content, len(prompt)):
         start = len(prompt)
     else:
@@ -95,7 +104,8 @@ def _locate_content(full: str, prompt: str, content: str, record_id: str) -> Ren
                 f"record {record_id}: field messages[-1].content does not appear verbatim after the prompt "
                 "in the chat template's text (does the template rewrite the assistant message?)"
             )
-    return RenderedChat(full, start, start + len(content))
+    user_end = len(user_turns) if user_turns and full.startswith(user_turns) and len(user_turns) <= start else None
+    return RenderedChat(full, start, start + len(content), user_end)
 
 
 def render_conversation(tokenizer, messages: list[dict], date_string: str, record_id: str = "?") -> RenderedChat:
@@ -109,7 +119,8 @@ def render_conversation(tokenizer, messages: list[dict], date_string: str, recor
     prompt = tokenizer.apply_chat_template(
         messages[:-1], tokenize=False, add_generation_prompt=True, date_string=date_string
     )
-    return _locate_content(full, prompt, messages[-1]["content"], record_id)
+    user_turns = tokenizer.apply_chat_template(messages[:-1], tokenize=False, date_string=date_string)
+    return _locate_content(full, prompt, messages[-1]["content"], record_id, user_turns)
 
 
 def step_char_spans(
@@ -200,6 +211,31 @@ def _step_pair(
     return span1, span2, None
 
 
+def _user_assistant_pair(
+    chat: RenderedChat, starts: np.ndarray, ends: np.ndarray, labels: np.ndarray, max_length: int
+) -> tuple[list[int] | None, list[int] | None, str | None]:
+    """(user_span, assistant_span, invalid_reason) of the original LLM-JEPA pair (method doc 8).
+
+    The user span is `[0, u_end]`, everything up to the end of the user turn (the system
+    prompt too, as in the original's user view); the assistant span runs from the next
+    token (the assistant turn's header) to the end-of-turn token that closes the message,
+    its last label. The span rule is the steps' one: a token belongs to the turn that holds
+    its last character.
+    """
+    if chat.user_end is None:
+        return None, None, "user_turn_not_a_prefix"
+    first = int(np.searchsorted(ends, chat.user_end, side="right"))
+    if _straddles(chat.text, starts, ends, first, chat.user_end):
+        return None, None, "boundary_token_straddles_turns"
+    labelled = np.flatnonzero(labels != IGNORE_INDEX)
+    a_end = int(labelled[-1]) if labelled.size else -1
+    if a_end >= max_length:
+        return None, None, "truncated_in_assistant"
+    if not 0 < first <= a_end:
+        return None, None, "empty_turn_span"
+    return [0, first - 1], [first, a_end], None
+
+
 def _render_all(tokenizer, records: list[dict], date_string: str) -> list[RenderedChat]:
     """`render_conversation` for all records with two batched template calls (about 2x faster)."""
     for line, r in enumerate(records, start=1):
@@ -209,8 +245,10 @@ def _render_all(tokenizer, records: list[dict], date_string: str) -> list[Render
     prompts = tokenizer.apply_chat_template(
         [m[:-1] for m in messages], tokenize=False, add_generation_prompt=True, date_string=date_string
     )
+    user_turns = tokenizer.apply_chat_template([m[:-1] for m in messages], tokenize=False, date_string=date_string)
     contents = [m[-1]["content"] for m in messages]
-    return [_locate_content(*args, r["id"]) for *args, r in zip(fulls, prompts, contents, records)]
+    return [_locate_content(full, prompt, content, r["id"], user)
+            for full, prompt, content, user, r in zip(fulls, prompts, contents, user_turns, records)]
 
 
 def _special_lookup(tokenizer) -> np.ndarray:
@@ -241,15 +279,18 @@ def encode_records(tokenizer, records: list[dict], max_length: int, date_string:
     chats = _render_all(tokenizer, records, date_string)
     encoded = tokenizer([c.text for c in chats], add_special_tokens=False, return_offsets_mapping=True)
     is_special = _special_lookup(tokenizer)
-    ids_col, labels_col, pairs, lengths = [], [], [], []
+    ids_col, labels_col, pairs, ua_pairs, lengths = [], [], [], [], []
     for record, chat, ids, offsets in zip(records, chats, encoded["input_ids"], encoded["offset_mapping"]):
         ids = np.asarray(ids, dtype=np.int32)
         starts, ends = _token_bounds(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), len(chat.text))
-        labels_col.append(_labels(ids, ends, chat, is_special, record["id"])[:max_length])
+        labels = _labels(ids, ends, chat, is_special, record["id"])
+        labels_col.append(labels[:max_length])
         ids_col.append(ids[:max_length])
         pairs.append(_step_pair(record, chat, starts, ends, max_length))
+        ua_pairs.append(_user_assistant_pair(chat, starts, ends, labels, max_length))
         lengths.append(len(ids))
     span1, span2, reasons = zip(*pairs)
+    user, assistant, ua_reasons = zip(*ua_pairs)
     return pa.table({
         "id": [r["id"] for r in records],
         "input_ids": _list_column(ids_col),
@@ -260,14 +301,20 @@ def encode_records(tokenizer, records: list[dict], max_length: int, date_string:
         "invalid_reason": list(reasons),
         "truncated": [n > max_length for n in lengths],
         "num_tokens": [len(a) for a in ids_col],
+        "user_span": list(user),
+        "assistant_span": list(assistant),
+        "ua_valid": [r is None for r in ua_reasons],
+        "ua_invalid_reason": list(ua_reasons),
     }, schema=SCHEMA)
 
 
 def summarize(table: pa.Table) -> dict[str, Any]:
-    """Metrics of a tokenised split: token lengths, truncation, valid JEPA pairs, invalid by reason."""
+    """Metrics of a tokenised split: token lengths, truncation, valid JEPA pairs (steps and
+    user/assistant), invalid by reason."""
     n = table.column("num_tokens").to_numpy().astype(np.int64)
     m = n if len(n) else np.zeros(1, np.int64)  # an empty split reports zeros, keeping the keys stable
     reasons = Counter(r for r in table.column("invalid_reason").to_pylist() if r is not None)
+    ua_reasons = Counter(r for r in table.column("ua_invalid_reason").to_pylist() if r is not None)
     return {
         "count": len(n),
         "tokens_min": int(m.min()),
@@ -278,4 +325,6 @@ def summarize(table: pa.Table) -> dict[str, Any]:
         "truncated": int(table.column("truncated").to_numpy().sum()),
         "jepa_valid": int(table.column("jepa_valid").to_numpy().sum()),
         "invalid_by_reason": dict(sorted(reasons.items())),
+        "ua_valid": int(table.column("ua_valid").to_numpy().sum()),
+        "ua_invalid_by_reason": dict(sorted(ua_reasons.items())),
     }

@@ -300,8 +300,8 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[s
     version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
     client.set_registered_model_alias(name, alias, version)
     beat = best["config"] != "sft" and best.get("vs_sft_verdict") == "better"
-    tags = {"config": best["config"], "k": best["k"], "lambda": best["lambda"], "run_id": run_id,
-            "run_folder": run_dir.name if run_dir else "", "selected_on": "validation",
+    tags = {"config": best["config"], "views": best.get("views", "steps"), "k": best["k"], "lambda": best["lambda"],
+            "run_id": run_id, "run_folder": run_dir.name if run_dir else "", "selected_on": "validation",
             "validation_accuracy_strict": best.get("accuracy_strict"),
             "delta_vs_sft": best.get("vs_sft_delta", 0.0), "vs_sft_verdict": best.get("vs_sft_verdict", "baseline"),
             "beats_sft": "yes" if beat else "no: no config beat the SFT baseline on validation"}

@@ -142,7 +142,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
     set_seed(tc.seed)
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
     check_vocab(rows, len(tokenizer), predictor_ids)
-    plan = step_plan([laid_out_length(r, tc.k, tc.layout) for r in rows], batch_size=tc.batch_size,
+    plan = step_plan([laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows], batch_size=tc.batch_size,
                      grad_accum_steps=tc.grad_accum_steps, epochs=tc.epochs, max_steps=tc.max_steps, seed=tc.seed,
                      num_processes=accelerator.num_processes, process_index=accelerator.process_index)
     step_module = accelerator.prepare_model(StepModule(model, tc, predictor_ids, pad_id(tokenizer)))

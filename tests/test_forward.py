@@ -53,13 +53,13 @@ ROWS = [
 ]
 
 
-def batch_for(rows: list[dict], k: int, layout: str) -> dict:
-    return collate(rows, k=k, layout=layout, predictor_ids=PRED[:k], pad_id=0)
+def batch_for(rows: list[dict], k: int, layout: str, pair: str = "steps") -> dict:
+    return collate(rows, k=k, layout=layout, predictor_ids=PRED[:k], pad_id=0, views=pair)
 
 
 @torch.no_grad()
-def views(model, rows: list[dict], k: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, parts = batch_for(rows, k, layout), model_parts(model)
+def views(model, rows: list[dict], k: int, layout: str, pair: str = "steps") -> tuple[torch.Tensor, torch.Tensor]:
+    batch, parts = batch_for(rows, k, layout, pair), model_parts(model)
     valid = batch["jepa_valid"].nonzero().flatten()
     if layout == "two_pass":
         return _two_pass_views(parts, batch, valid)

@@ -68,3 +68,45 @@ def test_bad_arguments(files, tiny_model_dir) -> None:
         with pytest.raises(SystemExit):
             inspect.main(args(out, tiny_model_dir, *bad))
     assert inspect.main(args(out, tiny_model_dir, "--id", "nope")) == 2  # a clean error (tests/test_cli_errors.py)
+
+
+def test_both_view_pairs_side_by_side_as_json_lines(files, tiny_model_dir, capsys) -> None:
+    out, rows = files
+    extra = ("--index", "1", "--k", "2", "--layout", "packed", "--json", "--views", "steps", "--views",
+             "user_assistant")
+    assert inspect.main(args(out, tiny_model_dir, *extra)) == 0
+    steps, ua = map(json.loads, capsys.readouterr().out.splitlines())
+    assert (steps["views"], ua["views"]) == ("steps", "user_assistant") and steps.keys() == ua.keys() >= KEYS
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = inspect.predictor_ids(tok, 2)
+    batch = collate([rows[1]], k=2, layout="packed", predictor_ids=ids, pad_id=tok.pad_token_id, views="user_assistant")
+    assert ua["input_ids"] == batch["input_ids"][0].tolist() and ua["labels"] == batch["labels"][0].tolist()
+    assert ua["position_ids"] == batch["position_ids"][0].tolist()
+    assert torch.equal(torch.tensor(ua["attention"], dtype=torch.bool), batch["attention_mask"][0, 0])
+    u_end, (a0, a_end) = rows[1]["user_span"][1], rows[1]["assistant_span"]
+    assert ua["step1_span"] == [0, u_end] and ua["input_ids"][ua["view1_index"]] == ids[-1]
+    assert ua["input_ids"][ua["step2_span"][0]:ua["view2_index"] + 1] == rows[1]["input_ids"][a0:a_end + 1]
+    assert ua["tokens"][ua["view2_index"]] == "<|im_end|>", "view 2 is the end of the assistant message"
+    assert {"user", "pred", "assistant", "copy"} <= set(ua["segments"]) and "step1" not in ua["segments"]
+
+
+def test_text_and_png_of_both_pairs_under_the_inline_default(files, tiny_model_dir, capsys, tmp_path) -> None:
+    out, _ = files
+    png = tmp_path / "pairs.png"
+    extra = ("--id", "train-000001", "--k", "1", "--views", "steps", "--views", "user_assistant", "--png", str(png))
+    assert inspect.main(args(out, tiny_model_dir, *extra)) == 0
+    text = capsys.readouterr().out
+    assert "views=steps  layout=inline" in text and "views=user_assistant  layout=two_pass" in text
+    assert text.count("<- view 1") == 2 and text.count("<- view 2") == 2
+    assert png.stat().st_size > 1000
+
+
+def test_data_without_the_pair_columns_is_a_clean_error(files, tiny_model_dir, capsys, tmp_path) -> None:
+    out, _ = files
+    table = pq.read_table(out / "train.parquet")
+    old = tmp_path / "old.parquet"
+    pq.write_table(table.drop_columns(["user_span", "assistant_span", "ua_valid", "ua_invalid_reason"]), old)
+    argv = args(out, tiny_model_dir, "--views", "user_assistant")
+    argv[argv.index("--data") + 1] = str(old)
+    assert inspect.main(argv) == 2
+    assert "--views user_assistant: --data has no ua_valid column" in capsys.readouterr().err

@@ -96,3 +96,38 @@ def test_overrides_cannot_change_the_grid_or_the_upstream_stages(key):
     with pytest.raises(ConfigError, match=r"sweep\.overrides.*" + key.replace(".", r"\.")):
         config_from_dict({"sweep": {"overrides": {key: 1}}})
     assert config_from_dict({"sweep": {"overrides": {"train.epochs": 2, "eval.limit": 5}}})
+
+
+def test_view_pairs_are_a_grid_axis_with_one_baseline():
+    sweep = SweepConfig(ks=[2], lambdas=[0.5, 1.0], seeds=[0, 1], views=["steps", "user_assistant"], layout="packed")
+    specs = expand_grid(sweep)
+    assert [s.name for s in specs[:5]] == ["sft_s0", "k2_lam0.5_s0", "k2_lam1_s0", "ua_k2_lam0.5_s0", "ua_k2_lam1_s0"]
+    assert len(specs) == 10 and sum(s.is_baseline for s in specs) == 2
+    assert [s.views for s in specs[:5]] == ["steps", "steps", "steps", "user_assistant", "user_assistant"]
+    ua = specs[3].as_dict()
+    assert (ua["views"], ua["config_name"], ua["is_baseline"]) == ("user_assistant", "ua_k2_lam0.5", False)
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfgs = [resolve(base, s) for s in specs[:5]]
+    assert [c.train.views for c in cfgs] == ["steps", "steps", "steps", "user_assistant", "user_assistant"]
+    assert cfgs[1].train.layout == cfgs[3].train.layout == "packed"
+    assert cache_key(cfgs[1], "d") != cache_key(cfgs[3], "d"), "same K and lambda, other view pair: another run"
+
+
+def test_adding_a_view_pair_keeps_the_steps_runs_and_params_cannot_leak_into_them():
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base["train"] |= {"views": "user_assistant", "layout": "packed"}  # the grid, not params, sets the pair
+    keys = {}
+    for views in (["steps"], ["steps", "user_assistant"]):
+        sweep = SweepConfig(ks=[2], lambdas=[0.5], views=views, layout="packed")
+        keys[len(views)] = {s.name: cache_key(resolve(base, s), "d") for s in expand_grid(sweep)}
+        assert resolve(base, expand_grid(sweep)[1]).train.views == "steps"
+    assert keys[2].items() >= keys[1].items() and set(keys[2]) - set(keys[1]) == {"ua_k2_lam0.5_s0"}
+
+
+def test_the_view_pair_is_set_by_the_grid_and_needs_a_layout_without_inline_lm():
+    with pytest.raises(ConfigError, match=r"sweep\.overrides.*train\.views"):
+        config_from_dict({"sweep": {"overrides": {"train.views": "user_assistant"}}})
+    with pytest.raises(ConfigError, match=r"sweep\.views.*sweep\.layout packed or two_pass"):
+        config_from_dict({"sweep": {"views": ["user_assistant"]}})
+    with pytest.raises(ConfigError, match=r"sweep\.views"):
+        config_from_dict({"sweep": {"views": []}})
