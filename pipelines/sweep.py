@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--runs-dir", default="runs/sweep")
-    parser.add_argument("--report-dir", default="metrics/sweep")
+    parser.add_argument("--report-dir", help="default: metrics/sweep (DVC's); reports/NAME with --serve, so that a "
+                        "sweep started from the UI leaves DVC's tracked outputs alone")
     parser.add_argument("--data-dir", default="data", help="the folder holding prepared/ and tokenized/")
     parser.add_argument("--reconcile", action="store_true",
                         help="register the champion named by REPORT_DIR/summary.json if this MLflow store lacks it")
@@ -276,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
-    params = {"params_file": args.params, "runs_dir": args.runs_dir, "report_dir": args.report_dir,
-              "data_dir": args.data_dir}
+    report_dir = args.report_dir or (f"reports/{args.name}" if args.serve else "metrics/sweep")
+    params = {"params_file": args.params, "runs_dir": args.runs_dir, "report_dir": report_dir, "data_dir": args.data_dir}
     if args.deploy:
         # The worker runs the flow from this checkout (a process pool); a docker or kubernetes
         # pool runs the same entrypoint inside the worker image (docs/scaling-out.md).

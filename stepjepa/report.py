@@ -220,24 +220,29 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
 
 
 def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = None) -> dict[str, Any]:
-    """The sweep's metrics file (`dvc metrics show`): a few validation numbers per config, the
-    selection and the test comparison; nothing that differs between machines."""
-    keep = (METRIC, "nll", "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta", "mean_cos")
-    configs = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
-    out: dict[str, Any] = {"validation": configs, "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
+    """The sweep's metrics file (`dvc metrics show`): the selection, its validation numbers
+    next to SFT's, and the test comparison; a dozen columns, nothing that differs between
+    machines. Every config's numbers are in table.md and accuracy.json."""
+    keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
+    pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
+    out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
+    if "sft" in pick:
+        out["sft"] = pick["sft"]
     if best is not None:
-        out |= {"selected": best["config"], "selected_on": "validation accuracy, then validation NLL",
-                "beats_sft": best["config"] != "sft" and best.get("vs_sft_verdict") == "better"}
+        out |= {"selected": best["config"], "beats_sft": best["config"] != "sft" and best.get("vs_sft_verdict") == "better",
+                "validation": pick[best["config"]]}
     if test:
-        out["test"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()}
+        out["test"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()
+                       if k in ("champion_accuracy_strict", "sft_accuracy_strict", "vs_sft_delta", "vs_sft_p_value")}
     return out
 
 
 def write_plot_data(rows: list[dict], results: list[dict], folder: Path) -> None:
     """Tabular data for `dvc plots`: validation metrics per config and the training curves."""
     folder.mkdir(parents=True, exist_ok=True)
-    table = [{"config": r["config"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC],
-              "step2_nll": r.get("step2_nll")} for r in rows if METRIC in r]
+    table = [{"config": r["config"], "views": r["views"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC],
+              "nll": r.get("nll"), "step2_nll": r.get("step2_nll"), "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
+              "seeds": len(r["seeds"])} for r in rows if METRIC in r]
     (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
     curves = [{"run": r["spec"]["name"], "step": h["step"], "lm_loss": h.get("lm_loss"),
                "val_step2_nll": h.get("val_step2_nll")}

@@ -357,10 +357,10 @@ def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: li
     client.log_dict(parent_id, summary, "summary.json")
     for plot in plots:
         client.log_artifact(parent_id, str(plot), "plots")
-    for config, values in summary["validation"].items():
+    for row in rows:
         for key in ("accuracy_strict", "step2_nll"):
-            if key in values:
-                client.log_metric(parent_id, f"validation/{key}.{config}", values[key])
+            if row.get(key) is not None:
+                client.log_metric(parent_id, f"validation/{key}.{row['config']}", row[key])
 
 
 def run_result(run_id: str, split: str) -> dict[str, Any]:

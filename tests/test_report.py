@@ -103,7 +103,10 @@ def test_test_row_compares_only_the_champion_with_sft():
     assert "**Test (read once): k2_lam0.5 vs SFT** on 300 questions, 2 seed(s)" in text
     summary = summary_metrics(rows, best, test)
     assert summary["selected"] == "k2_lam0.5" and summary["beats_sft"] is True
-    assert summary["test"]["config"] == "k2_lam0.5"
+    assert summary["validation"]["accuracy_strict"] > summary["sft"]["accuracy_strict"]
+    assert summary["test"]["champion_accuracy_strict"] == round(test["champion_accuracy_strict"], 6)
+    columns = sum(len(v) if isinstance(v, dict) else 1 for v in summary.values())
+    assert columns <= 16, "dvc metrics show stays one readable table"
 
 
 def test_loss_curves_plot(tmp_path):
