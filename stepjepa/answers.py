@@ -33,6 +33,7 @@ goes to it (`stepjepa.latex_value`, time-bounded).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,14 +52,20 @@ _INT = (r"\d{1,3}(?:,\d{3})+(?!\d)|\d{1,2}(?:,\d{2})+,\d{3}(?!\d)"
 _NUMBER = r"(?:(?<![\w)])[-\u2212]\s?)?\$?\s?(?:(?:" + _INT + r")(?:\.\d+)?|\.\d+)"
 NUMBER_RE = re.compile(_NUMBER)
 _NUMBER_GROUP_RE = re.compile("(" + _NUMBER + ")")
+_NUMBER_CHARS = frozenset("0123456789,.{}\\$-\u2212")  # with whitespace, all a number match may hold
 # After a marker the number must end the expression: "The answer is 3 * 4 = 12" is not 3.
 _ENDS = r"(?!\s*(?:[-+/=^\u00d7\u00b7\u2212]|\*(?!\*)|\\times|\\cdot|\\div))"  # `**` closes bold
 # lm-eval strict-match, with `$` allowed: "#### $1,000" is common in GSM8K-style output.
 HASH_RE = re.compile(r"####\s*(" + _NUMBER + r")")
-FINAL_ANSWER_RE = re.compile(r"(?i:\bthe\s+final\s+answer\s+is)[\s:*]*(" + _NUMBER + r")" + _ENDS)
-ANSWER_IS_RE = re.compile(r"(?i:\banswer\s+is)[\s:*]*(" + _NUMBER + r")" + _ENDS)
+# "answer is N"; the regex starts with a literal ("nswer") because that is 10x faster to
+# scan for than a case-insensitive pattern; `_BEFORE_ANSWER_RE` checks the words before it.
+ANSWER_IS_RE = re.compile(r"nswer\s+is[\s:*]*(" + _NUMBER + r")" + _ENDS)
+_BEFORE_ANSWER_RE = re.compile(r"(?i:(\bthe\s+final\s+)?\ba)\Z")
 # A whole answer text that is one number, optionally with `%` or unit words after it.
 _NUMBER_WITH_UNITS_RE = re.compile(r"(" + _NUMBER + r")\s*%?\s*[A-Za-z][A-Za-z .]*|(" + _NUMBER + r")\s*%?")
+# `\frac{a}{b}` of plain numbers, the commonest LaTeX box: exact here, no math-verify round trip.
+_PLAIN = r"\s*((?:" + _INT + r")(?:\.\d+)?|\.\d+)\s*"
+_FRAC_RE = re.compile(r"([-\u2212]?)\s*\\[dt]?frac\s*\{" + _PLAIN + r"\}\s*\{" + _PLAIN + r"\}")
 # LaTeX around a number that carries no value: `\$`, `\%`, spacing commands, and text
 # wrappers such as `\text{ dollars}` (content kept).
 _LATEX_NOISE_RE = re.compile(r"\\[$%!;: ]|\\,(?!\d)|\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}")
@@ -87,11 +94,14 @@ def extract_boxed(text: str) -> str | None:
     `\\frac{1}{2}`. A box left open by a truncated generation is skipped in favour of an
     earlier complete one. One pass over the braces: linear in the text's length.
     """
-    if "\\boxed" not in text:
+    first = text.find("\\boxed")
+    if first < 0:
         return None
+    # Braces before the first box cannot close it; only an escaping backslash before it matters.
+    start = first if first == 0 or text[first - 1] != "\\" else 0
     opened: list[int] = []  # per open brace: where its box content starts, or -1
     last: tuple[int, int] | None = None
-    for token in _BRACE_TOKEN_RE.finditer(text):
+    for token in _BRACE_TOKEN_RE.finditer(text, start):
         piece = token.group()
         if piece == "{" or piece.startswith("\\boxed"):
             opened.append(token.end() if piece != "{" else -1)
@@ -118,19 +128,42 @@ def extract_hash(text: str, which: str = "first") -> str | None:
     return _find(HASH_RE, text, which)
 
 
+def _answer_is(text: str, final_only: bool):
+    """Numbers after "answer is" (or only "the final answer is"), in order."""
+    for match in ANSWER_IS_RE.finditer(text):
+        before = _BEFORE_ANSWER_RE.search(text, max(0, match.start() - 40), match.start())
+        if before and (before.group(1) or not final_only):
+            yield match.group(1).strip()
+
+
 def extract_final_answer(text: str) -> str | None:
     """The number after the first "The final answer is" (lm-eval CoT strict pattern)."""
-    return _find(FINAL_ANSWER_RE, text, "first")
+    return next(_answer_is(text, final_only=True), None)
 
 
 def extract_answer_is(text: str) -> str | None:
     """The number after the last "answer is" (lenient), e.g. "The answer is 18. Check: 2" -> "18"."""
-    return _find(ANSWER_IS_RE, text, "last")
+    found = None
+    for found in _answer_is(text, final_only=False):
+        pass
+    return found
 
 
 def extract_last_number(text: str) -> str | None:
     """The last number in the text (lm-eval flexible-extract), e.g. "is 18 dollars." -> "18"."""
-    return _find(_NUMBER_GROUP_RE, text, "last")
+    # Scanning the whole text with the number regex is slow (it tries every position);
+    # the last number is the match holding the last digit, and a match never leaves its
+    # run of number characters, so matching that run alone finds the same one.
+    last = max(map(text.rfind, "0123456789"))
+    if last < 0:
+        return None
+    start = last
+    while start > 0 and (text[start - 1] in _NUMBER_CHARS or text[start - 1].isspace()):
+        start -= 1
+    match = None
+    for match in _NUMBER_GROUP_RE.finditer(text, start, last + 1):
+        pass
+    return match.group(1).strip() if match else None
 
 
 class _Reader:
@@ -191,6 +224,12 @@ def _value(text: str, budget_s: float) -> tuple[Fraction | None, bool]:
         return value, value is None
     if not re.search(r"\d", text):  # "\text{see above}", "x": nothing to evaluate
         return None, False
+    frac = _FRAC_RE.fullmatch(cleaned)
+    if frac:
+        numerator, denominator = _plain_value(frac.group(2)), _plain_value(frac.group(3))
+        if numerator is None or denominator is None:
+            return None, True
+        return (-1 if frac.group(1) else 1) * numerator / denominator if denominator else None, False
     return latex_value(text, budget_s)
 
 
@@ -200,6 +239,7 @@ def _noise_replacement(match: re.Match[str]) -> str:
     return f" {match.group(1)} " if match.group(1) is not None else ""
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same numbers recur in every evaluation
 def _plain_value(number: str) -> Fraction | None:
     """A `NUMBER_RE` match as a fraction (separators, `$` and a Unicode minus removed);
     `None` when it has more than `MAX_DIGITS` digits."""
@@ -209,6 +249,7 @@ def _plain_value(number: str) -> Fraction | None:
     return Fraction(digits)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_gold(answer: str) -> Fraction:
     """Value of a GSM8K gold answer: the text after the last `####`, or the whole string.
 
