@@ -54,14 +54,24 @@ class _Worker:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
+        self.ready = False
+        self.start_wait_s = 0.0
+        """Seconds callers waited for a worker to start (once per process, and after each kill)."""
 
-    def _start(self) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "stepjepa.latex_value"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        if self._read_line(proc, _START_TIMEOUT_S) != "ready":
-            self._kill(proc)
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "stepjepa.latex_value"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.ready = False
+
+    def _wait_ready(self) -> None:
+        started = time.monotonic()
+        line = self._read_line(self.proc, _START_TIMEOUT_S)
+        self.start_wait_s += time.monotonic() - started
+        if line != "ready":
+            self._kill(self.proc)
+            self.proc = None
             raise RuntimeError("the LaTeX worker (python -m stepjepa.latex_value) did not start")
-        return proc
+        self.ready = True
 
     @staticmethod
     def _read_line(proc: subprocess.Popen, timeout_s: float) -> str | None:
@@ -77,13 +87,15 @@ class _Worker:
         """(value or None, timed out?) of one LaTeX text."""
         with self.lock:
             if self.proc is None or self.proc.poll() is not None:
-                self.proc = self._start()
+                self._spawn()
+            if not self.ready:
+                self._wait_ready()
             self.proc.stdin.write(json.dumps({"latex": latex}) + "\n")
             self.proc.stdin.flush()
             line = self._read_line(self.proc, timeout_s)
-            if not line:  # out of time (or the worker died): kill it, a fresh one serves the next box
+            if not line:  # out of time (or the worker died): kill it; a fresh one, started now, serves the next box
                 self._kill(self.proc)
-                self.proc = None
+                self._spawn()
                 return None, True
         found = json.loads(line)["value"]
         return (Fraction(found) if found is not None else None), False
