@@ -4,12 +4,14 @@
         --out data/tokenized --metrics metrics/tokenize.json
 """
 
+import logging
+
 import pyarrow.parquet as pq
 
 from pipelines._io import read_json_lines, run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.sources import SPLITS
-from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, summarize
+from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, max_length_warning, summarize
 
 def main() -> None:
     args = stage_args(__doc__, "prepared")
@@ -30,6 +32,8 @@ def main() -> None:
             raise TokenizationError(f"{path}: {err}") from None
         pq.write_table(table, args.out / f"{split}.parquet")
         metrics[split] = summarize(table)
+        if warning := max_length_warning(metrics[split], cfg.tokenize.max_length):
+            logging.getLogger("tokenize").warning("%s: %s", path, warning)
     write_json(metrics, args.metrics)
 
 if __name__ == "__main__":
