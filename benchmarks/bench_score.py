@@ -6,13 +6,15 @@ The completions are built from GSM8K's test solutions: the reference steps follo
 the usual endings a model writes (a boxed number, a `####` line, "The answer is N.", a
 `\\frac` box, nothing), so extraction takes every path it takes on real output. The time
 is of the whole command as a user runs it: process start, imports, reading, scoring and
-printing the metrics.
+printing the metrics; its CPU time is printed too, as wall time on a shared machine
+mostly measures the other jobs.
 """
 
 import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,9 +49,11 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-m", "stepjepa.cli", "score", str(path)], check=True,
                              capture_output=True, text=True).stdout
         elapsed = time.perf_counter() - started
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     metrics = json.loads(out)
     print(f"stepjepa score: {args.lines:,} lines ({size_mb:.0f} MB) "
-          f"in {elapsed:.2f} s (n={metrics['n']}, unscorable={metrics['unscorable']})")
+          f"in {elapsed:.2f} s wall, {usage.ru_utime + usage.ru_stime:.2f} s CPU (n={metrics['n']}, "
+          f"unscorable={metrics['unscorable']}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -217,6 +217,9 @@ def to_number(text: str, budget_s: float = BUDGET_S) -> Fraction | None:
 
 def _value(text: str, budget_s: float) -> tuple[Fraction | None, bool]:
     """(value or None, gave up?): plain numbers by regex, anything else by math-verify."""
+    if text.isascii() and text.isdigit():  # most answers: skip the regexes (isdigit alone takes "²")
+        value = _plain_value(text)
+        return value, value is None
     cleaned = _LATEX_NOISE_RE.sub(_noise_replacement, text).strip().rstrip(".").strip()
     plain = _NUMBER_WITH_UNITS_RE.fullmatch(cleaned)
     if plain:
