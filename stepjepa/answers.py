@@ -45,8 +45,10 @@ BUDGET_S = 2.0
 
 # An integer part: `,` thousands, Indian lakh grouping, or thousands separated by a
 # (thin, no-break) space, `\,` or `{,}`; `(?!\d)` keeps "1,0000" from reading as 1,000.
-_INT = (r"\d{1,3}(?:,\d{3})+(?!\d)|\d{1,2}(?:,\d{2})+,\d{3}(?!\d)"
-        r"|\d{1,3}(?:(?:[ \u00a0\u2009\u202f]|\\,|\{,\})\d{3})+(?!\d)|\d+")
+# At most 12 groups: a failed try costs its length at every digit of a run, so unbounded
+# groups made "1,11,11,...x" quadratic; 36 digits are past any sane answer anyway.
+_INT = (r"\d{1,3}(?:,\d{3}){1,12}(?!\d)|\d{1,2}(?:,\d{2}){1,12},\d{3}(?!\d)"
+        r"|\d{1,3}(?:(?:[ \u00a0\u2009\u202f]|\\,|\{,\})\d{3}){1,12}(?!\d)|\d+")
 # Optional sign (ASCII or Unicode minus, not glued to a preceding word/digit, so "5-3" is
 # not "-3"), optional `$`, the integer part with optional decimals, or a bare ".5".
 _NUMBER = r"(?:(?<![\w)])[-\u2212]\s?)?\$?\s?(?:(?:" + _INT + r")(?:\.\d+)?|\.\d+)"
@@ -62,7 +64,8 @@ HASH_RE = re.compile(r"####\s*(" + _NUMBER + r")")
 ANSWER_IS_RE = re.compile(r"nswer\s+is[\s:*]*(" + _NUMBER + r")" + _ENDS)
 _BEFORE_ANSWER_RE = re.compile(r"(?i:(\bthe\s+final\s+)?\ba)\Z")
 # A whole answer text that is one number, optionally with `%` or unit words after it.
-_NUMBER_WITH_UNITS_RE = re.compile(r"(" + _NUMBER + r")\s*%?\s*[A-Za-z][A-Za-z .]*|(" + _NUMBER + r")\s*%?")
+# (One `\s*` before the words: two around an optional `%` backtrack quadratically.)
+_NUMBER_WITH_UNITS_RE = re.compile(r"(" + _NUMBER + r")\s*(?:%\s*)?[A-Za-z][A-Za-z .]*|(" + _NUMBER + r")\s*%?")
 # `\frac{a}{b}` of plain numbers, the commonest LaTeX box: exact here, no math-verify round trip.
 _PLAIN = r"\s*((?:" + _INT + r")(?:\.\d+)?|\.\d+)\s*"
 _FRAC_RE = re.compile(r"([-\u2212]?)\s*\\[dt]?frac\s*\{" + _PLAIN + r"\}\s*\{" + _PLAIN + r"\}")

@@ -33,7 +33,7 @@ _START_TIMEOUT_S = 120.0  # importing sympy on a loaded machine; not charged to 
 
 # `^` followed by a group or a token holding another `^` (a tower), or an exponent of 4+
 # digits; a factorial of 4+ digits. Each is astronomically large or needs seconds.
-_ABSURD_RE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*-?\d{4}|\d{4,}\s*!|\\(?:mathrm|operatorname)\{\s*\w*!")
+_ABSURD_RE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*-?\d{4}|\d{4,}\s*!")
 
 
 def absurd(latex: str) -> bool:

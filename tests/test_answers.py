@@ -171,6 +171,18 @@ def test_unclosed_boxes_take_linear_time(n):
     assert time.monotonic() - started < 15  # was 19 s for 2,000 and > 300 s for 20,000
 
 
+@pytest.mark.parametrize("text", [
+    "\\boxed{1" + " " * 20_000 + "x!}",  # two `\s*` around an optional `%` backtracked quadratically
+    "It is 1" + ",11" * 30_000 + "x",  # a failed lakh grouping retried at every digit: 82 s
+    "1" + ",111" * 30_000 + "1",
+    "1" + " 111" * 30_000 + "x",
+])
+def test_long_runs_take_linear_time(text):
+    started = time.monotonic()
+    extract(text)
+    assert time.monotonic() - started < 1.0
+
+
 def test_slow_latex_runs_out_of_its_budget(monkeypatch):
     """A box math-verify needs long for is killed at the budget and counted as unscorable."""
     from stepjepa import latex_value

@@ -21,6 +21,7 @@ FRAGMENTS = [
     "The answer is ", "answer is: ", "\\frac{", "\\sqrt{", "\\text{", "^", "^{", "10^{", "9^{9^{", "!", "1000!",
     "\\,", "{,}", ",", ".", " ", "\n", "\u2009", "\u202f", "\u2212", "-", "$", "%", "=", "x", "dollars",
     "0", "7", "42", "1,000", "1,14,200", "25 000", "3.5", "9" * 200, "\u00b2", "\u0663", "\u00bd", "\uff17",
+    ",11", ",111", " 111", "x!", "%",
 ]
 adversarial = st.lists(
     st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4),
