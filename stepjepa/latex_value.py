@@ -48,8 +48,13 @@ def bounded(value: Fraction) -> Fraction | None:
     return value if abs(value.numerator) < limit and value.denominator < limit else None
 
 
+class _Absurd(Exception):
+    """A value with more than `MAX_DIGITS` digits (raised in the worker)."""
+
+
 class _Worker:
-    """One worker process answering `{"latex": ...}` lines with `{"value": "p/q" | null}`."""
+    """One worker process answering `{"latex": ...}` lines with `{"value": "p/q" | null}`,
+    or `{"absurd": true}`."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -84,7 +89,7 @@ class _Worker:
         proc.wait()
 
     def value(self, latex: str, timeout_s: float) -> tuple[Fraction | None, bool]:
-        """(value or None, timed out?) of one LaTeX text."""
+        """(value or None, gave up?) of one LaTeX text: out of time, or absurd."""
         with self.lock:
             if self.proc is None or self.proc.poll() is not None:
                 self._spawn()
@@ -97,8 +102,10 @@ class _Worker:
                 self._kill(self.proc)
                 self._spawn()
                 return None, True
-        found = json.loads(line)["value"]
-        return (Fraction(found) if found is not None else None), False
+        found = json.loads(line)
+        if found.get("absurd"):
+            return None, True
+        return (Fraction(found["value"]) if found["value"] is not None else None), False
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -120,12 +127,10 @@ def latex_value(latex: str, timeout_s: float) -> tuple[Fraction | None, bool]:
         return None, True
     if latex in _CACHE:  # completions repeat (a model that always writes \frac{1}{2})
         return _CACHE[latex], False
-    value, timed_out = _WORKER.value(latex, timeout_s)
-    if value is not None and bounded(value) is None:
-        return None, True
-    if not timed_out:
+    value, gave_up = _WORKER.value(latex, timeout_s)
+    if not gave_up:
         _CACHE[latex] = value
-    return value, timed_out
+    return value, gave_up
 
 
 # ---- the worker side -------------------------------------------------------------
@@ -149,10 +154,14 @@ def _sympy_value(expr: object) -> Fraction | None:
         return None
     value = expr.doit()
     if value.is_Rational:
-        return bounded(Fraction(int(value.p), int(value.q)))
-    if value.is_real and value.is_finite:
-        return bounded(Fraction(str(sympy.N(value, 20))))
-    return None
+        fraction = bounded(Fraction(int(value.p), int(value.q)))
+    elif value.is_real and value.is_finite:
+        fraction = bounded(Fraction(str(sympy.N(value, 20))))
+    else:
+        return None
+    if fraction is None:
+        raise _Absurd
+    return fraction
 
 
 def _die_with_parent() -> None:
@@ -178,6 +187,9 @@ def _serve() -> None:
             break
         try:
             value = _parse(json.loads(line)["latex"])
+        except _Absurd:
+            print(json.dumps({"absurd": True}), flush=True)
+            continue
         except Exception:  # noqa: BLE001 - any failure to read a box is "no value"
             value = None
         print(json.dumps({"value": None if value is None else str(value)}), flush=True)

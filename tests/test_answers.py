@@ -163,6 +163,11 @@ def test_absurd_numbers_are_no_answer_not_a_hang(text):
     assert found == {"strict": None, "flexible": None, "unscorable": True}
 
 
+@pytest.mark.parametrize("text", [r"\boxed{999!}", r"\boxed{\binom{1000}{500}}", r"\boxed{(10^{999})^{999}}"])
+def test_absurd_values_computed_by_math_verify_are_unscorable(text):
+    assert extract(text) == Extraction(None, None, None, None, unscorable=True)
+
+
 @pytest.mark.parametrize("n", [2_000, 20_000])
 def test_unclosed_boxes_take_linear_time(n):
     started = time.monotonic()
