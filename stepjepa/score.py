@@ -88,6 +88,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     `-` reads stdin. A UTF-8 byte-order mark (editors on Windows write one) is skipped.
     """
     text = _read_text(path)
+    path = "<stdin>" if str(path) == "-" else path  # how errors name it
     records = []
     # "\n" only: `splitlines` also splits at U+2028 and U+0085, which JSON strings may hold
     # unescaped (GSM8K questions do, in files written with ensure_ascii=False).
@@ -150,7 +151,7 @@ def score_file(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Re-score a predictions file: (scored rows, metrics)."""
     rows = []
     for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
+        where = f"{'<stdin>' if str(path) == '-' else path}:{number}"
         completion = text_field(record, "completion", where)
         gold = gold_value(record, "answer", where)
         rows.append({"completion": completion, **score_completion(completion, gold)})

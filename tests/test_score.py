@@ -139,6 +139,9 @@ def test_dash_reads_stdin(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
     assert cli_main(["score", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy_strict"] == 1.0
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"completion": "1"}\n')))
+    assert cli_main(["score", "-"]) == 2
+    assert "<stdin>:1: missing field 'answer'" in capsys.readouterr().err
 
 
 def test_an_unreadable_file_is_one_line(tmp_path, capsys):
