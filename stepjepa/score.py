@@ -3,7 +3,8 @@
 Each line of FILE is a JSON object with `completion` (the model's text) and `answer` (a
 GSM8K gold answer: `72`, `1,000`, or a full solution ending in `#### 72`). The
 `predictions.jsonl` that `stepjepa evaluate` writes is such a file. Prints one JSON
-object with the metrics (`n`, `accuracy_strict`, `accuracy_flexible`, ...).
+object with the metrics (`n`, `accuracy_strict`, `accuracy_flexible`, `unscorable`, ...).
+FILE `-` reads stdin; a bad line is an error naming it (exit status 2).
 
     stepjepa score outputs/eval/predictions.jsonl
 
