@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 from pipelines._io import read_json_lines, run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.sources import SPLITS
-from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, max_length_warning, summarize
+from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, summarize
+from stepjepa.tokenization import max_length_warning
 
 def main() -> None:
     args = stage_args(__doc__, "prepared")
