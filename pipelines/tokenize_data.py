@@ -4,12 +4,15 @@
         --out data/tokenized --metrics metrics/tokenize.json
 """
 
+import logging
+
 import pyarrow.parquet as pq
 
 from pipelines._io import read_json_lines, run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.prepare import PREPARED_SPLITS
 from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, summarize
+from stepjepa.tokenization import max_length_warning
 
 def main() -> None:
     args = stage_args(__doc__, "prepared")
@@ -30,6 +33,8 @@ def main() -> None:
             raise TokenizationError(f"{path}: {err}") from None
         pq.write_table(table, args.out / f"{split}.parquet")
         metrics[split] = summarize(table)
+        if warning := max_length_warning(metrics[split], cfg.tokenize.max_length):
+            logging.getLogger("tokenize").warning("%s: %s", path, warning)
     write_json(metrics, args.metrics)
 
 if __name__ == "__main__":

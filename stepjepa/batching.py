@@ -94,6 +94,26 @@ def check_vocab(rows: list[dict[str, Any]], vocab_size: int, predictor_ids: list
         )
 
 
+def check_positions(rows: list[dict[str, Any]], k: int, max_positions: int | None) -> None:
+    """Fail when a row with its K predictors needs more position ids than the model has.
+
+    Every layout gives a JEPA row positions 0 .. n + K - 1 (predictors continue after
+    Step 1; the packed copy keeps Step 2's inline positions). Past
+    `max_position_embeddings`, RoPE extrapolates and learned position tables index out of
+    range: training would run on garbage without an error.
+    """
+    if max_positions is None or not rows:
+        return
+    # Either view pair puts K predictors into the row (conservative for the other pair).
+    needed = max(len(r["input_ids"]) + (k if r["jepa_valid"] or r.get("ua_valid") else 0) for r in rows)
+    if needed > max_positions:
+        raise ConfigError(
+            f"train.k={k}: rows need up to {needed} positions with their predictors, more than the model's "
+            f"max_position_embeddings={max_positions}; lower train.k or tokenize.max_length, or pick a model "
+            "with more positions"
+        )
+
+
 def laid_out_length(row: dict[str, Any], k: int, layout: str, views: str = "steps") -> int:
     """Length of a row after layout, which is what padding and compute scale with."""
     n = len(row["input_ids"])

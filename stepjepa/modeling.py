@@ -8,30 +8,51 @@ no project code.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from stepjepa.config import ModelConfig, TrainConfig
+from stepjepa.config import ConfigError, ModelConfig, TrainConfig
 from stepjepa.prompts import predictor_tokens
 
 log = logging.getLogger(__name__)
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                             trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise not_loadable(cfg, err) from None
+
+
+def not_loadable(cfg: ModelConfig, err: OSError) -> ConfigError:
+    """One line naming `model.name_or_path` and what to set, instead of transformers' chained
+    tracebacks (a hub id with HF_HUB_OFFLINE=1 and no cached copy is the usual cause)."""
+    hint = ""
+    if not Path(cfg.name_or_path).exists():
+        hint = ("; it is no local folder, so it is a hub id: with HF_HUB_OFFLINE=1 it must be in the HF cache "
+                "(HF_HOME); set model.name_or_path to a local model folder, or run with HF_HUB_OFFLINE=0"
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else
+                "; it is no local folder, and the hub has no such model (or is unreachable)")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ConfigError(f"model.name_or_path={cfg.name_or_path}: cannot load ({first}){hint}")
 
 
 def load_model(cfg: ModelConfig) -> PreTrainedModel:
     """The causal LM named by `cfg`, in `cfg.dtype`, with the KV cache off (training)."""
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.name_or_path,
-        revision=cfg.revision,
-        trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype),
-        attn_implementation=cfg.attn_implementation,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.name_or_path,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=getattr(torch, cfg.dtype),
+            attn_implementation=cfg.attn_implementation,
+        )
+    except OSError as err:
+        raise not_loadable(cfg, err) from None
     model.config.use_cache = False  # transformers 5 builds a cache even in train mode otherwise
     return model
 

@@ -83,9 +83,16 @@ def to_conversation(solution: Solution, cfg: DataConfig) -> dict[str, Any]:
 
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any | json.JSONDecodeError]]:
     """(1-based line number, parsed object or the decode error); blank lines are skipped
-    by the caller, not here, so they are counted too."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    by the caller, not here, so they are counted too. A line that is not UTF-8 is a
+    decode error naming the byte and column, so only that line is skipped."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                message = f"not valid UTF-8: byte 0x{raw[err.start]:02x}"
+                yield lineno, json.JSONDecodeError(message, raw.decode("utf-8", "replace"), err.start)
+                continue
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as err:

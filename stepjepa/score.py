@@ -3,7 +3,8 @@
 Each line of FILE is a JSON object with `completion` (the model's text) and `answer` (a
 GSM8K gold answer: `72`, `1,000`, or a full solution ending in `#### 72`). The
 `predictions.jsonl` that `stepjepa evaluate` writes is such a file. Prints one JSON
-object with the metrics (`n`, `accuracy_strict`, `accuracy_flexible`, ...).
+object with the metrics (`n`, `accuracy_strict`, `accuracy_flexible`, `unscorable`, ...).
+FILE `-` reads stdin; a bad line is an error naming it (exit status 2).
 
     stepjepa score outputs/eval/predictions.jsonl
 
@@ -14,27 +15,32 @@ re-score gives exactly the numbers of the run that wrote the file. No model, no 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import logging
 import sys
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from stepjepa.answers import extract, format_number, parse_gold
+from stepjepa.answers import BUDGET_S, extract, format_number, parse_gold
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
     """Bad user input (a file, a line, a field); the message says which."""
 
 
-def score_completion(completion: str, gold: Fraction) -> dict[str, Any]:
+def score_completion(completion: str, gold: Fraction, budget_s: float = BUDGET_S) -> dict[str, Any]:
     """Extract both answers from a completion and compare them with the gold value.
 
     Returns JSON-ready fields: `extracted_*` (the text each rule found, or None),
-    `value_*` (its canonical number, or None), `correct_*`, and `gold` (canonical).
+    `value_*` (its canonical number, or None), `correct_*`, `gold` (canonical), and
+    `unscorable` (an answer text was absurd or out of its `budget_s`: no answer).
     """
-    found = extract(completion)
+    found = extract(completion, budget_s)
     return {
         "gold": format_number(gold),
         "extracted_strict": found.strict,
@@ -43,6 +49,7 @@ def score_completion(completion: str, gold: Fraction) -> dict[str, Any]:
         "extracted_flexible": found.flexible,
         "value_flexible": format_number(found.flexible_value),
         "correct_flexible": found.flexible_value == gold,
+        "unscorable": found.unscorable,
     }
 
 
@@ -50,7 +57,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Metrics of scored rows (each has `completion` and the fields of `score_completion`).
 
     `accuracy_strict` is the box/`####` rule, `accuracy_flexible` the lenient one;
-    `no_answer_*` count completions where the rule found nothing at all.
+    `no_answer_*` count completions where the rule found nothing at all; `unscorable`
+    those where an absurd or too slow answer text was taken as no answer.
     """
     rows = list(rows)
     if not rows:
@@ -58,6 +66,10 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows)
     correct_strict = sum(r["correct_strict"] for r in rows)
     correct_flexible = sum(r["correct_flexible"] for r in rows)
+    unscorable = sum(bool(r.get("unscorable")) for r in rows)
+    if unscorable:
+        log.warning("%d of %d completions held an absurd number or LaTeX that ran out of time: scored as "
+                    "no answer (metric `unscorable`)", unscorable, n)
     return {
         "n": n,
         "accuracy_strict": correct_strict / n,
@@ -66,23 +78,22 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "correct_flexible": correct_flexible,
         "no_answer_strict": sum(r["extracted_strict"] is None for r in rows),
         "no_answer_flexible": sum(r["extracted_flexible"] is None for r in rows),
+        "unscorable": unscorable,
         "mean_completion_chars": sum(len(r["completion"]) for r in rows) / n,
     }
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for each non-blank line; errors name file and line."""
-    path = Path(path)
-    try:
-        # "\n" only: `splitlines` also splits at U+2028 and U+0085, which JSON strings may hold
-        # unescaped (GSM8K questions do, in files written with ensure_ascii=False).
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (IsADirectoryError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable text file ({err})") from None
+    """(1-based line number, object) for each non-blank line; errors name file and line.
+
+    `-` reads stdin. A UTF-8 byte-order mark (editors on Windows write one) is skipped.
+    """
+    text = _read_text(path)
+    path = "<stdin>" if str(path) == "-" else path  # how errors name it
     records = []
-    for number, line in enumerate(lines, start=1):
+    # "\n" only: `splitlines` also splits at U+2028 and U+0085, which JSON strings may hold
+    # unescaped (GSM8K questions do, in files written with ensure_ascii=False).
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -95,6 +106,24 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not records:
         raise InputError(f"{path}: empty file, no records")
     return records
+
+
+def _read_text(path: str | Path) -> str:
+    """The file (or stdin for `-`) as text; unreadable or non-UTF-8 input is an `InputError`
+    naming the file, and for a bad byte its line and column."""
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:  # a folder, no permission, an I/O error
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column})") from None
 
 
 def text_field(record: dict[str, Any], field: str, where: str, numbers_ok: bool = False) -> str:
@@ -123,7 +152,7 @@ def score_file(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Re-score a predictions file: (scored rows, metrics)."""
     rows = []
     for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
+        where = f"{'<stdin>' if str(path) == '-' else path}:{number}"
         completion = text_field(record, "completion", where)
         gold = gold_value(record, "answer", where)
         rows.append({"completion": completion, **score_completion(completion, gold)})
@@ -132,7 +161,7 @@ def score_file(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="stepjepa score", description=__doc__.split("\n\n")[0])
-    parser.add_argument("file", type=Path, help="JSONL with `completion` and `answer` per line")
+    parser.add_argument("file", help="JSONL with `completion` and `answer` per line (`-`: stdin)")
     parser.add_argument("--rows", type=Path, help="also write the re-scored rows to this JSONL file")
     args = parser.parse_args(argv)
     try:
@@ -140,8 +169,12 @@ def main(argv: list[str]) -> int:
     except InputError as err:
         print(f"stepjepa score: error: {err}", file=sys.stderr)
         return 2
+    print(json.dumps(metrics), flush=True)  # first: an unwritable --rows must not lose the metrics
     if args.rows:
-        args.rows.parent.mkdir(parents=True, exist_ok=True)
-        args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    print(json.dumps(metrics))
+        try:
+            args.rows.parent.mkdir(parents=True, exist_ok=True)
+            args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        except OSError as err:
+            print(f"stepjepa score: error: --rows {args.rows}: cannot write ({err.strerror or err})", file=sys.stderr)
+            return 2
     return 0

@@ -328,3 +328,13 @@ def summarize(table: pa.Table) -> dict[str, Any]:
         "ua_valid": int(table.column("ua_valid").to_numpy().sum()),
         "ua_invalid_by_reason": dict(sorted(ua_reasons.items())),
     }
+
+
+def max_length_warning(summary: dict[str, Any], max_length: int, share: float = 0.2) -> str | None:
+    """A warning when `max_length` cuts Step 2 of at least `share` of a split's rows (each then
+    loses its JEPA pair and trains as SFT); `summary` is what `summarize` returns."""
+    lost, count = summary["invalid_by_reason"].get("truncated_in_step2", 0), summary["count"]
+    if not count or lost < share * count:
+        return None
+    return (f"tokenize.max_length={max_length} cuts Step 2 of {lost} of {count} rows ({lost / count:.0%}): "
+            "they lose their JEPA pair; raise tokenize.max_length")

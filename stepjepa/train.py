@@ -28,7 +28,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import set_seed
 
-from stepjepa.batching import check_rows, check_vocab, laid_out_length, load_rows, step_plan
+from stepjepa.batching import check_positions, check_rows, check_vocab, laid_out_length, load_rows, step_plan
 from stepjepa.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from stepjepa.config import Config, ConfigError, TrainConfig, load_config, resolved_tree, write_config
 from stepjepa.loop import StepModule, TrainingError, run_steps
@@ -142,6 +142,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
     set_seed(tc.seed)
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
     check_vocab(rows, len(tokenizer), predictor_ids)
+    check_positions(rows, tc.k, getattr(model.config, "max_position_embeddings", None))
     plan = step_plan([laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows], batch_size=tc.batch_size,
                      grad_accum_steps=tc.grad_accum_steps, epochs=tc.epochs, max_steps=tc.max_steps, seed=tc.seed,
                      num_processes=accelerator.num_processes, process_index=accelerator.process_index)

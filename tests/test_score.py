@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from fractions import Fraction
 
 import pytest
@@ -26,6 +28,7 @@ def test_score_completion_fields():
         "extracted_flexible": "7",
         "value_flexible": "7",
         "correct_flexible": True,
+        "unscorable": False,
     }
 
 
@@ -112,3 +115,65 @@ def test_jsonl_lines_end_at_newline_only(tmp_path):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     assert [(n, r) for n, r in read_jsonl(path)] == [(1, records[0]), (2, records[1])]
     assert read_json_lines(path) == records
+
+
+# ---- bad input to `stepjepa score` names the line; metrics survive (issue 19) -------
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"completion": r"\boxed{3}", "answer": "3"}).encode() + b"\n")
+    _, metrics = score_file(path)
+    assert metrics["accuracy_strict"] == 1.0
+
+
+def test_a_non_utf8_byte_names_its_line_and_column(tmp_path):
+    good = json.dumps({"completion": "x", "answer": "1"}).encode()
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(good + b"\n" + good + b"\n" + b'{"completion": "caf\xe9", "answer": "1"}\n')
+    with pytest.raises(InputError, match=r"p.jsonl:3: not valid UTF-8 \(byte 0xe9 at column 20\)"):
+        score_file(path)
+
+
+def test_dash_reads_stdin(tmp_path, monkeypatch, capsys):
+    data = json.dumps({"completion": r"\boxed{4}", "answer": "4"}) + "\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
+    assert cli_main(["score", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy_strict"] == 1.0
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"completion": "1"}\n')))
+    assert cli_main(["score", "-"]) == 2
+    assert "<stdin>:1: missing field 'answer'" in capsys.readouterr().err
+
+
+def test_an_unreadable_file_is_one_line(tmp_path, capsys):
+    blocker = write_lines(tmp_path / "file.txt", ["x"])
+    assert cli_main(["score", str(blocker / "p.jsonl")]) == 2  # a path through a file: not a folder
+    err = capsys.readouterr().err
+    assert f"{blocker / 'p.jsonl'}: cannot read" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_file_without_read_permission_is_one_line(tmp_path, capsys):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"completion": "1", "answer": "1"})])
+    path.chmod(0)
+    assert cli_main(["score", str(path)]) == 2
+    assert "cannot read (Permission denied)" in capsys.readouterr().err
+
+
+def test_an_unwritable_rows_path_keeps_the_metrics(tmp_path, capsys):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"completion": r"\boxed{3}", "answer": "3"})])
+    blocker = write_lines(tmp_path / "file.txt", ["x"])
+    assert cli_main(["score", str(path), "--rows", str(blocker / "out" / "rows.jsonl")]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["accuracy_strict"] == 1.0  # printed before the rows fail
+    assert f"--rows {blocker / 'out' / 'rows.jsonl'}: cannot write" in captured.err
+
+
+def test_an_absurd_completion_is_counted_not_fatal(tmp_path, capsys):
+    path = write_lines(tmp_path / "p.jsonl", [
+        json.dumps({"completion": r"\boxed{10^{5000}}", "answer": "3"}),
+        json.dumps({"completion": "it is " + "9" * 4400, "answer": "3"}),
+        json.dumps({"completion": r"\boxed{3}", "answer": "3"}),
+    ])
+    assert cli_main(["score", str(path)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert (metrics["n"], metrics["correct_strict"], metrics["unscorable"]) == (3, 1, 2)
