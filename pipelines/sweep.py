@@ -127,7 +127,10 @@ def step_jepa_sweep(
                                    overrides=overrides,
                                    max_concurrent=max_concurrent, retries=retries,
                                    launcher=launcher).items() if v is not None}
-    sweep = config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, params_file).sweep
+    # A bad value may come from the flow run's parameters (the UI, `-p`), not the file: say so.
+    source = f"{params_file} with flow parameters {', '.join(f'{k}={v!r}' for k, v in given.items())}" if given \
+        else params_file
+    sweep = config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, source).sweep
     specs = plan.expand_grid(sweep)
     configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
     data = Path(data_dir)

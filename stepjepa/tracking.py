@@ -385,11 +385,23 @@ def run_result(run_id: str, split: str) -> dict[str, Any]:
 # --- Evaluation: model URIs in, metrics and per-example tables out ---------------------
 
 def download(uri: str, tracking_uri: str | None = None) -> Path:
-    """A local copy of an MLflow artifact or model URI (`models:/name@alias`, `runs:/...`)."""
+    """A local copy of an MLflow artifact or model URI (`models:/name@alias`, `runs:/...`).
+
+    `models:/` URIs are resolved by the model registry, whose URI MLflow takes from its
+    global setting, not from `tracking_uri`: left alone, it would create `./mlflow.db` in the
+    current directory and find no model there."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
     from mlflow.artifacts import download_artifacts
 
-    return Path(download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
+    uri_of_store = _store(tracking_uri)
+    mlflow.set_tracking_uri(uri_of_store)
+    mlflow.set_registry_uri(uri_of_store)
+    return Path(download_artifacts(artifact_uri=uri, tracking_uri=uri_of_store))
+
+
+def _store(uri: str | None) -> str:
+    return uri or tracking_uri()
 
 
 def run_problem(tracking_uri: str, run_id: str) -> str | None:

@@ -232,3 +232,25 @@ def test_limit_all_overrides_the_params_limit(tiny_model_dir, test_file, tmp_pat
     assert eval_args(EvalConfig(limit=None))[:2] == ["--limit", "all"]
     assert "--limit" not in eval_args(EvalConfig(limit=None))[2:]
     assert eval_args(EvalConfig(limit=5))[:2] == ["--limit", "5"]
+
+
+def test_a_registered_model_resolves_in_the_given_store_from_any_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """`models:/NAME@alias` outside the project: the registry of the given store, not ./mlflow.db."""
+    from mlflow import MlflowClient
+
+    from stepjepa.tracking import download
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifacts(run_id, str(tiny_model_dir), artifact_path="model")
+    client.create_registered_model("sj")
+    version = client.create_model_version("sj", f"runs:/{run_id}/model", run_id=run_id).version
+    client.set_registered_model_alias("sj", "champion", version)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert (download("models:/sj@champion", uri) / "config.json").is_file()
+    assert not (elsewhere / "mlflow.db").exists()

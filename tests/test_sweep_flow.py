@@ -146,7 +146,7 @@ def test_bad_parameters_are_rejected_before_training(environment):
     from stepjepa.config import ConfigError
 
     for bad in [{"ks": []}, {"ks": [-1]}, {"lambdas": [float("nan")]}]:
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="params.yaml with flow parameters " + next(iter(bad))):
             step_jepa_sweep(params_file="params.yaml", **bad)
     with pytest.raises(ParameterTypeError):
         step_jepa_sweep(params_file="params.yaml", lambdas=["abc"])
