@@ -210,7 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      epilog=set_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override params, e.g. --set train.k=2 train.lambda=0.5")
+                        help="override params, e.g. --set train.k=2 train.lambda=0.5 (keys listed below)")
     parser.add_argument("--data", required=True, help="tokenised training rows (parquet)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--val-data", help="tokenised validation rows (parquet) for held-out curves (train.eval_every)")
