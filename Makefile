@@ -61,3 +61,16 @@ mlflow-ui: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+.PHONY: vega plots
+
+# vega, vega-lite and vega-embed from npm, once: `make plots` inlines them into the page.
+VEGA_MODULES := .cache/vega/node_modules
+$(VEGA_MODULES)/vega-embed/build/vega-embed.min.js:
+	npm install --prefix .cache/vega --no-audit --no-fund --silent vega@5 vega-lite@5 vega-embed@6
+
+vega: $(VEGA_MODULES)/vega-embed/build/vega-embed.min.js
+
+# The `dvc plots show` page (dvc.yaml's plots, templates in .dvc/plots/), viewable offline.
+plots: install vega
+	python -m pipelines.plots_page --node-modules $(VEGA_MODULES) --out plots

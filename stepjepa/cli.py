@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("stepjepa.train", "Train one Step-JEPA (or SFT) run"),
@@ -22,13 +23,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items())
-    return f"usage: stepjepa COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`stepjepa COMMAND --help` for a command's arguments."
+    return (f"usage: stepjepa COMMAND [ARGS...] | --version\n\ncommands:\n{rows}\n\n"
+            "`stepjepa COMMAND --help` for a command's arguments.")
+
+
+def _version() -> str:
+    try:
+        return version("stepjepa")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        print(f"stepjepa {_version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

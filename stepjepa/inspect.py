@@ -33,6 +33,8 @@ from stepjepa.score import InputError
 log = logging.getLogger(__name__)
 MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C",
          "user": "U", "assistant": "A"}
+SEGMENT_NAMES = {"prompt": "prompt", "step1": "Step 1", "pred": "predictors", "step2": "Step 2", "user": "user turn",
+                 "assistant": "assistant turn", "rest": "rest", "copy": "copy of Step 2 / the assistant turn (packed)"}
 # Segment names of each view pair's first and second span.
 SPAN_NAMES = {"steps": ("step1", "step2"), "user_assistant": ("user", "assistant")}
 
@@ -181,8 +183,7 @@ def render_text(rec: dict[str, Any], full_grid: bool = False) -> str:
     for i, (tok, pos, seg, lab) in enumerate(zip(rec["tokens"], rec["position_ids"], rec["segments"], rec["labels"])):
         label = "-" if lab == -100 else str(lab)
         lines.append(f"  {i:>3} {pos:>4} {MARKS[seg]:>3} {label:>6}  {tok!r} {views.get(i, '')}".rstrip())
-    lines.append("  segments: Q prompt, 1 Step 1, P predictors, 2 Step 2, U user turn, A assistant turn, R rest, "
-                 "C copy of Step 2 / the assistant turn (packed)")
+    lines.append("  segments: " + ", ".join(f"{MARKS[seg]} {name}" for seg, name in SEGMENT_NAMES.items()))
     lines.append("  mask per segment (rows = queries; # all, . none, \\ causal, + partial):")
     lines += block_grid(rec)
     if full_grid:
@@ -193,29 +194,42 @@ def render_text(rec: dict[str, Any], full_grid: bool = False) -> str:
     return "\n".join(lines)
 
 
-def save_png(records: list[dict[str, Any]], path: str | Path) -> None:
-    """One mask panel per record, segment boundaries drawn and views marked."""
+def mask_figure(records: list[dict[str, Any]]) -> Any:
+    """One mask panel per record: black = may attend, white = masked; segments named on both
+    axes between their boundary lines, and the query rows of the two views marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 6), squeeze=False)
+    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 7), squeeze=False, layout="constrained")
     for ax, rec in zip(axes[0], records):
-        ax.imshow(rec["attention"], cmap="Greys", interpolation="nearest")
-        names = rec["segments"]
-        for i in range(1, len(names)):
-            if names[i] != names[i - 1]:
-                ax.axhline(i - 0.5, color="tab:blue", lw=0.6)
-                ax.axvline(i - 0.5, color="tab:blue", lw=0.6)
-        for key, color in (("view1_index", "tab:red"), ("view2_index", "tab:green")):
+        ax.imshow(rec["attention"], cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        runs = _runs(rec["segments"])
+        for _, start, _ in runs[1:]:
+            ax.axhline(start - 0.5, color="tab:blue", lw=0.6)
+            ax.axvline(start - 0.5, color="tab:blue", lw=0.6)
+        middles, names = [(a + b - 1) / 2 for _, a, b in runs], [SEGMENT_NAMES[n] for n, _, _ in runs]
+        ax.set_xticks(middles, names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(middles, names, fontsize=7)
+        first, second = (SEGMENT_NAMES[n] for n in SPAN_NAMES[rec.get("views", "steps")])
+        for key, color, what in (("view1_index", "tab:red", "last predictor" if rec["k"] else f"end of {first}"),
+                                 ("view2_index", "tab:green", f"end of {second}")):
             if rec[key] is not None:
-                ax.axhline(rec[key], color=color, lw=1.2, label=key)
-        ax.set_title(f"{rec['id']}  {rec.get('views', 'steps')}  {rec['layout']}  K={rec['k']}")
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-        ax.legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
+                ax.axhline(rec[key], color=color, lw=1.2, label=f"view {key[4]}: {what} (query row {rec[key]})")
+        ax.set_title(f"{rec['id']}  {rec.get('views', 'steps')}  {rec['layout']}  K={rec['k']}\n"
+                     "black = may attend, white = masked", fontsize=9)
+        ax.set_xlabel("key (attended token)")
+        ax.set_ylabel("query (attending token)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=7)
+    return fig
+
+
+def save_png(records: list[dict[str, Any]], path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = mask_figure(records)
     fig.savefig(path, dpi=150)
     plt.close(fig)
 

@@ -1,8 +1,10 @@
 """The sweep's figures: a K x lambda heatmap (validation accuracy and validation Step-2 NLL,
-which moves even when accuracy is flat) and the training curves of every run overlaid."""
+which moves even when accuracy is flat) and the training curves of every run overlaid;
+and the HTML page template that lets `dvc plots show` render its vega charts offline."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +37,24 @@ PANELS = (("accuracy_strict", "validation strict accuracy", "viridis"),
 def plot_heatmap(rows: list[dict], path: Path) -> Path:
     """K x lambda seed means, one panel per metric (columns) and view pair (rows); SFT's
     value in each title; failed = blank."""
+    fig = heatmap_figure(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def heatmap_figure(rows: list[dict]):
+    """`plot_heatmap`'s figure, unsaved (the caller closes it)."""
     plt = _pyplot()
     base = next((r for r in rows if r["config"] == "sft"), {})
     pairs = sorted({r.get("views", "steps") for r in rows if r["config"] != "sft"}) or ["steps"]
     ks, lams, _ = _grid(rows, PANELS[0][0], pairs[0])
-    fig, axes = plt.subplots(len(pairs), len(PANELS), squeeze=False,
-                             figsize=(2.5 + 2.4 * len(lams), len(pairs) * (2.0 + 0.9 * max(len(ks), 1))))
+    # Each panel wide enough for its colorbar and a title wrapped to the axes; constrained
+    # layout then makes room above for the wrapped lines (tight_layout clipped long titles).
+    width = max(3.4, 1.25 + 1.2 * len(lams))
+    fig, axes = plt.subplots(len(pairs), len(PANELS), squeeze=False, layout="constrained",
+                             figsize=(len(PANELS) * width, len(pairs) * (2.4 + 0.9 * max(len(ks), 1))))
     cells = [(ax, pair, panel) for row, pair in zip(axes, pairs, strict=True) for ax, panel in zip(row, PANELS)]
     for ax, pair, (key, title, cmap) in cells:
         _, _, values = _grid(rows, key, pair)
@@ -53,13 +67,9 @@ def plot_heatmap(rows: list[dict], path: Path) -> Path:
         ax.set_xlabel("lambda")
         ax.set_ylabel("K (predictor tokens)")
         sft = f"\nSFT = {base[key]:.3f}" if base.get(key) is not None else ""
-        ax.set_title(f"{title}{sft}", fontsize=9)
+        ax.set_title(textwrap.fill(title, int((width - 1.0) / 0.07)) + sft, fontsize=9)
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_loss_curves(results: list[dict], path: Path) -> Path:
@@ -81,3 +91,45 @@ def plot_loss_curves(results: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# The standalone builds of vega, vega-lite and vega-embed, in load order (each needs the one before).
+VEGA_LIBS = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
+
+PAGE_HEAD = """<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
+{refresh_tag}
+<title>Step-JEPA sweep: dvc plots</title>
+<style>body { font-family: sans-serif; } body > div { margin: 1.5em 0; } img { max-width: 100%; }</style>
+"""
+# DVC's plot divs call `vegaEmbed(el, spec)`: render to SVG (crisp, and its marks are in the
+# page, where a browser test can count them) and keep each view for inspection.
+PAGE_TAIL = """<script>
+window.vegaViews = [];
+const dvcEmbed = vegaEmbed;
+window.vegaEmbed = (el, spec, opts) => dvcEmbed(el, spec, {renderer: "svg", ...opts})
+  .then((result) => { window.vegaViews.push(result.view); return result; });
+</script>
+</head>
+<body>
+{plot_divs}
+</body>
+</html>
+"""
+
+
+def offline_page_template(node_modules: Path) -> str:
+    """A `dvc plots show --html-template` page with vega, vega-lite and vega-embed inlined
+    from `node_modules` (npm), so the page renders with no network, from any folder.
+
+    DVC's own template loads them from a CDN through its `{scripts}` placeholder, which this
+    one leaves out."""
+    missing = [lib for lib in VEGA_LIBS if not (node_modules / lib).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{node_modules}: missing {', '.join(missing)}; run `make vega` "
+                                "(npm install vega@5 vega-lite@5 vega-embed@6)")
+    scripts = "".join(f"<script>\n{(node_modules / lib).read_text(encoding='utf-8')}\n</script>\n"
+                      for lib in VEGA_LIBS)
+    return PAGE_HEAD + scripts + PAGE_TAIL

@@ -191,11 +191,26 @@ def _finish(accelerator: Accelerator, step_module: torch.nn.Module, tokenizer, t
     return TrainResult(model_dir, steps, tracker.run_id, history)
 
 
+def set_keys_help(width: int = 100) -> str:
+    """The keys `--set` accepts, per section, read off the typed config (not a list kept by hand)."""
+    import textwrap
+
+    sections: dict[str, list[str]] = {}
+    for key in flatten(resolved_tree(Config())):
+        section, _, name = key.partition(".")
+        sections.setdefault(section, []).append(name)
+    lines = [textwrap.fill(", ".join(names), width, initial_indent=f"  {section}: ", subsequent_indent="    ")
+             for section, names in sections.items()]
+    return ("--set accepts SECTION.KEY=VALUE (the value is read as YAML) for these keys; meanings and\n"
+            "defaults are in stepjepa/config.py:\n" + "\n".join(lines))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stepjepa train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="stepjepa train", description=__doc__.split("\n\n")[0],
+                                     epilog=set_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override params, e.g. --set train.k=2 train.lambda=0.5")
+                        help="override params, e.g. --set train.k=2 train.lambda=0.5 (keys listed below)")
     parser.add_argument("--data", required=True, help="tokenised training rows (parquet)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--val-data", help="tokenised validation rows (parquet) for held-out curves (train.eval_every)")

@@ -110,3 +110,20 @@ def test_data_without_the_pair_columns_is_a_clean_error(files, tiny_model_dir, c
     argv[argv.index("--data") + 1] = str(old)
     assert inspect.main(argv) == 2
     assert "--views user_assistant: --data has no ua_valid column" in capsys.readouterr().err
+
+
+def test_mask_png_names_segments_views_and_colours(files, tiny_model_dir) -> None:
+    out, rows = files
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = [inspect.lay_out(rows[1], tok, 2, "packed", None), inspect.lay_out(rows[1], tok, 0, "inline", None)]
+    fig = inspect.mask_figure(records)
+    packed, plain = fig.axes[:2]
+    ticks = [t.get_text() for t in packed.get_xticklabels()]
+    assert ticks == ["prompt", "Step 1", "Step 2", "rest", "predictors", "copy of Step 2 / the assistant turn (packed)"]
+    assert ticks == [t.get_text() for t in packed.get_yticklabels()]
+    assert len(packed.lines) == len(ticks) - 1 + len(ticks) - 1 + 2, "a boundary line per segment change, two views"
+    legend = [t.get_text() for t in packed.get_legend().get_texts()]
+    assert legend == [f"view 1: last predictor (query row {records[0]['view1_index']})",
+                      f"view 2: end of Step 2 (query row {records[0]['view2_index']})"]
+    assert plain.get_legend().get_texts()[0].get_text().startswith("view 1: end of Step 1")
+    assert all("black = may attend, white = masked" in ax.get_title() for ax in (packed, plain))

@@ -1,0 +1,123 @@
+"""The DVC plots page in a real browser: `make plots`'s entry point on sweep plot data in a
+temporary git + DVC repo, opened offline in headless Chromium (Debian's `chromium`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stepjepa.plots import VEGA_LIBS, offline_page_template, plot_heatmap, plot_loss_curves
+from stepjepa.report import summarize, write_plot_data
+from tests.test_report import fake_results
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_MODULES = ROOT / ".cache/vega/node_modules"
+SCREENSHOT = Path("/tmp/plots_page.png")
+# Headless, offline (every host name fails to resolve) and with a profile of its own.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND",
+                  "--virtual-time-budget=30000", "--window-size=1100,2600"]
+
+
+def test_template_inlines_vega_and_names_what_is_missing(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="vega-lite/build/vega-lite.min.js"):
+        offline_page_template(tmp_path)
+    for lib in VEGA_LIBS:
+        (tmp_path / lib).parent.mkdir(parents=True)
+        (tmp_path / lib).write_text(f"/* {lib} */")
+    page = offline_page_template(tmp_path)
+    assert page.count("{plot_divs}") == 1 and "{scripts}" not in page and "cdn" not in page.lower()
+    assert [page.index(f"/* {lib} */") for lib in VEGA_LIBS] == sorted(page.index(f"/* {lib} */") for lib in VEGA_LIBS)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: float = 180) -> str:
+    """Run a command in its own process group, killed with everything it started."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out}\n{err}"
+    return out
+
+
+def _sweep_repo(path: Path) -> tuple[list[dict], list[dict]]:
+    """A git + DVC repo with the project's plot definitions and templates and a sweep's plot data."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    dvc_yaml = {"stages": {"sweep": {"cmd": "true", "plots": spec["stages"]["sweep"]["plots"]}},
+                "plots": spec["plots"]}
+    (path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    results = fake_results()
+    for i, r in enumerate(results):  # curves apart; in-training evaluations on odd steps only (null between)
+        r["history"] = [h | {"lm_loss": h["lm_loss"] + 0.1 * i,
+                             "val_step2_nll": None if h["step"] % 2 == 0 else h["val_step2_nll"] + 0.05 * i}
+                        for h in r["history"]]
+    rows = summarize(results)
+    sweep = path / "metrics/sweep"
+    write_plot_data(rows, results, sweep)
+    plot_heatmap(rows, sweep / "heatmap.png")
+    plot_loss_curves(results, sweep / "loss_curves.png")
+    return rows, results
+
+
+def _chromium(env: dict, tmp: Path, *args: str) -> str:
+    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
+    return _run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], tmp, env, timeout=120)
+
+
+def _divs(dom: str) -> dict[str, str]:
+    """The page's top-level plot divs by id (DVC writes one per plot)."""
+    parts = re.split(r'<div id="([^"]+)"', dom)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@pytest.mark.server
+def test_plots_page_renders_offline_with_bars_and_one_line_per_run(tmp_path) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("no chromium: `apt-get install -y chromium` (.ci/run installs it)")
+    if not (NODE_MODULES / VEGA_LIBS[-1]).is_file():
+        pytest.skip(f"no vega in {NODE_MODULES}: `make vega` (.ci/run runs it)")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT),
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    _run(["git", "init", "-q"], repo, env)
+    _run(["dvc", "init", "-q"], repo, env)
+    shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")
+    rows, results = _sweep_repo(repo)
+    printed = _run([sys.executable, "-m", "pipelines.plots_page", "--node-modules", str(NODE_MODULES),
+                    "--out", "plots"], repo, env)
+    page = repo / "plots/index.html"
+    assert f"file://{page}" in printed
+    html = page.read_text()
+    assert "<script src" not in html and "cdn.jsdelivr" not in html, "the page must load nothing from a network"
+
+    dom = _chromium(env, tmp_path, "--dump-dom", page.as_uri())
+    divs = _divs(dom)
+    bars = next(v for k, v in divs.items() if "accuracy" in k)
+    widths = [float(w) for w in re.findall(r'aria-roledescription="bar"[^>]* d="M[^h]*h([\d.]+)', bars)]
+    assert len(widths) == len(rows) and min(widths) > 0, "one visible bar per config"
+    runs = sorted({r["spec"]["name"] for r in results if r["status"] == "completed"})
+    curves = {"lm_loss": divs["metrics_sweep_loss_curves_json"],
+              "val_step2_nll": next(v for k, v in divs.items() if k.startswith("validation_Step-2_NLL"))}
+    for key, chart in curves.items():
+        assert chart.count('aria-roledescription="line mark"') == len(runs), "one line per run"
+        assert all(f">{run}<" in chart for run in runs), "every run in the legend"
+        points = sum(h[key] is not None for r in results if r["status"] == "completed" for h in r["history"])
+        assert chart.count('aria-roledescription="point"') == points, "a point per value, none for null"
+    assert all("<img" in divs[f"metrics_sweep_{name}_png"] for name in ("heatmap", "loss_curves"))
+
+    _chromium(env, tmp_path, f"--screenshot={SCREENSHOT}", page.as_uri())
+    assert SCREENSHOT.stat().st_size > 10_000
