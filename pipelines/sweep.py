@@ -28,13 +28,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from stepjepa import launch, plots, report, tracking
-from stepjepa import sweep as plan
+# Prefect reads its settings when it is imported. On a loaded machine its temporary server
+# can take longer than the default 20 s to start; wait longer rather than fail the sweep.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.futures import wait  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from stepjepa import launch, plots, report, tracking  # noqa: E402
+from stepjepa import sweep as plan  # noqa: E402
 from stepjepa.config import Config, ConfigError, SweepConfig, config_from_dict, load_config, write_config
 
 SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
@@ -273,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deploy", metavar="POOL",
                         help="deploy the per-config flow `step-jepa-config/NAME` to this work pool and exit")
     args = parser.parse_args(argv)
-    # A loaded machine can take longer than Prefect's default 20 s to start its temporary server.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         load_config(args.params)  # fail on a bad params file before Prefect starts
     except ConfigError as err:

@@ -151,3 +151,15 @@ def test_bad_parameters_are_rejected_before_training(environment):
     with pytest.raises(ParameterTypeError):
         step_jepa_sweep(params_file="params.yaml", lambdas=["abc"])
     assert not list(environment.glob("runs/sweep/*_s1-*"))
+
+
+def test_prefect_waits_longer_for_its_temporary_server():
+    """Prefect reads settings at import: the sweep's longer start-up wait must be set before it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    code = ("import pipelines.sweep; from prefect.settings import get_current_settings; "
+            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "120"
