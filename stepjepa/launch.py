@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -169,7 +170,9 @@ def signal_children(signum: int) -> None:
 @contextlib.contextmanager
 def forward_signals() -> Iterator[None]:
     """In the main thread: SIGTERM/SIGINT also go to every running child's group (they
-    checkpoint and exit 143/130), then reach this process's own handler as before."""
+    checkpoint and exit 143/130), then reach this process's own handler as before. Where
+    that was the default, SIGTERM raises SystemExit(143) instead of killing this process
+    outright: `run_logged` then waits for its child to save, as it does on Ctrl-C."""
     previous = {}
 
     def forward(signum, frame):
@@ -178,8 +181,7 @@ def forward_signals() -> Iterator[None]:
         if callable(handler):
             handler(signum, frame)
         elif handler == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            raise SystemExit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, forward)
@@ -232,16 +234,26 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | 
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
-    """Stop what is left of `proc`'s group: SIGTERM, `grace` s to checkpoint, then SIGKILL."""
+    """End what is left of `proc`'s group: SIGTERM it if `proc` still runs (this call ended
+    early), give the group `grace` s (a training process checkpointing after its launcher
+    died on the same signal), then SIGKILL the rest."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        proc.poll()  # reap the leader, or it counts as a member
+        time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # grandchildren the child left behind
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     if proc.stdout:
         proc.stdout.close()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -36,7 +36,9 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import set_seed
 
 from stepjepa.batching import check_rows, check_vocab, laid_out_length, load_rows, step_plan
-from stepjepa.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from stepjepa.checkpoint import (
+    CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+)
 from stepjepa.config import Config, ConfigError, TrainConfig, load_config
 from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
 from stepjepa.modeling import build_model, merged_model, pad_id, save_model
@@ -141,8 +143,9 @@ def _restore(checkpoint: Path | None, cfg: Config, model, optimizer, scheduler, 
 
 class StopOnSignal:
     """SIGTERM and SIGINT ask the run to stop at the next step boundary, after a checkpoint
-    (the preemption contract: SIGTERM, a grace period, then SIGKILL). A second signal acts
-    as it would without this (SIGTERM kills, SIGINT raises KeyboardInterrupt)."""
+    (the preemption contract: SIGTERM, a grace period, then SIGKILL). A repeated SIGTERM
+    (a launcher forwarding it, then its watchdog) changes nothing; a second Ctrl-C raises
+    KeyboardInterrupt at once."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -156,10 +159,11 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
-        log.warning("%s received: stopping after the current step with a checkpoint (send it again to stop "
-                    "at once)", signal.Signals(signum).name)
-        self._restore()
+        if self.signum is None:
+            log.warning("%s received: stopping after the current step with a checkpoint (Ctrl-C again stops "
+                        "at once)", signal.Signals(signum).name)
+        self.signum = self.signum or signum
+        signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -3,6 +3,7 @@ a tracking-server outage, a fresh store opened by several runs, pytest itself ki
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ CHILD = """
 import signal, subprocess, sys, time
 def stop(signum, frame):
     open(sys.argv[1] + ".signal", "w").write(str(signum))
+    grandchild.terminate()
     sys.exit(143)
 signal.signal(signal.SIGTERM, stop)
 grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -82,6 +84,49 @@ def test_sigterm_to_the_launcher_is_forwarded_to_the_run(tmp_path):
     launcher.wait(timeout=60)
     assert (tmp_path / "pids.signal").read_text() == str(int(signal.SIGTERM))
     assert _all_gone(pids)
+
+
+TRAIN_LAUNCHER = """
+import sys
+from pathlib import Path
+from stepjepa import launch
+params, data, out = map(Path, sys.argv[1:4])
+cmd = launch.train_command(params, data, out, [], None, resume=False)
+with launch.forward_signals():
+    launch.run_logged(cmd, launch.device_env(None), out / "train.log", on_progress=print)
+"""
+
+
+@pytest.mark.e2e
+def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, conversations, tmp_path):
+    """The sweep's path: `run_logged(accelerate launch -m stepjepa.train)`. SIGTERM kills
+    accelerate's launcher at once; the training process under it must still checkpoint."""
+    from mlflow import MlflowClient
+
+    from stepjepa.checkpoint import latest_checkpoint
+
+    from tests.helpers_train import write_params, write_tokenized
+
+    data = write_tokenized(tiny_model_dir, conversations[:32], tmp_path / "train.parquet")
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, epochs=100,
+                          log_every=1, tracking="mlflow", experiment="sweep-signal")
+    out = tmp_path / "run"
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
+                        "PYTHONPATH": str(ROOT)}
+    task = subprocess.Popen([sys.executable, "-c", TRAIN_LAUNCHER, str(params), str(data), str(out)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    for line in task.stdout:  # progress lines, forwarded by run_logged
+        assert time.monotonic() < deadline, "no step 2 within 240 s"
+        if line.startswith("step 2/"):
+            break
+    task.send_signal(signal.SIGTERM)
+    rest, _ = task.communicate(timeout=120)
+    assert task.returncode == 143, rest
+    log_text = (out / "train.log").read_text()
+    assert "stopped by SIGTERM after step" in log_text and "Traceback" not in log_text.split("SIGTERM received")[1]
+    state = json.loads((latest_checkpoint(out) / "state.json").read_text())
+    assert MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(state["run_id"]).info.status == "KILLED"
 
 
 # --- 8. server fixtures die with pytest, even when pytest is killed -----------------------

@@ -37,7 +37,8 @@ def _argv(params: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 # --- 1. one process owns a run folder ----------------------------------------------------
 
-HOLD = "import sys, time; from stepjepa.runlock import hold\nwith hold(sys.argv[1], 'x'):\n print('held', flush=True)\n time.sleep(600)"
+HOLD = ("import sys, time; from stepjepa.runlock import hold\n"
+        "with hold(sys.argv[1], 'x'):\n print('held', flush=True)\n time.sleep(600)")
 
 
 def test_a_second_launcher_of_the_same_run_folder_is_refused(tiny_model_dir, train_data, tmp_path, caplog):
@@ -101,6 +102,23 @@ def _toy_checkpoints(out: Path, steps: tuple[int, ...]) -> None:
         save_checkpoint(out, step, model=model, optimizer=optimizer, scheduler=scheduler, state={}, keep=5)
 
 
+def _crash_at_step_5(cfg, data: Path, out: Path, monkeypatch) -> None:
+    """Train into `out` until step 5 raises, as a kill would end it (checkpoints up to 4)."""
+    import stepjepa.loop as loop
+
+    real_step = loop.optimizer_step
+
+    def crash(*args, **kwargs):
+        if args[-1] == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "optimizer_step", crash)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, data, out)
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda d: (d / "optimizer.pt").write_bytes((d / "optimizer.pt").read_bytes()[:50]), "optimizer.pt: 50 bytes"),
     (lambda d: (d / "rng-0.pt").unlink(), "rng-0.pt"),
@@ -118,15 +136,8 @@ def test_resume_picks_the_newest_valid_checkpoint_and_names_the_one_it_skips(tmp
 
 def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_truncated(
         tiny_model_dir, train_data, tmp_path, monkeypatch, caplog):
-    import stepjepa.loop as loop
-
     cfg = make_config(tiny_model_dir, max_steps=6, checkpoint_every=2, batch_size=4)
-    real_step = loop.optimizer_step
-    monkeypatch.setattr(loop, "optimizer_step", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt())
-                        if a[-1] == 5 else real_step(*a, **kw))
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, train_data, tmp_path / "run")
-    monkeypatch.setattr(loop, "optimizer_step", real_step)
+    _crash_at_step_5(cfg, train_data, tmp_path / "run", monkeypatch)
     weights = tmp_path / "run/checkpoints/step-000004/trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with caplog.at_level(logging.INFO):
@@ -178,8 +189,8 @@ def test_a_signal_checkpoints_marks_the_run_killed_and_exits_with_its_code(tiny_
     from mlflow import MlflowClient
 
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, log_every=1,
-                          checkpoint_every=None, tracking="mlflow", experiment="signal")
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, epochs=100,
+                          log_every=1, checkpoint_every=None, tracking="mlflow", experiment="signal")
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "stepjepa.train", *_argv(params, train_data, out)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -202,16 +213,9 @@ def test_after_a_resume_the_first_logged_mean_covers_log_every_steps(tiny_model_
                                                                      monkeypatch):
     """log_every 3 and checkpoint_every 2: the step-4 checkpoint holds step 4's metrics,
     so step 6's mean after a crash at step 5 covers steps 4-6 as in an unbroken run."""
-    import stepjepa.loop as loop
-
     cfg = make_config(tiny_model_dir, max_steps=6, checkpoint_every=2, log_every=3, batch_size=4)
     reference = train(cfg, train_data, tmp_path / "reference")
-    real_step = loop.optimizer_step
-    monkeypatch.setattr(loop, "optimizer_step", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt())
-                        if a[-1] == 5 else real_step(*a, **kw))
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, train_data, tmp_path / "run")
-    monkeypatch.setattr(loop, "optimizer_step", real_step)
+    _crash_at_step_5(cfg, train_data, tmp_path / "run", monkeypatch)
     resumed = train(cfg, train_data, tmp_path / "run", resume=True)
     timeless = [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in resumed.history + reference.history]
     assert [m["step"] for m in timeless] == [3, 6, 3, 6]
