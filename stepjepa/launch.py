@@ -227,19 +227,22 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | 
         finally:
             with _CHILDREN_LOCK:
                 _CHILDREN.discard(proc.pid)
-            _stop_group(proc)
+            _stop_group(proc, log)
     if code != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
         raise RunFailed(f"exited with code {code}; full log {log_path}; last lines:\n{tail}")
 
 
-def _stop_group(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
+def _stop_group(proc: subprocess.Popen, log, grace: float = GRACE_S) -> None:
     """End what is left of `proc`'s group: SIGTERM it if `proc` still runs (this call ended
     early), give the group `grace` s (a training process checkpointing after its launcher
-    died on the same signal), then SIGKILL the rest."""
+    died on the same signal) while its output still goes to `log`, then SIGKILL the rest."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
+    drain = threading.Thread(target=_copy, args=(proc.stdout, log), daemon=True)
+    if proc.stdout:
+        drain.start()
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _group_alive(proc.pid):
         proc.poll()  # reap the leader, or it counts as a member
@@ -248,7 +251,15 @@ def _stop_group(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     if proc.stdout:
+        drain.join(timeout=5)
         proc.stdout.close()
+
+
+def _copy(source, log) -> None:
+    with contextlib.suppress(OSError, ValueError):  # closed under it: the group is gone
+        for line in source:
+            log.write(line)
+            log.flush()
 
 
 def _group_alive(group: int) -> bool:
