@@ -25,7 +25,19 @@ from pathlib import Path
 
 
 class RunFailed(RuntimeError):
-    """A training or evaluation process exited non-zero; the message ends with its log tail."""
+    """A training or evaluation process exited non-zero; the message ends with its log tail.
+
+    `code` is its exit status (negative: killed by that signal); `stopped` says it ended
+    on SIGTERM/SIGINT (preemption, Ctrl-C): its MLflow run is KILLED, not FAILED.
+    """
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def stopped(self) -> bool:
+        return self.code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
 
 
 def visible_gpus() -> list[int]:
@@ -230,7 +242,7 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | 
             _stop_group(proc, log)
     if code != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise RunFailed(f"exited with code {code}; full log {log_path}; last lines:\n{tail}")
+        raise RunFailed(f"exited with code {code}; full log {log_path}; last lines:\n{tail}", code)
 
 
 def _stop_group(proc: subprocess.Popen, log, grace: float = GRACE_S) -> None:

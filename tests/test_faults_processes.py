@@ -129,6 +129,17 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
     assert MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(state["run_id"]).info.status == "KILLED"
 
 
+@pytest.mark.parametrize("code, stopped", [("143", True), ("-15", True), ("130", True), ("1", False), ("2", False)])
+def test_a_run_ended_by_a_signal_is_told_apart_from_a_failure(tmp_path, code, stopped):
+    from stepjepa.launch import RunFailed, run_logged
+
+    script = ("import os, signal, sys; c = int(sys.argv[1])\n"
+              "os.kill(os.getpid(), -c) if c < 0 else sys.exit(c)")
+    with pytest.raises(RunFailed) as raised:
+        run_logged([sys.executable, "-c", script, code], dict(os.environ), tmp_path / "run.log")
+    assert raised.value.code == int(code) and raised.value.stopped is stopped
+
+
 # --- 8. server fixtures die with pytest, even when pytest is killed -----------------------
 
 @pytest.mark.skipif("STEPJEPA_FIXTURE_PIDS" not in os.environ, reason="run by the test below, inside a pytest it kills")
