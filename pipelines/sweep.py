@@ -204,6 +204,12 @@ def _collect(spec, run: dict, trained, evaluated, logger) -> dict:
         return base | {"status": "completed"} | evaluated.result()
     failed = trained if trained is not None and not trained.state.is_completed() else evaluated
     message = failed.state.message or failed.state.name
+    error = failed.state.result(raise_on_failure=False) if failed.state.is_failed() else None
+    if isinstance(error, launch.RunFailed) and error.stopped:
+        # Preempted (SIGTERM/SIGINT): the run checkpointed and its MLflow run is KILLED; the
+        # next sweep resumes it. Not a failure to overwrite.
+        logger.warning("%s was stopped by a signal; it resumes from its checkpoint next time", spec.name)
+        return base | {"status": "stopped", "error": message[-2000:]}
     logger.error("%s failed: %s", spec.name, message)
     tracking.mark_failed(run["child"], message)
     return base | {"status": "failed", "error": message[-2000:]}
@@ -240,7 +246,7 @@ def _finish(sweep: SweepConfig, parent: str, validation: list[dict], tested: lis
     (report_dir / "table.md").write_text(table + "\n")
     report.write_plot_data(rows, validation, report_dir)
     create_markdown_artifact(table, key="step-jepa-sweep", description="Validation selection, test once: the sweep")
-    failed = [r["spec"]["name"] for r in validation if r["status"] != "completed"]
+    failed = [r["spec"]["name"] for r in validation if r["status"] != "completed"]  # failed or stopped
     return summary | {"failed": failed, "champion_version": champion and champion["version"]}
 
 def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:
@@ -292,12 +298,16 @@ def main(argv: list[str] | None = None) -> int:
         step_jepa_config.from_source(source=checkout, entrypoint="pipelines/sweep.py:step_jepa_config") \
             .deploy(name=args.name, work_pool_name=args.deploy)
         return 0
-    if args.reconcile:
-        return reconcile(**params)
-    if args.serve:
-        step_jepa_sweep.serve(name=args.name, parameters=params)
-        return 0
-    return _exit_code(step_jepa_sweep(**params))
+    # kill -9 of the sweep also stops its temporary Prefect server and every training child;
+    # SIGTERM/SIGINT reach the runs, which checkpoint and end KILLED.
+    launch.watch_descendants()
+    with launch.forward_signals():
+        if args.reconcile:
+            return reconcile(**params)
+        if args.serve:
+            step_jepa_sweep.serve(name=args.name, parameters=params)
+            return 0
+        return _exit_code(step_jepa_sweep(**params))
 
 if __name__ == "__main__":
     raise SystemExit(main())

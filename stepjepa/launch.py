@@ -3,6 +3,10 @@
 A run in its own process cannot take the sweep down when it crashes or runs out of
 memory. On GPU machines each run is pinned to one device from a shared pool, so a sweep
 runs one config per visible GPU; on CPU the pool has a single slot.
+
+Children never outlive their launcher: each runs in its own process group, which gets
+the launcher's SIGTERM/SIGINT (`forward_signals`), and a watchdog process kills every
+descendant of the launcher when it dies, kill -9 included (`watch_descendants`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,29 @@ import contextlib
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
 class RunFailed(RuntimeError):
-    """A training or evaluation process exited non-zero; the message ends with its log tail."""
+    """A training or evaluation process exited non-zero; the message ends with its log tail.
+
+    `code` is its exit status (negative: killed by that signal); `stopped` says it ended
+    on SIGTERM/SIGINT (preemption, Ctrl-C): its MLflow run is KILLED, not FAILED.
+    """
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def stopped(self) -> bool:
+        return self.code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
 
 
 def visible_gpus() -> list[int]:
@@ -101,6 +120,99 @@ def device_env(gpu: int | None, extra: dict[str, str] | None = None) -> dict[str
     return env
 
 
+# Run by `watch_descendants` as `python -c WATCHDOG PID`: every second it notes the
+# descendants of PID; once PID is gone (its child is re-parented), it sends SIGTERM to
+# those still alive, waits GRACE seconds for them to checkpoint, then SIGKILL.
+WATCHDOG = r"""
+import os, signal, sys, time
+import psutil
+parent, grace = int(sys.argv[1]), float(sys.argv[2])
+seen = {}
+def note():
+    try:
+        for p in psutil.Process(parent).children(recursive=True):
+            if p.pid != os.getpid():
+                seen.setdefault(p.pid, p)
+    except psutil.Error:
+        pass
+while os.getppid() == parent:
+    note()
+    time.sleep(1.0)
+alive = []
+for p in seen.values():
+    try:
+        if p.is_running():
+            alive += [p, *p.children(recursive=True)]
+    except psutil.Error:
+        pass
+for p in alive:
+    try:
+        p.terminate()
+    except psutil.Error:
+        pass
+gone, left = psutil.wait_procs(alive, timeout=grace)
+for p in left:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+"""
+
+_WATCHDOG: subprocess.Popen | None = None
+GRACE_S = 30.0
+"""Seconds between SIGTERM and SIGKILL for children left behind (time to checkpoint)."""
+
+
+def watch_descendants(grace: float = GRACE_S) -> None:
+    """Make every process this one starts (and theirs) die with it, even by kill -9.
+
+    Idempotent. A watchdog process of its own session notes this process's descendants
+    every second; a descendant started less than a second before the death can escape.
+    """
+    global _WATCHDOG
+    if _WATCHDOG is None or _WATCHDOG.poll() is not None:
+        _WATCHDOG = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(grace)],
+                                     start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+_CHILDREN: set[int] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def signal_children(signum: int) -> None:
+    """Send `signum` to the process group of every child `run_logged` is running."""
+    with _CHILDREN_LOCK:
+        groups = list(_CHILDREN)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signum)
+
+
+@contextlib.contextmanager
+def forward_signals() -> Iterator[None]:
+    """In the main thread: SIGTERM/SIGINT also go to every running child's group (they
+    checkpoint and exit 143/130), then reach this process's own handler as before. Where
+    that was the default, SIGTERM raises SystemExit(143) instead of killing this process
+    outright: `run_logged` then waits for its child to save, as it does on Ctrl-C."""
+    previous = {}
+
+    def forward(signum, frame):
+        signal_children(signum)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, forward)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # Training logs `step N/M loss=...` every `train.log_every` steps (stepjepa.loop); a sweep
 # forwards those lines so that its console shows how far each run is.
 PROGRESS = re.compile(r"\bINFO (step \d+/\d+\b.*)$")
@@ -112,23 +224,68 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | 
     last lines of the log when it exits non-zero (a kill or OOM included).
 
     `on_progress` gets the text of each training progress line (`step 20/150 loss=...`).
+    The child runs in its own process group: `signal_children` reaches it, and it is
+    stopped (SIGTERM, then SIGKILL) if this call ends early, by an exception or an interrupt.
     """
+    watch_descendants()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        if on_progress is None:
-            code = subprocess.call(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        else:
-            # Text mode reads a progress bar's "\r" redraws as lines, so the log stays readable.
-            with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, encoding="utf-8", errors="replace") as proc:
-                for line in proc.stdout:
-                    log.write(line)
-                    log.flush()
-                    if found := PROGRESS.search(line.rstrip("\n")):
-                        on_progress(found[1])
-                code = proc.wait()
+        # Text mode reads a progress bar's "\r" redraws as lines, so the log stays readable.
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log if on_progress is None else subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                                process_group=0)  # its own group: a terminal's Ctrl-C reaches it once, forwarded
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(proc.pid)
+        try:
+            for line in proc.stdout if on_progress else ():
+                log.write(line)
+                log.flush()
+                if found := PROGRESS.search(line.rstrip("\n")):
+                    on_progress(found[1])
+            code = proc.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc.pid)
+            _stop_group(proc, log)
     if code != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise RunFailed(f"exited with code {code}; full log {log_path}; last lines:\n{tail}")
+        raise RunFailed(f"exited with code {code}; full log {log_path}; last lines:\n{tail}", code)
+
+
+def _stop_group(proc: subprocess.Popen, log, grace: float = GRACE_S) -> None:
+    """End what is left of `proc`'s group: SIGTERM it if `proc` still runs (this call ended
+    early), give the group `grace` s (a training process checkpointing after its launcher
+    died on the same signal) while its output still goes to `log`, then SIGKILL the rest."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    drain = threading.Thread(target=_copy, args=(proc.stdout, log), daemon=True)
+    if proc.stdout:
+        drain.start()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        proc.poll()  # reap the leader, or it counts as a member
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if proc.stdout:
+        drain.join(timeout=5)
+        proc.stdout.close()
+
+
+def _copy(source, log) -> None:
+    with contextlib.suppress(OSError, ValueError):  # closed under it: the group is gone
+        for line in source:
+            log.write(line)
+            log.flush()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

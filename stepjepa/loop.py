@@ -38,6 +38,14 @@ class TrainingError(RuntimeError):
     """The run cannot go on (a non-finite loss or gradient); the message names the step."""
 
 
+class Stopped(Exception):
+    """A stop was requested (SIGTERM/SIGINT): the run saved a checkpoint at `step` and ended."""
+
+    def __init__(self, step: int, signum: int | None = None):
+        super().__init__(f"stopped after step {step}")
+        self.step, self.signum = step, signum
+
+
 class StepModule(torch.nn.Module):
     """`step_jepa_forward` as a module's forward, so that accelerate can wrap it in DDP.
 
@@ -139,16 +147,21 @@ TIMING = ("tokens_per_s",)
 
 def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
               scheduler: Any, plan: Plan, rows: list[dict], cfg: TrainConfig, *, start: int, tracker: Tracker,
-              out: Path, save: Callable[[int], None],
+              out: Path, save: Callable[[int, list[dict[str, float]]], None],
+              window: list[dict[str, float]] | None = None,
+              should_stop: Callable[[], bool] = lambda: False,
               probe: Callable[[], dict[str, float]] | None = None) -> list[dict[str, float]]:
     """Run optimizer steps `start + 1 .. len(plan)`; returns the logged metrics (main process).
 
+    `save(step, window)` writes a checkpoint with the steps not yet logged; `window` is
+    that list when resuming. When `should_stop()` turns true the run saves and raises `Stopped`.
     `probe` (main process) measures held-out metrics every `cfg.eval_every` steps and at the
-    last step; they are logged with that step's training metrics."""
+    last step; they are logged with that step's training metrics.
+    """
     main = accelerator.is_main_process
     history_file = out / "metrics.jsonl"
     history = _resume_history(history_file, start) if main else []
-    window: list[dict[str, float]] = []
+    window = list(window or [])
     step_module.train()  # from_pretrained returns models in eval mode
     bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not main)
     for step in range(start + 1, len(plan) + 1):
@@ -168,7 +181,11 @@ def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer:
                 with history_file.open("a") as f:
                     f.write(json.dumps(history[-1]) + "\n")
                 log.info("step %d/%d %s", step, len(plan), " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save(step)
+        stopping = step < len(plan) and should_stop()
+        if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            save(step, window)
+        if stopping:
+            bar.close()
+            raise Stopped(step)
     bar.close()
     return history

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -162,9 +163,24 @@ def merged_model(model: torch.nn.Module) -> PreTrainedModel:
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Save a (merged) model and its tokenizer as an HF directory with safetensors."""
+    """Save a (merged) model and its tokenizer as an HF directory with safetensors.
+
+    Written to a hidden sibling folder and renamed into place, so a failure (a full disk)
+    leaves no partial `out_dir` that would pass for a model; it raises `OSError` naming
+    the path and the reason.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a process killed while saving
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, OSError):  # safetensors' writer raises its own type
+            raise OSError(None, f"could not save the model ({err})", str(out_dir)) from err
+        raise
     return out_dir

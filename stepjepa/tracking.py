@@ -8,15 +8,23 @@ with artifacts in `<project root>/mlartifacts`. Both are absolute on purpose: ML
 default is relative to the current directory, which scatters runs over wherever a
 command happened to start. A new experiment on a sqlite store keeps its artifacts in
 `mlartifacts/` beside the database file.
+
+Tracking is off training's critical path: `MlflowTracker.log_metrics` only queues (the
+loop has written `metrics.jsonl` already) and a background thread sends. When the server
+is unreachable the thread says so once, keeps retrying and sends the backlog when it is
+back; points it never sent can be sent later with `python -m stepjepa.resend OUT`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,15 +82,50 @@ def artifact_location(uri: str) -> str | None:
     return (db.parent / "mlartifacts").as_uri()
 
 
-class MlflowTracker:
-    """One MLflow run; `run_id` continues an existing run (resume) instead of starting one."""
+def init_store(uri: str | None = None) -> None:
+    """Create or migrate the tracking store once, before concurrent runs use it.
 
-    def __init__(self, experiment: str, run_name: str | None = None, run_id: str | None = None):
+    MLflow migrates a sqlite schema when a process first opens it; several processes
+    opening a fresh store at once race (`duplicate column name: step`). A file lock beside
+    the database serialises that first open. Other stores (a server) need nothing.
+    """
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///") or uri in _READY_STORES:
+        return
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    from stepjepa.runlock import hold
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    with hold(db.with_name(db.name + ".init-lock"), f"tracking store {db}", wait=600):
+        MlflowClient(uri).search_experiments(max_results=1)
+    _READY_STORES.add(uri)
+
+
+_READY_STORES: set[str] = set()
+
+
+class MlflowTracker:
+    """One MLflow run; `run_id` continues an existing run (resume) instead of starting one.
+
+    The run is started (or resumed) synchronously: its id goes into every checkpoint.
+    Metrics are sent by a background thread through a queue of `queue_size` points; `end`
+    waits up to `flush_seconds` for it, then leaves the rest to `stepjepa.resend`.
+    """
+
+    def __init__(self, experiment: str, run_name: str | None = None, run_id: str | None = None,
+                 queue_size: int = 10_000, flush_seconds: float = 60.0):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # MLflow's own defaults (7 retries, 120 s timeouts) hold a call for minutes when the
+        # server is down; metrics retry in the sender thread, the rest should fail in seconds.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         import mlflow
 
         self._mlflow = mlflow
         uri = tracking_uri()
+        init_store(uri)
         mlflow.set_tracking_uri(uri)
         if mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
@@ -91,8 +134,16 @@ class MlflowTracker:
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=True)
         self.run_id: str | None = run.info.run_id
         log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, "resumed" if run_id else "new", experiment, uri)
-        self._logged_through = _last_logged_step(mlflow.MlflowClient(uri), run)
+        self._client = mlflow.MlflowClient(uri)
+        self._logged_through = _last_logged_step(self._client, run)
         self._skipped = 0
+        self._uri, self._flush_seconds = uri, flush_seconds
+        self._queue: queue.Queue[tuple[dict[str, float], int, int] | None] = queue.Queue(maxsize=queue_size)
+        self._dropped = 0
+        self._down_since: float | None = None
+        self._closing = threading.Event()
+        self._sender = threading.Thread(target=self._send_all, name="mlflow-metrics", daemon=True)
+        self._sender.start()
 
     def log_params(self, params: dict[str, Any]) -> None:
         # MLflow caps a param value at 6000 characters; long prompts are cut, not fatal.
@@ -108,17 +159,82 @@ class MlflowTracker:
                          "not logging them again", self._logged_through, self.run_id)
             self._skipped += 1
             return
-        self._mlflow.log_metrics(metrics, step=step)
+        try:
+            self._queue.put_nowait((metrics, step, int(time.time() * 1000)))
+        except queue.Full:
+            if not self._dropped:
+                log.warning("MLflow queue full (%d points unsent): later steps stay in metrics.jsonl only; "
+                            "send them with `python -m stepjepa.resend OUT`", self._queue.maxsize)
+            self._dropped += 1
+
+    def _send_all(self) -> None:
+        """The sender thread: one batch per logged step, retried until sent or closed."""
+        from mlflow.entities import Metric
+
+        while (item := self._queue.get()) is not None:
+            metrics, step, timestamp = item
+            batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
+            while not self._send(batch):
+                if self._closing.wait(timeout=2.0):
+                    return
+            self._queue.task_done()
+
+    def _send(self, batch) -> bool:
+        try:
+            self._client.log_batch(self.run_id, metrics=batch)
+        except Exception as err:  # noqa: BLE001 - any failure of the server is an outage to ride out
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("MLflow at %s is unreachable (%s); training goes on, metrics stay in metrics.jsonl "
+                            "and are sent when it is back", self._uri, str(err).splitlines()[0][:200])
+            return False
+        if self._down_since is not None:
+            log.info("MLflow at %s is back after %.0f s; sending the queued metrics", self._uri,
+                     time.monotonic() - self._down_since)
+            self._down_since = None
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the queue to drain; whether everything queued was sent."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                if (left := deadline - time.monotonic()) <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
 
     def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
-        """Log a transformers model + tokenizer; returns the `models:/` URI to register."""
+        """Log a transformers model + tokenizer; returns the `models:/` URI to register
+        (None when the server is down: the model is in the run folder, training succeeded)."""
+        if self._down_since is not None:
+            log.warning("MLflow at %s is unreachable: the model is not logged to run %s (it is saved in the run "
+                        "folder)", self._uri, self.run_id)
+            return None
         return log_hf_model(model, tokenizer, self.run_id, name)
 
     def end(self, status: str = "FINISHED") -> None:
-        self._mlflow.end_run(status=status)
+        sent = self.flush(self._flush_seconds)
+        unsent = self._queue.unfinished_tasks + self._dropped
+        self._closing.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        if unsent:
+            log.warning("%d logged steps were not sent to MLflow run %s at %s; they are in metrics.jsonl: send them "
+                        "with `python -m stepjepa.resend OUT`", unsent, self.run_id, self._uri)
+        if not sent:
+            # The server is down: MLflow's own retries would hold this process for minutes,
+            # here and again in its exit handler.
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+        try:
+            self._mlflow.end_run(status=status)
+        except Exception as err:  # noqa: BLE001 - the run's work is done and saved; only its status is lost
+            log.warning("could not mark MLflow run %s %s (%s); `python -m stepjepa.resend OUT` does it later",
+                        self.run_id, status, str(err).splitlines()[0][:200])
 
 
 def log_hf_model(model: Any, tokenizer: Any, run_id: str, name: str = "model") -> str:
@@ -144,6 +260,24 @@ def log_hf_model(model: Any, tokenizer: Any, run_id: str, name: str = "model") -
         )
         mlflow.set_tag("model_uri", info.model_uri)
     return info.model_uri
+
+
+def resend(run_id: str, history: list[dict[str, float]], status: str) -> int:
+    """Send the points of `history` (metrics.jsonl lines) that run `run_id` lacks, and end
+    it with `status` if it is still RUNNING; returns how many steps were sent."""
+    from mlflow.entities import Metric
+
+    client = _client()
+    run = client.get_run(run_id)
+    done = _last_logged_step(client, run)
+    missing = [m for m in history if m["step"] > done]
+    timestamp = int(time.time() * 1000)
+    for m in missing:
+        client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, int(m["step"]))
+                                          for k, v in m.items() if k != "step"])
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
+    return len(missing)
 
 
 def _last_logged_step(client, run) -> int:
@@ -452,11 +586,6 @@ def log_evaluation(metrics: dict[str, float], rows: list[dict[str, Any]], files:
 
 # --- Bringing a store up to date from run folders -----------------------------------------
 
-def init_store() -> None:
-    """Create (or migrate) the tracking store once, before several processes start at once."""
-    _client().search_experiments(max_results=1)
-
-
 def backfill_training(run_id: str, run_dir: Path) -> None:
     """Log a finished run folder (its `config.yaml` and `metrics.jsonl`) into `run_id` when this
     store has not seen its training: the folder came from the DVC cache or another store."""
@@ -468,8 +597,10 @@ def backfill_training(run_id: str, run_dir: Path) -> None:
     run = client.get_run(run_id)
     if run.data.params:
         return
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
+    from stepjepa.train import split_params  # what training logs as params, and what as tags
+
+    values, settings = split_params(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    params = [Param(k, str(v)[:6000]) for k, v in values.items()]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     stamp = int(time.time() * 1000)
     points = [Metric(k, float(v), stamp, int(m["step"])) for m in lines for k, v in m.items() if k != "step"]
@@ -477,6 +608,8 @@ def backfill_training(run_id: str, run_dir: Path) -> None:
         client.log_batch(run_id, params=params[i:i + 100])
     for i in range(0, len(points), 1000):
         client.log_batch(run_id, metrics=points[i:i + 1000])
+    for key, value in settings.items():
+        client.set_tag(run_id, key, str(value)[:5000])
     client.set_tag(run_id, "stepjepa.backfilled_from", run_dir.name)
     client.set_terminated(run_id, status="FINISHED")
 

@@ -10,17 +10,23 @@ OUT receives `config.yaml` (the resolved config), `checkpoints/step-N/` every
 `train.checkpoint_every` steps, `metrics.jsonl` (one line per logged step),
 `summary.json`, and `model/`: the final model (LoRA merged) with its tokenizer, a plain
 Hugging Face directory. Metrics, params and the model also go to MLflow unless
-`train.tracking` is `none`. `--resume` continues from the latest checkpoint, in the same
-MLflow run.
+`train.tracking` is `none`. `--resume` continues from the latest valid checkpoint, in the
+same MLflow run.
+
+One process owns OUT at a time (`OUT/.lock`); a second launcher is refused. SIGTERM or
+SIGINT stops the run at the next step boundary after a checkpoint, marks the MLflow run
+KILLED and exits 128 + the signal (143 for SIGTERM, 130 for SIGINT).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +35,14 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import set_seed
 
 from stepjepa.batching import check_positions, check_rows, check_vocab, laid_out_length, load_rows, step_plan
-from stepjepa.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from stepjepa.checkpoint import (
+    CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+)
 from stepjepa.config import Config, ConfigError, TrainConfig, load_config, resolved_tree, write_config
-from stepjepa.loop import StepModule, TrainingError, run_steps
+from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
 from stepjepa.modeling import build_model, merged_model, pad_id, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
+from stepjepa.runlock import Locked, hold
 from stepjepa.tracking import Tracker, dvc_tags, flatten, git_tags, make_tracker
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,11 @@ log = logging.getLogger(__name__)
 RESUME_SECTIONS = ("model", "tokenize", "train")
 RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tracking",
                      "train.log_model", "train.eval_every", "train.eval_examples"}
+# MLflow params cannot change once logged, and a retried run (a sweep re-launching a config
+# that failed before its first checkpoint) logs into the same run: what does not change
+# the trained weights goes in as tags, which may.
+NOT_PARAMS = RESUMABLE_CHANGES | {"train.experiment"}
+NOT_PARAM_SECTIONS = ("eval", "sweep")
 
 
 @dataclass
@@ -58,9 +72,9 @@ class TrainResult:
 
 def _checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
     """The checkpoint to continue from; refuses to overwrite a run without `--resume`."""
-    latest = latest_checkpoint(out)
-    if not resume and (latest is not None or (out / "model").exists()):
+    if not resume and (list_checkpoints(out) or (out / "model").exists()):
         raise ConfigError(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
+    latest = latest_checkpoint(out) if resume else None
     if resume and latest is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", out / "checkpoints")
     return latest
@@ -82,11 +96,21 @@ def _start_tracking(cfg: Config, data: Path, out: Path, run_id: str | None, run_
     tracker = make_tracker(cfg.train.tracking, cfg.train.experiment, run_name or out.name, run_id,
                            PartialState().is_main_process)
     if run_id is None:  # a resumed run already has its params and tags
-        tracker.log_params(flatten(resolved_tree(cfg)) | {f"run.{k}": v for k, v in facts.items()})
+        params, settings = split_params(resolved_tree(cfg))
+        tracker.log_params(params | {f"run.{k}": v for k, v in facts.items() if k != "data"})
         model_path = Path(cfg.model.name_or_path)
         tracker.set_tags(git_tags() | dvc_tags([data, *([model_path] if model_path.exists() else [])])
+                         | {k: str(v)[:5000] for k, v in settings.items()}
                          | {"data.path": str(data.resolve()), "out": str(out.resolve())})
     return tracker
+
+
+def split_params(config: dict) -> tuple[dict, dict]:
+    """(what decides the trained weights, everything else) as dotted keys: MLflow params
+    and tags. See NOT_PARAMS for why the second part may not be params."""
+    flat = flatten(config)
+    settings = {k for k in flat if k in NOT_PARAMS or k.split(".")[0] in NOT_PARAM_SECTIONS}
+    return {k: v for k, v in flat.items() if k not in settings}, {k: flat[k] for k in sorted(settings)}
 
 
 def make_accelerator(tc: TrainConfig) -> Accelerator:
@@ -102,14 +126,56 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
     return Accelerator(kwargs_handlers=[ddp])
 
 
-def _restore(checkpoint: Path | None, cfg: Config, model, optimizer, scheduler, rank: int) -> tuple[int, str | None]:
-    """(steps already done, MLflow run id) from `checkpoint`, or (0, None) for a new run."""
+def _restore(checkpoint: Path | None, cfg: Config, model, optimizer, scheduler, rank: int) -> dict:
+    """The saved state of `checkpoint` (`step`, `run_id`, `log_window`), or step 0 for a new run."""
     if checkpoint is None:
-        return 0, None
+        return {"step": 0, "run_id": None}
     state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
     _check_same_config(state["config"], cfg, checkpoint)
     log.info("resuming from %s at step %d", checkpoint, state["step"])
-    return state["step"], state["run_id"]
+    return state
+
+
+class StopOnSignal:
+    """SIGTERM and SIGINT ask the run to stop at the next step boundary, after a checkpoint
+    (the preemption contract: SIGTERM, a grace period, then SIGKILL). A repeated SIGTERM
+    (a launcher forwarding it, then its watchdog) changes nothing; a second Ctrl-C raises
+    KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # only there can Python set handlers
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            log.warning("%s received: stopping after the current step with a checkpoint (Ctrl-C again stops "
+                        "at once)", signal.Signals(signum).name)
+        self.signum = self.signum or signum
+        signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """Whether any process got a signal: all stop at the same step, or DDP would hang."""
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        flag = torch.tensor([float(self.signum or 0)], device=accelerator.device)
+        signum = int(accelerator.reduce(flag, "max").item())
+        self.signum = self.signum or signum or None
+        return signum > 0
 
 
 def heldout_probe(model: torch.nn.Module, val_data: Path | None, tc: TrainConfig, pad: int):
@@ -132,13 +198,29 @@ def heldout_probe(model: torch.nn.Module, val_data: Path | None, tc: TrainConfig
 def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, run_name: str | None = None,
           accelerator: Accelerator | None = None, val_data: str | Path | None = None) -> TrainResult:
     """Train `cfg.model` on the tokenised rows in `data`; write the run to `out`. With
-    `val_data` and `train.eval_every`, held-out NLL curves are logged during training."""
-    tc, data, out = cfg.train, Path(data), Path(out)
+    `val_data` and `train.eval_every`, held-out NLL curves are logged during training.
+
+    Raises `Locked` when another process owns `out`, and `Stopped` (with the signal) when
+    SIGTERM/SIGINT ended the run early after a checkpoint.
+    """
+    owns_accelerator = accelerator is None
+    accelerator = accelerator or make_accelerator(cfg.train)
+    out = Path(out)
+    owner = hold(out / ".lock", f"run folder {out}") if accelerator.is_main_process else contextlib.nullcontext()
+    with owner, StopOnSignal() as stop:
+        result = _train(cfg, Path(data), out, resume, run_name, accelerator, stop,
+                        Path(val_data) if val_data else None)
+    if owns_accelerator:  # tear down the process group: without it gloo runs sometimes abort at exit
+        accelerator.end_training()
+    return result
+
+
+def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | None, accelerator: Accelerator,
+           stop: StopOnSignal, val_data: Path | None) -> TrainResult:
+    tc = cfg.train
     checkpoint = _checkpoint_to_resume(out, resume)
     rows = load_rows(data, tc.max_examples)
     counts = check_rows(rows, cfg)  # before loading a model: bad data fails in seconds
-    owns_accelerator = accelerator is None
-    accelerator = accelerator or make_accelerator(tc)
     set_seed(tc.seed)
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
     check_vocab(rows, len(tokenizer), predictor_ids)
@@ -149,28 +231,34 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
     step_module = accelerator.prepare_model(StepModule(model, tc, predictor_ids, pad_id(tokenizer)))
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, len(plan))
-    start, run_id = _restore(checkpoint, cfg, model, optimizer, scheduler, accelerator.process_index)
+    restored = _restore(checkpoint, cfg, model, optimizer, scheduler, accelerator.process_index)
     facts = counts | {"total_steps": len(plan), "num_processes": accelerator.num_processes, "data": str(data)}
-    tracker = _start_tracking(cfg, data, out, run_id, run_name, facts)
+    tracker = _start_tracking(cfg, data, out, restored["run_id"], run_name, facts)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out / "config.yaml")
-    save = functools.partial(save_checkpoint, out, model=model, optimizer=optimizer, scheduler=scheduler,
-                             state={"run_id": tracker.run_id, "config": resolved_tree(cfg)},
-                             keep=tc.keep_checkpoints, rank=accelerator.process_index,
-                             barrier=accelerator.wait_for_everyone)
+
+    def save(step: int, log_window: list[dict[str, float]]) -> None:
+        # The open logging window travels with the checkpoint, so the first mean logged
+        # after a resume still covers `log_every` steps.
+        save_checkpoint(out, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                        state={"run_id": tracker.run_id, "config": resolved_tree(cfg), "log_window": log_window},
+                        keep=tc.keep_checkpoints, rank=accelerator.process_index, barrier=accelerator.wait_for_everyone)
+
     try:
-        probe = heldout_probe(model, Path(val_data) if val_data else None, tc, pad_id(tokenizer))
+        probe = heldout_probe(model, val_data, tc, pad_id(tokenizer))
         history = run_steps(accelerator, step_module, optimizer, scheduler, plan, rows, tc,
-                            start=start, tracker=tracker, out=out, save=save, probe=probe)
+                            start=restored["step"], tracker=tracker, out=out, save=save,
+                            window=restored.get("log_window", []), should_stop=lambda: stop.requested(accelerator),
+                            probe=probe)
         result = _finish(accelerator, step_module, tokenizer, tracker, out, history, steps=len(plan),
                          log_model=tc.log_model)
     except BaseException as err:
-        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if isinstance(err, Stopped):
+            err.signum = stop.signum
+        tracker.end("KILLED" if isinstance(err, (KeyboardInterrupt, Stopped)) else "FAILED")
         raise
     tracker.end()
-    if owns_accelerator:  # tear down the process group: without it gloo runs sometimes abort at exit
-        accelerator.end_training()
     return result
 
 
@@ -230,12 +318,19 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name, accelerator=accelerator,
               val_data=args.val_data)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, Locked) as err:
         log.error("%s", err)
         return 2
     except TrainingError as err:
         log.error("%s", err)
         return 1
+    except OSError as err:  # a full disk while saving the model: the path and the reason, no traceback
+        log.error("%s: %s", err.filename or args.out, err.strerror or err)
+        return 1
+    except Stopped as err:
+        log.warning("stopped by %s after step %d (checkpoint saved); continue with --resume",
+                    signal.Signals(err.signum).name if err.signum else "a signal", err.step)
+        return 128 + (err.signum or signal.SIGTERM)
     return 0
 
 

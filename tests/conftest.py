@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stepjepa.config import DataConfig, TinyModelConfig
+from stepjepa.launch import watch_descendants
 from stepjepa.prepare import to_conversation
 from stepjepa.steps import Solution
 
@@ -25,6 +26,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect keeps task caches under PREFECT_HOME: a test session must never see an earlier one.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="stepjepa-test-prefect-")
+# Servers, deployments and runs the tests start die with pytest also when it is killed
+# (a CI time-out's SIGKILL skips every fixture's clean-up): a watchdog outlives it to stop them.
+watch_descendants(grace=10)
 
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Mark", "Tina"]
 ITEMS = ["clips", "apples", "pages", "dollars", "marbles", "cookies"]

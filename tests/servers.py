@@ -1,7 +1,8 @@
 """Starting and stopping real servers (mlflow, prefect) on 127.0.0.1 for integration tests.
 
 Every process is started in its own process group and killed with it, so a server's own
-children (uvicorn workers, gunicorn) go too.
+children (uvicorn workers, gunicorn) go too; if pytest itself is killed, the watchdog
+conftest.py starts (`stepjepa.launch.watch_descendants`) stops them.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def process(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = N
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
+def mlflow_server(backend_uri: str, artifacts: Path, log: Path, env: dict[str, str],
+                  port: int | None = None) -> Iterator[str]:
+    port = port or free_port()  # a given port: a restart at the address clients already use
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)]
     with process(cmd, log, env) as proc:

@@ -67,22 +67,29 @@ def published(tmp_path_factory):
     env = environment(repo, source)
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "init", "-q"], repo, env)
+    run(["dvc", "remote", "add", "-d", "store", str(tmp / "dvc-remote")], repo, env)
     make_run(repo, env)
+    run(["dvc", "push", "-q"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], repo, env)
     return repo, source
 
 
+def fresh_clone(author: Path, folder: Path, source: Path, *pull: str) -> tuple[Path, dict]:
+    repo = folder / "repo"
+    run(["git", "clone", "-q", str(author), str(repo)], folder, os.environ)
+    env = environment(repo, source)
+    if pull:
+        run(["dvc", "pull", "-q", *pull], repo, env)
+    return repo, env
+
+
 @pytest.fixture(scope="module")
 def clone(published, tmp_path_factory):
-    """A fresh clone with the data stages' outputs in place (as after `dvc pull` of the data,
-    or byte-identical re-runs), no run folders, and its own empty MLflow store."""
+    """A fresh clone with the data stages' outputs pulled from the DVC remote, no run
+    folders, and its own empty MLflow store."""
     author, source = published
-    repo = tmp_path_factory.mktemp("clone") / "repo"
-    run(["git", "clone", "-q", str(author), str(repo)], author.parent, os.environ)
-    for name in ["data", "models"]:
-        shutil.copytree(author / name, repo / name)
-    return repo, environment(repo, source)
+    return fresh_clone(author, tmp_path_factory.mktemp("clone"), source, "fetch", "prepare", "build_model", "tokenize")
 
 
 def test_fresh_clone_trains_the_sweep_and_registers_the_champion(clone):
@@ -107,4 +114,21 @@ def test_second_run_is_a_noop_and_leaves_everything_clean(clone):
     out = make_run(repo, env)
     assert "Running stage" not in out and "is registered in" in out
     assert "up to date" in run(["dvc", "status"], repo, env) or run(["dvc", "status"], repo, env).strip() == ""
+    assert run(["git", "status", "--porcelain"], repo, env) == ""
+
+
+def test_a_clone_that_pulls_the_run_folders_retrains_nothing(published, tmp_path):
+    """With a DVC remote, `dvc pull` brings the run folders; `make run` trains nothing and
+    registers the champion in the clone's own MLflow store from them."""
+    import mlflow
+
+    author, source = published
+    repo, env = fresh_clone(author, tmp_path, source)
+    run(["dvc", "pull", "-q"], repo, env)
+    assert not list((repo / "runs/sweep").glob("*/train.log")), "logs are not part of the DVC out"
+    out = make_run(repo, env)
+    assert "Running stage" not in out and "registering it from the run folders" in out
+    assert not list((repo / "runs/sweep").glob("*/train.log")), "nothing was trained"
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    assert mlflow.transformers.load_model("models:/sj-fresh@champion") is not None
     assert run(["git", "status", "--porcelain"], repo, env) == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -167,6 +168,15 @@ def _launch(params: Path, data: Path, out: Path, env: dict, *extra: str) -> subp
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _in_store(tmp_path: Path, step: int) -> bool:
+    """Whether the sqlite store at `tmp_path` holds a `loss` point for `step` (read directly: fast)."""
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as db:
+        return bool(db.execute("SELECT 1 FROM metrics WHERE key = 'loss' AND step = ?", (step,)).fetchone())
+    return False
+
+
 @pytest.mark.e2e
 def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_path):
     import mlflow
@@ -179,8 +189,9 @@ def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_
     killed = _launch(params, train_data, out, env)
     deadline = time.monotonic() + 120
     # Killed after logging step 4, past the step-3 checkpoint: the resumed run replays step 4.
+    # MLflow gets metrics from a background thread after metrics.jsonl: wait for both.
     history_file = out / "metrics.jsonl"
-    while not (history_file.is_file() and '"step": 4,' in history_file.read_text()):
+    while not (history_file.is_file() and '"step": 4,' in history_file.read_text() and _in_store(tmp_path, 4)):
         assert killed.poll() is None, killed.stdout.read()
         assert time.monotonic() < deadline, "no step 4 within 120 s"
         time.sleep(0.02)

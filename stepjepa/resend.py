@@ -1,0 +1,47 @@
+"""`python -m stepjepa.resend OUT`: send to MLflow what a run logged while the server was down.
+
+Training writes every logged step to `OUT/metrics.jsonl` first and sends it to MLflow in
+the background; when the server stays down past the end of the run, the steps it never
+received (and the run's final status) are sent from the file by this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from stepjepa.checkpoint import latest_checkpoint
+from stepjepa.tracking import resend
+
+log = logging.getLogger(__name__)
+
+
+def run_id_of(out: Path) -> str | None:
+    """The MLflow run of the run folder `out`: from `summary.json`, else its latest checkpoint."""
+    for state in (out / "summary.json", (latest_checkpoint(out) or out / "-") / "state.json"):
+        if state.is_file():
+            return json.loads(state.read_text()).get("run_id")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stepjepa.resend", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the run folder (`stepjepa train --out`)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    run_id = run_id_of(args.out)
+    if run_id is None:
+        log.error("%s: no summary.json or checkpoint names an MLflow run", args.out)
+        return 2
+    history = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    # A run that saved its model finished; any other was stopped before it could say how.
+    status = "FINISHED" if (args.out / "summary.json").is_file() else "KILLED"
+    sent = resend(run_id, history, status)
+    log.info("sent %d steps to MLflow run %s", sent, run_id)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
