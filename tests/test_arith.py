@@ -13,6 +13,7 @@ from stepjepa.config import ArithConfig, ConfigError, DataConfig, config_from_di
 from stepjepa.sources import fetch
 from stepjepa.steps import split_record
 from stepjepa.tasks.arith import ArithSpaceError, generate, write_splits
+from tests.conftest import ROOT
 
 ANNOTATION = re.compile(r"<<(\d+)([-+*/])(\d+)=(\d+)>>")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -135,3 +136,21 @@ def test_fetch_arith_writes_splits_and_provenance(tmp_path):
     assert provenance["arith"] == cfg.arith.model_dump(mode="json")
     assert {s: f["lines"] for s, f in provenance["files"].items()} == {"train": 20, "test": 5}
     assert fetch(cfg, tmp_path / "again")["files"] == provenance["files"], "same params, same sha256"
+
+
+def test_fetch_stage_reports_an_impossible_size_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    arith = {"train_size": 5, "test_size": 5, "min_steps": 3, "max_operand": 2, "max_value": 4, "operations": ["/"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "arith", "arith": arith}}))
+    cmd = [sys.executable, "-m", "pipelines.fetch", "--params", str(tmp_path / "params.yaml"),
+           "--out", str(tmp_path / "raw"), "--metrics", str(tmp_path / "fetch.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "fetch: error: data.arith: found only 0 distinct problems of the 10 asked for (train_size + test_size); "
+        "raise max_value, max_operand or max_steps, or ask for fewer"
+    ]
