@@ -23,7 +23,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-unit test-e2e bench clean
+.PHONY: install run test test-unit test-e2e bench clean demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,39 @@ run: install
 	dvc repro
 	@echo; echo "GSM8K accuracy per config (metrics/sweep/table.md; all metrics: dvc metrics show):"
 	@cat metrics/sweep/table.md
+
+# `make demo`: the same pipeline (DVC stages, the Prefect sweep, MLflow, the registry) on the
+# generated arith task (stepjepa/tasks/arith.py), which the tiny model can learn on a CPU.
+# It is a DVC experiment in a temporary workspace (.dvc/tmp/exps/standalone/), so make
+# run's dvc.lock, metrics/ and runs/ stay as they are. The results are committed to the
+# experiment's git ref refs/exps/../$(DEMO_NAME) (`dvc exp show`; outputs cached by DVC);
+# its table and plots are copied to outputs/demo/. MLflow and Prefect state live at the
+# absolute paths exported above (the temporary workspace is deleted after the run), under
+# their own experiment and registered model, step-jepa-arith.
+# Sizing (chosen from measurements on a loaded 2-core machine, see benchmarks/RESULTS.md):
+# 2 seeds x (SFT + K in {1,2} x lambda in {0.5,2.0}) = 10 runs of DEMO_STEPS steps of batch
+# DEMO_BATCH on a 0.4M-parameter model; a short system prompt saves a quarter of the tokens.
+DEMO_NAME := arith-demo-$(shell date -u +%Y%m%d-%H%M%S)
+DEMO_STEPS ?= 200
+DEMO_BATCH ?= 16
+DEMO_PROMPT ?= Solve step by step; answer in \boxed{}.
+DEMO_PARAMS ?= data.source=arith \
+	data.arith.max_steps=3 data.arith.max_operand=5 data.arith.max_value=20 \
+	tiny_model.vocab_size=1024 tiny_model.hidden_size=128 tiny_model.intermediate_size=256 \
+	tiny_model.num_hidden_layers=3 tiny_model.max_position_embeddings=512 \
+	train.max_steps=$(DEMO_STEPS) train.batch_size=$(DEMO_BATCH) train.epochs=10 \
+	train.learning_rate=0.003 train.checkpoint_every=null \
+	eval.limit=300 eval.max_new_tokens=80 eval.batch_size=100 \
+	'sweep.ks=[1,2]' 'sweep.lambdas=[0.5,2.0]' 'sweep.seeds=[0,1]' \
+	sweep.experiment=step-jepa-arith sweep.registered_model_name=step-jepa-arith
+
+demo: install
+	dvc exp run --temp -n $(DEMO_NAME) -S "++data.system_prompt='$(DEMO_PROMPT)'" $(addprefix -S ,$(DEMO_PARAMS))
+	@ref=$$(git for-each-ref --format='%(objectname)' 'refs/exps/*/*/$(DEMO_NAME)'); \
+	mkdir -p outputs/demo; \
+	for f in table.md summary.json heatmap.png loss_curves.png; do git show "$$ref:metrics/sweep/$$f" > outputs/demo/$$f; done; \
+	echo; echo "arith demo $(DEMO_NAME) (experiment $$ref; table and plots in outputs/demo/):"; \
+	cat outputs/demo/table.md
 
 test: install
 	pytest -q
