@@ -50,7 +50,7 @@ run: install
 # their own experiment and registered model, step-jepa-arith.
 # Sizing (chosen from measurements on a loaded 2-core machine, see benchmarks/RESULTS.md):
 # 2 seeds x (SFT + K in {1,2} x lambda in {0.5,2.0}) = 10 runs of DEMO_STEPS steps of batch
-# DEMO_BATCH on a 0.4M-parameter model; a short system prompt saves a quarter of the tokens.
+# DEMO_BATCH on a 0.52M-parameter model; a short system prompt saves a quarter of the tokens.
 DEMO_NAME := arith-demo-$(shell date -u +%Y%m%d-%H%M%S)
 DEMO_STEPS ?= 200
 DEMO_BATCH ?= 16
