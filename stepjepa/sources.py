@@ -1,4 +1,5 @@
-"""Where GSM8K comes from: the folder named by `GSM8K_DIR`, else the Hugging Face hub.
+"""Where the raw data comes from (`data.source`). GSM8K: the folder named by `GSM8K_DIR`,
+else the Hugging Face hub; arith: generated here by stepjepa/tasks/arith.py.
 
 The official files are copied byte for byte, so the file and line numbers in any later
 error message are those of the official release.
@@ -59,7 +60,26 @@ def fetch_gsm8k(cfg: DataConfig, out_dir: Path) -> dict:
             shutil.copyfile(folder / f"{split}.jsonl", dest)
         else:
             _from_hub(cfg, split, dest)
-        with dest.open("rb") as fh:
-            lines = sum(1 for _ in fh)
-        files[split] = {"lines": lines, "sha256": sha256(dest)}
+        files[split] = file_facts(dest)
     return {"source": source, "files": files}
+
+
+def file_facts(path: Path) -> dict:
+    """Line count and sha256 of a fetched file, for the provenance metrics."""
+    with path.open("rb") as fh:
+        lines = sum(1 for _ in fh)
+    return {"lines": lines, "sha256": sha256(path)}
+
+
+def fetch_arith(cfg: DataConfig, out_dir: Path) -> dict:
+    """Generate the arith task's splits into `out_dir`; provenance records its params."""
+    from stepjepa.tasks.arith import write_splits
+
+    paths = write_splits(cfg.arith, out_dir)
+    files = {split: file_facts(path) for split, path in paths.items()}
+    return {"source": "arith", "arith": cfg.arith.model_dump(mode="json"), "files": files}
+
+
+def fetch(cfg: DataConfig, out_dir: Path) -> dict:
+    """The raw splits `data.source` names, written to `out_dir`; returns their provenance."""
+    return fetch_arith(cfg, out_dir) if cfg.source == "arith" else fetch_gsm8k(cfg, out_dir)

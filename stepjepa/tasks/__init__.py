@@ -1,0 +1,1 @@
+"""Generated tasks in GSM8K's format, selected by `data.source` (one module per task)."""
