@@ -38,10 +38,26 @@ def local_dir() -> Path | None:
     return folder
 
 
+class SourceError(OSError):
+    """GSM8K cannot be had: no GSM8K_DIR and no reachable hub; the message says what to set."""
+
+
 def _from_hub(cfg: DataConfig, split: str, dest: Path) -> None:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise SourceError(
+            f"GSM8K: GSM8K_DIR is not set and the hub is off (HF_HUB_OFFLINE=1), so {cfg.hub_dataset} cannot be "
+            "downloaded: set GSM8K_DIR to a folder with the official train.jsonl and test.jsonl (make sets it to "
+            "../shared/data/gsm8k when that exists), or allow the hub with HF_HUB_OFFLINE=0 (make run HF_HUB_OFFLINE=0)")
     from datasets import load_dataset  # heavy: only on the hub path
 
-    ds = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, revision=cfg.hub_revision)
+    try:
+        ds = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, revision=cfg.hub_revision)
+    except (OSError, ConnectionError, ValueError) as err:
+        raise SourceError(f"GSM8K: GSM8K_DIR is not set and {cfg.hub_dataset} could not be loaded from the hub "
+                          f"({str(err).splitlines()[0][:200]}): set GSM8K_DIR to a folder with train.jsonl and "
+                          "test.jsonl, or check the connection") from None
     with dest.open("w", encoding="utf-8") as fh:
         for row in ds:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -222,3 +222,15 @@ def test_train_rejects_k_beyond_the_models_positions(tmp_path, tiny_model_dir, c
     proc = run(["stepjepa.cli", "train", "--params", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")],
                tmp_path)
     assert_clean_error(proc, "train.k=500", "max_position_embeddings=512")
+
+
+def test_fetch_without_gsm8k_dir_offline_says_what_to_set(tmp_path):
+    """A clone without ../shared and with the hub off: one line naming GSM8K_DIR and HF_HUB_OFFLINE."""
+    env = {k: v for k, v in os.environ.items() if k != "GSM8K_DIR"} | {"HF_HUB_OFFLINE": "1"}
+    (tmp_path / "params.yaml").write_text("data: {}\n")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.fetch", "--params", str(tmp_path / "params.yaml"),
+                           "--out", str(tmp_path / "raw"), "--metrics", str(tmp_path / "fetch.json")],
+                          env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("fetch: error: GSM8K: GSM8K_DIR is not set") and "HF_HUB_OFFLINE=0" in line
