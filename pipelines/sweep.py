@@ -40,7 +40,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from stepjepa import launch, plots, report, tracking  # noqa: E402
 from stepjepa import sweep as plan  # noqa: E402
-from stepjepa.config import Config, ConfigError, SweepConfig, config_from_dict, load_config, write_config
+from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
 
 SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
 

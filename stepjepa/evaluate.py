@@ -7,7 +7,7 @@ are greedy, batched completions that stop at the end-of-turn token. Writes
 `metrics.json` and `timing.json` (speed: kept apart, since it differs from machine to
 machine while the metrics do not) to `--out`, and logs them to MLflow with `--mlflow` (a
 new run) or `--mlflow-run-id` (e.g. the training run). With `--heldout ROWS.parquet` (the
-tokenised rows of the same split) it also writes `heldout.jsonl`: each example's held-out
+tokenised rows of the same split, the same first `eval.limit`) it also writes `heldout.jsonl`: each example's held-out
 NLL (all answer tokens, and Step 2's given Step 1) and adds their means and the JEPA view
 diagnostics (mean cosine, effective ranks, the JEPA loss floor) to the metrics.
 
@@ -235,10 +235,12 @@ def heldout_evaluation(model, tokenizer, rows_path: Path, cfg: Config, out_dir: 
     from stepjepa.prompts import predictor_tokens
 
     tc = cfg.train
-    rows = load_rows(rows_path)
+    # The questions accuracy is measured on (`eval.limit`): every number of a split describes
+    # the same examples, and held-out NLL stays cheap next to generation.
+    rows = load_rows(rows_path, cfg.eval.limit)
     pad = pad_id(tokenizer)
     per_example = heldout_nll(model, rows, pad_id=pad)
-    ids = [str(r) for r in _row_ids(rows_path)]
+    ids = [str(r) for r in _row_ids(rows_path)][: len(rows)]
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "heldout.jsonl").open("w", encoding="utf-8") as fh:
         for row_id, values in zip(ids, per_example, strict=True):

@@ -94,6 +94,26 @@ def gsm8k_dir() -> Path:
     pytest.skip("GSM8K not available: set GSM8K_DIR to a folder with train.jsonl and test.jsonl")
 
 
+def copy_project(repo: Path, validation_size: int, extra: tuple[str, ...] = ()) -> dict:
+    """The project's code, dvc.yaml and params (tiny model, a small validation split) copied
+    into `repo`, for a real DVC pipeline in a temporary git repository; returns the params."""
+    import shutil
+
+    import yaml
+
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in ["stepjepa", "pipelines", "dvc.yaml", ".dvcignore", *extra]:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tiny_model"] = TINY_TEST_MODEL.model_dump()
+    params["data"]["validation_size"] = validation_size
+    return params
+
+
 # The splits of a sweep project: which synthetic conversations each holds.
 SWEEP_SPLITS = {"train": slice(0, 64), "validation": slice(90, 96), "test": slice(100, 106)}
 

@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_TEST_MODEL, synthetic_raw_record
+from tests.conftest import copy_project, synthetic_raw_record
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
@@ -29,16 +27,7 @@ def project(tmp_path_factory):
     small GSM8K-format source that includes a malformed line."""
     tmp = tmp_path_factory.mktemp("dvc")
     repo, source = tmp / "repo", tmp / "gsm8k"
-    repo.mkdir()
-    for name in ["stepjepa", "pipelines", "dvc.yaml", ".dvcignore"]:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["tiny_model"] = TINY_TEST_MODEL.model_dump()
-    params["data"]["validation_size"] = 10
+    params = copy_project(repo, validation_size=10)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     rng = random.Random(1)
     source.mkdir()

@@ -4,7 +4,6 @@ champion; the committed `dvc.lock` and metrics must not change when the results 
 same; a second run is a no-op. Real git, DVC, Prefect and MLflow, the tiny model."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_TEST_MODEL, synthetic_raw_record
+from tests.conftest import copy_project, synthetic_raw_record
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
@@ -45,16 +43,7 @@ def published(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("fresh")
     repo, source = tmp / "author", tmp / "gsm8k"
-    repo.mkdir()
-    for name in ["stepjepa", "pipelines", "dvc.yaml", ".dvcignore", ".gitignore"]:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["tiny_model"] = TINY_TEST_MODEL.model_dump()
-    params["data"]["validation_size"] = 8
+    params = copy_project(repo, validation_size=8, extra=(".gitignore",))
     params["train"] |= {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2, "eval_every": 2,
                         "eval_examples": 4}
     params["eval"] |= {"limit": 6, "max_new_tokens": 12, "batch_size": 6}
