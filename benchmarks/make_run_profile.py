@@ -88,8 +88,10 @@ def eval_phases(folder: Path) -> dict:
     """Phases of one evaluation process (a split of a run folder)."""
     starts, lines = log_lines(folder / "evaluate.log")
     born, ready, wrote = created(folder / "evaluate.log"), first(lines, "evaluating "), first(lines, "wrote ")
-    speed = json.loads((folder / "timing.json").read_text()).get("completions_per_second")
-    questions = sum(1 for _ in (folder / "predictions.jsonl").open()) if (folder / "predictions.jsonl").is_file() else 0
+    timing, predictions = folder / "timing.json", folder / "predictions.jsonl"
+    # An evaluation still running (or killed) has no timing.json yet: its phases stay None.
+    speed = json.loads(timing.read_text()).get("completions_per_second") if timing.is_file() else None
+    questions = sum(1 for _ in predictions.open()) if predictions.is_file() else 0
     generation = questions / speed if speed else None
     return {
         "processes": starts, "span": (born, wrote),
@@ -112,7 +114,7 @@ def mlflow_times(run_ids: list[str], uri: str) -> tuple[dict[str, float], tuple[
             created_at[run_id] = min(m.creation_timestamp for m in models) / 1000
         if parent is None and (parent_id := run.data.tags.get("mlflow.parentRunId")):
             info = client.get_run(parent_id).info
-            parent = (info.start_time / 1000, (info.end_time or info.start_time) / 1000)
+            parent = (info.start_time / 1000, info.end_time / 1000) if info.end_time else None
     return created_at, parent
 
 
@@ -138,8 +140,10 @@ def profile(runs_dir: Path, uri: str, total: float | None) -> dict:
                 phase = key.split("_", 1)[1] if key.startswith(("validation_", "test_")) else key
                 sums[phase] = sums.get(phase, 0.0) + value
     in_processes = sum(b - a for a, b in spans if a and b)
+    unfinished = [f"{name}: {key.removesuffix('_generation')}" for name, row in configs.items()
+                  for key, value in row.items() if key.endswith("_generation") and value is None]
     result = {"configs": configs, "totals": {k: round(v, 1) for k, v in sums.items()},
-              "start_times_known": all(a for a, _ in spans)}
+              "start_times_known": all(a for a, _ in spans), "unfinished_evaluations": unfinished}
     if parent:
         sweep = parent[1] - parent[0]
         result["sweep_wall"] = round(sweep, 1)
