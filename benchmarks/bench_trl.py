@@ -121,7 +121,11 @@ def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path
     """TRL's SFTTrainer as its docs configure chat data with assistant-only loss; `grouped`:
     transformers' length-grouped sampler instead of its default random one."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+
+    try:
+        from trl import SFTConfig, SFTTrainer
+    except ImportError:
+        raise SystemExit("bench_trl.py needs TRL: `make bench`, or `pip install -e '.[bench]'`") from None
 
     tokenizer = load_tokenizer(_config(model_dir, "sft", batch_size).model)
     tokenizer.chat_template = CHATML_MARKED
