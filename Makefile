@@ -89,6 +89,7 @@ test-e2e: install
 	pytest -q -m "e2e or server"
 
 bench: install
+	$(BIN)/pip install --quiet -e ".[bench]"
 	python benchmarks/bench_data.py
 
 mlflow-ui: install

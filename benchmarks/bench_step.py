@@ -48,22 +48,29 @@ VARIANTS = {  # name: (layout, k, lambda, view pair)
 TARGETS = {"inline": 1.08, "packed": 1.25}
 
 
-def build_inputs(scratch: Path, limit: int) -> tuple[Path, Path]:
-    """A tiny model and tokenised rows from raw GSM8K, when the DVC outputs are absent."""
-    import pyarrow.parquet as pq
-
-    from stepjepa.config import DataConfig, TinyModelConfig
+def gsm8k_records(limit: int) -> list[dict]:
+    """The first `limit` raw GSM8K training records as prepared conversations (id, messages, steps)."""
+    from stepjepa.config import DataConfig
     from stepjepa.prepare import to_conversation
     from stepjepa.steps import split_record
-    from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
-    from stepjepa.tokenization import encode_records
 
     raw = Path(os.environ.get("GSM8K_DIR", ROOT.parent / "shared/data/gsm8k")) / "train.jsonl"
     if not raw.is_file():
         raise SystemExit("no data/tokenized/train.parquet and no GSM8K: run `dvc repro` or set GSM8K_DIR")
     lines = raw.read_text().splitlines()[:limit]
-    records = [{"id": f"train-{i + 1:06d}"} | to_conversation(split_record(json.loads(line)), DataConfig())
-               for i, line in enumerate(lines)]
+    return [{"id": f"train-{i + 1:06d}"} | to_conversation(split_record(json.loads(line)), DataConfig())
+            for i, line in enumerate(lines)]
+
+
+def build_inputs(scratch: Path, limit: int) -> tuple[Path, Path]:
+    """A tiny model and tokenised rows from raw GSM8K, when the DVC outputs are absent."""
+    import pyarrow.parquet as pq
+
+    from stepjepa.config import TinyModelConfig
+    from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
+    from stepjepa.tokenization import encode_records
+
+    records = gsm8k_records(limit)
     model_dir = build_tiny_model(TinyModelConfig(), tokenizer_corpus(records), scratch / "tiny")
     table = encode_records(load_tokenizer(ModelConfig(name_or_path=str(model_dir))), records, 512, "26 Jul 2024")
     pq.write_table(table, scratch / "train.parquet")
