@@ -234,3 +234,18 @@ def test_fetch_without_gsm8k_dir_offline_says_what_to_set(tmp_path):
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("fetch: error: GSM8K: GSM8K_DIR is not set") and "HF_HUB_OFFLINE=0" in line
+
+
+def test_prepare_with_an_empty_train_split_fails_naming_the_file(tmp_path):
+    """A train file with no usable record is an error (exit 2, one line), not an empty split."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.jsonl").write_text('{"question": "broken"\n')
+    (raw / "test.jsonl").write_text(json.dumps({"question": "q?", "answer": "a = 1\nb = 2\n#### 2"}) + "\n")
+    (tmp_path / "params.yaml").write_text("data: {validation_size: 1}\n")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(tmp_path / "params.yaml"),
+                           "--raw", str(raw), "--out", str(tmp_path / "prepared"), "--metrics", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [line for line in proc.stderr.strip().splitlines() if line.startswith("prepare: error:")]
+    assert f"{raw / 'train.jsonl'}: no usable records (1 lines read, 1 skipped" in line
