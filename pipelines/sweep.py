@@ -47,19 +47,32 @@ SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
 
 @task(task_run_name="train {spec[name]}")
-def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str) -> dict:
+def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, eval_key: str | None = None,
+              config: dict | None = None) -> dict:
     """One training run in its own process; resumes a checkpoint left by a killed sweep, and
-    trains nothing when the run folder already holds the finished model."""
+    trains nothing when the run folder already holds the finished model. With `eval_key`
+    and `config`, the same process then evaluates the model on validation (what
+    `evaluate_run` would start a second process for)."""
     out, logger = Path(run_dir), get_run_logger()
     if plan.is_trained(out):
         logger.info("%s: trained already (%s)", spec["name"], out)
         tracking.backfill_training(child_run_id, out)
         return {"run_dir": run_dir, "run_id": child_run_id}
+    evaluate = None
+    if eval_key is not None and config is not None:
+        folder = plan.eval_folder(out, SELECT_SPLIT)
+        write_config(config_from_dict(config), folder / "config.yaml")
+        (folder / "metrics.json").unlink(missing_ok=True)  # a model trained anew: any old results are not its own
+        evaluate = (folder, Path(paths["prepared"]) / f"{SELECT_SPLIT}.jsonl",
+                    Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet")
     with SLOTS.acquire() as gpu:
         cmd = launch.train_command(out / "config.yaml", Path(paths["train_data"]), out, [], gpu, resume=True,
-                                   run_name=spec["name"], val_data=Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet")
+                                   run_name=spec["name"], val_data=Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet",
+                                   evaluate=evaluate)
         launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log",
                           on_progress=lambda text: logger.info("%s %s", spec["name"], text))
+    if evaluate and (evaluate[0] / "metrics.json").is_file():
+        plan.mark_evaluated(out, SELECT_SPLIT, eval_key)
     return {"run_dir": run_dir, "run_id": child_run_id}
 
 @task(task_run_name="evaluate {spec[name]} on {split}")
@@ -73,7 +86,8 @@ def evaluate_run(spec: dict, trained: dict, split: str, eval_key: str, paths: di
         with SLOTS.acquire() as gpu:
             cmd = launch.evaluate_command(run_dir / "model", config_file, Path(paths["prepared"]) / f"{split}.jsonl",
                                           out, heldout=Path(paths["tokenized"]) / f"{split}.parquet")
-            launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log")
+            launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log",
+                              on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text))
         plan.mark_evaluated(run_dir, split, eval_key)
     tracking.log_split(trained["run_id"], split, out)
     return report.read_run_result(run_dir, split)
@@ -89,7 +103,7 @@ def step_jepa_config(spec: dict, run_dir: str, paths: dict, child_run_id: str, s
     # worker elsewhere (a cluster image) has no such folder and uses its own checkout.
     if Path(workdir).is_dir():
         os.chdir(workdir)
-    trained = train_run.fn(spec, run_dir, paths, child_run_id)
+    trained = train_run.fn(spec, run_dir, paths, child_run_id, *((eval_key, config) if split == SELECT_SPLIT else ()))
     evaluate_run.fn(spec, trained, split, eval_key, paths, config)
 
 @task(task_run_name="dispatch {spec[name]} ({split})")
@@ -178,8 +192,9 @@ def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, trained=None
     if sweep.launcher == "work_pool":
         return None, dispatch_run.with_options(retries=sweep.retries).submit(
             spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment)
-    if trained is None:
-        trained = train_run.with_options(retries=sweep.retries).submit(spec_d, run["run_dir"], paths, run["child"])
+    if trained is None:  # training evaluates its fresh model on the selection split in-process
+        trained = train_run.with_options(retries=sweep.retries).submit(
+            spec_d, run["run_dir"], paths, run["child"], *((run["eval_key"], config) if split == SELECT_SPLIT else ()))
     return trained, evaluate_run.submit(spec_d, trained, split, run["eval_key"], paths, config)
 
 def _train_and_evaluate(runs: dict, specs: list, paths: dict, sweep: SweepConfig, logger) -> list[dict]:

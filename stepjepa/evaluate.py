@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepjepa import tracking
 from stepjepa.config import Config, ConfigError, config_from_dict, load_config, parse_override
+from stepjepa.progress import Rate
 from stepjepa.score import InputError, gold_value, read_jsonl, score_completion, summarize, text_field
 
 if TYPE_CHECKING:
@@ -104,10 +105,11 @@ def _prompt_messages(messages: Any, where: str) -> list[dict[str, str]]:
 
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], *,
                    batch_size: int, max_new_tokens: int, date_string: str | None = None,
-                   progress: bool = False) -> EvalResult:  # fmt: skip
+                   progress: bool = False, label: str = "evaluate") -> EvalResult:  # fmt: skip
     """Generate greedy answers for `examples` with an in-memory model and score them.
 
     `date_string` is the date training pinned in dated chat templates (`tokenize.date_string`).
+    Each batch logs `LABEL done/total ... eta=...` (the line a sweep's console shows).
 
     Metrics: those of `score.summarize` plus `mean_completion_tokens`,
     `hit_max_new_tokens` (completions cut off) and `completions_per_second`.
@@ -115,10 +117,14 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     from stepjepa.generation import chat_prompt_ids, generate_greedy
 
     prompts = [chat_prompt_ids(tokenizer, e.messages, date_string) for e in examples]
-    start = time.perf_counter()
-    completions = generate_greedy(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
-    )
+    start, rate = time.perf_counter(), Rate(len(prompts))
+
+    def report(done: int) -> None:
+        logger.info("%s %d/%d completions=%.3g/s eta=%s", label, done, len(prompts),
+                    done / (time.perf_counter() - start), rate.eta(done))
+
+    completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  progress=progress, on_batch=report)
     seconds = time.perf_counter() - start
     rows = [
         {
@@ -223,6 +229,21 @@ def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
 
 
 TIMING_KEYS = ("completions_per_second",)
+
+
+def evaluate_to_folder(model, tokenizer, examples: list[Example], cfg: Config, out: Path, *,
+                       heldout: Path | None = None, progress: bool = False) -> tuple[EvalResult, tuple[Path, ...]]:
+    """Accuracy on `examples` (and, with `heldout` rows, held-out NLL and view diagnostics)
+    written to `out`: what `stepjepa evaluate` does once it has a model, and what a sweep's
+    training process does right after training, with the model it just saved."""
+    result = evaluate_model(model, tokenizer, examples, batch_size=cfg.eval.batch_size,
+                            max_new_tokens=cfg.eval.max_new_tokens, date_string=cfg.tokenize.date_string,
+                            progress=progress, label=f"evaluate {out.name}")  # fmt: skip
+    if heldout is not None:
+        result.metrics.update(heldout_evaluation(model, tokenizer, heldout, cfg, out))
+    files = write_outputs(out, result)
+    logger.info("wrote %s", ", ".join(map(str, files)))
+    return result, files
 
 
 def heldout_evaluation(model, tokenizer, rows_path: Path, cfg: Config, out_dir: Path) -> dict[str, Any]:
@@ -331,13 +352,8 @@ def main(argv: list[str]) -> int:
         print(f"stepjepa evaluate: error: {err}", file=sys.stderr)
         return 2
     logger.info("evaluating %s on %d examples of %s", model_dir, len(examples), data)
-    result = evaluate_model(model, tokenizer, examples, batch_size=cfg.eval.batch_size,
-                            max_new_tokens=cfg.eval.max_new_tokens, date_string=cfg.tokenize.date_string,
-                            progress=not args.no_progress)  # fmt: skip
-    if args.heldout is not None:
-        result.metrics.update(heldout_evaluation(model, tokenizer, args.heldout, cfg, args.out))
-    files = write_outputs(args.out, result)
-    logger.info("wrote %s", ", ".join(map(str, files)))
+    result, files = evaluate_to_folder(model, tokenizer, examples, cfg, args.out, heldout=args.heldout,
+                                       progress=not args.no_progress)
     if args.mlflow or args.mlflow_run_id:
         tags = {"eval.model": str(args.model or cfg.model.name_or_path), "eval.data": str(data)}
         tags |= {f"eval.{key}": str(value) for key, value in cfg.eval.model_dump().items()}

@@ -8,7 +8,7 @@ first, then the completions are returned in the input order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -120,12 +120,14 @@ def generate_greedy(
     max_new_tokens: int,
     batch_size: int,
     progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[Completion]:
     """Greedy completions of tokenised prompts, in the order given.
 
     `prompts` are id lists (see `chat_prompt_ids`); batches of `batch_size` are
     left-padded and decoded with the KV cache until every row has produced a stop token
-    (`stop_token_ids`) or `max_new_tokens` tokens.
+    (`stop_token_ids`) or `max_new_tokens` tokens. `on_batch` is told how many prompts
+    are done after each batch.
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
@@ -163,6 +165,8 @@ def generate_greedy(
             for index, tokens in zip(chunk, new_tokens, strict=True):
                 results[index] = _completion(tokenizer, tokens, set(stop_ids))
             bar.update(len(chunk))
+            if on_batch is not None:
+                on_batch(len(results))
     return [results[i] for i in range(len(prompts))]
 
 

@@ -70,8 +70,11 @@ class DeviceSlots:
 def train_command(
     params: Path, data: Path, out: Path, overrides: list[str], gpu: int | None, resume: bool,
     accelerate_config: Path | None = None, run_name: str | None = None, val_data: Path | None = None,
+    evaluate: tuple[Path, Path, Path | None] | None = None,
 ) -> list[str]:
-    """`python -m accelerate.commands.launch ... -m stepjepa.train ...` for one run."""
+    """`python -m accelerate.commands.launch ... -m stepjepa.train ...` for one run; with
+    `evaluate` = (folder holding the eval config.yaml, questions, held-out rows), the run
+    evaluates its model on them in the same process once it is saved."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         cmd += ["--config_file", str(accelerate_config)]
@@ -88,6 +91,10 @@ def train_command(
         cmd += ["--run-name", run_name]
     if val_data:
         cmd += ["--val-data", str(val_data)]
+    if evaluate:
+        folder, questions, heldout = evaluate
+        cmd += ["--evaluate", str(folder), "--evaluate-data", str(questions)]
+        cmd += ["--evaluate-heldout", str(heldout)] if heldout else []
     return cmd
 
 
@@ -213,9 +220,10 @@ def forward_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-# Training logs `step N/M loss=...` every `train.log_every` steps (stepjepa.loop); a sweep
-# forwards those lines so that its console shows how far each run is.
-PROGRESS = re.compile(r"\bINFO (step \d+/\d+\b.*)$")
+# Training logs `step N/M loss=... eta=...` every `train.log_every` steps (stepjepa.loop),
+# evaluation `evaluate SPLIT N/M ... eta=...` every batch (stepjepa.evaluate); a sweep
+# forwards those lines so that its console shows how far each run is (stepjepa.progress).
+PROGRESS = re.compile(r"\bINFO ((?:step|evaluate \w+) \d+/\d+\b.*)$")
 
 
 def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
@@ -223,7 +231,8 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | 
     """Run `cmd` with stdout and stderr appended to `log_path`; raise `RunFailed` with the
     last lines of the log when it exits non-zero (a kill or OOM included).
 
-    `on_progress` gets the text of each training progress line (`step 20/150 loss=...`).
+    `on_progress` gets the text of each progress line (`step 20/150 loss=... eta=1m05s`,
+    `evaluate validation 64/200 ... eta=12s`).
     The child runs in its own process group: `signal_children` reaches it, and it is
     stopped (SIGTERM, then SIGKILL) if this call ends early, by an exception or an interrupt.
     """

@@ -26,6 +26,7 @@ from stepjepa.batching import Plan
 from stepjepa.collate import collate
 from stepjepa.config import TrainConfig
 from stepjepa.forward import StepOutput, step_jepa_forward
+from stepjepa.progress import Rate
 from stepjepa.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer:
     window = list(window or [])
     step_module.train()  # from_pretrained returns models in eval mode
     bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not main)
+    rate = Rate(len(plan), start)
     for step in range(start + 1, len(plan) + 1):
         window.append(optimizer_step(accelerator, step_module, optimizer, scheduler, plan[step - 1], rows, cfg, step))
         bar.update()
@@ -180,7 +182,8 @@ def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer:
                 history.append({"step": step, **{k: v for k, v in metrics.items() if k not in TIMING}})
                 with history_file.open("a") as f:
                     f.write(json.dumps(history[-1]) + "\n")
-                log.info("step %d/%d %s", step, len(plan), " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                log.info("step %d/%d %s eta=%s", step, len(plan),
+                         " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), rate.eta(step))
         stopping = step < len(plan) and should_stop()
         if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             save(step, window)

@@ -304,7 +304,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-data", help="tokenised validation rows (parquet) for held-out curves (train.eval_every)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--run-name", help="MLflow run name (default: the --out folder's name)")
-    return parser.parse_args(argv)
+    parser.add_argument("--evaluate", type=Path, metavar="DIR",
+                        help="then evaluate the saved model in this process, as `stepjepa evaluate --out DIR "
+                             "--params DIR/config.yaml` would (a sweep's validation step, without a second "
+                             "process start and model load; single-process runs only)")
+    parser.add_argument("--evaluate-data", type=Path, metavar="JSONL", help="prepared questions for --evaluate")
+    parser.add_argument("--evaluate-heldout", type=Path, metavar="ROWS.parquet",
+                        help="tokenised rows of the same split for --evaluate (held-out NLL, view diagnostics)")
+    args = parser.parse_args(argv)
+    if args.evaluate and not args.evaluate_data:
+        parser.error("--evaluate needs --evaluate-data")
+    return args
+
+
+def evaluate_after_training(model_dir: Path, out: Path, data: Path, heldout: Path | None) -> bool:
+    """Evaluate the model just saved into `out` with the settings of `out/config.yaml`.
+    A failure here is logged, not raised: the model is trained and saved, and the sweep
+    evaluates it again in a process of its own, which reports the error in full."""
+    from stepjepa.evaluate import evaluate_to_folder, load_examples, load_model
+
+    try:
+        cfg = load_config(out / "config.yaml")
+        examples = load_examples(data, cfg.data.system_prompt, cfg.eval.limit)
+        model, tokenizer = load_model(model_dir, cfg, cfg.eval.device)
+        log.info("evaluating %s on %d examples of %s", model_dir, len(examples), data)
+        evaluate_to_folder(model, tokenizer, examples, cfg, out, heldout=heldout)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        log.error("evaluation after training failed (%s: %s); the model is saved in %s",
+                  type(err).__name__, err, model_dir)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = make_accelerator(cfg.train)
         if not accelerator.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
-        train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name, accelerator=accelerator,
-              val_data=args.val_data)
+        result = train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name,
+                       accelerator=accelerator, val_data=args.val_data)
     except (ConfigError, CheckpointError, Locked) as err:
         log.error("%s", err)
         return 2
@@ -331,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("stopped by %s after step %d (checkpoint saved); continue with --resume",
                     signal.Signals(err.signum).name if err.signum else "a signal", err.step)
         return 128 + (err.signum or signal.SIGTERM)
+    # One process only: with several, rank 0 would evaluate while the others wait at exit
+    # for a process group it is no longer serving; the sweep evaluates those runs itself.
+    if args.evaluate and accelerator.num_processes == 1:
+        evaluate_after_training(result.model_dir, args.evaluate, args.evaluate_data, args.evaluate_heldout)
     return 0
 
 

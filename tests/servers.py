@@ -78,3 +78,14 @@ def prefect_server(log: Path, env: dict[str, str]) -> Iterator[str]:
         url = f"http://127.0.0.1:{port}/api"
         wait_http(f"{url}/health", proc, log)
         yield url
+
+
+def wait_for_deployment(env: dict[str, str], name: str, timeout: float = 120) -> None:
+    """Until `prefect deployment ls` lists `name` (a served flow registers it asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=env, capture_output=True, text=True)
+        if name in out.stdout:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"deployment {name} never appeared")

@@ -121,3 +121,42 @@ def test_a_clone_that_pulls_the_run_folders_retrains_nothing(published, tmp_path
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     assert mlflow.transformers.load_model("models:/sj-fresh@champion") is not None
     assert run(["git", "status", "--porcelain"], repo, env) == ""
+
+
+@pytest.mark.server
+def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(published, tmp_path):
+    """Issue 18: `make run`, then the README's Prefect UI sweep with the same grid (a served
+    deployment, real `prefect server` and `mlflow server` on the project's own store):
+    nothing is trained, no model version is added, and `dvc status` and `git status` stay
+    clean (its report goes to `reports/NAME`, which neither DVC nor git tracks)."""
+    from mlflow import MlflowClient
+
+    from tests.servers import BIN, mlflow_server, prefect_server, process, wait_for_deployment
+
+    author, source = published
+    repo, env = fresh_clone(author, tmp_path, source)
+    run(["dvc", "pull", "-q"], repo, env)
+    make_run(repo, env)
+    store = env["MLFLOW_TRACKING_URI"]
+    versions = [v.version for v in MlflowClient(store).search_model_versions("name = 'sj-fresh'")]
+    assert versions == ["1"]
+    server_env = env | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
+    with prefect_server(tmp_path / "prefect.log", server_env) as api, \
+         mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", server_env) as ml:
+        client_env = server_env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}
+        serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
+        with process(serve, tmp_path / "serve.log", client_env, cwd=repo):
+            wait_for_deployment(client_env, "gsm8k")
+            triggered = subprocess.run(
+                [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k", "-p", "ks=[1]",
+                 "-p", "lambdas=[0.5]", "--watch", "--watch-timeout", "400"],
+                env=client_env, capture_output=True, text=True, timeout=450)
+            assert triggered.returncode == 0 and "Completed" in triggered.stdout, \
+                triggered.stdout + triggered.stderr + (tmp_path / "serve.log").read_text()[-3000:]
+        after = MlflowClient(ml).search_model_versions("name = 'sj-fresh'")
+        assert [v.version for v in after] == versions, "the UI sweep registered the same champion again"
+    assert not list((repo / "runs/sweep").glob("*/train.log")), "the UI sweep trained a config make run had trained"
+    assert (repo / "reports/gsm8k/table.md").is_file()
+    status = run(["dvc", "status"], repo, env)
+    assert "up to date" in status or status.strip() == "", status
+    assert run(["git", "status", "--porcelain"], repo, env) == ""

@@ -38,3 +38,11 @@ def test_a_failing_run_raises_with_the_log_tail(tmp_path, forward):
     with pytest.raises(RunFailed, match=r"(?s)exited with code 3; full log .*train\.log.*not a step 5/4 line"):
         run_logged([sys.executable, "-c", SCRIPT, "3"], dict(os.environ), log,
                    on_progress=(lambda _: None) if forward else None)
+
+
+def test_evaluation_progress_lines_are_forwarded_too(tmp_path):
+    script = ('print("2026-12-01 08:00:00,000 stepjepa.evaluate INFO evaluate validation 32/200 '
+              'completions=41.2/s eta=4s")\nprint("evaluate 1/2 without a level is not a progress line")')
+    seen: list[str] = []
+    run_logged([sys.executable, "-c", script], dict(os.environ), tmp_path / "evaluate.log", on_progress=seen.append)
+    assert seen == ["evaluate validation 32/200 completions=41.2/s eta=4s"]

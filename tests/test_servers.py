@@ -4,13 +4,12 @@ parameters, and the resulting MLflow runs and champion read back over HTTP."""
 
 import os
 import subprocess
-import time
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import make_sweep_project
-from tests.servers import BIN, mlflow_server, prefect_server, process
+from tests.servers import BIN, mlflow_server, prefect_server, process, wait_for_deployment
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e]
 
@@ -19,16 +18,6 @@ pytestmark = [pytest.mark.server, pytest.mark.e2e]
 def project(tmp_path, tiny_model_dir, conversations):
     sweep = {"ks": [3], "lambdas": [9.0], "experiment": "served", "registered_model_name": "sj-served"}
     return make_sweep_project(tmp_path / "project", tiny_model_dir, conversations, sweep)
-
-
-def wait_for_deployment(env, name, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=env, capture_output=True, text=True)
-        if name in out.stdout:
-            return
-        time.sleep(1)
-    raise TimeoutError(f"deployment {name} never appeared")
 
 
 def test_served_deployment_triggered_with_list_parameters(tmp_path, project):

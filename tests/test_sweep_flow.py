@@ -97,7 +97,11 @@ def test_rerun_skips_finished_configs(environment):
     from pipelines.sweep import step_jepa_sweep
 
     (log,) = environment.glob("runs/sweep/k1_lam0.5_s0-*/train.log")
-    (eval_log,) = environment.glob("runs/sweep/k1_lam0.5_s0-*/eval/validation/evaluate.log")
+    # Validation is evaluated by the training process, with the model it just saved: no
+    # second process; only the test split (read once) gets an evaluation process.
+    assert log.read_text().count("evaluating ") == 1 and " evaluate validation " in log.read_text()
+    assert not list(environment.glob("runs/sweep/*/eval/validation/evaluate.log"))
+    (eval_log,) = environment.glob("runs/sweep/sft_s0-*/eval/test/evaluate.log")
     launches, evals = log.read_text().count("$ "), eval_log.read_text().count("$ ")
     before = (environment / "metrics/sweep/summary.json").read_text()
     summary = step_jepa_sweep(params_file="params.yaml")

@@ -256,3 +256,52 @@ def test_resume_needs_the_same_training_config_only(tmp_path):
     changed = config_from_dict({"train": {"k": 2, "learning_rate": 2e-3}})
     with pytest.raises(ConfigError, match=r"train\.learning_rate: 0\.001 -> 0\.002"):
         _check_same_config(saved, changed, tmp_path / "step-000003")
+
+
+def test_evaluate_after_training_writes_what_the_evaluate_command_writes(tiny_model_dir, conversations, train_data,
+                                                                         tmp_path, caplog):
+    """`stepjepa train --evaluate` (a sweep's validation step, in the training process) gives
+    byte for byte the files a separate `stepjepa evaluate` of the saved model gives."""
+    import yaml
+
+    from stepjepa.cli import main as cli_main
+
+    questions = tmp_path / "validation.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in conversations[:8]), encoding="utf-8")
+    tree = yaml.safe_load(write_params(tmp_path / "params.yaml", tiny_model_dir, max_steps=3, k=2,
+                                       **{"lambda": 0.5}).read_text())
+    tree["eval"] = {"limit": 6, "batch_size": 4, "max_new_tokens": 8}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tree))
+    inside = tmp_path / "run" / "eval" / "validation"
+    inside.mkdir(parents=True)
+    (inside / "config.yaml").write_text(params.read_text())
+    with caplog.at_level(logging.INFO):
+        assert main(["--params", str(params), "--data", str(train_data), "--out", str(tmp_path / "run"),
+                     "--evaluate", str(inside), "--evaluate-data", str(questions),
+                     "--evaluate-heldout", str(train_data)]) == 0
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate validation ")]
+    assert progress[-1].startswith("evaluate validation 6/6 ") and progress[-1].endswith("eta=0s")
+    apart = tmp_path / "apart"
+    assert cli_main(["evaluate", "--no-progress", "--model", str(tmp_path / "run" / "model"), "--params",
+                     str(inside / "config.yaml"), "--data", str(questions), "--out", str(apart),
+                     "--heldout", str(train_data)]) == 0
+    for name in ["predictions.jsonl", "metrics.json", "heldout.jsonl"]:
+        assert (inside / name).read_bytes() == (apart / name).read_bytes(), name
+    assert json.loads((inside / "metrics.json").read_text())["n"] == 6
+
+
+def test_a_failed_evaluation_after_training_keeps_the_run(tiny_model_dir, train_data, tmp_path, caplog):
+    """The model is trained and saved even when the evaluation that follows cannot run; the
+    exit code is 0 and the sweep evaluates in a process of its own (which reports in full)."""
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, max_steps=2)
+    inside = tmp_path / "run" / "eval" / "validation"
+    inside.mkdir(parents=True)
+    (inside / "config.yaml").write_text(params.read_text())
+    with caplog.at_level(logging.INFO):
+        assert main(["--params", str(params), "--data", str(train_data), "--out", str(tmp_path / "run"),
+                     "--evaluate", str(inside), "--evaluate-data", str(tmp_path / "missing.jsonl")]) == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert not (inside / "metrics.json").exists()
+    assert any("evaluation after training failed" in r.getMessage() and "missing.jsonl" in r.getMessage()
+               for r in caplog.records)
