@@ -138,7 +138,8 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(published, tmp_pat
     run(["dvc", "pull", "-q"], repo, env)
     make_run(repo, env)
     store = env["MLFLOW_TRACKING_URI"]
-    versions = [v.version for v in MlflowClient(store).search_model_versions("name = 'sj-fresh'")]
+    # (the sqlite store answers versions as int, the REST client as str)
+    versions = [str(v.version) for v in MlflowClient(store).search_model_versions("name = 'sj-fresh'")]
     assert versions == ["1"]
     server_env = env | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
     with prefect_server(tmp_path / "prefect.log", server_env) as api, \
@@ -154,7 +155,7 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(published, tmp_pat
             assert triggered.returncode == 0 and "Completed" in triggered.stdout, \
                 triggered.stdout + triggered.stderr + (tmp_path / "serve.log").read_text()[-3000:]
         after = MlflowClient(ml).search_model_versions("name = 'sj-fresh'")
-        assert [v.version for v in after] == versions, "the UI sweep registered the same champion again"
+        assert [str(v.version) for v in after] == versions, "the UI sweep registered the same champion again"
     assert not list((repo / "runs/sweep").glob("*/train.log")), "the UI sweep trained a config make run had trained"
     assert (repo / "reports/gsm8k/table.md").is_file()
     status = run(["dvc", "status"], repo, env)
