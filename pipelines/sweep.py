@@ -36,6 +36,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.futures import wait  # noqa: E402
+from prefect.utilities.annotations import allow_failure  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from stepjepa import launch, plots, report, tracking  # noqa: E402
@@ -186,19 +187,34 @@ def _sweep_name(sweep: SweepConfig) -> str:
     lams = ",".join(f"{x:g}" for x in sweep.lambdas)
     return f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
 
-def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, trained=None) -> tuple[Any, Any]:
-    """(training future or None, evaluation future) of one run on `split`."""
+def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, trained=None, after=None) -> tuple[Any, Any]:
+    """(training future or None, evaluation future) of one run on `split`; the training (or,
+    given `trained`, the evaluation) waits for the future `after` to end, however it ends."""
     spec_d, config = run["spec"].as_dict(), run["config"].model_dump(mode="json", by_alias=True)
-    if sweep.launcher == "work_pool":
+    if sweep.launcher == "work_pool":  # the work pool's own concurrency decides what runs when
         return None, dispatch_run.with_options(retries=sweep.retries).submit(
             spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment)
+    queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process
         trained = train_run.with_options(retries=sweep.retries).submit(
-            spec_d, run["run_dir"], paths, run["child"], *((run["eval_key"], config) if split == SELECT_SPLIT else ()))
-    return trained, evaluate_run.submit(spec_d, trained, split, run["eval_key"], paths, config)
+            spec_d, run["run_dir"], paths, run["child"], *((run["eval_key"], config) if split == SELECT_SPLIT else ()),
+            **queue)
+        queue = {}
+    return trained, evaluate_run.submit(spec_d, trained, split, run["eval_key"], paths, config, **queue)
+
+def _in_lanes(specs: list, submit) -> dict:
+    """`submit(spec, after)` for each spec, where `after` is the future of the spec `SLOTS.size`
+    places earlier: at most that many runs are in flight, and the rest wait in Prefect as
+    Pending (visible as queued in the UI, their durations free of queue time) instead of
+    Running while blocked on a device slot."""
+    futures, ends = {}, []
+    for index, spec in enumerate(specs):
+        futures[spec.name] = submit(spec, ends[index - SLOTS.size] if index >= SLOTS.size else None)
+        ends.append(futures[spec.name][1] if isinstance(futures[spec.name], tuple) else futures[spec.name])
+    return futures
 
 def _train_and_evaluate(runs: dict, specs: list, paths: dict, sweep: SweepConfig, logger) -> list[dict]:
-    futures = {spec.name: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep) for spec in specs}
+    futures = _in_lanes(specs, lambda spec, after: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep, after=after))
     wait([f for pair in futures.values() for f in pair if f is not None])
     return [_collect(spec, runs[spec.name], *futures[spec.name], logger) for spec in specs]
 
@@ -208,7 +224,8 @@ def _test_once(runs: dict, specs: list, validation: list[dict], best: dict, path
     done = {r["spec"]["name"] for r in validation if r["status"] == "completed"}
     chosen = [s for s in specs if s.config_name in {best["config"], "sft"} and s.name in done]
     trained = {s.name: {"run_dir": runs[s.name]["run_dir"], "run_id": runs[s.name]["child"]} for s in chosen}
-    futures = {s.name: _submit(runs[s.name], TEST_SPLIT, paths, sweep, trained[s.name])[1] for s in chosen}
+    futures = _in_lanes(chosen, lambda s, after: _submit(runs[s.name], TEST_SPLIT, paths, sweep, trained[s.name],
+                                                         after=after)[1])
     wait(list(futures.values()))
     return [_collect(s, runs[s.name], None, futures[s.name], logger) for s in chosen]
 

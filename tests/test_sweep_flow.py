@@ -83,6 +83,23 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     assert "val Step-2 NLL" in table and f"**Test (read once): {selected} vs SFT**" in table
 
 
+def test_queued_runs_wait_in_prefect_instead_of_running(environment):
+    """One device slot (CPU): a training that waits for it is Pending in Prefect, not Running,
+    so the timeline shows one run at a time and durations hold no queue time (issue 18)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["step-jepa-sweep"])),
+                                            sort=FlowRunSort.START_TIME_DESC, limit=1)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    trains = sorted((t for t in task_runs if t.name.startswith("train ")), key=lambda t: t.start_time)
+    assert len(trains) == 3 and all(t.start_time and t.end_time for t in trains)
+    for earlier, later in zip(trains, trains[1:]):
+        assert later.start_time >= earlier.end_time, f"{later.name} was Running while {earlier.name} was"
+
+
 def test_tracked_reports_hold_nothing_machine_specific(environment):
     text = "".join(p.read_text() for p in (environment / "metrics/sweep").glob("*.json"))
     text += (environment / "metrics/sweep/table.md").read_text()
