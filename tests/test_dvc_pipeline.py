@@ -65,6 +65,18 @@ def test_repro_builds_every_output_and_accounts_for_every_record(project):
     assert (repo / "data/tokenized/train.parquet").is_file()
 
 
+def test_metrics_show_is_the_sweeps_table_and_data_statistics_stay_readable(project):
+    """`dvc metrics show` holds the experiment's results only (issue 18: the data stages'
+    statistics made it one 1,483-character table of ~66 mostly empty columns); the
+    statistics are committed outs, shown on request with `dvc metrics show FILE`."""
+    repo, env = project
+    listed = run(["dvc", "metrics", "show"], repo, env)
+    for stage in ["fetch", "prepare", "build_model", "tokenize"]:
+        assert f"metrics/{stage}.json" not in listed
+    asked = run(["dvc", "metrics", "show", "metrics/tokenize.json"], repo, env)
+    assert "metrics/tokenize.json" in asked and "test.count" in asked
+
+
 def test_second_repro_is_a_noop(project):
     repo, env = project
     out = run(["dvc", "repro"], repo, env)
