@@ -77,6 +77,9 @@ TRIES: dict[str, list[str]] = {
     "packed_nce_k2_l0.5": ["train.k=2", "train.lambda=0.5", "train.loss=infonce", "train.layout=packed"],
     "packed_nce_k2_l0.02": ["train.k=2", "train.lambda=0.02", "train.loss=infonce", "train.layout=packed"],
     "packed_nce_k1_l0.1": ["train.k=1", "train.lambda=0.1", "train.loss=infonce", "train.layout=packed"],
+    "demo_seed1": ["train.seed=1"],
+    "packed_nce_k2_l0.02_seed1": ["train.k=2", "train.lambda=0.02", "train.loss=infonce", "train.layout=packed",
+                                  "train.seed=1"],
 }
 
 
