@@ -56,7 +56,7 @@ run: install
 # 2 seeds x (SFT + K in {1,2} x lambda in DEMO_LAMBDAS) = 10 runs of DEMO_STEPS steps of batch
 # DEMO_BATCH on a 0.52M-parameter model. Two-step problems: three-step ones were not learnt
 # in this budget (0.22 after 480 steps). Measured 2026-12-01 with one torch thread: SFT
-# validation accuracy_strict 0.49 / 0.35 (seeds 0 / 1; the most common answer: 0.09); ~35
+# validation accuracy_strict 0.49 / 0.31 (seeds 0 / 1; the most common answer: 0.09); ~35
 # CPU-s per SFT training run, ~42 per Step-JEPA run (packed), ~4 per evaluation of 500
 # questions, plus ~20 s of process start-ups and MLflow per run: ~12 min in all, estimated.
 # Step-JEPA trains with the infonce loss (cosine collapsed the views, with or without
