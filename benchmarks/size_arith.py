@@ -155,15 +155,18 @@ def run_try(name: str, overrides: list[str], work: Path) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| try | changes to DEMO | params | val acc_strict | val NLL | spread v1 | train CPU-s "
-            "| eval CPU-s (generate + held-out) | train wall |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    """The markdown table of benchmarks/RESULTS.md; an SFT run's view spreads in parentheses."""
+    lines = ["| try | changes to DEMO | val `accuracy_strict` (questions) | val NLL | view spread v1 / v2 "
+             "| collapse warning | train CPU-s | eval CPU-s: generate + held-out | train wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        spread = "-" if r["spread_view1"] is None else f"{r['spread_view1']:.2g}"
-        lines.append(f"| {r['name']} | {' '.join(r['overrides']) or '-'} | {r['parameters'] / 1e6:.2f}M "
-                     f"| {r['accuracy_strict']:.3f} ({r['questions']}) | {r['val_nll']:.3f} | {spread} "
+        jepa = any(o.startswith("train.lambda=") and o != "train.lambda=0.0" for o in r["overrides"])
+        spread = f"{r['spread_view1']:.2g} / {r['spread_view2']:.2g}"
+        lines.append(f"| {r['name']} | {', '.join(r['overrides']) or '-'} "
+                     f"| {r['accuracy_strict']:.3f} ({r['questions']}) | {r['val_nll']:.3f} "
+                     f"| {spread if jepa else f'({spread})'} | {('yes' if r['collapse_warnings'] else 'no') if jepa else '-'} "
                      f"| {r['train_cpu_s']:.1f} | {r['generate_cpu_s']:.1f} + {r['heldout_cpu_s']:.1f} "
-                     f"| {r['train_wall_s']:.1f} |")
+                     f"| {r['train_wall_s']:.0f} |")
     return "\n".join(lines)
 
 
