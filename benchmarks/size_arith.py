@@ -162,9 +162,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         jepa = any(o.startswith("train.lambda=") and o != "train.lambda=0.0" for o in r["overrides"])
         spread = f"{r['spread_view1']:.2g} / {r['spread_view2']:.2g}"
+        warned = ("yes" if r["collapse_warnings"] else "no") if jepa else "-"
         lines.append(f"| {r['name']} | {', '.join(r['overrides']) or '-'} "
                      f"| {r['accuracy_strict']:.3f} ({r['questions']}) | {r['val_nll']:.3f} "
-                     f"| {spread if jepa else f'({spread})'} | {('yes' if r['collapse_warnings'] else 'no') if jepa else '-'} "
+                     f"| {spread if jepa else f'({spread})'} | {warned} "
                      f"| {r['train_cpu_s']:.1f} | {r['generate_cpu_s']:.1f} + {r['heldout_cpu_s']:.1f} "
                      f"| {r['train_wall_s']:.0f} |")
     return "\n".join(lines)
