@@ -52,23 +52,30 @@ run: install
 # its table and plots are copied to outputs/demo/. MLflow and Prefect state live at the
 # absolute paths exported above (the temporary workspace is deleted after the run), under
 # their own experiment and registered model, step-jepa-arith.
-# Sizing (benchmarks/RESULTS.md, "Arith task sizing"; measured on a loaded machine, to be
-# re-measured): 2 seeds x (SFT + K in {1,2} x lambda in {0.5,2.0}) = 10 runs of DEMO_STEPS
-# steps of batch DEMO_BATCH on a 0.52M-parameter model; a short system prompt saves a
-# quarter of the tokens. Measured: this SFT run reaches accuracy_strict 0.14 on 300 held-out
-# questions (a constant answer: 0.06), below the 0.25 aimed at; more steps cost time.
+# Sizing (benchmarks/RESULTS.md, "Arith task sizing"; benchmarks/size_arith.py reproduces it):
+# 2 seeds x (SFT + K in {1,2} x lambda in DEMO_LAMBDAS) = 10 runs of DEMO_STEPS steps of batch
+# DEMO_BATCH on a 0.52M-parameter model. Two-step problems: three-step ones were not learnt
+# in this budget (0.22 after 480 steps). Measured 2026-12-01 with one torch thread: SFT
+# validation accuracy_strict 0.49 / 0.31 (seeds 0 / 1; the most common answer: 0.09); ~35
+# CPU-s per SFT training run, ~42 per Step-JEPA run (packed), ~4 per evaluation of 500
+# questions, plus ~20 s of process start-ups and MLflow per run: ~12 min in all, estimated.
+# Step-JEPA trains with the infonce loss (cosine collapsed the views, with or without
+# train.target_grad=false) and the packed layout (inline computes Step 2's LM loss with Step
+# 2 isolated: every inline run, even at lambda 0.02, stayed at chance on this task).
 DEMO_NAME := arith-demo-$(shell date -u +%Y%m%d-%H%M%S)
-DEMO_STEPS ?= 240
+DEMO_STEPS ?= 360
 DEMO_BATCH ?= 16
+DEMO_LAMBDAS ?= [0.02,0.1]
 DEMO_PROMPT ?= Solve step by step; answer in \boxed{}.
 DEMO_PARAMS ?= data.source=arith \
-	data.arith.max_steps=3 data.arith.max_operand=5 data.arith.max_value=20 \
+	data.arith.min_steps=2 data.arith.max_steps=2 data.arith.max_operand=5 data.arith.max_value=20 \
 	tiny_model.vocab_size=1024 tiny_model.hidden_size=128 tiny_model.intermediate_size=256 \
 	tiny_model.num_hidden_layers=3 tiny_model.max_position_embeddings=512 \
 	train.max_steps=$(DEMO_STEPS) train.batch_size=$(DEMO_BATCH) train.epochs=10 \
 	train.learning_rate=0.006 train.checkpoint_every=null \
-	eval.limit=300 eval.max_new_tokens=80 eval.batch_size=100 \
-	'sweep.ks=[1,2]' 'sweep.lambdas=[0.5,2.0]' 'sweep.seeds=[0,1]' \
+	eval.limit=500 eval.max_new_tokens=80 eval.batch_size=100 \
+	'sweep.ks=[1,2]' 'sweep.lambdas=$(DEMO_LAMBDAS)' 'sweep.seeds=[0,1]' \
+	sweep.loss=infonce sweep.layout=packed \
 	sweep.experiment=step-jepa-arith sweep.registered_model_name=step-jepa-arith
 
 demo: install
