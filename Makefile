@@ -32,6 +32,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
+	@echo "Installed into $(VENV)/. For stepjepa, prefect, mlflow and dvc in your shell: source $(VENV)/bin/activate (or call $(VENV)/bin/stepjepa)"
 
 install: $(STAMP)
 

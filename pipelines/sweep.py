@@ -139,7 +139,24 @@ def step_jepa_sweep(
     report_dir: str = "metrics/sweep",
     data_dir: str = "data",
 ) -> dict:
-    """Parameters left empty come from the `sweep` section of `params_file`."""
+    """Parameters left empty come from the `sweep` section of `params_file`.
+
+    Args:
+        ks: Predictor-token counts K to try (empty: sweep.ks, default [1, 2, 3]).
+        lambdas: JEPA loss weights to try (empty: sweep.lambdas, default [0.1, 0.5, 2.0]).
+        seeds: Each config and the SFT baseline train once per seed (empty: sweep.seeds, default [0]).
+        layout: How Step 2 is encoded for the JEPA view: inline, two_pass or packed (empty: sweep.layout, default inline).
+        loss: JEPA loss between the views: cosine, l2, mse or infonce (empty: sweep.loss, default cosine).
+        views: View pairs to try, steps and/or user_assistant (empty: sweep.views, default ["steps"]).
+        overrides: Extra train.* / eval.* values for every run by dotted key, e.g. {"train.max_steps": 50} (empty: sweep.overrides, default none).
+        max_concurrent: Training runs at once (empty: sweep.max_concurrent, default 1 on CPU, one per GPU).
+        retries: Prefect retries of a failed training run (empty: sweep.retries, default 0).
+        launcher: local (tasks of this process) or work_pool (flow runs of sweep.config_deployment) (empty: sweep.launcher, default local).
+        params_file: The params file the empty parameters come from, relative to the sweep's folder.
+        runs_dir: Folder of the run folders; a finished run there is reused, not trained again.
+        report_dir: Where the table, summary and plots go (metrics/sweep is DVC's; a served deployment uses reports/NAME).
+        data_dir: The folder holding prepared/ and tokenized/ (the DVC stages' outputs).
+    """
     global SLOTS
     logger = get_run_logger()
     base = yaml.safe_load(Path(params_file).read_text())

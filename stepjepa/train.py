@@ -76,7 +76,8 @@ def _checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
         raise ConfigError(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
     latest = latest_checkpoint(out) if resume else None
     if resume and latest is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", out / "checkpoints")
+        # The sweep passes --resume to every launch; a fresh run is the usual case, not a fault.
+        log.info("no checkpoint in %s yet: starting at step 0", out / "checkpoints")
     return latest
 
 

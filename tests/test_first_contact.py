@@ -1,0 +1,51 @@
+"""What a new user meets first: the hints of the README and the Makefile, the Prefect form,
+and a fresh run's log (issue 18, item 8)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+def test_every_readme_command_that_starts_prefect_turns_its_telemetry_off():
+    starts = re.compile(r"^\s*(prefect |python -m pipelines\.sweep)", re.M)
+    blocks = [b for b in _bash_blocks((ROOT / "README.md").read_text()) if starts.search(b)]
+    assert len(blocks) >= 2
+    for block in blocks:
+        first = starts.search(block).start()
+        assert "PREFECT_SERVER_ANALYTICS_ENABLED=false" in block[:first], block
+
+
+def test_readme_and_make_install_say_how_to_reach_the_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert ".venv/bin/stepjepa" in readme and "command not found" in readme
+    recipe = subprocess.run(["make", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    assert "source .venv/bin/activate" in recipe.splitlines()[-1]
+
+
+def test_a_fresh_run_with_resume_warns_about_nothing(tmp_path, caplog):
+    from stepjepa.train import _checkpoint_to_resume
+
+    with caplog.at_level(logging.INFO, logger="stepjepa.train"):
+        assert _checkpoint_to_resume(tmp_path / "run", resume=True) is None
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "starting at step 0" in caplog.text
+
+
+def test_the_prefect_form_describes_every_sweep_parameter():
+    from pipelines.sweep import step_jepa_sweep
+
+    properties = step_jepa_sweep.parameters.properties
+    assert set(properties) >= {"ks", "lambdas", "seeds", "layout", "loss", "views", "overrides", "params_file"}
+    missing = [name for name, schema in properties.items() if not schema.get("description")]
+    assert missing == []
+    assert "default [1, 2, 3]" in properties["ks"]["description"]
