@@ -74,6 +74,7 @@ def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, eval_key
                           on_progress=lambda text: logger.info("%s %s", spec["name"], text))
     if evaluate and (evaluate[0] / "metrics.json").is_file():
         plan.mark_evaluated(out, SELECT_SPLIT, eval_key)
+    tracking.log_run_files(child_run_id, out)
     return {"run_dir": run_dir, "run_id": child_run_id}
 
 @task(task_run_name="evaluate {spec[name]} on {split}")

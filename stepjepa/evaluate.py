@@ -129,6 +129,7 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     rows = [
         {
             "id": example.id,
+            "question": example.messages[-1]["content"],  # what a reader looks for; `prompt` wraps it
             "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
             "completion": completion.text,
             "answer": example.answer,

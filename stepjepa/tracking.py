@@ -44,6 +44,8 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_datasets(self, files: dict[str, Path], origin: str | None = None) -> None: ...
+    def log_artifact(self, path: Path) -> None: ...
     def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -60,6 +62,12 @@ class NoopTracker:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_datasets(self, files: dict[str, Path], origin: str | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
         pass
 
     def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
@@ -127,8 +135,7 @@ class MlflowTracker:
         uri = tracking_uri()
         init_store(uri)
         mlflow.set_tracking_uri(uri)
-        if mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
+        _experiment_id(mlflow.MlflowClient(uri), experiment, uri)
         mlflow.set_experiment(experiment)
         # log_system_metrics samples CPU/RAM/GPU with psutil in a background thread.
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=True)
@@ -206,6 +213,16 @@ class MlflowTracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
+
+    def log_datasets(self, files: dict[str, Path], origin: str | None = None) -> None:
+        """Each file as an MLflow dataset input of this run, `{context: path}`: the runs
+        table's Dataset column. See `file_dataset`."""
+        for context, path in files.items():
+            self._mlflow.log_input(file_dataset(path), context=context,
+                                   tags={"origin": origin} if origin else None)
+
+    def log_artifact(self, path: Path) -> None:
+        self._mlflow.log_artifact(str(path))
 
     def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
         """Log a transformers model + tokenizer; returns the `models:/` URI to register
@@ -317,6 +334,47 @@ def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
         return {}
 
 
+def source_tags(entry: Path, root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """MLflow's own source fields (the runs table's Source column): the entry point, and the
+    commit, branch and remote it came from. A run started through `MLFLOW_RUN_ID` or created
+    by a sweep gets none of these from MLflow itself."""
+    from mlflow.entities import SourceType
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE,
+    )
+
+    tags = {MLFLOW_SOURCE_NAME: str(entry), MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    for key, args in ((MLFLOW_GIT_COMMIT, ("rev-parse", "HEAD")), (MLFLOW_GIT_BRANCH, ("rev-parse", "--abbrev-ref", "HEAD")),
+                      (MLFLOW_GIT_REPO_URL, ("config", "--get", "remote.origin.url"))):
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            if value := git(*args):
+                tags[key] = value
+    return tags
+
+
+def file_dataset(path: Path):
+    """An MLflow dataset for a data file: its name, its local path as the source and the md5
+    of its bytes as the digest (the hash DVC keeps the file under in its cache)."""
+    import hashlib
+
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.meta_dataset import MetaDataset
+
+    path = Path(path).resolve()
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    # MLflow makes its local-file source class at import time (no importable name).
+    local = next(cls for cls in get_registered_sources() if cls._get_source_type() == "local")
+    return MetaDataset(local(str(path)), name=f"{path.parent.name}/{path.name}",
+                       digest=digest.hexdigest())
+
+
 def dvc_tags(paths: list[str | Path], root: Path = PROJECT_ROOT) -> dict[str, str]:
     """DVC hashes (from dvc.lock) of the outputs that hold `paths`: which data trained the run.
 
@@ -353,11 +411,22 @@ def _client():
     return MlflowClient(uri)
 
 
-def _experiment_id(client, name: str) -> str:
+# MLflow 3 opens an experiment in its GenAI view unless told it holds model training; the
+# UI reads this experiment tag (and its own `?workflowType=machine_learning` switch).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _experiment_id(client, name: str, uri: str | None = None) -> str:
+    """The experiment `name`, created with the training kind if missing; one made by an older
+    version of the project gets the kind tag too."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri()))
+    if found is None:
+        return client.create_experiment(name, artifact_location=artifact_location(uri or tracking_uri()),
+                                        tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 @contextmanager
@@ -565,18 +634,14 @@ def log_evaluation(metrics: dict[str, float], rows: list[dict[str, Any]], files:
     client = MlflowClient(tracking_uri)
     new_run = run_id is None
     if new_run:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(
-            experiment, artifact_location=artifact_location(tracking_uri)
-        )  # fmt: skip
+        experiment_id = _experiment_id(client, experiment, tracking_uri)
         run_id = client.create_run(experiment_id, run_name="evaluate").info.run_id
     timestamp = int(time.time() * 1000)
     for name, value in metrics.items():
         client.log_metric(run_id, f"eval/{name}", float(value), timestamp=timestamp)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    columns = {key: [row[key] for row in rows] for key in rows[0]}
-    client.log_table(run_id, data=columns, artifact_file="eval/predictions_table.json")
+    client.log_table(run_id, data=predictions_table(rows), artifact_file="eval/predictions_table.json")
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="eval")
     if new_run:
@@ -611,7 +676,30 @@ def backfill_training(run_id: str, run_dir: Path) -> None:
     for key, value in settings.items():
         client.set_tag(run_id, key, str(value)[:5000])
     client.set_tag(run_id, "stepjepa.backfilled_from", run_dir.name)
+    log_run_files(run_id, run_dir)
     client.set_terminated(run_id, status="FINISHED")
+
+
+def predictions_table(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Per-example rows as table columns, the question first: the full `prompt` (system
+    prompt and chat template around the question) goes last, where it does not hide it."""
+    first = [k for k in ("id", "question", "completion", "answer") if k in rows[0]]
+    order = first + [k for k in rows[0] if k not in first and k != "prompt"] + (["prompt"] if "prompt" in rows[0] else [])
+    return {key: [row.get(key) for row in rows] for key in order}
+
+
+def log_run_files(run_id: str, run_dir: Path, names: tuple[str, ...] = ("config.yaml", "train.log")) -> None:
+    """The run folder's config and log as artifacts of its run, once they are complete (the
+    sweep writes `train.log` in its own process, around the training one). A tracking
+    outage costs only these copies: the files stay in the run folder."""
+    try:
+        client = _client()
+        for name in names:
+            if (Path(run_dir) / name).is_file():
+                client.log_artifact(run_id, str(Path(run_dir) / name))
+    except Exception as err:  # noqa: BLE001 - the run itself is done; only the copy is lost
+        log.warning("could not log %s of %s to MLflow run %s (%s); they are in the run folder",
+                    ", ".join(names), run_dir, run_id, str(err).splitlines()[0][:200])
 
 
 def log_split(run_id: str, split: str, folder: Path) -> None:
@@ -631,3 +719,6 @@ def log_split(run_id: str, split: str, folder: Path) -> None:
         for name in ("predictions.jsonl", "heldout.jsonl", "metrics.json"):
             if (folder / name).is_file():
                 client.log_artifact(run_id, str(folder / name), artifact_path=split)
+        predictions = folder / "predictions.jsonl"
+        if predictions.is_file() and (rows := [json.loads(line) for line in predictions.read_text().splitlines() if line]):
+            client.log_table(run_id, data=predictions_table(rows), artifact_file=f"{split}/predictions_table.json")

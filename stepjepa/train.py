@@ -43,7 +43,8 @@ from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
 from stepjepa.modeling import build_model, merged_model, pad_id, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
 from stepjepa.runlock import Locked, hold
-from stepjepa.tracking import Tracker, dvc_tags, flatten, git_tags, make_tracker
+from stepjepa.sources import recorded_source
+from stepjepa.tracking import Tracker, dvc_tags, flatten, git_tags, make_tracker, source_tags
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +93,23 @@ def _check_same_config(saved: dict, cfg: Config, checkpoint: Path) -> None:
         raise ConfigError(f"--resume from {checkpoint}: the config changed ({diffs}); resume with the same params")
 
 
-def _start_tracking(cfg: Config, data: Path, out: Path, run_id: str | None, run_name: str | None,
-                    facts: dict) -> Tracker:
+def _start_tracking(cfg: Config, data: Path, val_data: Path | None, out: Path, run_id: str | None,
+                    run_name: str | None, facts: dict) -> Tracker:
     tracker = make_tracker(cfg.train.tracking, cfg.train.experiment, run_name or out.name, run_id,
                            PartialState().is_main_process)
-    if run_id is None:  # a resumed run already has its params and tags
+    # A resumed run already has its params and tags; with tracking off there is nothing to tag.
+    if run_id is None and tracker.run_id is not None:
         params, settings = split_params(resolved_tree(cfg))
         tracker.log_params(params | {f"run.{k}": v for k, v in facts.items() if k != "data"})
         model_path = Path(cfg.model.name_or_path)
-        tracker.set_tags(git_tags() | dvc_tags([data, *([model_path] if model_path.exists() else [])])
+        # data.hub_dataset is a param whichever source was used; data.origin says which was.
+        origin = recorded_source(data)
+        tracker.set_tags(git_tags() | source_tags(Path("stepjepa") / Path(__file__).name)
+                         | dvc_tags([data, *([model_path] if model_path.exists() else [])])
                          | {k: str(v)[:5000] for k, v in settings.items()}
-                         | {"data.path": str(data.resolve()), "out": str(out.resolve())})
+                         | {"data.path": str(data.resolve()), "out": str(out.resolve())}
+                         | ({"data.origin": origin} if origin else {}))
+        tracker.log_datasets({"training": data} | ({"validation": val_data} if val_data else {}), origin)
     return tracker
 
 
@@ -234,10 +241,10 @@ def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | Non
     scheduler = build_scheduler(optimizer, tc, len(plan))
     restored = _restore(checkpoint, cfg, model, optimizer, scheduler, accelerator.process_index)
     facts = counts | {"total_steps": len(plan), "num_processes": accelerator.num_processes, "data": str(data)}
-    tracker = _start_tracking(cfg, data, out, restored["run_id"], run_name, facts)
+    tracker = _start_tracking(cfg, data, val_data, out, restored["run_id"], run_name, facts)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out / "config.yaml")
+        tracker.log_artifact(write_config(cfg, out / "config.yaml"))
 
     def save(step: int, log_window: list[dict[str, float]]) -> None:
         # The open logging window travels with the checkpoint, so the first mean logged

@@ -64,6 +64,8 @@ def test_evaluate_limit_50_writes_records_and_metrics(tiny_model_dir, test_file,
     assert {"id", "prompt", "completion", "answer", "gold", "extracted_strict", "extracted_flexible",
             "correct_strict", "correct_flexible", "completion_tokens", "stopped"} <= set(rows[0])  # fmt: skip
     assert rows[0]["prompt"].endswith("<|im_start|>assistant\n") and "predictor" not in rows[0]["prompt"]
+    # The question alone, for tables that would otherwise show the system prompt first.
+    assert rows[0]["question"] and rows[0]["prompt"].endswith(f"{rows[0]['question']}<|im_end|>\n<|im_start|>assistant\n")
     # Speed differs between machines: it lives in timing.json, the metrics file holds only results.
     timing = json.loads((out / "timing.json").read_text())
     assert json.loads((out / "metrics.json").read_text()) | timing == metrics and timing["completions_per_second"] > 0

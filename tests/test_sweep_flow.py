@@ -63,6 +63,15 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
         assert {"validation/accuracy_strict", "validation/nll", "validation/step2_nll", "lm_loss",
                 "val_nll", "val_step2_nll"} <= set(runs[name].data.metrics)
         assert runs[name].data.params["train.k"] == ("0" if name == "sft_s0" else "1")
+        # MLflow's own lineage: Source and Dataset columns, the config and the sweep's log.
+        assert runs[name].data.tags["mlflow.source.name"] == "stepjepa/train.py"
+        assert {d.dataset.name for d in runs[name].inputs.dataset_inputs} == {"tokenized/train.parquet",
+                                                                               "tokenized/validation.parquet"}
+        artifacts = {f.path for f in client.list_artifacts(runs[name].info.run_id)}
+        assert {"config.yaml", "train.log"} <= artifacts
+        assert "validation/predictions_table.json" in {f.path for f in client.list_artifacts(runs[name].info.run_id,
+                                                                                              "validation")}
+    assert client.get_experiment_by_name("sweep-test").tags["mlflow.experimentKind"] == "custom_model_development"
     assert {"validation/mean_cos", "validation/rank_view1"} <= set(runs["k1_lam0.5_s0"].data.metrics)
     # Test once: the selected config and SFT, no other run, no other evaluation.
     selected = summary["selected"]
