@@ -57,7 +57,8 @@ def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, eval_key
     out, logger = Path(run_dir), get_run_logger()
     if plan.is_trained(out):
         logger.info("%s: trained already (%s)", spec["name"], out)
-        tracking.backfill_training(child_run_id, out)
+        tracking.backfill_training(child_run_id, out, data={"training": Path(paths["train_data"]), "validation":
+                                   Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet"})
         return {"run_dir": run_dir, "run_id": child_run_id}
     evaluate = None
     if eval_key is not None and config is not None:

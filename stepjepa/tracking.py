@@ -651,9 +651,12 @@ def log_evaluation(metrics: dict[str, float], rows: list[dict[str, Any]], files:
 
 # --- Bringing a store up to date from run folders -----------------------------------------
 
-def backfill_training(run_id: str, run_dir: Path) -> None:
+def backfill_training(run_id: str, run_dir: Path, data: dict[str, Path] | None = None) -> None:
     """Log a finished run folder (its `config.yaml` and `metrics.jsonl`) into `run_id` when this
-    store has not seen its training: the folder came from the DVC cache or another store."""
+    store has not seen its training: the folder came from the DVC cache or another store.
+    `data` (`{context: file}`) are its datasets; the folder's key holds their fingerprint, so
+    they are the files it was trained on. Its Source names the entry point but no commit: the
+    folder does not record which commit trained it."""
     import json
 
     from mlflow.entities import Metric, Param
@@ -676,8 +679,28 @@ def backfill_training(run_id: str, run_dir: Path) -> None:
     for key, value in settings.items():
         client.set_tag(run_id, key, str(value)[:5000])
     client.set_tag(run_id, "stepjepa.backfilled_from", run_dir.name)
+    for key, value in source_tags(Path("stepjepa/train.py")).items():
+        if not key.startswith("mlflow.source.git."):
+            client.set_tag(run_id, key, value)
+    if data:
+        _log_datasets(client, run_id, data)
     log_run_files(run_id, run_dir)
     client.set_terminated(run_id, status="FINISHED")
+
+
+def _log_datasets(client, run_id: str, files: dict[str, Path]) -> None:
+    """`MlflowTracker.log_datasets` for a run this process does not hold open."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    from stepjepa.sources import recorded_source
+
+    inputs = []
+    for context, path in files.items():
+        tags = [InputTag("mlflow.data.context", context)]
+        if origin := recorded_source(path):
+            tags.append(InputTag("origin", origin))
+        inputs.append(DatasetInput(file_dataset(path)._to_mlflow_entity(), tags=tags))
+    client.log_inputs(run_id, datasets=inputs)
 
 
 def predictions_table(rows: list[dict[str, Any]]) -> dict[str, list]:

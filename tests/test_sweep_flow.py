@@ -163,6 +163,12 @@ def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(en
         run = client.get_run(version.run_id)
         assert "lm_loss" in run.data.metrics and "validation/accuracy_strict" in run.data.metrics
         assert run.data.tags["stepjepa.backfilled_from"] == version.tags["run_folder"]
+        # A run filled in from its folder has MLflow's Source and Datasets too, and its config and log.
+        assert run.data.tags["mlflow.source.name"] == "stepjepa/train.py"
+        assert {(d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
+                for d in run.inputs.dataset_inputs} == {("tokenized/train.parquet", "training"),
+                                                        ("tokenized/validation.parquet", "validation")}
+        assert {"config.yaml", "train.log"} <= {f.path for f in client.list_artifacts(run.info.run_id)}
         assert mlflow.transformers.load_model("models:/sj-test@champion") is not None
         assert reconcile("params.yaml", "metrics/sweep") == 0, "a registered champion is a no-op"
     finally:
