@@ -212,11 +212,20 @@ class MlflowTracker:
     def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
         """Log a transformers model + tokenizer; returns the `models:/` URI to register
         (None when the server is down: the model is in the run folder, training succeeded)."""
+        from mlflow.exceptions import MlflowException
+
         if self._down_since is not None:
             log.warning("MLflow at %s is unreachable: the model is not logged to run %s (it is saved in the run "
                         "folder)", self._uri, self.run_id)
             return None
-        return log_hf_model(model, tokenizer, self.run_id, name)
+        try:
+            return log_hf_model(model, tokenizer, self.run_id, name)
+        except (MlflowException, OSError) as err:
+            # A server that went down since the sender last tried (a short run can end
+            # before it notices): the run's work is done and its model saved.
+            log.warning("could not log the model to MLflow run %s at %s (%s): it is saved in the run folder",
+                        self.run_id, self._uri, str(err).splitlines()[0][:200])
+            return None
 
     def end(self, status: str = "FINISHED") -> None:
         sent = self.flush(self._flush_seconds)
