@@ -39,7 +39,7 @@ def project(tmp_path, tiny_model_dir, conversations) -> Path:
     sweep = {"ks": [1], "lambdas": [0.5], "experiment": EXPERIMENT, "registered_model_name": "sj-faults"}
     root = make_sweep_project(tmp_path / "project", tiny_model_dir, conversations, sweep)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"] |= {"max_steps": 400, "checkpoint_every": 2, "eval_every": None}
+    params["train"] |= {"max_steps": 400, "epochs": 100, "checkpoint_every": 2, "eval_every": None}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
