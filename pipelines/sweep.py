@@ -39,6 +39,7 @@ from prefect.futures import wait  # noqa: E402
 from prefect.utilities.annotations import allow_failure  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from pipelines.prefect_server import start_temporary_server  # noqa: E402
 from stepjepa import launch, plots, report, tracking  # noqa: E402
 from stepjepa import sweep as plan  # noqa: E402
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
@@ -352,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     # kill -9 of the sweep also stops its temporary Prefect server and every training child;
     # SIGTERM/SIGINT reach the runs, which checkpoint and end KILLED.
     launch.watch_descendants()
+    if not args.reconcile:  # reconcile starts Prefect only when it has work to do
+        start_temporary_server()  # so that its flow run ends Crashed, not Running, on Ctrl-C
     with launch.forward_signals():
         if args.reconcile:
             return reconcile(**params)

@@ -140,6 +140,8 @@ class MlflowTracker:
         # log_system_metrics samples CPU/RAM/GPU with psutil in a background thread.
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=True)
         self.run_id: str | None = run.info.run_id
+        # A sweep started after this process died ends the run it left RUNNING (end_stale_sweeps).
+        mlflow.set_tags(owner_tags())
         log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, "resumed" if run_id else "new", experiment, uri)
         self._client = mlflow.MlflowClient(uri)
         self._logged_through = _last_logged_step(self._client, run)
@@ -227,11 +229,20 @@ class MlflowTracker:
     def log_model(self, model: Any, tokenizer: Any, name: str = "model") -> str | None:
         """Log a transformers model + tokenizer; returns the `models:/` URI to register
         (None when the server is down: the model is in the run folder, training succeeded)."""
+        from mlflow.exceptions import MlflowException
+
         if self._down_since is not None:
             log.warning("MLflow at %s is unreachable: the model is not logged to run %s (it is saved in the run "
                         "folder)", self._uri, self.run_id)
             return None
-        return log_hf_model(model, tokenizer, self.run_id, name)
+        try:
+            return log_hf_model(model, tokenizer, self.run_id, name)
+        except (MlflowException, OSError) as err:
+            # A server that went down since the sender last tried (a short run can end
+            # before it notices): the run's work is done and its model saved.
+            log.warning("could not log the model to MLflow run %s at %s (%s): it is saved in the run folder",
+                        self.run_id, self._uri, str(err).splitlines()[0][:200])
+            return None
 
     def end(self, status: str = "FINISHED") -> None:
         sent = self.flush(self._flush_seconds)
@@ -429,18 +440,91 @@ def _experiment_id(client, name: str, uri: str | None = None) -> str:
     return found.experiment_id
 
 
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "stepjepa.owner.host", "stepjepa.owner.pid", "stepjepa.owner.started"
+
+
+def owner_tags(pid: int | None = None) -> dict[str, str]:
+    """The process that writes a run (host, pid and its start time) as run tags: whoever finds
+    the run RUNNING later can tell whether it still goes on. The start time tells a reused pid."""
+    import socket
+
+    import psutil
+
+    pid = pid or os.getpid()
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(pid),
+            OWNER_STARTED: f"{psutil.Process(pid).create_time():.2f}"}
+
+
+def owner_gone(tags: dict[str, str], host: str | None = None) -> str | None:
+    """Why the owner named by `tags` (`owner_tags`) is provably gone, or None when it may live:
+    it runs, it runs on another host (nothing here can tell), or no owner is named."""
+    import socket
+
+    import psutil
+
+    host = host or socket.gethostname()
+    pid = tags.get(OWNER_PID)
+    if not pid or tags.get(OWNER_HOST) != host:
+        return None
+    try:
+        process = psutil.Process(int(pid))
+        started, zombie = f"{process.create_time():.2f}", process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return f"owner pid {pid} on {host} gone"
+    if zombie:
+        return f"owner pid {pid} on {host} gone (exited, not yet reaped)"
+    if tags.get(OWNER_STARTED) not in (None, started):
+        return f"owner pid {pid} on {host} gone (the pid now belongs to a later process)"
+    return None
+
+
+def end_stale_sweeps(client, experiment_id: str) -> list[str]:
+    """End KILLED the RUNNING sweep parents of the experiment whose owner is provably gone
+    (kill -9, a lost machine), with the tag `stepjepa.ended_by`; returns the ids ended.
+
+    Their RUNNING config runs go too unless a live process owns them: a config whose training
+    started names its training process (`MlflowTracker` tags it; that process holds the run
+    folder's lock), one it never reached belongs to the dead sweep. A parent whose owner
+    lives or runs on another host is left alone: two sweeps may run at once.
+    """
+    ended = []
+    running = "attributes.status = 'RUNNING'"
+    for parent in client.search_runs([experiment_id], f"tags.`stepjepa.kind` = 'sweep' and {running}"):
+        why = owner_gone(parent.data.tags)
+        if why is None:
+            continue
+        children = client.search_runs([experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and {running}")
+        for child in children:
+            child_why = owner_gone(child.data.tags) if OWNER_PID in child.data.tags else why
+            if child_why:
+                ended.append(_end_killed(client, child.info.run_id, f"next sweep: {child_why}"))
+        ended.append(_end_killed(client, parent.info.run_id, f"next sweep: {why}"))
+    return ended
+
+
+def _end_killed(client, run_id: str, why: str) -> str:
+    log.warning("MLflow run %s was left RUNNING: ending it KILLED (%s)", run_id, why)
+    client.set_tag(run_id, "stepjepa.ended_by", why)
+    client.set_terminated(run_id, status="KILLED")
+    return run_id
+
+
 @contextmanager
 def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep") -> Iterator[str]:
-    """The sweep's parent run (sweep params, code version) for the `with` block; yields its id.
+    """The sweep's parent run (sweep params, code version, owner) for the `with` block; yields its id.
 
     It ends FINISHED when the block does, FAILED on an error and KILLED on an interrupt
-    (Ctrl-C, Prefect cancelling the flow), never left RUNNING as if the sweep went on.
+    (Ctrl-C, Prefect cancelling the flow), never left RUNNING as if the sweep went on. What
+    kill -9 leaves RUNNING, the next sweep of the experiment ends (`end_stale_sweeps`).
     """
     from mlflow.entities import Param
 
     client = _client()
-    run_id = client.create_run(_experiment_id(client, experiment), run_name=run_name,
-                               tags={"stepjepa.kind": "sweep"} | git_tags()).info.run_id
+    experiment_id = _experiment_id(client, experiment)
+    end_stale_sweeps(client, experiment_id)
+    run_id = client.create_run(experiment_id, run_name=run_name,
+                               tags={"stepjepa.kind": "sweep"} | git_tags() | owner_tags()).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
     try:
         yield run_id

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,89 @@ def test_steps_never_sent_are_sent_later_by_the_resend_command(tmp_path, monkeyp
         client = MlflowClient(url)
         assert sorted(m.step for m in client.get_metric_history(tracker.run_id, "loss")) == [1, 2, 3]
         assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.e2e
+@pytest.mark.server
+def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_model_dir, conversations, tmp_path):
+    """`stepjepa train` with the server killed after its first steps: every checkpoint is
+    written on schedule, the model is saved, the outage is logged once, and `stepjepa.resend`
+    sends what was missed once the server is back on the same store."""
+    from mlflow import MlflowClient
+
+    from stepjepa.checkpoint import list_checkpoints
+
+    from tests.helpers_train import write_params, write_tokenized
+
+    data = write_tokenized(tiny_model_dir, conversations[:32], tmp_path / "train.parquet")
+    # ~4 steps/s here: training goes on for tens of seconds after the server is gone.
+    steps, every = 120, 4
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=16, max_steps=steps, epochs=100,
+                          log_every=1, checkpoint_every=every, keep_checkpoints=steps, tracking="mlflow",
+                          log_model=True, experiment="outage-train")
+    backend, artifacts, port, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", free_port(), \
+        tmp_path / "run"
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    with mlflow_server(backend, artifacts, tmp_path / "m1.log", env, port=port) as url:
+        env["MLFLOW_TRACKING_URI"] = url
+        with (tmp_path / "train.log").open("w") as log:
+            train = subprocess.Popen([sys.executable, "-m", "stepjepa.train", "--params", str(params), "--data",
+                                      str(data), "--out", str(out)], cwd=ROOT, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        client, deadline = MlflowClient(url), time.monotonic() + 240
+        while not ((exp := client.get_experiment_by_name("outage-train"))
+                   and any(r.data.metrics for r in client.search_runs([exp.experiment_id]))):
+            assert train.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()
+            time.sleep(0.2)
+    assert train.wait(timeout=400) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    text = (tmp_path / "train.log").read_text()
+    assert text.count("training goes on") == 1, "the outage should be logged once"
+    # When the tracker found the server gone (the line's local-time stamp, as file times are).
+    noticed = re.search(r"^(\S+ \S+) stepjepa.tracking WARNING MLflow at \S+ is unreachable", text, re.M)[1]
+    down_at = datetime.strptime(noticed, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    written = {int(p.name.split("-")[1]): (p / "manifest.json").stat().st_mtime for p in list_checkpoints(out)}
+    assert sorted(written) == list(range(every, steps + 1, every)), "a checkpoint is missing"
+    down = sorted(t for t in written.values() if t > down_at)
+    assert len(down) >= 3, f"too few checkpoints fell in the outage to judge it: {len(down)}"
+    gaps = [b - a for a, b in zip([down_at, *down], down)]
+    assert max(gaps) < 30, f"training stalled on the outage: seconds between checkpoints {gaps}"
+    assert (out / "model" / "config.json").is_file() and (out / "summary.json").is_file()
+
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in history] == list(range(1, steps + 1))
+    run_id = json.loads((out / "summary.json").read_text())["run_id"]
+    with mlflow_server(backend, artifacts, tmp_path / "m2.log", env, port=port):
+        client = MlflowClient(url)
+        assert client.get_run(run_id).info.status == "RUNNING"  # the end was never heard
+        resend = subprocess.run([sys.executable, "-m", "stepjepa.resend", str(out)], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert resend.returncode == 0, resend.stderr
+        for key in set(history[0]) - {"step"}:
+            assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, steps + 1)), key
+        assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.e2e
+@pytest.mark.server
+def test_a_server_gone_before_the_tracker_noticed_does_not_fail_logging_the_model(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch, caplog):
+    """A short run can end before the sender thread meets the outage: logging the model then
+    meets it first, and must not turn a finished training into a failure."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepjepa.tracking import MlflowTracker
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "m.log",
+                       dict(os.environ)) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        tracker = MlflowTracker("model-outage", run_name="r", flush_seconds=1)
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        assert tracker.flush(30)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    with caplog.at_level(logging.WARNING, logger="stepjepa.tracking"):
+        assert tracker.log_model(model, tokenizer) is None
+    assert "could not log the model" in caplog.text and "saved in the run folder" in caplog.text
+    tracker.end()

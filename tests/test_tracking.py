@@ -148,3 +148,67 @@ def test_sweep_parent_run_is_killed_by_an_interrupt(tmp_path, monkeypatch):
     status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, interrupt)
     assert status == "KILLED" and tags["stepjepa.error"].startswith("KeyboardInterrupt")
     assert [type(e) for e in escaped] == [KeyboardInterrupt]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid names no process now
+    return proc.pid
+
+
+def test_a_sweep_ends_the_running_parents_whose_owner_is_provably_gone(monkeypatch, tmp_path):
+    """kill -9 leaves a sweep's parent RUNNING; the next sweep of the experiment ends it
+    KILLED, and only it: a live owner, another host or no owner at all is left alone."""
+    import os
+    import socket
+
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri())
+    exp = client.create_experiment("stale")
+    me, dead = tracking.owner_tags(), _dead_pid()
+    owners = {
+        "live": me,
+        "dead": me | {tracking.OWNER_PID: str(dead)},
+        "reused": me | {tracking.OWNER_STARTED: "12.00"},  # our pid, but a process that started long ago
+        "elsewhere": me | {tracking.OWNER_HOST: "not-" + socket.gethostname(), tracking.OWNER_PID: str(dead)},
+        "unnamed": {},
+    }
+    parents = {name: client.create_run(exp, run_name=name, tags={"stepjepa.kind": "sweep"} | tags).info.run_id
+               for name, tags in owners.items()}
+    # Config runs of the dead sweep: one its training never reached, one a live training owns
+    # (a retried config), one whose training died too.
+    child = {name: client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parents["dead"]} | tags
+                                     ).info.run_id
+             for name, tags in {"unstarted": {}, "training-live": tracking.owner_tags(os.getppid()),
+                                "training-dead": me | {tracking.OWNER_PID: str(dead)}}.items()}
+
+    with tracking.sweep_run("stale", {"ks": [1]}) as new:
+        pass
+
+    status = {name: client.get_run(run_id).info.status for name, run_id in (parents | child).items()}
+    assert status == {"live": "RUNNING", "dead": "KILLED", "reused": "KILLED", "elsewhere": "RUNNING",
+                      "unnamed": "RUNNING", "unstarted": "KILLED", "training-live": "RUNNING",
+                      "training-dead": "KILLED"}
+    host = socket.gethostname()
+    assert client.get_run(parents["dead"]).data.tags["stepjepa.ended_by"] == f"next sweep: owner pid {dead} on {host} gone"
+    assert "later process" in client.get_run(parents["reused"]).data.tags["stepjepa.ended_by"]
+    assert client.get_run(child["unstarted"]).data.tags["stepjepa.ended_by"].startswith("next sweep: owner pid")
+    assert "stepjepa.ended_by" not in client.get_run(parents["live"]).data.tags
+    new_run = client.get_run(new)
+    assert new_run.info.status == "FINISHED" and new_run.data.tags[tracking.OWNER_PID] == str(os.getpid())
+
+
+def test_owner_gone_reads_the_pid_and_its_start_time():
+    import os
+    import socket
+
+    me = tracking.owner_tags()
+    assert me[tracking.OWNER_PID] == str(os.getpid()) and me[tracking.OWNER_HOST] == socket.gethostname()
+    assert tracking.owner_gone(me) is None
+    assert tracking.owner_gone(me | {tracking.OWNER_PID: str(_dead_pid())}).endswith("gone")
+    assert tracking.owner_gone(me, host="another-host") is None
