@@ -676,15 +676,14 @@ def download(uri: str, tracking_uri: str | None = None) -> Path:
 
     `models:/` URIs are resolved by the model registry, whose URI MLflow takes from its
     global setting, not from `tracking_uri`: left alone, it would create `./mlflow.db` in the
-    current directory and find no model there."""
+    current directory and find no model there. It is passed explicitly rather than set:
+    `mlflow.set_registry_uri` exports MLFLOW_REGISTRY_URI, and every process started after
+    it would register its models in this store."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
     from mlflow.artifacts import download_artifacts
 
     uri_of_store = _store(tracking_uri)
-    mlflow.set_tracking_uri(uri_of_store)
-    mlflow.set_registry_uri(uri_of_store)
-    return Path(download_artifacts(artifact_uri=uri, tracking_uri=uri_of_store))
+    return Path(download_artifacts(artifact_uri=uri, tracking_uri=uri_of_store, registry_uri=uri_of_store))
 
 
 def _store(uri: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -254,5 +255,10 @@ def test_a_registered_model_resolves_in_the_given_store_from_any_folder(tiny_mod
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
+    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
     assert (download("models:/sj@champion", uri) / "config.json").is_file()
     assert not (elsewhere / "mlflow.db").exists()
+    # Nothing global changes: processes started later (a sweep's `make run` in the same
+    # shell or test session) must not register their models in this store.
+    assert "MLFLOW_REGISTRY_URI" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ

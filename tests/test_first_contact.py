@@ -4,6 +4,7 @@ and a fresh run's log (issue 18, item 8)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -27,8 +28,11 @@ def test_every_readme_command_that_starts_prefect_turns_its_telemetry_off():
 def test_readme_and_make_install_say_how_to_reach_the_commands():
     readme = (ROOT / "README.md").read_text()
     assert ".venv/bin/stepjepa" in readme and "command not found" in readme
+    # As a user's shell runs it: under `make test` the inherited MAKELEVEL would make this
+    # make print "Leaving directory" after the recipe.
+    shell = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     recipe = subprocess.run(["make", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout
+                            check=True, env=shell).stdout
     assert "source .venv/bin/activate" in recipe.splitlines()[-1]
 
 
