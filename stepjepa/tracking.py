@@ -676,14 +676,21 @@ def download(uri: str, tracking_uri: str | None = None) -> Path:
 
     `models:/` URIs are resolved by the model registry, whose URI MLflow takes from its
     global setting, not from `tracking_uri`: left alone, it would create `./mlflow.db` in the
-    current directory and find no model there. It is passed explicitly rather than set:
-    `mlflow.set_registry_uri` exports MLFLOW_REGISTRY_URI, and every process started after
-    it would register its models in this store."""
+    current directory and find no model there. The version is looked up with a client of
+    this store instead: `mlflow.set_registry_uri` would export MLFLOW_REGISTRY_URI, and every
+    process started after it would register its models in this store."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     uri_of_store = _store(tracking_uri)
-    return Path(download_artifacts(artifact_uri=uri, tracking_uri=uri_of_store, registry_uri=uri_of_store))
+    if uri.startswith("models:/"):  # MLflow resolves these with its global registry, even given one
+        client = MlflowClient(tracking_uri=uri_of_store, registry_uri=uri_of_store)
+        found = get_model_name_and_version(client, uri)
+        if len(found) == 2:  # a registered name (not a logged model's id)
+            uri = client.get_model_version_download_uri(*found)
+    return Path(download_artifacts(artifact_uri=uri, tracking_uri=uri_of_store))
 
 
 def _store(uri: str | None) -> str:
