@@ -42,16 +42,17 @@ import torch
 from bench_step import gsm8k_records
 
 from stepjepa.batching import laid_out_length, load_rows, step_plan
-from stepjepa.collate import collate
+from stepjepa.collate import Collator
 from stepjepa.config import TinyModelConfig, config_from_dict
 from stepjepa.forward import step_jepa_forward
 from stepjepa.loop import StepModule, optimizer_step
-from stepjepa.modeling import build_model, load_model, load_tokenizer, pad_id
+from stepjepa.modeling import build_model, load_model, load_tokenizer
 from stepjepa.optim import build_optimizer, build_scheduler
 from stepjepa.prompts import CHATML_TEMPLATE
 from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
 from stepjepa.tokenization import encode_records
 from stepjepa.train import make_accelerator
+from stepjepa.vocabulary import pad_id
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {"sft": ("inline", 0, 0.0), "jepa_inline": ("inline", 2, 0.1), "jepa_packed": ("packed", 2, 0.1)}
@@ -103,13 +104,14 @@ def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int) 
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
     plan = step_plan([laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows], batch_size=batch_size,
                      grad_accum_steps=1, epochs=1, max_steps=None, seed=tc.seed)
-    step_module = accelerator.prepare_model(StepModule(model, tc, predictor_ids, pad_id(tokenizer)))
+    collator = Collator(k=tc.k, layout=tc.layout, views=tc.views, predictor_ids=predictor_ids, pad_id=pad_id(tokenizer))
+    step_module = accelerator.prepare_model(StepModule.from_config(model, tc))
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, len(plan))
     step_module.train()
     ends = [time.perf_counter()]
     for step, micro_batches in enumerate(plan, start=1):
-        optimizer_step(accelerator, step_module, optimizer, scheduler, micro_batches, rows, tc, step)
+        optimizer_step(accelerator, step_module, optimizer, scheduler, micro_batches, rows, collator, tc, step)
         ends.append(time.perf_counter())
     plain = [len(rows[i]["input_ids"]) for m in plan for b in m for i in b]
     padded = sum(len(b) * max(laid_out_length(rows[i], tc.k, tc.layout, tc.views) for i in b) for m in plan for b in m)
@@ -180,7 +182,7 @@ def agreement(trainer, model_dir: Path, rows: list[dict], batch_size: int) -> di
     model.train()
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(model, batch))
-        ours = collate(rows[:batch_size], k=0, layout="inline", predictor_ids=[], pad_id=pad_id(trainer.processing_class))
+        ours = Collator(k=0, layout="inline", predictor_ids=(), pad_id=pad_id(trainer.processing_class))(rows[:batch_size])
         our_loss = float(step_jepa_forward(model, ours, layout="inline", lam=0.0).lm_loss)
     return {"rows": len(rows), "input_ids_equal": ids_equal, "labels_equal": labels_equal,
             "trl_loss": trl_loss, "our_sft_loss": our_loss, "abs_diff": abs(trl_loss - our_loss),

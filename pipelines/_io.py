@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stepjepa.config import ConfigError
 from stepjepa.prepare import BadRecordError
-from stepjepa.score import InputError, read_jsonl
+from stepjepa.inputs import InputError
 from stepjepa.tokenization import TokenizationError
 
 # What the library raises for bad input (params, files, records). Anything else is a bug
@@ -39,10 +39,6 @@ def stage_args(doc: str, *inputs: str) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     return parser.parse_args()
-
-def read_json_lines(path: Path) -> list[dict]:
-    """The records of a prepared JSONL file; a bad line is an `InputError` naming file and line."""
-    return [record for _, record in read_jsonl(path)]
 
 def write_json(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

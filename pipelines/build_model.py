@@ -4,14 +4,15 @@
         --out models/tiny --metrics metrics/build_model.json
 """
 
-from pipelines._io import read_json_lines, run_stage, stage_args, write_json
+from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
+from stepjepa.inputs import read_records
 from stepjepa.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
 
 def main() -> None:
     args = stage_args(__doc__, "prepared")
     cfg = load_config(args.params)
-    records = read_json_lines(args.prepared)
+    records = read_records(args.prepared)
     build_tiny_model(cfg.tiny_model, tokenizer_corpus(records), args.out)
     write_json(model_summary(args.out), args.metrics)
 

@@ -8,8 +8,9 @@ import logging
 
 import pyarrow.parquet as pq
 
-from pipelines._io import read_json_lines, run_stage, stage_args, write_json
+from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
+from stepjepa.inputs import read_records
 from stepjepa.prepare import PREPARED_SPLITS
 from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, summarize
 from stepjepa.tokenization import max_length_warning
@@ -26,7 +27,7 @@ def main() -> None:
     metrics = {}
     for split in PREPARED_SPLITS:
         path = args.prepared / f"{split}.jsonl"
-        records = read_json_lines(path)
+        records = read_records(path)
         try:
             table = encode_records(tokenizer, records, cfg.tokenize.max_length, cfg.tokenize.date_string)
         except TokenizationError as err:  # its message names the record and field, not the file

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from stepjepa.collate import PAIR_COLUMNS, length_grouped_batches
 from stepjepa.config import Config, ConfigError
+from stepjepa.masks import laid_out_lengths
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +116,11 @@ def check_positions(rows: list[dict[str, Any]], k: int, max_positions: int | Non
 
 
 def laid_out_length(row: dict[str, Any], k: int, layout: str, views: str = "steps") -> int:
-    """Length of a row after layout, which is what padding and compute scale with."""
-    n = len(row["input_ids"])
+    """Length of one row after layout (`stepjepa.masks.laid_out_lengths`)."""
     first, second, valid = PAIR_COLUMNS[views]
-    if not row[valid]:
-        return n
-    if layout == "packed":
-        return n + k + row[second][1] - row[first][1]
-    return n + k
+    ok = bool(row[valid])
+    s1_end, s2_end = (int(row[first][1]), int(row[second][1])) if ok else (0, 0)
+    return int(laid_out_lengths(layout, len(row["input_ids"]), s1_end, s2_end, k, ok))
 
 
 def step_plan(

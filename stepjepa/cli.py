@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("stepjepa.train", "Train one Step-JEPA (or SFT) run"),
-    "inspect": ("stepjepa.inspect", "Show layout, mask and view positions of an example"),
+    "inspect": ("stepjepa.layout_view", "Show layout, mask and view positions of an example"),
     "evaluate": ("stepjepa.evaluate", "GSM8K accuracy of a model directory"),
     "score": ("stepjepa.score", "Re-score saved completions without a model"),
 }

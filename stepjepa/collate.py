@@ -1,7 +1,8 @@
 """Turn tokenised rows into one laid-out, padded training batch (docs/step-jepa.md 3, 5).
 
 `collate` is the one code path from rows (docs/data-format.md) to the tensors a training
-step consumes; `stepjepa inspect` calls it too. It is vectorised over the batch: the only
+step consumes; `Collator` binds its settings once per run, and training, the held-out
+probe, the benchmarks and `stepjepa inspect` all call it. It is vectorised over the batch: the only
 Python loop runs over examples to stack them, never over tokens. Each laid-out position
 is described by a *source index* into the original row (or a predictor slot), and ids,
 labels, targets and positions are all gathered through that one map.
@@ -14,19 +15,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from stepjepa.config import INLINE_UA
 from stepjepa.masks import (
-    Layout, causal_mask, check_k, check_layout, inline_lengths, layout_mask, packed_lengths,
+    causal_mask, check_k, check_layout, inline_lengths, laid_out_lengths, layout_mask, packed_lengths,
 )
+from stepjepa.vocabulary import IGNORE_INDEX, INLINE_UA, Layout, Views
 
-IGNORE = -100
-
-Views = Literal["steps", "user_assistant"]
 # Per view pair: the row columns of its first and second span, and of its validity. The
 # layouts only need the end of the first span and the second span (which follows it), so
 # both pairs share every mask and layout; docs/step-jepa.md 3, 5, 8.
@@ -72,7 +71,7 @@ def _stack(examples: Sequence[Mapping[str, Any]], pad_id: int, views: Views = "s
                          f" (the ends of {first} and {second})")
     pad = torch.nn.utils.rnn.pad_sequence
     return {"ids": pad(ids, batch_first=True, padding_value=pad_id),
-            "labels": pad(labels, batch_first=True, padding_value=IGNORE),
+            "labels": pad(labels, batch_first=True, padding_value=IGNORE_INDEX),
             "n": n, "s1": s1, "s2": s2, "valid": valid}
 
 
@@ -123,7 +122,7 @@ def _plain_batch(rows: dict[str, Tensor], total_len: int, pad_id: int) -> dict[s
     width = rows["ids"].shape[1]
     grow = total_len - width
     ids = torch.nn.functional.pad(rows["ids"], (0, grow), value=pad_id)
-    labels = torch.nn.functional.pad(rows["labels"], (0, grow), value=IGNORE)
+    labels = torch.nn.functional.pad(rows["labels"], (0, grow), value=IGNORE_INDEX)
     real = torch.arange(total_len).unsqueeze(0) < rows["n"].unsqueeze(1)
     return {"lm_input_ids": ids, "lm_labels": labels,
             "lm_position_ids": torch.where(real, torch.arange(total_len), 0),
@@ -132,7 +131,7 @@ def _plain_batch(rows: dict[str, Tensor], total_len: int, pad_id: int) -> dict[s
 
 def shift_targets(labels: Tensor) -> Tensor:
     """`(B, T)` labels -> `(B, T)` targets: position t is trained to predict labels[t+1]."""
-    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
 def collate(
@@ -164,14 +163,14 @@ def collate(
         raise ValueError(f"pad_to_multiple_of must be >= 1 or None; got {pad_to_multiple_of}")
     rows = _stack(examples, pad_id, views)
     n, s1, s2, valid = rows["n"], rows["s1"], rows["s2"], rows["valid"]
-    laid_out = packed_lengths(n, s1, s2, k, valid) if layout == "packed" else inline_lengths(n, k, valid)
+    laid_out = laid_out_lengths(layout, n, s1, s2, k, valid)
     total_len = _round_up(int(laid_out.max()), pad_to_multiple_of)
     geo = _source_map(layout, rows, k, total_len)
     table = torch.tensor([*predictor_ids, pad_id], dtype=torch.long)
     ids = torch.where(geo["slot"] >= 0, table[geo["slot"]], rows["ids"].gather(1, geo["src"]))
     labelled = geo["labelled"]
-    labels = torch.where(labelled, rows["labels"].gather(1, geo["src"]), IGNORE)
-    targets = torch.where(labelled, shift_targets(rows["labels"]).gather(1, geo["src"]), IGNORE)
+    labels = torch.where(labelled, rows["labels"].gather(1, geo["src"]), IGNORE_INDEX)
+    targets = torch.where(labelled, shift_targets(rows["labels"]).gather(1, geo["src"]), IGNORE_INDEX)
     view1, view2 = _view_indices(layout, rows, k)
     batch = {
         "input_ids": torch.where(geo["real"], ids, pad_id), "labels": labels, "shift_labels": targets,
@@ -181,6 +180,33 @@ def collate(
     }
     plain_len = _round_up(int(n.max()), pad_to_multiple_of)
     return batch | _plain_batch(rows, plain_len, pad_id)
+
+
+@dataclass(frozen=True)
+class Collator:
+    """`collate` with its settings bound, built once per run and called on each batch's rows
+    (torchtune's `partial(padded_collate, ...)`, TRL's collator dataclasses): training,
+    the held-out probe, the benchmarks and `stepjepa inspect` all lay out rows through it.
+    The settings are checked when it is built, not on the first batch."""
+
+    k: int
+    layout: Layout
+    predictor_ids: tuple[int, ...]
+    pad_id: int
+    views: Views = "steps"
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "predictor_ids", tuple(int(i) for i in self.predictor_ids))
+        check_k(self.k)
+        check_layout(self.layout)
+        check_views(self.views, self.layout)
+        if len(self.predictor_ids) != self.k:
+            raise ValueError(f"predictor_ids must hold k={self.k} ids; got {len(self.predictor_ids)}")
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+        return collate(examples, k=self.k, layout=self.layout, predictor_ids=self.predictor_ids, pad_id=self.pad_id,
+                       pad_to_multiple_of=self.pad_to_multiple_of, views=self.views)
 
 
 def length_grouped_batches(

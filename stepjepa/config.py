@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stepjepa.prompts import DEFAULT_ANSWER_TEMPLATE, DEFAULT_SYSTEM_PROMPT
+from stepjepa.vocabulary import INLINE_UA, Layout, LossKind, Views
 
 
 class ConfigError(ValueError):
@@ -128,11 +129,6 @@ class TokenizeConfig(Section):
     data does not change from day to day."""
 
 
-# The original LLM-JEPA pair isolates the whole assistant turn (method doc section 8).
-INLINE_UA = ("train.views=user_assistant needs train.layout packed or two_pass, not inline: its assistant "
-             "is isolated from the question, which the LM loss cannot be trained without")
-
-
 class TrainConfig(Section):
     """One training run: the Step-JEPA objective, what is trained, and the optimiser."""
 
@@ -142,15 +138,15 @@ class TrainConfig(Section):
     """Weight of the JEPA loss; 0 with k = 0 is plain supervised fine-tuning."""
     gamma: float = Field(1.0, ge=0)
     """Weight of the language-model loss."""
-    loss: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
+    loss: LossKind = "cosine"
     """How view 1 is aligned with view 2 (method doc section 4)."""
     temperature: float = Field(0.07, gt=0)
     """InfoNCE temperature (used only by `loss: infonce`)."""
     jepa_ratio: float = Field(1.0, le=1)
     """Probability that a batch applies the JEPA loss; <= 0 means every batch."""
-    layout: Literal["inline", "two_pass", "packed"] = "inline"
+    layout: Layout = "inline"
     """How the two views are computed (method doc section 5)."""
-    views: Literal["steps", "user_assistant"] = "steps"
+    views: Views = "steps"
     """The JEPA view pair: `steps` (Step 1 -> Step 2, Step-JEPA) or `user_assistant` (the
     user turn -> the assistant turn, the original LLM-JEPA; layout packed or two_pass)."""
     target_grad: bool = True
@@ -241,9 +237,9 @@ class SweepConfig(Section):
     """JEPA loss weights to try."""
     seeds: list[int] = Field([0], min_length=1)
     """Each config (and the baseline) is trained once per seed."""
-    layout: Literal["inline", "two_pass", "packed"] = "inline"
-    loss: Literal["cosine", "l2", "mse", "infonce"] = "cosine"
-    views: list[Literal["steps", "user_assistant"]] = Field(["steps"], min_length=1)
+    layout: Layout = "inline"
+    loss: LossKind = "cosine"
+    views: list[Views] = Field(["steps"], min_length=1)
     """View pairs to try (`train.views`); one sweep can hold SFT, LLM-JEPA and Step-JEPA."""
     overrides: dict[str, Any] = {}
     """Extra `train.*` / `eval.*` values for every run, by dotted key (not the grid's own

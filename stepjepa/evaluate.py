@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from stepjepa import tracking
 from stepjepa.config import Config, ConfigError, config_from_dict, load_config, parse_override
 from stepjepa.progress import Rate
-from stepjepa.score import InputError, gold_value, read_jsonl, score_completion, summarize, text_field
+from stepjepa.inputs import InputError, read_jsonl
+from stepjepa.score import gold_value, score_completion, summarize, text_field
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -253,7 +254,7 @@ def heldout_evaluation(model, tokenizer, rows_path: Path, cfg: Config, out_dir: 
     from stepjepa.batching import load_rows
     from stepjepa.diagnostics import view_diagnostics
     from stepjepa.heldout import heldout_nll, view_embeddings
-    from stepjepa.modeling import pad_id
+    from stepjepa.vocabulary import pad_id
     from stepjepa.prompts import predictor_tokens
 
     tc = cfg.train

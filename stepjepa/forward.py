@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stepjepa.collate import IGNORE, shift_targets
-from stepjepa.losses import LossKind, check_loss_kind, jepa_loss, mean_cosine
-from stepjepa.masks import Layout, check_layout, to_model_mask
+from stepjepa.collate import shift_targets
+from stepjepa.losses import check_loss_kind, jepa_loss, mean_cosine
+from stepjepa.masks import check_layout, to_model_mask
+from stepjepa.vocabulary import IGNORE_INDEX, Layout, LossKind
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def lm_loss_from_hidden(parts: ModelParts, hidden: Tensor, targets: Tensor) -> T
     `hidden (B, T, H)`, `targets (B, T)` already shifted (targets[t] is what position t
     predicts). No target at all gives a zero that still carries the graph.
     """
-    keep = targets != IGNORE
+    keep = targets != IGNORE_INDEX
     if not bool(keep.any()):
         return hidden.sum() * 0.0
     logits = parts.head(hidden[keep]).float()

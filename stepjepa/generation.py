@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache
 
 from stepjepa.decode_attention import cpu_decode_attention
 from stepjepa.kv_cache import PrefixCache, supports_prefix_cache
+from stepjepa.vocabulary import pad_id
 
 
 # Rows prefilled per forward pass when prompts share a cached prefix (see `_batch_inputs`).
@@ -133,12 +134,10 @@ def generate_greedy(
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    stop_ids = stop_token_ids(tokenizer, model)
-    # Without a pad token, pad with a stop id: padded positions are masked out anyway.
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    stop_ids, pad = stop_token_ids(tokenizer, model), pad_id(tokenizer)
     config = GenerationConfig(
         do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, use_cache=True,
-        eos_token_id=stop_ids, pad_token_id=pad_id,
+        eos_token_id=stop_ids, pad_token_id=pad,
     )  # fmt: skip
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: dict[int, Completion] = {}
@@ -153,7 +152,7 @@ def generate_greedy(
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask, cache = _batch_inputs(
-                model, [prompts[i] for i in chunk], pad_id, prefix, max_new_tokens
+                model, [prompts[i] for i in chunk], pad, prefix, max_new_tokens
             )
             output = model.generate(
                 input_ids=input_ids.to(model.device),

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stepjepa.collate import IGNORE, PAIR_COLUMNS, collate, shift_targets
+from stepjepa.collate import PAIR_COLUMNS, Collator, shift_targets
 from stepjepa.forward import ModelParts, _two_pass_views, gather_views, last_hidden, lm_loss_from_hidden, model_parts
+from stepjepa.vocabulary import IGNORE_INDEX
 
 
 @contextlib.contextmanager
@@ -38,7 +39,7 @@ def _inference(model: nn.Module) -> Iterator[ModelParts]:
 
 
 def _batches(rows: Sequence[dict[str, Any]], batch_size: int, device: torch.device,
-             **collate_args: Any) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+             collator: Collator) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
     """(row indices, collated batch on `device`); rows of similar length share a batch
     (GSM8K answers vary 3x in length, so this saves most of the padding)."""
     if batch_size < 1:
@@ -46,7 +47,7 @@ def _batches(rows: Sequence[dict[str, Any]], batch_size: int, device: torch.devi
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
-        batch = collate([rows[i] for i in indices], **collate_args)
+        batch = collator([rows[i] for i in indices])
         yield indices, {key: value.to(device) for key, value in batch.items()}
 
 
@@ -60,12 +61,12 @@ def _step2_targets(targets: Tensor, chunk: Sequence[dict[str, Any]]) -> Tensor:
     first = torch.tensor([int(s[0]) - 1 for s in spans], device=targets.device).unsqueeze(1)
     last = torch.tensor([int(s[1]) - 1 for s in spans], device=targets.device).unsqueeze(1)
     pos = torch.arange(targets.shape[1], device=targets.device).unsqueeze(0)
-    return torch.where((pos >= first) & (pos <= last), targets, IGNORE)
+    return torch.where((pos >= first) & (pos <= last), targets, IGNORE_INDEX)
 
 
 def _mean_nll(parts: ModelParts, hidden: Tensor, targets: Tensor) -> tuple[float, int]:
     """Mean NLL and count of one row's targets: `(1, N, H)`, `(1, N)`; nan for no target."""
-    count = int((targets != IGNORE).sum())
+    count = int((targets != IGNORE_INDEX).sum())
     return (float(lm_loss_from_hidden(parts, hidden, targets)) if count else math.nan), count
 
 
@@ -80,8 +81,8 @@ def heldout_nll(model: nn.Module, rows: list[dict], *, pad_id: int, batch_size: 
     device = next(model.parameters()).device
     results: list[dict] = [{}] * len(rows)
     with _inference(model) as parts:
-        for indices, batch in _batches(rows, batch_size, device, k=0, layout="inline", predictor_ids=[],
-                                       pad_id=pad_id):
+        plain = Collator(k=0, layout="inline", predictor_ids=(), pad_id=pad_id)
+        for indices, batch in _batches(rows, batch_size, device, plain):
             hidden = last_hidden(parts, batch["lm_input_ids"], batch["lm_attention_mask"], batch["lm_position_ids"])
             targets = shift_targets(batch["lm_labels"])
             step2 = _step2_targets(targets, [rows[i] for i in indices])
@@ -106,8 +107,8 @@ def view_embeddings(model: nn.Module, rows: list[dict], *, k: int, layout: str, 
     device = next(model.parameters()).device
     views1, views2, order = [], [], []
     with _inference(model) as parts:
-        for indices, batch in _batches(valid, batch_size, device, k=k, layout=layout, predictor_ids=predictor_ids,
-                                       pad_id=pad_id, views=views):
+        collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids, pad_id=pad_id, views=views)
+        for indices, batch in _batches(valid, batch_size, device, collator):
             order += indices
             every = torch.arange(len(batch["jepa_valid"]), device=device)
             if layout == "two_pass":

@@ -5,8 +5,8 @@ steps --views user_assistant` shows Step-JEPA's and the original LLM-JEPA's side
 it prints the laid-out tokens with their segments, positions and labels, the two view
 positions, and the attention mask as a text grid (`--png PATH` also draws it; `--json`
 prints one K as JSON, one line per view pair).
-The row goes through `stepjepa.collate.collate`, the very function training batches come
-from. The user/assistant pair has no inline layout: under `inline` it is shown as
+The row goes through `stepjepa.collate.Collator`, the very collator training batches come
+from. (The module is not called `inspect`: that name would shadow the standard library's.) The user/assistant pair has no inline layout: under `inline` it is shown as
 `two_pass`'s JEPA pass (the same mask).
 
     stepjepa inspect --index 0 --k 2 --layout packed
@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from stepjepa.batching import COLUMNS
-from stepjepa.collate import PAIR_COLUMNS, collate
+from stepjepa.collate import PAIR_COLUMNS, Collator
 from stepjepa.config import ConfigError
-from stepjepa.masks import LAYOUTS
+from stepjepa.inputs import InputError, read_jsonl
 from stepjepa.prompts import predictor_tokens
-from stepjepa.score import InputError
+from stepjepa.tokenization import TokenizationError, load_tokenizer
+from stepjepa.vocabulary import LAYOUTS, pad_id
 
 log = logging.getLogger(__name__)
 MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C",
@@ -74,16 +75,11 @@ def load_steps(path: str | Path | None, row_id: str | None) -> list[str] | None:
     """The step texts of the prepared record with this id, or None if unavailable."""
     if path is None or row_id is None or not Path(path).exists():
         return None
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                where = f"--prepared {path}:{number}"
-                raise InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if isinstance(record, dict) and record.get("id") == row_id:
-                return list(record["steps"])
-    return None
+    try:
+        records = read_jsonl(path)
+    except InputError as err:
+        raise InputError(f"--prepared {err}") from None
+    return next((list(record["steps"]) for _, record in records if record.get("id") == row_id), None)
 
 
 def predictor_ids(tokenizer: Any, k: int) -> list[int]:
@@ -127,8 +123,9 @@ def lay_out(
     second span is its copy; None without a pair), segments (name per token),
     invalid_reason.
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = collate([row], k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id, views=views)
+    collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id(tokenizer),
+                        views=views)
+    batch = collator([row])
     length = int(batch["lengths"][0])
     ids = batch["input_ids"][0, :length].tolist()
     names, span1, span2 = segments(row, k, layout, length, views)
@@ -274,11 +271,9 @@ def _pairs(requested: list[str] | None, default: str, row: dict[str, Any]) -> li
 
 
 def _tokenizer(model_dir: str, from_flag: bool) -> Any:
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
-    except OSError as err:  # transformers' message may not name the directory
+        return load_tokenizer(model_dir)
+    except (OSError, TokenizationError) as err:  # transformers' message may not name the directory
         source = "--model-dir" if from_flag else "model.name_or_path"
         raise InputError(f"{source} {model_dir}: cannot load the tokenizer ({' '.join(str(err).split())})") from None
 

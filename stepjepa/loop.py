@@ -23,11 +23,12 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from stepjepa.batching import Plan
-from stepjepa.collate import collate
+from stepjepa.collate import Collator
 from stepjepa.config import TrainConfig
 from stepjepa.forward import StepOutput, step_jepa_forward
 from stepjepa.progress import Rate
 from stepjepa.tracking import Tracker
+from stepjepa.vocabulary import Layout, LossKind
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,26 @@ class StepModule(torch.nn.Module):
 
     DDP prepares gradient synchronisation in its own forward, and `step_jepa_forward`
     drives the decoder and LM head separately; wrapping this module (not the model) keeps
-    both true. `model` is the plain (or PEFT) causal LM.
+    both true. `model` is the plain (or PEFT) causal LM; the rest are the loss's settings.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, predictor_ids: list[int], pad_id: int):
+    def __init__(self, model: torch.nn.Module, *, layout: Layout, loss_kind: LossKind, gamma: float, lam: float,
+                 temperature: float, target_grad: bool, bf16: bool = False):
         super().__init__()
         self.model = model
-        self.cfg = cfg
-        self.predictor_ids = predictor_ids
-        self.pad_id = pad_id
+        self.loss_args = dict(layout=layout, loss_kind=loss_kind, gamma=gamma, lam=lam, temperature=temperature,
+                              target_grad=target_grad)
+        self.bf16 = bf16
+
+    @classmethod
+    def from_config(cls, model: torch.nn.Module, tc: TrainConfig) -> StepModule:
+        return cls(model, layout=tc.layout, loss_kind=tc.loss, gamma=tc.gamma, lam=tc.lambda_,
+                   temperature=tc.temperature, target_grad=tc.target_grad, bf16=tc.precision == "bf16")
 
     def forward(self, batch: dict[str, torch.Tensor], apply_jepa: bool) -> StepOutput:
-        c = self.cfg
         device_type = batch["input_ids"].device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
-            return step_jepa_forward(self.model, batch, layout=c.layout, loss_kind=c.loss, gamma=c.gamma,
-                                     lam=c.lambda_, temperature=c.temperature, apply_jepa=apply_jepa,
-                                     target_grad=c.target_grad)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            return step_jepa_forward(self.model, batch, apply_jepa=apply_jepa, **self.loss_args)
 
 
 def jepa_draw(seed: int, step: int, ratio: float) -> bool:
@@ -81,18 +85,16 @@ def jepa_draw(seed: int, step: int, ratio: float) -> bool:
 
 
 def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: Any, micro_batches: list[list[int]], rows: list[dict], cfg: TrainConfig,
-                   step: int) -> dict[str, float]:
-    """Forward/backward every micro-batch, then clip and step. Returns the step's metrics."""
+                   scheduler: Any, micro_batches: list[list[int]], rows: list[dict], collator: Collator,
+                   cfg: TrainConfig, step: int) -> dict[str, float]:
+    """Forward/backward every micro-batch (laid out by `collator`), then clip and step.
+    Returns the step's metrics."""
     started = time.perf_counter()
-    inner = accelerator.unwrap_model(step_module)
     apply_jepa = jepa_draw(cfg.seed, step, cfg.jepa_ratio)
     sums = torch.zeros(len(STATS), dtype=torch.float64)
     for i, indices in enumerate(micro_batches):
         examples = [rows[j] for j in indices]
-        batch = collate(examples, k=cfg.k, layout=cfg.layout, predictor_ids=inner.predictor_ids, pad_id=inner.pad_id,
-                        views=cfg.views)
-        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        batch = {key: value.to(accelerator.device) for key, value in collator(examples).items()}
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(step_module):
@@ -147,7 +149,8 @@ TIMING = ("tokens_per_s",)
 
 
 def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              scheduler: Any, plan: Plan, rows: list[dict], cfg: TrainConfig, *, start: int, tracker: Tracker,
+              scheduler: Any, plan: Plan, rows: list[dict], collator: Collator, cfg: TrainConfig, *, start: int,
+              tracker: Tracker,
               out: Path, save: Callable[[int, list[dict[str, float]]], None],
               window: list[dict[str, float]] | None = None,
               should_stop: Callable[[], bool] = lambda: False,
@@ -167,7 +170,8 @@ def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer:
     bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not main)
     rate = Rate(len(plan), start)
     for step in range(start + 1, len(plan) + 1):
-        window.append(optimizer_step(accelerator, step_module, optimizer, scheduler, plan[step - 1], rows, cfg, step))
+        window.append(optimizer_step(accelerator, step_module, optimizer, scheduler, plan[step - 1], rows, collator, cfg,
+                                     step))
         bar.update()
         bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
         if step % cfg.log_every == 0 or step == len(plan):

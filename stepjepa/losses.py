@@ -6,14 +6,11 @@ float32 whatever the model dtype, since bf16 cosines of near-parallel vectors ar
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossKind = Literal["cosine", "l2", "mse", "infonce"]
-LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+from stepjepa.vocabulary import LOSS_KINDS, LossKind
 
 
 def check_loss_kind(kind: str) -> None:

@@ -19,13 +19,10 @@ The original LLM-JEPA view pair (section 8) uses the same builders: its user tur
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from torch import Tensor
 
-Layout = Literal["inline", "two_pass", "packed"]
-LAYOUTS: tuple[str, ...] = get_args(Layout)
+from stepjepa.vocabulary import LAYOUTS, Layout
 
 
 def check_layout(layout: str) -> None:
@@ -79,9 +76,16 @@ def causal_mask(lengths: Tensor, total_len: int | None = None) -> Tensor:
     return mask_from_bounds(lo, torch.full_like(lo, -1))
 
 
+def laid_out_lengths(layout: str, lengths: Tensor, s1_end: Tensor, s2_end: Tensor, k: int, valid: Tensor) -> Tensor:
+    """Length of each row after `layout`, which padding and compute scale with: n + K
+    (inline, and two_pass's JEPA pass), n + K + |Step 2| (packed); n without a valid pair.
+    Plain ints work as well as `(B,)` tensors (one row's length when planning batches)."""
+    return packed_lengths(lengths, s1_end, s2_end, k, valid) if layout == "packed" else inline_lengths(lengths, k, valid)
+
+
 def inline_lengths(lengths: Tensor, k: int, valid: Tensor) -> Tensor:
     """`(B,)` length of the inline row: n + K for valid examples, n otherwise."""
-    return lengths + k * valid.long()
+    return lengths + k * valid
 
 
 def inline_mask(
@@ -116,7 +120,7 @@ def inline_mask(
 
 def packed_lengths(lengths: Tensor, s1_end: Tensor, s2_end: Tensor, k: int, valid: Tensor) -> Tensor:
     """`(B,)` length of the packed row: n + K + |Step 2| for valid examples, n otherwise."""
-    return lengths + valid.long() * (k + s2_end - s1_end)
+    return lengths + valid * (k + s2_end - s1_end)
 
 
 def packed_mask(

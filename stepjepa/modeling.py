@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from stepjepa import tokenization
 from stepjepa.config import ConfigError, ModelConfig, TrainConfig
 from stepjepa.prompts import predictor_tokens
 
@@ -22,9 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """`stepjepa.tokenization.load_tokenizer` for `cfg`, with a one-line error naming the param."""
     try:
-        return AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision,
-                                             trust_remote_code=cfg.trust_remote_code)
+        return tokenization.load_tokenizer(cfg.name_or_path, cfg.revision, cfg.trust_remote_code)
     except OSError as err:
         raise not_loadable(cfg, err) from None
 
@@ -56,18 +57,6 @@ def load_model(cfg: ModelConfig) -> PreTrainedModel:
         raise not_loadable(cfg, err) from None
     model.config.use_cache = False  # transformers 5 builds a cache even in train mode otherwise
     return model
-
-
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id to pad with; models without a pad token (Llama) pad with EOS.
-
-    Padding positions are masked out of attention and labels, so any id is correct; no
-    new pad token is added because that would change the vocabulary.
-    """
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    raise ValueError("the tokenizer has neither a pad token nor an EOS token")
 
 
 def add_predictor_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, k: int) -> list[int]:

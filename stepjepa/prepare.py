@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from stepjepa.config import DataConfig
+from stepjepa.inputs import scan_json_lines
 from stepjepa.prompts import STEP_SEPARATOR
 from stepjepa.steps import RecordError, Solution, split_record
 
@@ -81,30 +81,12 @@ def to_conversation(solution: Solution, cfg: DataConfig) -> dict[str, Any]:
     }
 
 
-def read_json_lines(path: Path) -> Iterator[tuple[int, Any | json.JSONDecodeError]]:
-    """(1-based line number, parsed object or the decode error); blank lines are skipped
-    by the caller, not here, so they are counted too. A line that is not UTF-8 is a
-    decode error naming the byte and column, so only that line is skipped."""
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                message = f"not valid UTF-8: byte 0x{raw[err.start]:02x}"
-                yield lineno, json.JSONDecodeError(message, raw.decode("utf-8", "replace"), err.start)
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield lineno, err
-
-
 def prepare_file(
     path: Path, split: str, cfg: DataConfig, on_error: Literal["skip", "raise"] = "skip"
 ) -> tuple[list[dict[str, Any]], PrepareStats]:
     """Read one raw split file; return its conversations and the accounting."""
     stats, records, seen = PrepareStats(), [], {}
-    for lineno, obj in read_json_lines(path):
+    for lineno, obj in scan_json_lines(path):
         stats.read += 1
         try:
             if isinstance(obj, json.JSONDecodeError):

@@ -15,7 +15,6 @@ re-score gives exactly the numbers of the run that wrote the file. No model, no 
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import logging
 import sys
@@ -25,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from stepjepa.answers import BUDGET_S, extract, format_number, parse_gold
+from stepjepa.inputs import InputError, read_jsonl
 
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """Bad user input (a file, a line, a field); the message says which."""
 
 
 def score_completion(completion: str, gold: Fraction, budget_s: float = BUDGET_S) -> dict[str, Any]:
@@ -81,49 +77,6 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "unscorable": unscorable,
         "mean_completion_chars": sum(len(r["completion"]) for r in rows) / n,
     }
-
-
-def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for each non-blank line; errors name file and line.
-
-    `-` reads stdin. A UTF-8 byte-order mark (editors on Windows write one) is skipped.
-    """
-    text = _read_text(path)
-    path = "<stdin>" if str(path) == "-" else path  # how errors name it
-    records = []
-    # "\n" only: `splitlines` also splits at U+2028 and U+0085, which JSON strings may hold
-    # unescaped (GSM8K questions do, in files written with ensure_ascii=False).
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append((number, record))
-    if not records:
-        raise InputError(f"{path}: empty file, no records")
-    return records
-
-
-def _read_text(path: str | Path) -> str:
-    """The file (or stdin for `-`) as text; unreadable or non-UTF-8 input is an `InputError`
-    naming the file, and for a bad byte its line and column."""
-    try:
-        data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as err:  # a folder, no permission, an I/O error
-        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
-    data = data.removeprefix(codecs.BOM_UTF8)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column})") from None
 
 
 def text_field(record: dict[str, Any], field: str, where: str, numbers_ok: bool = False) -> str:

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from stepjepa.prompts import STEP_SEPARATOR
+from stepjepa.vocabulary import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 
 _INT32_LIST = pa.list_(pa.int32())
 # The columns of `data/tokenized/*.parquet`, as docs/data-format.md describes them.

@@ -38,13 +38,15 @@ from stepjepa.batching import check_positions, check_rows, check_vocab, laid_out
 from stepjepa.checkpoint import (
     CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
 )
+from stepjepa.collate import Collator
 from stepjepa.config import Config, ConfigError, TrainConfig, load_config, resolved_tree, write_config
 from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
-from stepjepa.modeling import build_model, merged_model, pad_id, save_model
+from stepjepa.modeling import build_model, merged_model, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
 from stepjepa.runlock import Locked, hold
 from stepjepa.sources import recorded_source
 from stepjepa.tracking import Tracker, dvc_tags, flatten, git_tags, make_tracker, source_tags
+from stepjepa.vocabulary import pad_id
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,8 @@ def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | Non
     plan = step_plan([laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows], batch_size=tc.batch_size,
                      grad_accum_steps=tc.grad_accum_steps, epochs=tc.epochs, max_steps=tc.max_steps, seed=tc.seed,
                      num_processes=accelerator.num_processes, process_index=accelerator.process_index)
-    step_module = accelerator.prepare_model(StepModule(model, tc, predictor_ids, pad_id(tokenizer)))
+    collator = Collator(k=tc.k, layout=tc.layout, views=tc.views, predictor_ids=predictor_ids, pad_id=pad_id(tokenizer))
+    step_module = accelerator.prepare_model(StepModule.from_config(model, tc))
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, len(plan))
     restored = _restore(checkpoint, cfg, model, optimizer, scheduler, accelerator.process_index)
@@ -255,7 +258,7 @@ def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | Non
 
     try:
         probe = heldout_probe(model, val_data, tc, pad_id(tokenizer))
-        history = run_steps(accelerator, step_module, optimizer, scheduler, plan, rows, tc,
+        history = run_steps(accelerator, step_module, optimizer, scheduler, plan, rows, collator, tc,
                             start=restored["step"], tracker=tracker, out=out, save=save,
                             window=restored.get("log_window", []), should_stop=lambda: stop.requested(accelerator),
                             probe=probe)

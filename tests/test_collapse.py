@@ -9,7 +9,7 @@ import pytest
 from stepjepa.batching import load_rows
 from stepjepa.diagnostics import collapse_warnings, view_diagnostics
 from stepjepa.heldout import view_embeddings
-from stepjepa.modeling import pad_id
+from stepjepa.vocabulary import pad_id
 from stepjepa.prompts import predictor_tokens
 from stepjepa.train import train
 from tests.helpers_train import make_config, write_tokenized

@@ -13,7 +13,8 @@ import torch
 from stepjepa.cli import main as cli_main
 from stepjepa.evaluate import load_examples
 from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
-from stepjepa.score import InputError, score_file
+from stepjepa.inputs import InputError
+from stepjepa.score import score_file
 
 
 @pytest.fixture(autouse=True)

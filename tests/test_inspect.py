@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from stepjepa import inspect
+from stepjepa import layout_view
 from stepjepa.collate import collate
 from stepjepa.tokenization import encode_records
 
@@ -35,11 +35,11 @@ def args(out, model_dir, *extra: str) -> list[str]:
 @pytest.mark.parametrize("layout", ["inline", "packed"])
 def test_json_is_the_training_batch(files, tiny_model_dir, capsys, layout) -> None:
     out, rows = files
-    assert inspect.main(args(out, tiny_model_dir, "--index", "1", "--k", "2", "--layout", layout, "--json")) == 0
+    assert layout_view.main(args(out, tiny_model_dir, "--index", "1", "--k", "2", "--layout", layout, "--json")) == 0
     rec = json.loads(capsys.readouterr().out)
     assert KEYS <= rec.keys() and rec["layout"] == layout and rec["k"] == 2
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids = inspect.predictor_ids(tok, 2)
+    ids = layout_view.predictor_ids(tok, 2)
     batch = collate([rows[1]], k=2, layout=layout, predictor_ids=ids, pad_id=tok.pad_token_id)
     assert rec["input_ids"] == batch["input_ids"][0].tolist() and rec["labels"] == batch["labels"][0].tolist()
     assert rec["position_ids"] == batch["position_ids"][0].tolist()
@@ -55,7 +55,7 @@ def test_json_is_the_training_batch(files, tiny_model_dir, capsys, layout) -> No
 def test_text_grid_and_png_for_k_1_2_3(files, tiny_model_dir, capsys, tmp_path) -> None:
     out, _ = files
     png = tmp_path / "mask.png"
-    assert inspect.main(args(out, tiny_model_dir, "--id", "train-000001", "--png", str(png))) == 0
+    assert layout_view.main(args(out, tiny_model_dir, "--id", "train-000001", "--png", str(png))) == 0
     text = capsys.readouterr().out
     assert [f"K={k}" in text for k in (1, 2, 3)] == [True] * 3
     assert text.count("<- view 1") == 3 and text.count("<- view 2") == 3 and "<|predictor_3|>" in text
@@ -66,19 +66,19 @@ def test_bad_arguments(files, tiny_model_dir) -> None:
     out, _ = files
     for bad in (["--k", "-1"], ["--layout", "inlined"], ["--json", "--k", "1", "--k", "2"]):
         with pytest.raises(SystemExit):
-            inspect.main(args(out, tiny_model_dir, *bad))
-    assert inspect.main(args(out, tiny_model_dir, "--id", "nope")) == 2  # a clean error (tests/test_cli_errors.py)
+            layout_view.main(args(out, tiny_model_dir, *bad))
+    assert layout_view.main(args(out, tiny_model_dir, "--id", "nope")) == 2  # a clean error (tests/test_cli_errors.py)
 
 
 def test_both_view_pairs_side_by_side_as_json_lines(files, tiny_model_dir, capsys) -> None:
     out, rows = files
     extra = ("--index", "1", "--k", "2", "--layout", "packed", "--json", "--views", "steps", "--views",
              "user_assistant")
-    assert inspect.main(args(out, tiny_model_dir, *extra)) == 0
+    assert layout_view.main(args(out, tiny_model_dir, *extra)) == 0
     steps, ua = map(json.loads, capsys.readouterr().out.splitlines())
     assert (steps["views"], ua["views"]) == ("steps", "user_assistant") and steps.keys() == ua.keys() >= KEYS
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids = inspect.predictor_ids(tok, 2)
+    ids = layout_view.predictor_ids(tok, 2)
     batch = collate([rows[1]], k=2, layout="packed", predictor_ids=ids, pad_id=tok.pad_token_id, views="user_assistant")
     assert ua["input_ids"] == batch["input_ids"][0].tolist() and ua["labels"] == batch["labels"][0].tolist()
     assert ua["position_ids"] == batch["position_ids"][0].tolist()
@@ -94,7 +94,7 @@ def test_text_and_png_of_both_pairs_under_the_inline_default(files, tiny_model_d
     out, _ = files
     png = tmp_path / "pairs.png"
     extra = ("--id", "train-000001", "--k", "1", "--views", "steps", "--views", "user_assistant", "--png", str(png))
-    assert inspect.main(args(out, tiny_model_dir, *extra)) == 0
+    assert layout_view.main(args(out, tiny_model_dir, *extra)) == 0
     text = capsys.readouterr().out
     assert "views=steps  layout=inline" in text and "views=user_assistant  layout=two_pass" in text
     assert text.count("<- view 1") == 2 and text.count("<- view 2") == 2
@@ -108,15 +108,15 @@ def test_data_without_the_pair_columns_is_a_clean_error(files, tiny_model_dir, c
     pq.write_table(table.drop_columns(["user_span", "assistant_span", "ua_valid", "ua_invalid_reason"]), old)
     argv = args(out, tiny_model_dir, "--views", "user_assistant")
     argv[argv.index("--data") + 1] = str(old)
-    assert inspect.main(argv) == 2
+    assert layout_view.main(argv) == 2
     assert "--views user_assistant: --data has no ua_valid column" in capsys.readouterr().err
 
 
 def test_mask_png_names_segments_views_and_colours(files, tiny_model_dir) -> None:
     out, rows = files
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    records = [inspect.lay_out(rows[1], tok, 2, "packed", None), inspect.lay_out(rows[1], tok, 0, "inline", None)]
-    fig = inspect.mask_figure(records)
+    records = [layout_view.lay_out(rows[1], tok, 2, "packed", None), layout_view.lay_out(rows[1], tok, 0, "inline", None)]
+    fig = layout_view.mask_figure(records)
     packed, plain = fig.axes[:2]
     ticks = [t.get_text() for t in packed.get_xticklabels()]
     assert ticks == ["prompt", "Step 1", "Step 2", "rest", "predictors", "copy of Step 2 / the assistant turn (packed)"]

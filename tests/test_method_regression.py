@@ -88,7 +88,7 @@ def _held_out_scores(model_dir: Path, test: Path) -> tuple[float, float]:
     pipeline's collator, which is what this test guards)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stepjepa.score import read_jsonl
+    from stepjepa.inputs import read_jsonl
     from stepjepa.tokenization import encode_records
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -115,8 +115,8 @@ def _cross_example_cosine(model_dir: Path, data: Path, k: int) -> float:
     from stepjepa.collate import collate
     from stepjepa.evaluate import load_model
     from stepjepa.forward import gather_views, last_hidden, model_parts
-    from stepjepa.inspect import predictor_ids
-    from stepjepa.modeling import pad_id
+    from stepjepa.layout_view import predictor_ids
+    from stepjepa.vocabulary import pad_id
 
     model, tokenizer = load_model(model_dir, config_from_dict({}), "cpu")
     batch = collate(load_rows(data)[:32], k=k, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id(tokenizer))

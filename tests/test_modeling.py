@@ -7,9 +7,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stepjepa.config import ModelConfig, TrainConfig
 from stepjepa.modeling import (
-    add_predictor_tokens, build_model, load_model, load_tokenizer, merged_model, pad_id, save_model,
+    add_predictor_tokens, build_model, load_model, load_tokenizer, merged_model, save_model,
 )
 from stepjepa.prompts import predictor_tokens
+from stepjepa.vocabulary import pad_id
 
 
 def _loaded(model_dir):

@@ -10,7 +10,8 @@ from fractions import Fraction
 import pytest
 
 from stepjepa.cli import main as cli_main
-from stepjepa.score import InputError, score_completion, score_file, summarize
+from stepjepa.inputs import InputError
+from stepjepa.score import score_completion, score_file, summarize
 
 
 def write_lines(path, lines):
@@ -106,15 +107,14 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
 def test_jsonl_lines_end_at_newline_only(tmp_path):
     """GSM8K text holds U+2028; written with ensure_ascii=False it is a raw character inside
     a JSON string, where `str.splitlines` would cut the line in two."""
-    from pipelines._io import read_json_lines
-    from stepjepa.score import read_jsonl
+    from stepjepa.inputs import read_jsonl, read_records
 
     records = [{"completion": "a\u2028b\x85c\u2029d\x1c\x1d\x1e\x0b\x0c", "answer": "#### 1"},
                {"completion": "x", "answer": "#### 2"}]
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     assert [(n, r) for n, r in read_jsonl(path)] == [(1, records[0]), (2, records[1])]
-    assert read_json_lines(path) == records
+    assert read_records(path) == records
 
 
 # ---- bad input to `stepjepa score` names the line; metrics survive (issue 19) -------

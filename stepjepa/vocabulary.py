@@ -1,0 +1,42 @@
+"""The names every stage shares, defined once: the layouts, JEPA losses and view pairs a
+config may choose, the label that means "no loss here", and which id pads a batch.
+
+Config validation (`config.py`), the masks, losses and collator, the held-out probe and
+the benchmarks import them from here; nothing here imports torch or transformers, so the
+config and the flow stay light.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+Layout = Literal["inline", "two_pass", "packed"]
+"""How the two views are computed (docs/step-jepa.md 5)."""
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+
+LossKind = Literal["cosine", "l2", "mse", "infonce"]
+"""How view 1 is aligned with view 2 (docs/step-jepa.md 4)."""
+LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+
+Views = Literal["steps", "user_assistant"]
+"""The JEPA view pair: Step 1 -> Step 2 (Step-JEPA) or user turn -> assistant turn (LLM-JEPA)."""
+VIEWS: tuple[str, ...] = get_args(Views)
+
+IGNORE_INDEX = -100
+"""A label (or shifted target) that no loss is computed on: PyTorch's cross-entropy default."""
+
+# The original LLM-JEPA pair isolates the whole assistant turn (docs/step-jepa.md 8).
+INLINE_UA = ("train.views=user_assistant needs train.layout packed or two_pass, not inline: its assistant "
+             "is isolated from the question, which the LM loss cannot be trained without")
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad with; models without a pad token (Llama) pad with EOS.
+
+    Padding positions are masked out of attention and labels, so any id is correct; no
+    new pad token is added because that would change the vocabulary.
+    """
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the tokenizer has neither a pad token nor an EOS token")
