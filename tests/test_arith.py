@@ -13,7 +13,7 @@ from stepjepa.config import ArithConfig, ConfigError, DataConfig, config_from_di
 from stepjepa.sources import fetch
 from stepjepa.steps import split_record
 from stepjepa.tasks.arith import ArithSpaceError, generate, write_splits
-from tests.conftest import ROOT
+from tests.support.projects import ROOT
 
 ANNOTATION = re.compile(r"<<(\d+)([-+*/])(\d+)=(\d+)>>")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}

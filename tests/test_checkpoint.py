@@ -14,7 +14,7 @@ from stepjepa.checkpoint import (
 )
 from stepjepa.train import train
 
-from tests.helpers_train import make_config, write_tokenized
+from tests.support.train import make_config, write_tokenized
 
 
 def _toy():

@@ -215,7 +215,7 @@ def test_tokenize_warns_when_max_length_drops_most_jepa_pairs(tmp_path, tiny_mod
 
 
 def test_train_rejects_k_beyond_the_models_positions(tmp_path, tiny_model_dir, conversations):
-    from tests.helpers_train import write_params, write_tokenized
+    from tests.support.train import write_params, write_tokenized
 
     data = write_tokenized(tiny_model_dir, conversations[:8], tmp_path / "train.parquet")
     cfg = write_params(tmp_path / "params.yaml", tiny_model_dir, k=500)  # the tiny model has 512 positions

@@ -12,7 +12,7 @@ from stepjepa.heldout import view_embeddings
 from stepjepa.vocabulary import pad_id
 from stepjepa.prompts import predictor_tokens
 from stepjepa.train import train
-from tests.helpers_train import make_config, write_tokenized
+from tests.support.train import make_config, write_tokenized
 
 pytestmark = pytest.mark.e2e
 

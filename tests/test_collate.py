@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.test_masks import ref_mask
 
 from stepjepa.collate import collate, length_grouped_batches, padding_fraction
+from tests.support.reference_masks import ref_mask
 
 PAD = 0
 PRED = [901, 902, 903, 904]

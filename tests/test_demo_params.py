@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from stepjepa.config import load_config
-from tests.conftest import ROOT
+from tests.support.projects import ROOT
 
 
 def _demo_sets() -> list[str]:

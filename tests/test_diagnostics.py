@@ -14,7 +14,8 @@ from stepjepa.diagnostics import (
     COLLAPSED_SPREAD, JEPA_LOSS_ZERO, collapse_warnings, effective_rank, view_diagnostics,
 )
 from stepjepa.losses import LOSS_KINDS, jepa_loss
-from tests.test_forward import one_thread  # noqa: F401 (autouse: tiny matmuls run faster on one thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rankme_by_formula(x: np.ndarray) -> float:

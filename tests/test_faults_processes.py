@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.servers import free_port, mlflow_server, process
+from tests.support.processes import all_gone
+
+# Compatibility name for tests/test_faults_sweep.py (remove after the issue-14 merge).
+_all_gone = all_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,20 +48,6 @@ def _pids(path: Path, timeout: float = 60) -> list[int]:
     return [int(p) for p in path.read_text().split()]
 
 
-def _all_gone(pids: list[int], timeout: float = 30) -> bool:
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return True
-        time.sleep(0.2)
-    for pid in alive:  # do not leave them behind when the test fails
-        os.kill(pid, signal.SIGKILL)
-    return False
-
-
 def _launcher(tmp_path: Path, forward: bool) -> subprocess.Popen:
     """A process running `run_logged(CHILD)` as a sweep task does (inside `forward_signals`)."""
     code = (f"import sys; from pathlib import Path; from stepjepa import launch\n"
@@ -75,7 +65,7 @@ def test_a_launcher_killed_with_sigkill_leaves_no_child_or_grandchild(tmp_path):
     pids = _pids(tmp_path / "pids")
     launcher.kill()
     launcher.wait()
-    assert _all_gone(pids), "the run or its child outlived the killed launcher"
+    assert all_gone(pids), "the run or its child outlived the killed launcher"
 
 
 @pytest.mark.e2e
@@ -85,7 +75,7 @@ def test_sigterm_to_the_launcher_is_forwarded_to_the_run(tmp_path):
     launcher.send_signal(signal.SIGTERM)
     launcher.wait(timeout=60)
     assert (tmp_path / "pids.signal").read_text() == str(int(signal.SIGTERM))
-    assert _all_gone(pids)
+    assert all_gone(pids)
 
 
 TRAIN_LAUNCHER = """
@@ -107,7 +97,7 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
 
     from stepjepa.checkpoint import latest_checkpoint
 
-    from tests.helpers_train import write_params, write_tokenized
+    from tests.support.train import write_params, write_tokenized
 
     data = write_tokenized(tiny_model_dir, conversations[:32], tmp_path / "train.parquet")
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, epochs=100,
@@ -160,7 +150,7 @@ def test_fixture_processes_die_when_pytest_is_killed(tmp_path):
     pids = _pids(tmp_path / "pids", timeout=120)
     inner.kill()  # a CI time-out: no fixture clean-up runs
     inner.wait()
-    assert _all_gone(pids), "a fixture's processes outlived the killed pytest"
+    assert all_gone(pids), "a fixture's processes outlived the killed pytest"
 
 
 # --- 6. a fresh sqlite store opened by several runs at once -------------------------------
@@ -277,7 +267,7 @@ def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_m
 
     from stepjepa.checkpoint import list_checkpoints
 
-    from tests.helpers_train import write_params, write_tokenized
+    from tests.support.train import write_params, write_tokenized
 
     data = write_tokenized(tiny_model_dir, conversations[:32], tmp_path / "train.parquet")
     # ~4 steps/s here: training goes on for tens of seconds after the server is gone.

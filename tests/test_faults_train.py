@@ -21,7 +21,7 @@ from stepjepa.config import config_from_dict
 from stepjepa.modeling import save_model
 from stepjepa.train import main, split_params, train
 
-from tests.helpers_train import make_config, params_tree, write_params, write_tokenized
+from tests.support.train import make_config, params_tree, write_params, write_tokenized
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,11 +16,12 @@ from stepjepa.forward import (
     _two_pass_views, gather_views, last_hidden, lm_loss_from_hidden, model_parts, step_jepa_forward,
 )
 from stepjepa.losses import jepa_loss
-from tests.test_forward import (  # noqa: F401  (model, one_thread: fixtures used here too)
-    PRED, ROWS, batch_for, model, one_thread, sft_loss, tiny_llama, views,
-)
+from tests.support.tiny_llama import PRED, ROWS, batch_for, sft_loss, tiny_llama, views
 
 LAYOUTS = ("two_pass", "packed")
+
+# `model` (sdpa and eager) and `one_thread` are fixtures in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ua_row(user: list[int], assistant: list[int], rest: list[int], valid: bool = True) -> dict:

@@ -22,14 +22,8 @@ from stepjepa.kv_cache import PrefixCache, supports_prefix_cache
 from stepjepa.prompts import IM_END
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from intra-op threads, and on a shared 2-core machine
-    OpenMP threads waiting on each other made these tests 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one intra-op thread (conftest.py says why).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +188,7 @@ def test_evaluation_prompt_is_the_training_prompt_for_a_dated_template():
     """A Llama-3 template prints today's date unless given one: evaluation must pin the
     date tokenisation pinned, or prompts differ from training and from day to day."""
     from stepjepa.tokenization import render_conversation
-    from tests import tokenizer_families as families
+    from tests.support import tokenizer_families as families
 
     tok = families.byte_level_bpe()
     messages = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "What is 2+3?"},

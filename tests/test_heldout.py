@@ -12,7 +12,10 @@ from stepjepa.collate import collate
 from stepjepa.forward import model_parts, step_jepa_forward
 from stepjepa.heldout import heldout_nll, view_embeddings
 from stepjepa.losses import jepa_loss
-from tests.test_forward import PRED, ROWS, model, one_thread, row  # noqa: F401 (fixtures: sdpa and eager, 1 thread)
+from tests.support.tiny_llama import PRED, ROWS, row
+
+# `model` (sdpa and eager) and `one_thread` are fixtures in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Ragged rows: with and without a pair, Step 2 ending the row, one with no labelled token.
 RAGGED = ROWS + [

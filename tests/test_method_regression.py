@@ -16,7 +16,7 @@ from stepjepa.config import config_from_dict
 from stepjepa.prepare import prepare_file, write_json_lines
 from stepjepa.sources import fetch
 from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
-from tests.helpers_train import FAST_TRAIN, write_tokenized
+from tests.support.train import FAST_TRAIN, write_tokenized
 
 # Two-step problems, as `make demo` sizes them (benchmarks/RESULTS.md, "Arith task sizing").
 ARITH = {"train_size": 1500, "test_size": 200, "seed": 0, "min_steps": 2, "max_steps": 2, "max_operand": 5,

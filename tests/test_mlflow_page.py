@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_train import make_config, write_tokenized
 from tests.servers import mlflow_server
-from tests.test_plots_page import CHROMIUM_FLAGS, _run
+from tests.support.chromium import CHROMIUM_FLAGS, chromium
+from tests.support.train import make_config, write_tokenized
 
 # Offline as for the plots page, but the local server must resolve; MLflow's UI is a JS app
 # reading the run over its REST API, so it gets (virtual) time to render.
@@ -22,8 +22,7 @@ FLAGS = [f for f in CHROMIUM_FLAGS if not f.startswith(("--host-resolver-rules",
 
 
 def _chromium(env: dict, tmp: Path, *args: str) -> str:
-    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    return _run(["chromium", *FLAGS, f"--user-data-dir={profile}", *args], tmp, env, timeout=120)
+    return chromium(FLAGS, env, tmp, *args)
 
 
 def _dom(env: dict, tmp: Path, url: str, ready: str, tries: int = 4) -> str:

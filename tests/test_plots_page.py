@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,15 +14,12 @@ import yaml
 
 from stepjepa.plots import VEGA_LIBS, offline_page_template, plot_heatmap, plot_loss_curves
 from stepjepa.report import summarize, write_plot_data
-from tests.test_report import fake_results
+from tests.support.chromium import CHROMIUM_FLAGS, chromium, run_in_group
+from tests.support.sweep_results import fake_results
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = ROOT / ".cache/vega/node_modules"
 SCREENSHOT = Path("/tmp/plots_page.png")
-# Headless, offline (every host name fails to resolve) and with a profile of its own.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND",
-                  "--virtual-time-budget=30000", "--window-size=1100,2600"]
 
 
 def test_template_inlines_vega_and_names_what_is_missing(tmp_path) -> None:
@@ -36,21 +31,6 @@ def test_template_inlines_vega_and_names_what_is_missing(tmp_path) -> None:
     page = offline_page_template(tmp_path)
     assert page.count("{plot_divs}") == 1 and "{scripts}" not in page and "cdn" not in page.lower()
     assert [page.index(f"/* {lib} */") for lib in VEGA_LIBS] == sorted(page.index(f"/* {lib} */") for lib in VEGA_LIBS)
-
-
-def _run(cmd: list[str], cwd: Path, env: dict, timeout: float = 180) -> str:
-    """Run a command in its own process group, killed with everything it started."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out}\n{err}"
-    return out
 
 
 def _sweep_repo(path: Path) -> tuple[list[dict], list[dict]]:
@@ -73,8 +53,7 @@ def _sweep_repo(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _chromium(env: dict, tmp: Path, *args: str) -> str:
-    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    return _run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], tmp, env, timeout=120)
+    return chromium(CHROMIUM_FLAGS, env, tmp, *args)
 
 
 def _divs(dom: str) -> dict[str, str]:
@@ -93,11 +72,11 @@ def test_plots_page_renders_offline_with_bars_and_one_line_per_run(tmp_path) -> 
     repo.mkdir()
     env = os.environ | {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT),
                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    _run(["git", "init", "-q"], repo, env)
-    _run(["dvc", "init", "-q"], repo, env)
+    run_in_group(["git", "init", "-q"], repo, env)
+    run_in_group(["dvc", "init", "-q"], repo, env)
     shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")
     rows, results = _sweep_repo(repo)
-    printed = _run([sys.executable, "-m", "pipelines.plots_page", "--node-modules", str(NODE_MODULES),
+    printed = run_in_group([sys.executable, "-m", "pipelines.plots_page", "--node-modules", str(NODE_MODULES),
                     "--out", "plots"], repo, env)
     page = repo / "plots/index.html"
     assert f"file://{page}" in printed

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import make_sweep_project
+from tests.support.projects import make_sweep_project
 from tests.servers import BIN, mlflow_server, prefect_server, process
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e]

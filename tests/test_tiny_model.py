@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stepjepa.prompts import IM_END
 from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
-from tests.conftest import TINY_TEST_MODEL
+from tests.support.synthetic import TINY_TEST_MODEL
 
 
 def digest(folder):

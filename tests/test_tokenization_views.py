@@ -12,8 +12,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from stepjepa.tokenization import IGNORE_INDEX, encode_records, render_conversation, summarize
-from tests import tokenizer_families as families
-from tests.test_tokenization import (
+from tests.support import tokenizer_families as families
+from tests.support.tokenization import (
     DATE, DECODES_EXACTLY, END_OF_TURN, NO_LIMIT, copy_with_template, make_record, offsets_of, step_text,
 )
 

@@ -25,7 +25,7 @@ from stepjepa.forward import StepOutput
 from stepjepa.loop import TrainingError, jepa_draw
 from stepjepa.train import main, train
 
-from tests.helpers_train import make_config, write_params, write_tokenized
+from tests.support.train import make_config, write_params, write_tokenized
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stepjepa.train import main, train
-from tests.helpers_train import make_config, write_params, write_tokenized
+from tests.support.train import make_config, write_params, write_tokenized
 
 
 @pytest.fixture(scope="module")
