@@ -87,14 +87,17 @@ demo: install
 	echo; echo "arith demo $(DEMO_NAME) (experiment $$ref; table and plots in outputs/demo/):"; \
 	cat outputs/demo/table.md
 
+# Tiers (pyproject.toml's markers; tests/README.md): `test` is everything (what CI runs);
+# `test-unit` has no subprocess, no server and no training beyond a few steps (about a
+# minute on 2 cores); `test-e2e` is the rest. --durations shows where the time goes.
 test: install
-	pytest -q
+	pytest -q --durations=25
 
 test-unit: install
-	pytest -q -m "not e2e and not server"
+	pytest -q -m "not e2e and not server and not cli" --durations=15
 
 test-e2e: install
-	pytest -q -m "e2e or server"
+	pytest -q -m "e2e or server or cli"
 
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"

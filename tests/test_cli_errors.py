@@ -1,5 +1,6 @@
 """Bad input to the DVC stages and the CLIs: one clear line naming the file, exit status 2,
-never a traceback. Each case is a real process, as DVC or a user would run it."""
+never a traceback. Each case is a real process, as DVC or a user would run it (marked
+`cli`: `make test-e2e` runs them, `make test-unit` does not)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines._io import run_stage
-
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"question": "q?", "answer": "a = 1\nb = 2\n#### 2"}
+
+pytestmark = pytest.mark.cli
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -95,14 +96,6 @@ def test_build_model_bad_json_line_names_file_and_line(tmp_path):
     proc = run(stage("build_model", tmp_path, params(tmp_path / "params.yaml", {}), "--prepared", str(prepared)),
                tmp_path)
     assert_clean_error(proc, f"build_model: error: {prepared}:2: not valid JSON")
-
-
-def test_a_bug_in_a_stage_keeps_its_traceback():
-    def buggy() -> None:
-        raise KeyError("messages")
-
-    with pytest.raises(KeyError):
-        run_stage("build_model", buggy)
 
 
 def test_train_on_jsonl_says_it_is_not_parquet(tmp_path):
