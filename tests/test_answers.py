@@ -156,6 +156,7 @@ def extract_in_child(text: str, timeout_s: float = 60) -> dict:
     "The answer is 3." + "3" * 4400,  # a plain number of 4,400 digits
     r"\boxed{3." + "3" * 4400 + "}",
 ])
+@pytest.mark.cli
 def test_absurd_numbers_are_no_answer_not_a_hang(text):
     started = time.monotonic()
     found = extract_in_child(text, timeout_s=60)
@@ -168,6 +169,7 @@ def test_absurd_values_computed_by_math_verify_are_unscorable(text):
     assert extract(text) == Extraction(None, None, None, None, unscorable=True)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("n", [2_000, 20_000])
 def test_unclosed_boxes_take_linear_time(n):
     started = time.monotonic()

@@ -138,6 +138,7 @@ def test_fetch_arith_writes_splits_and_provenance(tmp_path):
     assert fetch(cfg, tmp_path / "again")["files"] == provenance["files"], "same params, same sha256"
 
 
+@pytest.mark.cli
 def test_fetch_stage_reports_an_impossible_size_in_one_line(tmp_path):
     import subprocess
     import sys

@@ -30,6 +30,7 @@ def _sizing_demo() -> list[str]:
     return module.DEMO
 
 
+@pytest.mark.cli
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_demo_params_validate_and_are_what_the_sizing_measures():
     sets = _demo_sets()

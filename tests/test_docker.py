@@ -200,6 +200,7 @@ def test_env_example_has_every_required_variable_and_only_placeholders():
     interpolate(text, example)  # every ${VAR:?} is satisfied
 
 
+@pytest.mark.cli
 def test_real_env_file_is_not_tracked():
     tracked = subprocess.run(["git", "ls-files", "docker/.env"], cwd=ROOT, capture_output=True, text=True)
     assert tracked.stdout.strip() == ""
@@ -304,6 +305,7 @@ def hadolint_binary() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
 
 
+@pytest.mark.cli
 def test_hadolint_passes():
     binary = hadolint_binary()
     if binary is None:

@@ -121,6 +121,7 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
     assert MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(state["run_id"]).info.status == "KILLED"
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("code, stopped", [("143", True), ("-15", True), ("130", True), ("1", False), ("2", False)])
 def test_a_run_ended_by_a_signal_is_told_apart_from_a_failure(tmp_path, code, stopped):
     from stepjepa.launch import RunFailed, run_logged
@@ -134,6 +135,7 @@ def test_a_run_ended_by_a_signal_is_told_apart_from_a_failure(tmp_path, code, st
 
 # --- 8. server fixtures die with pytest, even when pytest is killed -----------------------
 
+@pytest.mark.cli
 @pytest.mark.skipif("STEPJEPA_FIXTURE_PIDS" not in os.environ, reason="run by the test below, inside a pytest it kills")
 def test_holds_a_fixture_process_until_killed(tmp_path):
     with process([sys.executable, "-c", CHILD, os.environ["STEPJEPA_FIXTURE_PIDS"]], tmp_path / "p.log",

@@ -41,6 +41,7 @@ HOLD = ("import sys, time; from stepjepa.runlock import hold\n"
         "with hold(sys.argv[1], 'x'):\n print('held', flush=True)\n time.sleep(600)")
 
 
+@pytest.mark.cli
 def test_a_second_launcher_of_the_same_run_folder_is_refused(tiny_model_dir, train_data, tmp_path, caplog):
     params, out = write_params(tmp_path / "params.yaml", tiny_model_dir, max_steps=1), tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
@@ -163,6 +164,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
+@pytest.mark.cli  # its fixture mounts a tmpfs
 def test_a_full_disk_leaves_no_partial_checkpoint_or_model(tiny_model_dir, small_disk):
     from stepjepa.modeling import build_model
 
