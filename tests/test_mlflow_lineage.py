@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from stepjepa import tracking
+from stepjepa.tracking.store import _experiment_id
 from tests.helpers_train import make_config, write_tokenized
 
 
@@ -63,12 +64,12 @@ def test_a_training_run_has_source_datasets_config_and_a_training_experiment(tin
 
 def test_an_existing_experiment_is_marked_as_training(store):
     old = store.create_experiment("made-before")
-    assert tracking._experiment_id(store, "made-before") == old
+    assert _experiment_id(store, "made-before") == old
     assert store.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_sweep_run_gets_its_config_and_log_once_complete(tmp_path, store):
-    run_id = store.create_run(tracking._experiment_id(store, "sweep")).info.run_id
+    run_id = store.create_run(_experiment_id(store, "sweep")).info.run_id
     (tmp_path / "config.yaml").write_text("train:\n  k: 1\n")
     (tmp_path / "train.log").write_text("step 1/1 loss=1.0\n")
     tracking.log_run_files(run_id, tmp_path)
@@ -76,7 +77,7 @@ def test_a_sweep_run_gets_its_config_and_log_once_complete(tmp_path, store):
 
 
 def test_the_predictions_table_shows_the_question_first(tmp_path, store):
-    run_id = store.create_run(tracking._experiment_id(store, "sweep")).info.run_id
+    run_id = store.create_run(_experiment_id(store, "sweep")).info.run_id
     rows = [{"id": f"q{i}", "question": f"How many apples, {i}?", "prompt": "<|im_start|>system\nLong system prompt...",
              "completion": "\\boxed{3}", "answer": "3", "correct_strict": True} for i in range(2)]
     folder = tmp_path / "validation"

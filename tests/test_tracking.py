@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -12,20 +14,42 @@ from stepjepa.tracking import (
     MlflowTracker, NoopTracker, artifact_location, dvc_tags, flatten, make_tracker, tracking_uri,
 )
 
-PACKAGE = Path(tracking.__file__).parent
+LIBRARY = Path(tracking.__file__).parents[1]
 
 
-def test_the_library_reaches_mlflow_only_through_the_tracking_module():
-    modules = sorted(PACKAGE.glob("*.py"))
-    assert len(modules) > 20 and PACKAGE / "evaluate.py" in modules
-    importers = [path.name for path in modules if re.search(r"^\s*(import|from) mlflow", path.read_text(), re.M)]
-    assert importers == ["tracking.py"]
+def test_the_library_reaches_mlflow_only_through_the_tracking_package():
+    modules = sorted(LIBRARY.rglob("*.py"))
+    assert len(modules) > 20 and LIBRARY / "evaluate.py" in modules
+    importers = [path.relative_to(LIBRARY) for path in modules
+                 if re.search(r"^\s*(import|from) mlflow", path.read_text(), re.M)]
+    assert importers and {path.parts[0] for path in importers} == {"tracking"}
+
+
+def test_importing_the_library_loads_no_mlflow():
+    """MLflow is imported by the calls that track, so a run with tracking off never pays for it."""
+    code = "import sys, stepjepa.tracking, stepjepa.evaluate; assert 'mlflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=LIBRARY.parent, check=True)
+
+
+def test_the_package_exports_every_name_its_callers_use():
+    used: set[str] = set()
+    for path in [*LIBRARY.rglob("*.py"), *(LIBRARY.parent / "pipelines").glob("*.py")]:
+        if LIBRARY / "tracking" in path.parents:
+            continue
+        text = path.read_text()
+        used |= set(re.findall(r"\btracking\.([A-Za-z]\w*)\(", text))
+        for names in re.findall(r"^\s*from stepjepa\.tracking import ([\w, ]+)$", text, re.M):
+            used |= {name.strip() for name in names.split(",")}
+    assert {"sweep_run", "register_champion", "log_split", "Tracker", "resend"} <= used  # the search works
+    assert used <= set(tracking.__all__)
+    assert all(hasattr(tracking, name) for name in tracking.__all__)
 
 
 def test_default_store_is_absolute_in_the_project_root(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the default must not depend on where a command starts
     uri = tracking_uri()
+    assert tracking.PROJECT_ROOT == Path(__file__).resolve().parents[1]  # the checkout, not a folder in it
     assert uri == f"sqlite:///{tracking.PROJECT_ROOT / 'mlflow.db'}"
     assert Path(uri.removeprefix("sqlite:///")).is_absolute()
     assert artifact_location(uri) == (tracking.PROJECT_ROOT / "mlartifacts").as_uri()

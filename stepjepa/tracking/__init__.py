@@ -1,4 +1,42 @@
-"""Experiment tracking: the one place the library reaches MLflow (split by job next)."""
+"""Experiment tracking behind one small interface: the library reaches MLflow only through
+this package, and callers use it as `tracking.X`.
 
-from stepjepa.tracking.run import *  # noqa: F403
-from stepjepa.tracking.run import _experiment_id  # noqa: F401
+One module per job:
+
+- `store`: where runs go (the tracking URI, artifacts beside a sqlite store, experiments).
+- `run`: the training run's tracker (`make_tracker`, no-op when off) and `resend`.
+- `lineage`: what a run records about its code and data (git, Source, datasets, DVC).
+- `owner`: which process writes a run, to tell a dead one from a live one.
+- `sweep`: a sweep's parent run and child runs, their failures, its summary.
+- `registry`: the champion in the model registry.
+- `folders`: run folders into MLflow (their files; a whole run a store has not seen).
+- `evaluation`: model URIs in, evaluation metrics and tables out, results read back.
+"""
+
+from stepjepa.tracking.evaluation import download, log_evaluation, log_split, predictions_table, run_problem, run_result
+from stepjepa.tracking.folders import backfill_training, log_run_files
+from stepjepa.tracking.lineage import dvc_tags, file_dataset, flatten, git_tags, source_tags
+from stepjepa.tracking.owner import OWNER_HOST, OWNER_PID, OWNER_STARTED, owner_gone, owner_tags
+from stepjepa.tracking.registry import champion_registered, register_champion
+from stepjepa.tracking.run import MlflowTracker, NoopTracker, Tracker, log_hf_model, make_tracker, resend
+from stepjepa.tracking.store import PROJECT_ROOT, artifact_location, init_store, tracking_uri
+from stepjepa.tracking.sweep import child_run, end_stale_sweeps, log_sweep_summary, mark_failed, set_tags, sweep_run
+
+__all__ = [
+    # store
+    "PROJECT_ROOT", "artifact_location", "init_store", "tracking_uri",
+    # run
+    "MlflowTracker", "NoopTracker", "Tracker", "log_hf_model", "make_tracker", "resend",
+    # lineage
+    "dvc_tags", "file_dataset", "flatten", "git_tags", "source_tags",
+    # owner
+    "OWNER_HOST", "OWNER_PID", "OWNER_STARTED", "owner_gone", "owner_tags",
+    # sweep
+    "child_run", "end_stale_sweeps", "log_sweep_summary", "mark_failed", "set_tags", "sweep_run",
+    # registry
+    "champion_registered", "register_champion",
+    # folders
+    "backfill_training", "log_run_files",
+    # evaluation
+    "download", "log_evaluation", "log_split", "predictions_table", "run_problem", "run_result",
+]

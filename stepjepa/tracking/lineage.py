@@ -1,0 +1,101 @@
+"""What a run records about where it came from: its params as dotted keys, the code (git
+and MLflow's Source fields) and the data (MLflow datasets with their md5, DVC's hashes)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stepjepa.tracking.store import PROJECT_ROOT
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"k": 2}} -> {"train.k": 2}: the params as dotted keys, like overrides."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The commit the code came from, and whether the working tree had local changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain")))}
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+
+
+def source_tags(entry: Path, root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """MLflow's own source fields (the runs table's Source column): the entry point, and the
+    commit, branch and remote it came from. A run started through `MLFLOW_RUN_ID` or created
+    by a sweep gets none of these from MLflow itself."""
+    from mlflow.entities import SourceType
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE,
+    )
+
+    tags = {MLFLOW_SOURCE_NAME: str(entry), MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    for key, args in ((MLFLOW_GIT_COMMIT, ("rev-parse", "HEAD")), (MLFLOW_GIT_BRANCH, ("rev-parse", "--abbrev-ref", "HEAD")),
+                      (MLFLOW_GIT_REPO_URL, ("config", "--get", "remote.origin.url"))):
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            if value := git(*args):
+                tags[key] = value
+    return tags
+
+
+def file_dataset(path: Path):
+    """An MLflow dataset for a data file: its name, its local path as the source and the md5
+    of its bytes as the digest (the hash DVC keeps the file under in its cache)."""
+    import hashlib
+
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.meta_dataset import MetaDataset
+
+    path = Path(path).resolve()
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    # MLflow makes its local-file source class at import time (no importable name).
+    local = next(cls for cls in get_registered_sources() if cls._get_source_type() == "local")
+    return MetaDataset(local(str(path)), name=f"{path.parent.name}/{path.name}",
+                       digest=digest.hexdigest())
+
+
+def dvc_tags(paths: list[str | Path], root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """DVC hashes (from dvc.lock) of the outputs that hold `paths`: which data trained the run.
+
+    A path matches an output that is the path itself or a folder above it (DVC tracks
+    `data/tokenized` as one directory output with a `.dir` hash).
+    """
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    tags: dict[str, str] = {}
+    for path in paths:
+        try:
+            rel = Path(path).resolve().relative_to(root.resolve())
+        except ValueError:
+            continue  # outside the project: DVC does not know it
+        for stage, body in stages.items():
+            for out in body.get("outs", []):
+                out_path = Path(out["path"])
+                if rel == out_path or out_path in rel.parents:
+                    tags[f"dvc.{out['path']}"] = f"{out.get('md5') or out.get('hash')} (stage {stage})"
+    return tags

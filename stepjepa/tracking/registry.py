@@ -1,0 +1,71 @@
+"""The model registry: the sweep's champion registered under an alias and tagged with how
+it was chosen, and whether this store already holds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from stepjepa.tracking.run import log_hf_model
+from stepjepa.tracking.store import _client
+
+
+def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[str, Any] | None = None,
+                      alias: str = "champion", run_dir: Path | None = None) -> dict[str, Any]:
+    """Register the model logged by `run_id` under `name` and point `alias` at it; the version
+    is tagged with its config, validation accuracy, the test comparison with the SFT baseline
+    and whether any config beat SFT at all. A run whose model is not in this store (its
+    folder came from the DVC cache) has it logged from `run_dir/model` first."""
+    import mlflow
+
+    client = _client()
+    model_uri = client.get_run(run_id).data.tags.get("model_uri")
+    if not model_uri and run_dir is not None and (run_dir / "model" / "config.json").is_file():
+        model_uri = _log_model_from_folder(run_id, run_dir / "model")
+    if not model_uri:
+        raise RuntimeError(f"run {run_id} logged no model (train.log_model is off?); nothing to register")
+    version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
+    client.set_registered_model_alias(name, alias, version)
+    beat = best["config"] != "sft" and best.get("vs_sft_verdict") == "better"
+    tags = {"config": best["config"], "views": best.get("views", "steps"), "k": best["k"], "lambda": best["lambda"],
+            "run_id": run_id, "run_folder": run_dir.name if run_dir else "", "selected_on": "validation",
+            "validation_accuracy_strict": best.get("accuracy_strict"),
+            "delta_vs_sft": best.get("vs_sft_delta", 0.0), "vs_sft_verdict": best.get("vs_sft_verdict", "baseline"),
+            "beats_sft": "yes" if beat else "no: no config beat the SFT baseline on validation"}
+    if test:
+        tags |= {f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float, str))}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return {"name": name, "version": str(version), "alias": alias, "uri": f"models:/{name}@{alias}", "run_id": run_id}
+
+
+def champion_registered(name: str, run_folder: str, alias: str = "champion") -> bool:
+    """Whether `name@alias` in this store is the model of `run_folder` (and its run exists)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+        return version.tags.get("run_folder") == run_folder and client.get_run(version.run_id) is not None
+    except MlflowException:
+        return False
+
+
+def _log_model_from_folder(run_id: str, model_dir: Path) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _client()  # sets the tracking URI
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    return log_hf_model(model, tokenizer, run_id)
+
+
+def _current_version(client, name: str, alias: str, run_id: str) -> str | None:
+    """The version `alias` points at if it already holds `run_id`'s model: a re-run sweep whose
+    configs all came from the cache names the same champion, not a copy of it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such model or alias yet
+        return None
+    return current.version if current.tags.get("run_id") == run_id else None

@@ -1,0 +1,129 @@
+"""A sweep in MLflow: its parent run, one child run per config, their tags and failures,
+and the summary on the parent; what a dead sweep left RUNNING, the next one ends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from stepjepa.tracking.lineage import flatten, git_tags
+from stepjepa.tracking.owner import OWNER_PID, owner_gone, owner_tags
+from stepjepa.tracking.store import _client, _experiment_id
+
+# One logger for the whole package: log levels set on `stepjepa.tracking` and the lines
+# runs write to train.log name it as they did before the package was split.
+log = logging.getLogger(__package__)
+
+
+def end_stale_sweeps(client, experiment_id: str) -> list[str]:
+    """End KILLED the RUNNING sweep parents of the experiment whose owner is provably gone
+    (kill -9, a lost machine), with the tag `stepjepa.ended_by`; returns the ids ended.
+
+    Their RUNNING config runs go too unless a live process owns them: a config whose training
+    started names its training process (`MlflowTracker` tags it; that process holds the run
+    folder's lock), one it never reached belongs to the dead sweep. A parent whose owner
+    lives or runs on another host is left alone: two sweeps may run at once.
+    """
+    ended = []
+    running = "attributes.status = 'RUNNING'"
+    for parent in client.search_runs([experiment_id], f"tags.`stepjepa.kind` = 'sweep' and {running}"):
+        why = owner_gone(parent.data.tags)
+        if why is None:
+            continue
+        children = client.search_runs([experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and {running}")
+        for child in children:
+            child_why = owner_gone(child.data.tags) if OWNER_PID in child.data.tags else why
+            if child_why:
+                ended.append(_end_killed(client, child.info.run_id, f"next sweep: {child_why}"))
+        ended.append(_end_killed(client, parent.info.run_id, f"next sweep: {why}"))
+    return ended
+
+
+def _end_killed(client, run_id: str, why: str) -> str:
+    log.warning("MLflow run %s was left RUNNING: ending it KILLED (%s)", run_id, why)
+    client.set_tag(run_id, "stepjepa.ended_by", why)
+    client.set_terminated(run_id, status="KILLED")
+    return run_id
+
+
+@contextmanager
+def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep") -> Iterator[str]:
+    """The sweep's parent run (sweep params, code version, owner) for the `with` block; yields its id.
+
+    It ends FINISHED when the block does, FAILED on an error and KILLED on an interrupt
+    (Ctrl-C, Prefect cancelling the flow), never left RUNNING as if the sweep went on. What
+    kill -9 leaves RUNNING, the next sweep of the experiment ends (`end_stale_sweeps`).
+    """
+    from mlflow.entities import Param
+
+    client = _client()
+    experiment_id = _experiment_id(client, experiment)
+    end_stale_sweeps(client, experiment_id)
+    run_id = client.create_run(experiment_id, run_name=run_name,
+                               tags={"stepjepa.kind": "sweep"} | git_tags() | owner_tags()).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
+    try:
+        yield run_id
+    except BaseException as err:
+        # Not an Exception: KeyboardInterrupt, SystemExit, Prefect's TerminationSignal.
+        status = "FAILED" if isinstance(err, Exception) else "KILLED"
+        client.set_tag(run_id, "stepjepa.error", f"{type(err).__name__}: {err}"[-5000:])
+        client.set_terminated(run_id, status=status)
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def child_run(experiment: str, parent_id: str, name: str, cache_key: str) -> str:
+    """The child run of one config. A run left by an earlier sweep for the same config and
+    data (same cache key) is reused and re-linked to this parent, never duplicated."""
+    client = _client()
+    exp_id = _experiment_id(client, experiment)
+    found = client.search_runs([exp_id], filter_string=f"tags.`stepjepa.cache_key` = '{cache_key}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        # The UI nests a run under one parent: the newest sweep shows it, and the tag
+        # `stepjepa.sweeps` keeps every sweep it belongs to, oldest first.
+        run_id = found[0].info.run_id
+        sweeps = found[0].data.tags.get("stepjepa.sweeps", found[0].data.tags.get("mlflow.parentRunId", ""))
+        if parent_id not in sweeps.split(","):
+            client.set_tag(run_id, "stepjepa.sweeps", ",".join(filter(None, [sweeps, parent_id])))
+        client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+        return run_id
+    tags = {"mlflow.parentRunId": parent_id, "stepjepa.cache_key": cache_key, "stepjepa.kind": "sweep-config",
+            "stepjepa.sweeps": parent_id}
+    return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = _client()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value[:5000])
+
+
+def mark_failed(run_id: str, message: str) -> None:
+    client = _client()
+    client.set_tag(run_id, "stepjepa.error", message[-5000:])
+    client.set_terminated(run_id, status="FAILED")
+
+
+def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: list[Path],
+                      summary: dict[str, Any]) -> None:
+    """The sweep's table (markdown and an MLflow table), plots and metrics on the parent run."""
+    import mlflow
+
+    client = _client()
+    columns = sorted({k for r in rows for k in r})
+    cells = {c: [str(r[c]) if isinstance(r.get(c), list) else r.get(c) for r in rows] for c in columns}
+    mlflow.log_table(cells, "sweep_summary.json", run_id=parent_id)
+    client.log_text(parent_id, table_md, "sweep_summary.md")
+    client.log_dict(parent_id, summary, "summary.json")
+    for plot in plots:
+        client.log_artifact(parent_id, str(plot), "plots")
+    for row in rows:
+        for key in ("accuracy_strict", "step2_nll"):
+            if row.get(key) is not None:
+                client.log_metric(parent_id, f"validation/{key}.{row['config']}", row[key])
