@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from stepjepa.config import TinyModelConfig
-from stepjepa.evaluate import load_examples
+from stepjepa.eval_examples import load_examples
 from stepjepa.generation import Completion, chat_prompt_ids, generate_greedy, left_pad, stop_token_ids
 # The one place generated ids become a Completion (cut at the first stop id, decoded):
 # transformers' output goes through it too, so that "identical" compares like with like.

@@ -117,7 +117,9 @@ def prepared_data(cfg: Config, work: Path) -> dict[str, Path]:
 
 def run_try(name: str, overrides: list[str], work: Path) -> dict[str, Any]:
     from stepjepa.diagnostics import collapse_warnings
-    from stepjepa.evaluate import evaluate_model, heldout_evaluation, load_examples, load_model
+    from stepjepa.eval_examples import load_examples
+    from stepjepa.evaluate import evaluate_model, heldout_evaluation
+    from stepjepa.model_source import load_model
     from stepjepa.train import train
 
     cfg = build_config(overrides)

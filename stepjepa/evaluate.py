@@ -21,27 +21,26 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepjepa import tracking
 from stepjepa.config import Config, ConfigError, config_from_dict, load_config, parse_override
+from stepjepa.eval_examples import Example, load_examples
+from stepjepa.inputs import InputError
+from stepjepa.model_source import load_model, resolve_model_dir
 from stepjepa.progress import Rate
-from stepjepa.inputs import InputError, read_jsonl
-from stepjepa.score import gold_value, score_completion, summarize, text_field
+from stepjepa.score import score_completion, summarize
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-# Command-line flags that override the `eval` section of the params file.
+
 def _limit(text: str) -> str:
     """`--limit N`, or `--limit all` for the whole split whatever `eval.limit` the params set."""
     if text != "all" and not text.isdigit():
@@ -49,17 +48,8 @@ def _limit(text: str) -> str:
     return "null" if text == "all" else text
 
 
+# Command-line flags that override the `eval` section of the params file.
 EVAL_FLAGS = {"split": str, "limit": _limit, "batch_size": int, "max_new_tokens": int, "device": str}
-
-
-@dataclass(frozen=True)
-class Example:
-    """One question: the chat messages before the answer, and the gold answer."""
-
-    id: str
-    messages: list[dict[str, str]]
-    answer: str
-    gold: Fraction
 
 
 @dataclass(frozen=True)
@@ -68,40 +58,6 @@ class EvalResult:
 
     rows: list[dict[str, Any]]
     metrics: dict[str, Any]
-
-
-def load_examples(path: str | Path, system_prompt: str, limit: int | None = None) -> list[Example]:
-    """The first `limit` examples of a prepared file (docs/data-format.md) or a raw GSM8K file.
-
-    Prepared records give `messages` (everything before the first assistant turn is the
-    prompt) and `gold`; raw records (`question`, `answer`) get `system_prompt`.
-    """
-    examples = []
-    for number, record in read_jsonl(path)[:limit]:
-        where = f"{path}:{number}"
-        if "messages" in record:
-            messages, gold_field = _prompt_messages(record["messages"], where), "gold"
-        else:
-            question = text_field(record, "question", where)
-            messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
-            gold_field = "answer"
-        answer = text_field(record, gold_field, where, numbers_ok=True)
-        example_id = str(record.get("id", f"{Path(path).stem}-{number:06d}"))
-        examples.append(Example(example_id, messages, answer, gold_value(record, gold_field, where)))
-    return examples
-
-
-def _prompt_messages(messages: Any, where: str) -> list[dict[str, str]]:
-    """The messages before the first assistant turn, checked; the last must be the user's."""
-    if not isinstance(messages, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
-    ):
-        raise InputError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
-    roles = [m["role"] for m in messages]
-    prompt = messages[: roles.index("assistant")] if "assistant" in roles else messages
-    if not prompt or prompt[-1]["role"] != "user":
-        raise InputError(f"{where}: field 'messages' has no user message before the assistant turn")
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], *,
@@ -146,76 +102,6 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
         "completions_per_second": len(rows) / seconds,
     }
     return EvalResult(rows, metrics)
-
-
-# A Hugging Face hub id: `name` or `org/name`, not a filesystem path.
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-# What evaluation needs from a hub repository: weights as safetensors, never pickles.
-HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-
-
-def resolve_model_dir(model: str, tracking_uri: str | None = None, revision: str | None = None) -> Path:
-    """A local Hugging Face model directory for a path, an MLflow URI or a hub id (downloaded).
-
-    An MLflow artifact folder may hold the model one level down (`model/`), as the
-    transformers flavour writes it; the folder with `config.json` is returned. A hub id
-    comes from the Hugging Face cache, or from the hub when `HF_HUB_OFFLINE=0`.
-    """
-    if model.startswith(MODEL_URI_SCHEMES):
-        try:
-            path = tracking.download(model, tracking_uri)
-        except Exception as err:  # mlflow raises several types for unknown names/runs/aliases
-            raise InputError(f"--model {model}: cannot download from MLflow ({err})") from None
-    elif not Path(model).exists() and HUB_ID.fullmatch(model):
-        path = _hub_snapshot(model, revision)
-    else:
-        path = Path(model)
-        if not path.is_dir():
-            raise InputError(f"--model {model}: no such model directory")
-    candidates = [path, *sorted(p.parent for p in path.glob("*/config.json"))]
-    found = next((c for c in candidates if (c / "config.json").is_file()), None)
-    if found is None:
-        raise InputError(f"--model {model}: {path} has no config.json (not a Hugging Face model directory)")
-    return found
-
-
-def _hub_snapshot(model: str, revision: str | None) -> Path:
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(snapshot_download(model, revision=revision, allow_patterns=HUB_FILES))
-    except LocalEntryNotFoundError:
-        hint = "HF_HUB_OFFLINE=1: set HF_HUB_OFFLINE=0 to download it" if constants.HF_HUB_OFFLINE else "offline?"
-        raise InputError(f"--model {model}: no such model directory, and not in the Hugging Face cache ({hint})") from None
-    except (RepositoryNotFoundError, HfHubHTTPError) as err:
-        raise InputError(f"--model {model}: no such model directory or hub model ({err})") from None
-
-
-def load_model(model_dir: Path, cfg: Config, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Tokenizer (checked for a chat template first, before the slow model load) and model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer_dir = next((d for d in [model_dir, model_dir.parent / "components" / "tokenizer"]
-                          if (d / "tokenizer_config.json").is_file()), model_dir)  # fmt: skip
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{tokenizer_dir}: cannot load the tokenizer ({err})") from None
-    if not tokenizer.chat_template:
-        raise InputError(
-            f"{tokenizer_dir}: the tokenizer has no chat template; evaluation prompts through the "
-            "template used in training (a base model needs one set, e.g. stepjepa.prompts.CHATML_TEMPLATE)"
-        )
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise InputError("eval.device is cuda, but torch sees no CUDA device")
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=getattr(torch, cfg.model.dtype), trust_remote_code=cfg.model.trust_remote_code
-    )
-    return model.to(device), tokenizer
 
 
 def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:

@@ -332,7 +332,9 @@ def evaluate_after_training(model_dir: Path, out: Path, data: Path, heldout: Pat
     """Evaluate the model just saved into `out` with the settings of `out/config.yaml`.
     A failure here is logged, not raised: the model is trained and saved, and the sweep
     evaluates it again in a process of its own, which reports the error in full."""
-    from stepjepa.evaluate import evaluate_to_folder, load_examples, load_model
+    from stepjepa.eval_examples import load_examples
+    from stepjepa.evaluate import evaluate_to_folder
+    from stepjepa.model_source import load_model
 
     try:
         cfg = load_config(out / "config.yaml")

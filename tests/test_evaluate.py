@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stepjepa.cli import main as cli_main
-from stepjepa.evaluate import load_examples
+from stepjepa.eval_examples import load_examples
 from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
 from stepjepa.inputs import InputError
 from stepjepa.score import score_file
@@ -155,7 +155,7 @@ def test_prepared_record_without_gold(tmp_path):
 def test_mlflow_transformers_layout_is_found(tiny_model_dir, tmp_path):
     """`mlflow.transformers.log_model` stores `model/` and `components/tokenizer/` side by side."""
     from stepjepa.config import Config
-    from stepjepa.evaluate import load_model, resolve_model_dir
+    from stepjepa.model_source import load_model, resolve_model_dir
 
     root = tmp_path / "artifacts"
     shutil.copytree(tiny_model_dir, root / "model", ignore=shutil.ignore_patterns("tokenizer*", "chat_template*"))
@@ -181,7 +181,8 @@ def test_evaluate_model_renders_prompts_with_the_pinned_date():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from stepjepa.evaluate import Example, evaluate_model
+    from stepjepa.eval_examples import Example
+    from stepjepa.evaluate import evaluate_model
     from tests import tokenizer_families as families
 
     tok = families.byte_level_bpe()

@@ -73,7 +73,9 @@ def _train(project: dict[str, Path], name: str, **train):
 @torch.no_grad()
 def _greedy_accuracy(model_dir: Path, test: Path) -> float:
     """`accuracy_strict` of greedy answers to the held-out questions: what the sweep selects on."""
-    from stepjepa.evaluate import evaluate_model, load_examples, load_model
+    from stepjepa.eval_examples import load_examples
+    from stepjepa.evaluate import evaluate_model
+    from stepjepa.model_source import load_model
 
     model, tokenizer = load_model(model_dir, config_from_dict({}), "cpu")
     examples = load_examples(test, DATA["system_prompt"])
@@ -113,7 +115,7 @@ def _cross_example_cosine(model_dir: Path, data: Path, k: int) -> float:
     """Mean cosine between view-1 embeddings of *different* examples (off-diagonal)."""
     from stepjepa.batching import load_rows
     from stepjepa.collate import collate
-    from stepjepa.evaluate import load_model
+    from stepjepa.model_source import load_model
     from stepjepa.forward import gather_views, last_hidden, model_parts
     from stepjepa.layout_view import predictor_ids
     from stepjepa.vocabulary import pad_id
