@@ -115,9 +115,9 @@ def _cross_example_cosine(model_dir: Path, data: Path, k: int) -> float:
     """Mean cosine between view-1 embeddings of *different* examples (off-diagonal)."""
     from stepjepa.batching import load_rows
     from stepjepa.collate import collate
-    from stepjepa.model_source import load_model
     from stepjepa.forward import gather_views, last_hidden, model_parts
     from stepjepa.layout_view import predictor_ids
+    from stepjepa.model_source import load_model
     from stepjepa.vocabulary import pad_id
 
     model, tokenizer = load_model(model_dir, config_from_dict({}), "cpu")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from stepjepa import tracking
@@ -25,6 +26,7 @@ def test_the_library_reaches_mlflow_only_through_the_tracking_package():
     assert importers and {path.parts[0] for path in importers} == {"tracking"}
 
 
+@pytest.mark.cli
 def test_importing_the_library_loads_no_mlflow():
     """MLflow is imported by the calls that track, so a run with tracking off never pays for it."""
     code = "import sys, stepjepa.tracking, stepjepa.evaluate; assert 'mlflow' not in sys.modules"
