@@ -183,7 +183,7 @@ def test_evaluate_model_renders_prompts_with_the_pinned_date():
 
     from stepjepa.eval_examples import Example
     from stepjepa.evaluate import evaluate_model
-    from tests import tokenizer_families as families
+    from tests.support import tokenizer_families as families
 
     tok = families.byte_level_bpe()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

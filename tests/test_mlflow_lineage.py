@@ -13,7 +13,7 @@ import pytest
 
 from stepjepa import tracking
 from stepjepa.tracking.store import _experiment_id
-from tests.helpers_train import make_config, write_tokenized
+from tests.support.train import make_config, write_tokenized
 
 
 @pytest.fixture
