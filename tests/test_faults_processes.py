@@ -252,6 +252,10 @@ def test_steps_never_sent_are_sent_later_by_the_resend_command(tmp_path, monkeyp
     assert time.monotonic() - started < 60, "end() waited on a server that is down"
     assert "2 logged steps were not sent" in caplog.text and "python -m stepjepa.resend OUT" in caplog.text
     (out / "summary.json").write_text(json.dumps({"run_id": tracker.run_id}))
+    # A user runs resend in a new shell, without training's fail-fast HTTP settings; with
+    # them, a just-restarted server's slow first answer (> 5 s on a loaded machine) failed it.
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
     with mlflow_server(backend, artifacts, tmp_path / "m2.log", dict(os.environ), port=port):
         assert resend.main([str(out)]) == 0
         client = MlflowClient(url)
