@@ -1,4 +1,5 @@
-"""What a sweep runs: the grid, the baseline, names, resolved configs and cache keys."""
+"""What a sweep runs: the grid, the baseline, names, resolved configs and cache keys; the
+choices a caller gives the flow."""
 
 import pytest
 import yaml
@@ -131,3 +132,51 @@ def test_the_view_pair_is_set_by_the_grid_and_needs_a_layout_without_inline_lm()
         config_from_dict({"sweep": {"views": ["user_assistant"]}})
     with pytest.raises(ConfigError, match=r"sweep\.views"):
         config_from_dict({"sweep": {"views": []}})
+
+
+# --- A sweep's choices from its caller (the flow's `sweep` parameter) ---------------------
+
+def test_the_choices_are_sweep_configs_fields_each_optional_with_its_types_and_docs():
+    from typing import get_args
+
+    from stepjepa.sweep import SweepChoices, attribute_docs
+
+    assert list(SweepChoices.model_fields) == list(SweepConfig.model_fields)
+    assert SweepChoices().given() == {}
+    schema = SweepChoices.model_json_schema()["properties"]
+    for name in ("layout", "loss"):  # one home for the choices: SweepConfig's Literal
+        (literal,) = [s for s in schema[name]["anyOf"] if "enum" in s]
+        assert literal["enum"] == list(get_args(SweepConfig.model_fields[name].annotation))
+    docs = attribute_docs(SweepConfig)
+    assert schema["ks"]["description"].startswith(docs["ks"]) and "(default [1, 2, 3])" in schema["ks"]["description"]
+    assert schema["layout"]["description"].startswith("How the two views are computed")  # train.layout's doc
+    defaults = {name: value for name, value in SweepConfig().model_dump().items() if value is not None}
+    assert SweepChoices(**defaults).given() == defaults
+
+
+def test_choices_replace_the_files_values_and_a_bad_one_says_it_came_from_the_flow_run():
+    from stepjepa.sweep import SweepChoices, choose
+
+    base = {"sweep": {"ks": [2], "lambdas": [0.5], "seeds": [3]}}
+    assert choose(base, SweepChoices(ks=[1, 4]), "p.yaml") == SweepConfig(ks=[1, 4], lambdas=[0.5], seeds=[3])
+    assert choose(base, SweepChoices(), "p.yaml") == SweepConfig(ks=[2], lambdas=[0.5], seeds=[3])
+    # Constraints are SweepConfig's alone: the value passes the form and fails here, named.
+    for bad, key in [({"ks": [-1]}, r"sweep\.ks\.0"), ({"ks": []}, r"sweep\.ks"),
+                     ({"lambdas": [float("nan")]}, r"sweep\.lambdas\.0"),
+                     ({"overrides": {"train.k": 1}}, r"sweep\.overrides")]:
+        choices = SweepChoices(**bad)
+        with pytest.raises(ConfigError, match=rf"(?s)^p\.yaml with flow parameters {next(iter(bad))}=.*{key}"):
+            choose(base, choices, "p.yaml")
+    with pytest.raises(ConfigError, match=r"^p\.yaml: invalid"):
+        choose({"sweep": {"ks": []}}, SweepChoices(), "p.yaml")
+
+
+@pytest.mark.parametrize("bad", [{"ks": ["x"]}, {"layout": "sideways"}, {"views": ["steps", "other"]}, {"kss": [1]}])
+def test_choices_of_the_wrong_type_or_name_are_rejected_by_the_model(bad):
+    from pydantic import ValidationError
+
+    from stepjepa.sweep import SweepChoices
+
+    with pytest.raises(ValidationError):
+        SweepChoices(**bad)
+
