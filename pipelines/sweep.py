@@ -78,7 +78,7 @@ def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, slots: l
         evaluate = (folder, Path(paths["prepared"]) / f"{SELECT_SPLIT}.jsonl",
                     Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet")
     with slots.acquire() as gpu:
-        cmd = launch.train_command(out / "config.yaml", Path(paths["train_data"]), out, [], gpu, resume=True,
+        cmd = launch.train_command(out / "config.yaml", Path(paths["train_data"]), out, gpu, resume=True,
                                    run_name=spec["name"], val_data=Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet",
                                    evaluate=evaluate)
         launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log", cwd=cwd,
