@@ -3,10 +3,15 @@ each its own `accelerate launch` process, evaluated on the **validation** split;
 config by validation accuracy (and the SFT baseline) is then evaluated once on **test**, and
 its model is registered in MLflow with alias `champion`.
 
-    python -m pipelines.sweep --params params.yaml            # what the DVC stage runs
-    python -m pipelines.sweep --reconcile                      # register the champion of the
-                                                               # run folders in this MLflow store
-    python -m pipelines.sweep --serve                          # a UI-triggerable deployment
+    python -m pipelines.sweep --params params.yaml --tokenized data/tokenized \
+        --prepared data/prepared --runs-dir runs/sweep --report-dir metrics/sweep  # the DVC stage
+    python -m pipelines.sweep --reconcile      # register the champion of the run folders in
+                                               # this MLflow store
+    python -m pipelines.sweep --serve          # a UI-triggerable deployment
+
+Paths come from the command line (dvc.yaml names them; the defaults are the same paths), the
+sweep's choices from the params file's `sweep` section, or from the flow run's `sweep`
+parameter, field by field.
 
 The run folders (`runs/sweep/<config>_s<seed>-<key>/`) are the sweep's products, a DVC
 out: a config whose folder holds a finished model (and evaluation) is not trained (or
@@ -19,13 +24,13 @@ Only orchestration lives here: what to run (`stepjepa.sweep`), how to launch it
 """
 
 # No `from __future__ import annotations` here: Prefect builds the flow's parameter model
-# from real annotations, and a served deployment cannot resolve string ones (`Literal`).
+# from real annotations, and a served deployment cannot resolve string ones (`SweepChoices`).
 import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -35,6 +40,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import wait  # noqa: E402
 from prefect.utilities.annotations import allow_failure  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -43,18 +49,21 @@ from pipelines.prefect_server import start_temporary_server  # noqa: E402
 from stepjepa import launch, plots, report, tracking  # noqa: E402
 from stepjepa import sweep as plan  # noqa: E402
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
-
-SLOTS: launch.DeviceSlots | None = None  # set by the flow before any task runs
+from stepjepa.sweep import SweepChoices
 
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
 
-@task(task_run_name="train {spec[name]}")
-def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, eval_key: str | None = None,
-              config: dict | None = None) -> dict:
+# Not cached by Prefect: the run folders are the cache (named by `stepjepa.sweep`'s keys,
+# whichever machine or Prefect server asks), and the device slots a task is handed (a
+# queue with its locks) cannot be hashed into a Prefect cache key.
+@task(task_run_name="train {spec[name]}", cache_policy=NO_CACHE)
+def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, slots: launch.DeviceSlots,
+              eval_key: str | None = None, config: dict | None = None, cwd: str | None = None) -> dict:
     """One training run in its own process; resumes a checkpoint left by a killed sweep, and
     trains nothing when the run folder already holds the finished model. With `eval_key`
     and `config`, the same process then evaluates the model on validation (what
-    `evaluate_run` would start a second process for)."""
+    `evaluate_run` would start a second process for). The process waits for a device of
+    `slots` and runs in `cwd` (default: this process's folder)."""
     out, logger = Path(run_dir), get_run_logger()
     if plan.is_trained(out):
         logger.info("%s: trained already (%s)", spec["name"], out)
@@ -68,29 +77,30 @@ def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, eval_key
         (folder / "metrics.json").unlink(missing_ok=True)  # a model trained anew: any old results are not its own
         evaluate = (folder, Path(paths["prepared"]) / f"{SELECT_SPLIT}.jsonl",
                     Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet")
-    with SLOTS.acquire() as gpu:
-        cmd = launch.train_command(out / "config.yaml", Path(paths["train_data"]), out, [], gpu, resume=True,
+    with slots.acquire() as gpu:
+        cmd = launch.train_command(out / "config.yaml", Path(paths["train_data"]), out, gpu, resume=True,
                                    run_name=spec["name"], val_data=Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet",
                                    evaluate=evaluate)
-        launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log",
+        launch.run_logged(cmd, launch.device_env(gpu, {"MLFLOW_RUN_ID": child_run_id}), out / "train.log", cwd=cwd,
                           on_progress=lambda text: logger.info("%s %s", spec["name"], text))
     if evaluate and (evaluate[0] / "metrics.json").is_file():
         plan.mark_evaluated(out, SELECT_SPLIT, eval_key)
     tracking.log_run_files(child_run_id, out)
     return {"run_dir": run_dir, "run_id": child_run_id}
 
-@task(task_run_name="evaluate {spec[name]} on {split}")
-def evaluate_run(spec: dict, trained: dict, split: str, eval_key: str, paths: dict, config: dict) -> dict:
+@task(task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
+def evaluate_run(spec: dict, trained: dict, split: str, eval_key: str, paths: dict, config: dict,
+                 slots: launch.DeviceSlots, cwd: str | None = None) -> dict:
     """Accuracy, held-out NLL and view diagnostics of one trained model on `split`, logged
     into its MLflow run under `split/`; nothing is generated again for a folder that has them."""
     run_dir = Path(trained["run_dir"])
     out = plan.eval_folder(run_dir, split)
     if not plan.is_evaluated(run_dir, split, eval_key):
         config_file = write_config(config_from_dict(config), out / "config.yaml")
-        with SLOTS.acquire() as gpu:
+        with slots.acquire() as gpu:
             cmd = launch.evaluate_command(run_dir / "model", config_file, Path(paths["prepared"]) / f"{split}.jsonl",
                                           out, heldout=Path(paths["tokenized"]) / f"{split}.parquet")
-            launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log",
+            launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log", cwd=cwd,
                               on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text))
         plan.mark_evaluated(run_dir, split, eval_key)
     tracking.log_split(trained["run_id"], split, out)
@@ -101,14 +111,15 @@ def step_jepa_config(spec: dict, run_dir: str, paths: dict, child_run_id: str, s
                      config: dict, workdir: str) -> None:
     """One config on a work-pool worker: trained (unless its folder holds the model) and
     evaluated on `split`; the sweep reads the results back from MLflow."""
-    global SLOTS
-    SLOTS = SLOTS or launch.DeviceSlots(launch.visible_gpus())
     # Paths are relative to the sweep's folder. A worker on the same machine works there; a
-    # worker elsewhere (a cluster image) has no such folder and uses its own checkout.
-    if Path(workdir).is_dir():
-        os.chdir(workdir)
-    trained = train_run.fn(spec, run_dir, paths, child_run_id, *((eval_key, config) if split == SELECT_SPLIT else ()))
-    evaluate_run.fn(spec, trained, split, eval_key, paths, config)
+    # worker elsewhere (a cluster image) has no such folder and uses its own checkout. The
+    # runs' processes work there too: their configs name the model by a relative path.
+    here = Path(workdir) if Path(workdir).is_dir() else Path.cwd()
+    run_dir, paths = str(here / run_dir), {name: str(here / path) for name, path in paths.items()}
+    slots = launch.DeviceSlots(launch.visible_gpus())
+    trained = train_run.fn(spec, run_dir, paths, child_run_id, slots,
+                           *((eval_key, config) if split == SELECT_SPLIT else (None, None)), cwd=str(here))
+    evaluate_run.fn(spec, trained, split, eval_key, paths, config, slots, cwd=str(here))
 
 @task(task_run_name="dispatch {spec[name]} ({split})")
 def dispatch_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict,
@@ -127,64 +138,46 @@ def dispatch_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, split
 
 @flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def step_jepa_sweep(
-    ks: list[int] | None = None,
-    lambdas: list[float] | None = None,
-    seeds: list[int] | None = None,
-    layout: Literal["inline", "two_pass", "packed"] | None = None,
-    loss: Literal["cosine", "l2", "mse", "infonce"] | None = None,
-    views: list[Literal["steps", "user_assistant"]] | None = None,
-    overrides: dict[str, Any] | None = None,
-    max_concurrent: int | None = None,
-    retries: int | None = None,
-    launcher: Literal["local", "work_pool"] | None = None,
-    params_file: str = "params.yaml",
-    runs_dir: str = "runs/sweep",
-    report_dir: str = "metrics/sweep",
-    data_dir: str = "data",
+    *,
+    sweep: SweepChoices = SweepChoices(),
+    params_file: str,
+    tokenized: str,
+    prepared: str,
+    runs_dir: str,
+    report_dir: str,
 ) -> dict:
-    """Parameters left empty come from the `sweep` section of `params_file`.
+    """The sweep of `params_file`'s `sweep` section, with the fields of `sweep` that are set
+    in place of the file's.
 
     Args:
-        ks: Predictor-token counts K to try (empty: sweep.ks, default [1, 2, 3]).
-        lambdas: JEPA loss weights to try (empty: sweep.lambdas, default [0.1, 0.5, 2.0]).
-        seeds: Each config and the SFT baseline train once per seed (empty: sweep.seeds, default [0]).
-        layout: How Step 2 is encoded for the JEPA view: inline, two_pass or packed (empty: sweep.layout, default inline).
-        loss: JEPA loss between the views: cosine, l2, mse or infonce (empty: sweep.loss, default cosine).
-        views: View pairs to try, steps and/or user_assistant (empty: sweep.views, default ["steps"]).
-        overrides: Extra train.* / eval.* values for every run by dotted key, e.g. {"train.max_steps": 50} (empty: sweep.overrides, default none).
-        max_concurrent: Training runs at once (empty: sweep.max_concurrent, default 1 on CPU, one per GPU).
-        retries: Prefect retries of a failed training run (empty: sweep.retries, default 0).
-        launcher: local (tasks of this process) or work_pool (flow runs of sweep.config_deployment) (empty: sweep.launcher, default local).
-        params_file: The params file the empty parameters come from, relative to the sweep's folder.
+        sweep: The sweep's choices (grid, loss, layout, overrides, concurrency, ...): each field
+            says what it means and its default; an empty one comes from params_file.
+        params_file: The params file of every run, and of the choices left empty, relative to
+            the sweep's folder.
+        tokenized: The tokenize stage's folder of {split}.parquet rows: train is trained on;
+            validation and test give held-out NLL.
+        prepared: The prepare stage's folder of {split}.jsonl questions: validation selects
+            the champion; test is read once.
         runs_dir: Folder of the run folders; a finished run there is reused, not trained again.
-        report_dir: Where the table, summary and plots go (metrics/sweep is DVC's; a served deployment uses reports/NAME).
-        data_dir: The folder holding prepared/ and tokenized/ (the DVC stages' outputs).
+        report_dir: Where the table, summary and plots go (metrics/sweep is DVC's; a served
+            deployment uses reports/NAME).
     """
-    global SLOTS
     logger = get_run_logger()
     base = yaml.safe_load(Path(params_file).read_text())
-    given = {k: v for k, v in dict(ks=ks, lambdas=lambdas, seeds=seeds, layout=layout, loss=loss, views=views,
-                                   overrides=overrides,
-                                   max_concurrent=max_concurrent, retries=retries,
-                                   launcher=launcher).items() if v is not None}
-    # A bad value may come from the flow run's parameters (the UI, `-p`), not the file: say so.
-    source = f"{params_file} with flow parameters {', '.join(f'{k}={v!r}' for k, v in given.items())}" if given \
-        else params_file
-    sweep = config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, source).sweep
-    specs = plan.expand_grid(sweep)
+    sweep_config = plan.choose(base, sweep, params_file)
+    specs = plan.expand_grid(sweep_config)
     configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
-    data = Path(data_dir)
-    paths = {"train_data": str(data / "tokenized/train.parquet"), "tokenized": str(data / "tokenized"),
-             "prepared": str(data / "prepared")}
+    paths = {"train_data": str(Path(tokenized) / "train.parquet"), "tokenized": str(Path(tokenized)),
+             "prepared": str(Path(prepared))}
     first = configs[specs[0].name]
-    fingerprint = plan.data_fingerprint([data / "tokenized", *(data / f"prepared/{s}.jsonl" for s in
-                                                              (SELECT_SPLIT, TEST_SPLIT)), first.model.name_or_path])
-    SLOTS = launch.DeviceSlots(launch.visible_gpus(), cpu_slots=sweep.max_concurrent or 1)
-    logger.info("sweep of %d runs (%d at a time): %s", len(specs), SLOTS.size, ", ".join(configs))
+    fingerprint = plan.data_fingerprint([Path(tokenized), *(Path(prepared) / f"{s}.jsonl" for s in
+                                                            (SELECT_SPLIT, TEST_SPLIT)), first.model.name_or_path])
+    slots = launch.DeviceSlots(launch.visible_gpus(), cpu_slots=sweep_config.max_concurrent or 1)
+    logger.info("sweep of %d runs (%d at a time): %s", len(specs), slots.size, ", ".join(configs))
     tracking.init_store()
 
-    with tracking.sweep_run(sweep.experiment, sweep.model_dump(mode="json") | {"runs": len(specs)},
-                            run_name=_sweep_name(sweep)) as parent:
+    with tracking.sweep_run(sweep_config.experiment, sweep_config.model_dump(mode="json") | {"runs": len(specs)},
+                            run_name=_sweep_name(sweep_config)) as parent:
         runs = {}
         for spec in specs:
             config = configs[spec.name]
@@ -192,14 +185,14 @@ def step_jepa_sweep(
             run_dir = plan.run_folder(runs_dir, spec, key)
             if not plan.is_trained(run_dir):
                 write_config(config, run_dir / "config.yaml")
-            child = tracking.child_run(sweep.experiment, parent, spec.name, key)
+            child = tracking.child_run(sweep_config.experiment, parent, spec.name, key)
             runs[spec.name] = dict(spec=spec, key=key, eval_key=plan.eval_cache_key(config, fingerprint),
                                    run_dir=str(run_dir), child=child, config=config)
-        validation = _train_and_evaluate(runs, specs, paths, sweep, logger)
+        validation = _train_and_evaluate(runs, specs, paths, sweep_config, slots, logger)
         rows = report.summarize(validation)
         best = report.best_config(rows)
-        tested = _test_once(runs, specs, validation, best, paths, sweep, logger) if best else []
-        return _finish(sweep, parent, validation, tested, rows, best, runs, Path(report_dir))
+        tested = _test_once(runs, specs, validation, best, paths, sweep_config, slots, logger) if best else []
+        return _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir))
 
 def _sweep_name(sweep: SweepConfig) -> str:
     """A parent run name that says what was swept."""
@@ -207,7 +200,8 @@ def _sweep_name(sweep: SweepConfig) -> str:
     lams = ",".join(f"{x:g}" for x in sweep.lambdas)
     return f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
 
-def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, trained=None, after=None) -> tuple[Any, Any]:
+def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, slots: launch.DeviceSlots, trained=None,
+            after=None) -> tuple[Any, Any]:
     """(training future or None, evaluation future) of one run on `split`; the training (or,
     given `trained`, the evaluation) waits for the future `after` to end, however it ends."""
     spec_d, config = run["spec"].as_dict(), run["config"].model_dump(mode="json", by_alias=True)
@@ -217,35 +211,37 @@ def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, trained=None
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process
         trained = train_run.with_options(retries=sweep.retries).submit(
-            spec_d, run["run_dir"], paths, run["child"], *((run["eval_key"], config) if split == SELECT_SPLIT else ()),
-            **queue)
+            spec_d, run["run_dir"], paths, run["child"], slots,
+            *((run["eval_key"], config) if split == SELECT_SPLIT else ()), **queue)
         queue = {}
-    return trained, evaluate_run.submit(spec_d, trained, split, run["eval_key"], paths, config, **queue)
+    return trained, evaluate_run.submit(spec_d, trained, split, run["eval_key"], paths, config, slots, **queue)
 
-def _in_lanes(specs: list, submit) -> dict:
-    """`submit(spec, after)` for each spec, where `after` is the future of the spec `SLOTS.size`
+def _in_lanes(specs: list, submit, lanes: int) -> dict:
+    """`submit(spec, after)` for each spec, where `after` is the future of the spec `lanes`
     places earlier: at most that many runs are in flight, and the rest wait in Prefect as
     Pending (visible as queued in the UI, their durations free of queue time) instead of
     Running while blocked on a device slot."""
     futures, ends = {}, []
     for index, spec in enumerate(specs):
-        futures[spec.name] = submit(spec, ends[index - SLOTS.size] if index >= SLOTS.size else None)
+        futures[spec.name] = submit(spec, ends[index - lanes] if index >= lanes else None)
         ends.append(futures[spec.name][1] if isinstance(futures[spec.name], tuple) else futures[spec.name])
     return futures
 
-def _train_and_evaluate(runs: dict, specs: list, paths: dict, sweep: SweepConfig, logger) -> list[dict]:
-    futures = _in_lanes(specs, lambda spec, after: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep, after=after))
+def _train_and_evaluate(runs: dict, specs: list, paths: dict, sweep: SweepConfig, slots: launch.DeviceSlots,
+                        logger) -> list[dict]:
+    futures = _in_lanes(specs, lambda spec, after: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep, slots,
+                                                           after=after), slots.size)
     wait([f for pair in futures.values() for f in pair if f is not None])
     return [_collect(spec, runs[spec.name], *futures[spec.name], logger) for spec in specs]
 
 def _test_once(runs: dict, specs: list, validation: list[dict], best: dict, paths: dict, sweep: SweepConfig,
-               logger) -> list[dict]:
+               slots: launch.DeviceSlots, logger) -> list[dict]:
     """The test split, read once: the champion config's runs and the SFT baseline's."""
     done = {r["spec"]["name"] for r in validation if r["status"] == "completed"}
     chosen = [s for s in specs if s.config_name in {best["config"], "sft"} and s.name in done]
     trained = {s.name: {"run_dir": runs[s.name]["run_dir"], "run_id": runs[s.name]["child"]} for s in chosen}
-    futures = _in_lanes(chosen, lambda s, after: _submit(runs[s.name], TEST_SPLIT, paths, sweep, trained[s.name],
-                                                         after=after)[1])
+    futures = _in_lanes(chosen, lambda s, after: _submit(runs[s.name], TEST_SPLIT, paths, sweep, slots,
+                                                         trained[s.name], after=after)[1], slots.size)
     wait(list(futures.values()))
     return [_collect(s, runs[s.name], None, futures[s.name], logger) for s in chosen]
 
@@ -324,11 +320,14 @@ def _exit_code(summary: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The defaults are the paths dvc.yaml's sweep stage passes: `make run`'s --reconcile and a
+    # served deployment then read and write what the stage does.
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--tokenized", default="data/tokenized", help="the tokenize stage's {split}.parquet folder")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's {split}.jsonl folder")
     parser.add_argument("--runs-dir", default="runs/sweep")
     parser.add_argument("--report-dir", help="default: metrics/sweep (DVC's); reports/NAME with --serve, so that a "
                         "sweep started from the UI leaves DVC's tracked outputs alone")
-    parser.add_argument("--data-dir", default="data", help="the folder holding prepared/ and tokenized/")
     parser.add_argument("--reconcile", action="store_true",
                         help="register the champion named by REPORT_DIR/summary.json if this MLflow store lacks it")
     parser.add_argument("--serve", action="store_true", help="serve a deployment the Prefect UI can trigger")
@@ -342,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
     report_dir = args.report_dir or (f"reports/{args.name}" if args.serve else "metrics/sweep")
-    params = {"params_file": args.params, "runs_dir": args.runs_dir, "report_dir": report_dir, "data_dir": args.data_dir}
+    params = {"params_file": args.params, "tokenized": args.tokenized, "prepared": args.prepared,
+              "runs_dir": args.runs_dir, "report_dir": report_dir}
     if args.deploy:
         # The worker runs the flow from this checkout (a process pool); a docker or kubernetes
         # pool runs the same entrypoint inside the worker image (docs/scaling-out.md).

@@ -68,13 +68,14 @@ class DeviceSlots:
 
 
 def train_command(
-    params: Path, data: Path, out: Path, overrides: list[str], gpu: int | None, resume: bool,
+    params: Path, data: Path, out: Path, gpu: int | None, resume: bool,
     accelerate_config: Path | None = None, run_name: str | None = None, val_data: Path | None = None,
     evaluate: tuple[Path, Path, Path | None] | None = None,
 ) -> list[str]:
     """`python -m accelerate.commands.launch ... -m stepjepa.train ...` for one run; with
     `evaluate` = (folder holding the eval config.yaml, questions, held-out rows), the run
-    evaluates its model on them in the same process once it is saved."""
+    evaluates its model on them in the same process once it is saved. Every setting comes
+    from `params`, the run's resolved config.yaml: nothing is overridden on the command line."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         cmd += ["--config_file", str(accelerate_config)]
@@ -83,8 +84,6 @@ def train_command(
         if gpu is None:
             cmd.append("--cpu")
     cmd += ["-m", "stepjepa.train", "--params", str(params), "--data", str(data), "--out", str(out)]
-    if overrides:
-        cmd += ["--set", *overrides]
     if resume:
         cmd.append("--resume")
     if run_name:
@@ -103,19 +102,6 @@ def evaluate_command(model_dir: Path, config_file: Path, data: Path, out: Path, 
     cmd = [sys.executable, "-m", "stepjepa.cli", "evaluate", "--model", str(model_dir), "--params", str(config_file),
            "--data", str(data), "--out", str(out), "--no-progress"]
     return cmd + (["--heldout", str(heldout)] if heldout else [])
-
-
-def eval_args(eval_cfg) -> list[str]:
-    """`stepjepa evaluate` flags that carry a run's resolved `eval` section."""
-    args = []
-    for key, value in eval_cfg.model_dump().items():
-        if key == "split":  # the split is chosen by the data file
-            continue
-        if key == "limit" and value is None:  # said explicitly, or the params file's limit would apply
-            value = "all"
-        if value is not None:
-            args += [f"--{key.replace('_', '-')}", str(value)]
-    return args
 
 
 def device_env(gpu: int | None, extra: dict[str, str] | None = None) -> dict[str, str]:

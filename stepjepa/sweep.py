@@ -6,13 +6,19 @@ runs lives here so it can be tested without Prefect.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
 import json
+import textwrap
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from stepjepa.config import Config, SweepConfig, config_from_dict, parse_override, set_dotted
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from stepjepa.config import Config, SweepConfig, TrainConfig, config_from_dict, parse_override, set_dotted
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,8 @@ class RunSpec:
     lam: float
     seed: int
     overrides: tuple[str, ...]
-    """`dotted.key=value` strings for `stepjepa train --set`."""
+    """`dotted.key=value` strings `resolve` applies to the params tree (in this process: a
+    run's child process reads only the resolved config.yaml)."""
     views: str = "steps"
     """The JEPA view pair (`train.views`); the baseline is `steps`, where it plays no part."""
 
@@ -84,6 +91,69 @@ def resolve(base: dict[str, Any], spec: RunSpec) -> Config:
     for text in spec.overrides:
         set_dotted(tree, *parse_override(text))
     return config_from_dict(tree, f"sweep run {spec.name}")
+
+
+# --- A sweep's choices from a caller (the Prefect form, `-p sweep=...`) ------------------
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """`{field: docstring}` of a class whose fields are documented by the string below them
+    (pydantic reads those only with `use_attribute_docstrings`, which `Section` leaves off)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {field.target.id: inspect.cleandoc(doc.value.value) for field, doc in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def _unconstrained(annotation: Any) -> Any:
+    """`annotation` with its types and `Literal` choices but without constraints:
+    `list[Annotated[int, Field(ge=0)]]` -> `list[int]`. A value that breaks only a
+    constraint then reaches `choose`, whose error names the key and where the value came from."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _unconstrained(args[0])
+    if not args or origin is Literal:
+        return annotation
+    if origin in (Union, types.UnionType):
+        return Union[tuple(map(_unconstrained, args))]
+    return origin[tuple(map(_unconstrained, args))]
+
+
+class _Choices(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set: each replaces the params file's value."""
+        return {name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None}
+
+
+_CHOICES_DOC = """A sweep's choices from its caller; a field left empty (None) takes its value from the
+`sweep` section of the params file. Derived from `SweepConfig`: its fields, types, `Literal`
+choices and docs, without its constraints, which `choose` checks with the params file's values."""
+
+
+def _choices_model(config: type[BaseModel]) -> type[_Choices]:
+    # A grid field sets the train key of the same name in every run (sweep.layout ->
+    # train.layout): where the sweep's field has no docstring of its own, that key's says it.
+    docs = attribute_docs(TrainConfig) | attribute_docs(config)
+    fields = {}
+    for name, field in config.model_fields.items():
+        default = json.dumps(field.get_default(call_default_factory=True))
+        empty = f"Empty: `sweep.{name}` of the params file (default {default})."
+        text = f"{' '.join(docs[name].split())} {empty}" if name in docs else empty  # one line in the form
+        fields[name] = (_unconstrained(field.annotation) | None, Field(None, description=text))
+    return create_model("SweepChoices", __base__=_Choices, __doc__=_CHOICES_DOC, **fields)
+
+
+SweepChoices = _choices_model(SweepConfig)
+
+
+def choose(base: dict[str, Any], choices: _Choices, source: str) -> SweepConfig:
+    """The sweep section of the params tree `base` (read from `source`) with `choices` in place
+    of the file's values; an invalid one is a `ConfigError` that names it and says it came
+    from the flow run's parameters, not the file."""
+    given = choices.given()
+    where = f"{source} with flow parameters {', '.join(f'{k}={v!r}' for k, v in given.items())}" if given else source
+    return config_from_dict(base | {"sweep": base.get("sweep", {}) | given}, where).sweep
 
 
 LIBRARY = Path(__file__).resolve().parent

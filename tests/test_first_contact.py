@@ -48,8 +48,16 @@ def test_a_fresh_run_with_resume_warns_about_nothing(tmp_path, caplog):
 def test_the_prefect_form_describes_every_sweep_parameter():
     from pipelines.sweep import step_jepa_sweep
 
-    properties = step_jepa_sweep.parameters.properties
-    assert set(properties) >= {"ks", "lambdas", "seeds", "layout", "loss", "views", "overrides", "params_file"}
+    form = step_jepa_sweep.parameters
+    properties = form.properties
+    assert set(properties) >= {"sweep", "params_file", "tokenized", "prepared", "runs_dir", "report_dir"}
     missing = [name for name, schema in properties.items() if not schema.get("description")]
     assert missing == []
-    assert "default [1, 2, 3]" in properties["ks"]["description"]
+    # The form's fields inside `sweep`: each says what it means and its default.
+    fields = form.definitions["SweepChoices"]["properties"]
+    assert set(fields) >= {"ks", "lambdas", "seeds", "layout", "loss", "views", "overrides", "max_concurrent",
+                           "retries", "launcher"}
+    undocumented = [name for name, field in fields.items() if not field.get("description", "").split("Empty:")[0]]
+    assert undocumented == []
+    assert all("(default " in field["description"] for field in fields.values())
+    assert "default [1, 2, 3]" in fields["ks"]["description"]

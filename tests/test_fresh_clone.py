@@ -149,8 +149,8 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(published, tmp_pat
         with process(serve, tmp_path / "serve.log", client_env, cwd=repo):
             wait_for_deployment(client_env, "gsm8k")
             triggered = subprocess.run(
-                [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k", "-p", "ks=[1]",
-                 "-p", "lambdas=[0.5]", "--watch", "--watch-timeout", "400"],
+                [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k",
+                 "-p", 'sweep={"ks": [1], "lambdas": [0.5]}', "--watch", "--watch-timeout", "400"],
                 env=client_env, capture_output=True, text=True, timeout=450)
             assert triggered.returncode == 0 and "Completed" in triggered.stdout, \
                 triggered.stdout + triggered.stderr + (tmp_path / "serve.log").read_text()[-3000:]

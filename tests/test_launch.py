@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from stepjepa.launch import RunFailed, run_logged
+from stepjepa.launch import RunFailed, run_logged, train_command
 
 # What a training process writes: tqdm redraws ("\r"), log lines, a progress line per log_every steps.
 SCRIPT = r"""
@@ -46,3 +46,16 @@ def test_evaluation_progress_lines_are_forwarded_too(tmp_path):
     seen: list[str] = []
     run_logged([sys.executable, "-c", script], dict(os.environ), tmp_path / "evaluate.log", on_progress=seen.append)
     assert seen == ["evaluate validation 32/200 completions=41.2/s eta=4s"]
+
+
+def test_a_run_works_in_the_folder_it_is_given(tmp_path):
+    log = tmp_path / "logs" / "train.log"
+    run_logged([sys.executable, "-c", "import os; print('in', os.getcwd())"], dict(os.environ), log, cwd=tmp_path)
+    assert f"in {tmp_path}\n" in log.read_text()
+
+
+def test_a_training_run_reads_every_setting_from_its_config_file(tmp_path):
+    cmd = train_command(tmp_path / "config.yaml", tmp_path / "train.parquet", tmp_path / "run", None, resume=True,
+                        run_name="sft_s0")
+    assert "--set" not in cmd and cmd[cmd.index("--params") + 1] == str(tmp_path / "config.yaml")
+    assert cmd[-3:] == ["--resume", "--run-name", "sft_s0"] and "--cpu" in cmd

@@ -1,6 +1,7 @@
 """The deployment path users take: real `prefect server` and `mlflow server` on 127.0.0.1,
 the sweep served as a deployment, a run triggered through the Prefect CLI with list
-parameters, and the resulting MLflow runs and champion read back over HTTP."""
+parameters in its `sweep` parameter (`--params`; the README's `-p sweep=...` is
+tests/test_fresh_clone.py's), and the resulting MLflow runs and champion read back over HTTP."""
 
 import os
 import subprocess
@@ -30,7 +31,7 @@ def test_served_deployment_triggered_with_list_parameters(tmp_path, project):
             wait_for_deployment(client_env, "itest")
             run = subprocess.run(
                 [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/itest",
-                 "-p", "ks=[1]", "-p", "lambdas=[0.5]", "--watch", "--watch-timeout", "400"],
+                 "--params", '{"sweep": {"ks": [1], "lambdas": [0.5]}}', "--watch", "--watch-timeout", "400"],
                 env=client_env, capture_output=True, text=True, timeout=450,
             )
             assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "serve.log").read_text()[-3000:]

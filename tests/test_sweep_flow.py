@@ -13,6 +13,10 @@ from tests.conftest import make_sweep_project
 
 pytestmark = pytest.mark.e2e
 
+# What dvc.yaml's sweep stage passes, in the project make_sweep_project lays out.
+PATHS = {"params_file": "params.yaml", "tokenized": "data/tokenized", "prepared": "data/prepared",
+         "runs_dir": "runs/sweep", "report_dir": "metrics/sweep"}
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir, conversations):
@@ -45,7 +49,7 @@ def children(client, parent_id):
 def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure(environment):
     from pipelines.sweep import _exit_code, step_jepa_sweep
 
-    summary = step_jepa_sweep(params_file="params.yaml")
+    summary = step_jepa_sweep(**PATHS)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert summary["configs"] == 3 and summary["failed_runs"] == 1 and summary["failed"] == ["k1_lam1e+39_s0"]
     accuracy = json.loads((environment / "metrics/sweep/accuracy.json").read_text())
@@ -130,7 +134,7 @@ def test_rerun_skips_finished_configs(environment):
     (eval_log,) = environment.glob("runs/sweep/sft_s0-*/eval/test/evaluate.log")
     launches, evals = log.read_text().count("$ "), eval_log.read_text().count("$ ")
     before = (environment / "metrics/sweep/summary.json").read_text()
-    summary = step_jepa_sweep(params_file="params.yaml")
+    summary = step_jepa_sweep(**PATHS)
     assert log.read_text().count("$ ") == launches, "a finished config was trained again"
     assert eval_log.read_text().count("$ ") == evals, "a finished evaluation was run again"
     assert summary["champion"] is not None
@@ -156,7 +160,7 @@ def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(en
     launches = log.read_text().count("$ ")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{environment}/other-store.db"
     try:
-        assert reconcile("params.yaml", "metrics/sweep") == 1  # the failed config is retried, and fails again
+        assert reconcile(**PATHS) == 1  # the failed config is retried, and fails again
         assert log.read_text().count("$ ") == launches, "reconciling trained a finished config again"
         client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
         version = client.get_model_version_by_alias("sj-test", "champion")
@@ -170,7 +174,7 @@ def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(en
                                                         ("tokenized/validation.parquet", "validation")}
         assert {"config.yaml", "train.log"} <= {f.path for f in client.list_artifacts(run.info.run_id)}
         assert mlflow.transformers.load_model("models:/sj-test@champion") is not None
-        assert reconcile("params.yaml", "metrics/sweep") == 0, "a registered champion is a no-op"
+        assert reconcile(**PATHS) == 0, "a registered champion is a no-op"
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{environment}/mlflow.db"
 
@@ -183,9 +187,10 @@ def test_bad_parameters_are_rejected_before_training(environment):
 
     for bad in [{"ks": []}, {"ks": [-1]}, {"lambdas": [float("nan")]}]:
         with pytest.raises(ConfigError, match="params.yaml with flow parameters " + next(iter(bad))):
-            step_jepa_sweep(params_file="params.yaml", **bad)
-    with pytest.raises(ParameterTypeError):
-        step_jepa_sweep(params_file="params.yaml", lambdas=["abc"])
+            step_jepa_sweep(sweep=bad, **PATHS)
+    for bad in [{"lambdas": ["abc"]}, {"layout": "sideways"}, {"kss": [1]}]:  # not the field's type, or no field
+        with pytest.raises(ParameterTypeError):
+            step_jepa_sweep(sweep=bad, **PATHS)
     assert not list(environment.glob("runs/sweep/*_s1-*"))
 
 

@@ -1,10 +1,13 @@
-"""What a sweep runs: the grid, the baseline, names, resolved configs and cache keys."""
+"""What a sweep runs: the grid, the baseline, names, resolved configs and cache keys; the
+choices a caller gives the flow, and the flow's plumbing that needs no Prefect run."""
+
+from pathlib import Path
 
 import pytest
 import yaml
 
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict
-from stepjepa.sweep import cache_key, expand_grid, resolve
+from stepjepa.sweep import RunSpec, cache_key, expand_grid, resolve
 from tests.test_config import ROOT
 
 
@@ -131,3 +134,104 @@ def test_the_view_pair_is_set_by_the_grid_and_needs_a_layout_without_inline_lm()
         config_from_dict({"sweep": {"views": ["user_assistant"]}})
     with pytest.raises(ConfigError, match=r"sweep\.views"):
         config_from_dict({"sweep": {"views": []}})
+
+
+# --- A sweep's choices from its caller (the flow's `sweep` parameter) ---------------------
+
+def test_the_choices_are_sweep_configs_fields_each_optional_with_its_types_and_docs():
+    from typing import get_args
+
+    from stepjepa.sweep import SweepChoices, attribute_docs
+
+    assert list(SweepChoices.model_fields) == list(SweepConfig.model_fields)
+    assert SweepChoices().given() == {}
+    schema = SweepChoices.model_json_schema()["properties"]
+    for name in ("layout", "loss"):  # one home for the choices: SweepConfig's Literal
+        (literal,) = [s for s in schema[name]["anyOf"] if "enum" in s]
+        assert literal["enum"] == list(get_args(SweepConfig.model_fields[name].annotation))
+    docs = attribute_docs(SweepConfig)
+    assert schema["ks"]["description"].startswith(docs["ks"]) and "(default [1, 2, 3])" in schema["ks"]["description"]
+    assert schema["layout"]["description"].startswith("How the two views are computed")  # train.layout's doc
+    defaults = {name: value for name, value in SweepConfig().model_dump().items() if value is not None}
+    assert SweepChoices(**defaults).given() == defaults
+
+
+def test_choices_replace_the_files_values_and_a_bad_one_says_it_came_from_the_flow_run():
+    from stepjepa.sweep import SweepChoices, choose
+
+    base = {"sweep": {"ks": [2], "lambdas": [0.5], "seeds": [3]}}
+    assert choose(base, SweepChoices(ks=[1, 4]), "p.yaml") == SweepConfig(ks=[1, 4], lambdas=[0.5], seeds=[3])
+    assert choose(base, SweepChoices(), "p.yaml") == SweepConfig(ks=[2], lambdas=[0.5], seeds=[3])
+    # Constraints are SweepConfig's alone: the value passes the form and fails here, named.
+    for bad, key in [({"ks": [-1]}, r"sweep\.ks\.0"), ({"ks": []}, r"sweep\.ks"),
+                     ({"lambdas": [float("nan")]}, r"sweep\.lambdas\.0"),
+                     ({"overrides": {"train.k": 1}}, r"sweep\.overrides")]:
+        choices = SweepChoices(**bad)
+        with pytest.raises(ConfigError, match=rf"(?s)^p\.yaml with flow parameters {next(iter(bad))}=.*{key}"):
+            choose(base, choices, "p.yaml")
+    with pytest.raises(ConfigError, match=r"^p\.yaml: invalid"):
+        choose({"sweep": {"ks": []}}, SweepChoices(), "p.yaml")
+
+
+@pytest.mark.parametrize("bad", [{"ks": ["x"]}, {"layout": "sideways"}, {"views": ["steps", "other"]}, {"kss": [1]}])
+def test_choices_of_the_wrong_type_or_name_are_rejected_by_the_model(bad):
+    from pydantic import ValidationError
+
+    from stepjepa.sweep import SweepChoices
+
+    with pytest.raises(ValidationError):
+        SweepChoices(**bad)
+
+
+# --- The flow's plumbing, without a Prefect run --------------------------------------------
+
+def test_lanes_queue_each_run_behind_the_one_lanes_places_earlier():
+    from pipelines.sweep import _in_lanes
+
+    specs = [RunSpec(f"r{i}", 1, 0.5, 0, ()) for i in range(5)]
+    waits = {}
+
+    def submit(spec, after):  # (training future, evaluation future) of a run
+        waits[spec.name] = after
+        return f"train {spec.name}", f"evaluate {spec.name}"
+
+    assert _in_lanes(specs, submit, 2)["r4"] == ("train r4", "evaluate r4")
+    assert waits == {"r0": None, "r1": None, "r2": "evaluate r0", "r3": "evaluate r1", "r4": "evaluate r2"}
+
+
+def test_the_tasks_hand_their_device_slots_on_and_prefect_hashes_none_of_their_inputs():
+    from prefect.cache_policies import NO_CACHE
+
+    from pipelines.sweep import evaluate_run, train_run
+
+    assert train_run.cache_policy == NO_CACHE and evaluate_run.cache_policy == NO_CACHE
+
+
+def test_a_work_pool_config_runs_in_the_sweeps_folder_without_leaving_this_one(tmp_path, monkeypatch):
+    import os
+
+    import pipelines.sweep as flow
+
+    calls = {}
+
+    class Task:
+        def __init__(self, name):
+            self.name = name
+
+        def fn(self, *args, **kwargs):
+            calls[self.name] = (args, kwargs)
+            return {"run_dir": args[1], "run_id": "r"}
+
+    monkeypatch.setattr(flow, "train_run", Task("train"))
+    monkeypatch.setattr(flow, "evaluate_run", Task("evaluate"))
+    paths = {"train_data": "data/tokenized/train.parquet", "tokenized": "data/tokenized", "prepared": "data/prepared"}
+    here = os.getcwd()
+    for workdir, root in [(tmp_path, tmp_path), (tmp_path / "elsewhere", Path(here))]:  # no such folder: this one
+        flow.step_jepa_config.fn(spec={"name": "sft_s0"}, run_dir="runs/sweep/sft_s0-ab", paths=paths, child_run_id="r",
+                                 split="validation", eval_key="e", config={}, workdir=str(workdir))
+        assert os.getcwd() == here
+        (train_args, train_kwargs), (eval_args, eval_kwargs) = calls["train"], calls["evaluate"]
+        assert train_args[1] == str(root / "runs/sweep/sft_s0-ab")
+        assert train_args[2] == {name: str(root / path) for name, path in paths.items()} == eval_args[4]
+        assert train_args[5:] == ("e", {}) and train_kwargs == eval_kwargs == {"cwd": str(root)}
+        assert train_args[4] is eval_args[6], "one pool of device slots for the training and its evaluation"

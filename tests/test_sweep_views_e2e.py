@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import make_sweep_project
-from tests.test_sweep_flow import environment  # noqa: F401  (a fixture: Prefect harness and MLflow in `project`)
+from tests.test_sweep_flow import PATHS, environment  # noqa: F401  (a fixture: Prefect harness and MLflow in `project`)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def project(tmp_path_factory, tiny_model_dir, conversations):
 def test_one_sweep_holds_sft_step_jepa_and_llm_jepa(environment):
     from pipelines.sweep import step_jepa_sweep
 
-    summary = step_jepa_sweep(params_file="params.yaml")
+    summary = step_jepa_sweep(**PATHS)
     assert summary["configs"] == len(CONFIGS) and summary["failed_runs"] == 0
 
     table = (environment / "metrics/sweep/table.md").read_text().splitlines()
