@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from stepjepa.config import Config, SweepConfig, TrainConfig, config_from_dict, parse_override, set_dotted
+from stepjepa.config import Config, SweepConfig, TrainConfig, config_from_dict, set_dotted
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,10 @@ class RunSpec:
     k: int
     lam: float
     seed: int
-    overrides: tuple[str, ...]
-    """`dotted.key=value` strings `resolve` applies to the params tree (in this process: a
-    run's child process reads only the resolved config.yaml)."""
+    overrides: tuple[tuple[str, Any], ...]
+    """(dotted key, typed value) pairs `resolve` sets in the params tree; a run's child
+    process reads only the resolved config.yaml. Values stay typed: nothing is printed to a
+    string and parsed back on the way from the grid to the loss."""
     views: str = "steps"
     """The JEPA view pair (`train.views`); the baseline is `steps`, where it plays no part."""
 
@@ -57,10 +58,6 @@ def config_name(k: int, lam: float, views: str = "steps") -> str:
     return "sft" if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
 
 
-def _yaml_value(value: Any) -> str:
-    return json.dumps(value)  # JSON is YAML: the override parser reads it back exactly
-
-
 def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
     """Baseline first for every seed, then each (view pair, K, lambda); duplicates removed.
 
@@ -69,8 +66,8 @@ def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
     grid axis.
     """
     # Training runs log into the sweep's experiment, as children of its parent run.
-    common = [f"train.layout={sweep.layout}", f"train.loss={sweep.loss}", f"train.experiment={_yaml_value(sweep.experiment)}"]
-    common += [f"{key}={_yaml_value(value)}" for key, value in sorted(sweep.overrides.items())]
+    common = [("train.layout", sweep.layout), ("train.loss", sweep.loss), ("train.experiment", sweep.experiment)]
+    common += sorted(sweep.overrides.items())
     grid = [(0, 0.0, "steps")] + [(k, float(lam), v) for v in sweep.views for k in sweep.ks for lam in sweep.lambdas]
     specs, seen = [], set()
     for seed in sweep.seeds:
@@ -80,7 +77,7 @@ def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
             if (k, lam, views, seed) in seen:
                 continue
             seen.add((k, lam, views, seed))
-            overrides = (f"train.k={k}", f"train.lambda={lam!r}", f"train.seed={seed}", f"train.views={views}", *common)
+            overrides = (("train.k", k), ("train.lambda", lam), ("train.seed", seed), ("train.views", views), *common)
             specs.append(RunSpec(f"{config_name(k, lam, views)}_s{seed}", k, lam, seed, overrides, views))
     return specs
 
@@ -88,8 +85,8 @@ def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
 def resolve(base: dict[str, Any], spec: RunSpec) -> Config:
     """The full, validated config of one run: the params tree plus the spec's overrides."""
     tree = json.loads(json.dumps(base))
-    for text in spec.overrides:
-        set_dotted(tree, *parse_override(text))
+    for key, value in spec.overrides:
+        set_dotted(tree, key, value)
     return config_from_dict(tree, f"sweep run {spec.name}")
 
 

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from stepjepa.launch import watch_descendants
-# Re-exported for modules that still import them from here (remove after the issue-14 merge:
-# test_sweep_flow, test_sweep_views_e2e, test_faults_sweep, test_servers, test_fresh_clone).
-from tests.support.projects import ROOT, SWEEP_SPLITS, copy_project, make_sweep_project  # noqa: F401
-from tests.support.synthetic import TINY_TEST_MODEL, synthetic_conversations, synthetic_raw_record  # noqa: F401
+from tests.support.projects import ROOT
+from tests.support.synthetic import TINY_TEST_MODEL, synthetic_conversations
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -77,8 +75,7 @@ def model(request):
 @pytest.fixture(scope="module")
 def environment(project):
     """The requesting module's `project` folder as the working directory, with its own MLflow
-    store and a Prefect test harness (the sweep-flow tests). Same as test_sweep_flow.py's
-    copy, which shadows it until the issue-14 merge removes that copy."""
+    store and a Prefect test harness (the sweep-flow tests)."""
     from prefect.testing.utilities import prefect_test_harness
 
     saved = dict(os.environ)

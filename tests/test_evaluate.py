@@ -222,8 +222,6 @@ def test_a_hub_id_loads_from_the_hugging_face_cache(hub_cache, test_file, tmp_pa
 
 
 def test_limit_all_overrides_the_params_limit(tiny_model_dir, test_file, tmp_path, capsys, monkeypatch):
-    from stepjepa.launch import eval_args
-
     (tmp_path / "params.yaml").write_text("eval:\n  limit: 2\n")
     monkeypatch.chdir(tmp_path)
     base = ("--model", tiny_model_dir, "--data", test_file, "--out", tmp_path / "eval", "--params", "params.yaml")
@@ -231,12 +229,11 @@ def test_limit_all_overrides_the_params_limit(tiny_model_dir, test_file, tmp_pat
     assert evaluate(capsys, *base, "--limit", "all")[1]["n"] == 60
     with pytest.raises(SystemExit):
         evaluate(capsys, *base, "--limit", "most")
-    # A sweep run whose eval.limit is null says so on the command line, over params.yaml's limit.
-    from stepjepa.config import EvalConfig
-
-    assert eval_args(EvalConfig(limit=None))[:2] == ["--limit", "all"]
-    assert "--limit" not in eval_args(EvalConfig(limit=None))[2:]
-    assert eval_args(EvalConfig(limit=5))[:2] == ["--limit", "5"]
+    # A sweep run whose eval.limit is null evaluates every question: its evaluation reads
+    # the run's config file, where null means all (no --limit on the command line).
+    (tmp_path / "run.yaml").write_text("eval:\n  limit: null\n")
+    run = ("--model", tiny_model_dir, "--data", test_file, "--out", tmp_path / "eval-run", "--params", "run.yaml")
+    assert evaluate(capsys, *run)[1]["n"] == 60
 
 
 def test_a_registered_model_resolves_in_the_given_store_from_any_folder(tiny_model_dir, tmp_path, monkeypatch):

@@ -19,9 +19,6 @@ import pytest
 from tests.servers import free_port, mlflow_server, process
 from tests.support.processes import all_gone
 
-# Compatibility name for tests/test_faults_sweep.py (remove after the issue-14 merge).
-_all_gone = all_gone
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # A run that starts a grandchild (as `accelerate launch` starts the training process),
@@ -83,7 +80,7 @@ import sys
 from pathlib import Path
 from stepjepa import launch
 params, data, out = map(Path, sys.argv[1:4])
-cmd = launch.train_command(params, data, out, [], None, resume=False)
+cmd = launch.train_command(params, data, out, None, resume=False)
 with launch.forward_signals():
     launch.run_logged(cmd, launch.device_env(None), out / "train.log", on_progress=print)
 """

@@ -16,8 +16,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import make_sweep_project
-from tests.test_faults_processes import _all_gone
+from tests.support.processes import all_gone
+from tests.support.projects import make_sweep_project
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,7 @@ def test_a_sweep_killed_with_sigkill_leaves_its_parent_run_to_the_next_sweep(pro
     doomed = _descendants(sweep)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
-    assert _all_gone(doomed, timeout=60), "a process of the killed sweep survived it"
+    assert all_gone(doomed, timeout=60), "a process of the killed sweep survived it"
     client = _client(project)
     assert client.get_run(parent.info.run_id).info.status == "RUNNING"  # nothing could end it
 
@@ -124,7 +124,7 @@ def test_a_sweep_stopped_by_a_signal_leaves_final_flow_and_parent_runs(project, 
     code = sweep.wait(timeout=240)
     log = (project / "sweep.log").read_text()
     assert code != 0, log[-3000:]
-    assert _all_gone(doomed, timeout=60), "a process of the stopped sweep survived it"
+    assert all_gone(doomed, timeout=60), "a process of the stopped sweep survived it"
 
     (parent,) = _runs(project, "tags.`stepjepa.kind` = 'sweep'")
     assert parent.info.status == "KILLED"

@@ -9,6 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,7 @@ def test_every_readme_command_that_starts_prefect_turns_its_telemetry_off():
         assert "PREFECT_SERVER_ANALYTICS_ENABLED=false" in block[:first], block
 
 
+@pytest.mark.cli  # runs make -n
 def test_readme_and_make_install_say_how_to_reach_the_commands():
     readme = (ROOT / "README.md").read_text()
     assert ".venv/bin/stepjepa" in readme and "command not found" in readme

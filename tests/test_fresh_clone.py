@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, synthetic_raw_record
+from tests.support.projects import copy_project
+from tests.support.synthetic import synthetic_raw_record
 
 pytestmark = pytest.mark.e2e
 

@@ -20,6 +20,7 @@ sys.exit(int(sys.argv[1]))
 """
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("forward", [False, True])
 def test_log_file_holds_everything_and_progress_lines_are_forwarded(tmp_path, forward):
     seen: list[str] = []
@@ -32,6 +33,7 @@ def test_log_file_holds_everything_and_progress_lines_are_forwarded(tmp_path, fo
     assert seen == (["step 2/4 loss=3.1 lm_loss=3.1", "step 4/4 loss=2.9 lm_loss=2.9"] if forward else [])
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("forward", [False, True])
 def test_a_failing_run_raises_with_the_log_tail(tmp_path, forward):
     log = tmp_path / "train.log"
@@ -40,6 +42,7 @@ def test_a_failing_run_raises_with_the_log_tail(tmp_path, forward):
                    on_progress=(lambda _: None) if forward else None)
 
 
+@pytest.mark.cli
 def test_evaluation_progress_lines_are_forwarded_too(tmp_path):
     script = ('print("2026-12-01 08:00:00,000 stepjepa.evaluate INFO evaluate validation 32/200 '
               'completions=41.2/s eta=4s")\nprint("evaluate 1/2 without a level is not a progress line")')
@@ -48,6 +51,7 @@ def test_evaluation_progress_lines_are_forwarded_too(tmp_path):
     assert seen == ["evaluate validation 32/200 completions=41.2/s eta=4s"]
 
 
+@pytest.mark.cli
 def test_a_run_works_in_the_folder_it_is_given(tmp_path):
     log = tmp_path / "logs" / "train.log"
     run_logged([sys.executable, "-c", "import os; print('in', os.getcwd())"], dict(os.environ), log, cwd=tmp_path)

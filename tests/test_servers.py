@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import make_sweep_project
+from tests.support.projects import make_sweep_project
 from tests.servers import BIN, mlflow_server, prefect_server, process, wait_for_deployment
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e]

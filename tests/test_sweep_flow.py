@@ -9,36 +9,15 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import make_sweep_project
+from tests.support.projects import PATHS, make_sweep_project
 
 pytestmark = pytest.mark.e2e
 
 # What dvc.yaml's sweep stage passes, in the project make_sweep_project lays out.
-PATHS = {"params_file": "params.yaml", "tokenized": "data/tokenized", "prepared": "data/prepared",
-         "runs_dir": "runs/sweep", "report_dir": "metrics/sweep"}
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir, conversations):
     sweep = {"ks": [1], "lambdas": [0.5, 1e39], "experiment": "sweep-test", "registered_model_name": "sj-test"}
     return make_sweep_project(tmp_path_factory.mktemp("sweep"), tiny_model_dir, conversations, sweep)
-
-
-@pytest.fixture(scope="module")
-def environment(project):
-    from prefect.testing.utilities import prefect_test_harness
-
-    saved = dict(os.environ)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlflow.db"
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        with prefect_test_harness(server_startup_timeout=90):
-            yield project
-    finally:
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def children(client, parent_id):

@@ -8,7 +8,7 @@ import yaml
 
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict
 from stepjepa.sweep import RunSpec, cache_key, expand_grid, resolve
-from tests.test_config import ROOT
+from tests.support.projects import ROOT
 
 
 def test_seed_grid_plus_baseline_per_seed():

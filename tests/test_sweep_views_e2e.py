@@ -11,8 +11,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import make_sweep_project
-from tests.test_sweep_flow import PATHS, environment  # noqa: F401  (a fixture: Prefect harness and MLflow in `project`)
+from tests.support.projects import PATHS, make_sweep_project
 
 pytestmark = pytest.mark.e2e
 

@@ -59,3 +59,8 @@ def make_sweep_project(root: Path, model_dir: Path, conversations: list[dict], s
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
+
+
+# The flow's paths in a project made by `make_sweep_project` (what dvc.yaml passes it).
+PATHS = {"params_file": "params.yaml", "tokenized": "data/tokenized", "prepared": "data/prepared",
+         "runs_dir": "runs/sweep", "report_dir": "metrics/sweep"}
