@@ -29,7 +29,7 @@ from stepjepa.config import ConfigError
 from stepjepa.inputs import InputError, read_jsonl
 from stepjepa.prompts import predictor_tokens
 from stepjepa.tokenization import TokenizationError, load_tokenizer
-from stepjepa.vocabulary import LAYOUTS, pad_id
+from stepjepa.vocabulary import IGNORE_INDEX, LAYOUTS, pad_id
 
 log = logging.getLogger(__name__)
 MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C",
@@ -178,7 +178,7 @@ def render_text(rec: dict[str, Any], full_grid: bool = False) -> str:
     lines.append("  idx  pos seg  label  token")
     views = {rec["view1_index"]: "<- view 1", rec["view2_index"]: "<- view 2"}
     for i, (tok, pos, seg, lab) in enumerate(zip(rec["tokens"], rec["position_ids"], rec["segments"], rec["labels"])):
-        label = "-" if lab == -100 else str(lab)
+        label = "-" if lab == IGNORE_INDEX else str(lab)
         lines.append(f"  {i:>3} {pos:>4} {MARKS[seg]:>3} {label:>6}  {tok!r} {views.get(i, '')}".rstrip())
     lines.append("  segments: " + ", ".join(f"{MARKS[seg]} {name}" for seg, name in SEGMENT_NAMES.items()))
     lines.append("  mask per segment (rows = queries; # all, . none, \\ causal, + partial):")
