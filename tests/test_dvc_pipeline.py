@@ -29,6 +29,12 @@ def project(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dvc")
     repo, source = tmp / "repo", tmp / "gsm8k"
     params = copy_project(repo, validation_size=10)
+    # The sweep stage runs too; what these tests check is DVC's, so a two-run sweep of a
+    # few steps will do (the default 10-config sweep made this module ~4 min of `make test`).
+    params["train"] |= {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2, "eval_every": 2,
+                        "eval_examples": 4}
+    params["eval"] |= {"limit": 6, "max_new_tokens": 12, "batch_size": 6}
+    params["sweep"] |= {"ks": [1], "lambdas": [0.5]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     rng = random.Random(1)
     source.mkdir()
