@@ -88,17 +88,23 @@ demo: install
 	cat outputs/demo/table.md
 
 # Tiers (pyproject.toml's markers; tests/README.md): `test` is everything (what CI runs);
-# `test-unit` has no subprocess, no server and no training beyond a few steps; its tests
-# share no port, folder or database, so they run on every core (pytest-xdist: 54 s on 2
-# cores, 90 s on one). `test-e2e` is the rest. --durations shows where the time goes.
+# `test-unit` has no subprocess, no server and no training beyond a few steps; `test-e2e` is
+# the rest. All run on pytest-xdist workers: TEST_WORKERS for the tiers with servers and
+# training (their tests wait on servers and processes a quarter of the time, so one worker
+# more than cores keeps both cores busy), every core for the unit tier. `--dist loadfile`
+# keeps each module on one worker (several share one project among their tests, in order;
+# `loadgroup` does not group under pytest 9); tests/conftest.py orders the longest first.
+# --durations shows where the time goes.
+TEST_WORKERS ?= 3
+XDIST := --dist loadfile --no-loadscope-reorder
 test: install
-	pytest -q --durations=25
+	pytest -q -n $(TEST_WORKERS) $(XDIST) --durations=25
 
 test-unit: install
-	pytest -q -n auto -m "not e2e and not server and not cli" --durations=15
+	pytest -q -n auto $(XDIST) -m "not e2e and not server and not cli" --durations=15
 
 test-e2e: install
-	pytest -q -m "e2e or server or cli"
+	pytest -q -n $(TEST_WORKERS) $(XDIST) -m "e2e or server or cli" --durations=25
 
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"

@@ -8,14 +8,22 @@ Nothing here downloads: the model and tokenizer are built from configs, exactly 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
-import pytest
+# One intra-op thread in this process and every process a test starts (accelerate launch
+# passes OMP_NUM_THREADS on): the tiny models gain nothing from more, and on 2 cores shared by
+# pytest-xdist workers, OpenMP threads spin-waiting on each other made the same training
+# 4x slower (tests/test_method_regression.py: 33 s alone, 147 s with a second worker).
+# Set before torch is first imported, which reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from stepjepa.launch import watch_descendants
-from tests.support.projects import ROOT
-from tests.support.synthetic import TINY_TEST_MODEL, synthetic_conversations
+import pytest  # noqa: E402
+
+from stepjepa.launch import watch_descendants  # noqa: E402
+from tests.support.projects import ROOT  # noqa: E402
+from tests.support.synthetic import TINY_TEST_MODEL, synthetic_conversations  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -23,6 +31,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect keeps task caches under PREFECT_HOME: a test session must never see an earlier one.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="stepjepa-test-prefect-")
+# tests/test_faults_sweep.py sends Ctrl-C to a sweep it starts: started from a shell's
+# background job (`make test &`), pytest and all it starts would ignore SIGINT instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Servers, deployments and runs the tests start die with pytest also when it is killed
 # (a CI time-out's SIGKILL skips every fixture's clean-up): a watchdog outlives it to stop them.
 watch_descendants(grace=10)
@@ -51,19 +63,6 @@ def gsm8k_dir() -> Path:
     pytest.skip("GSM8K not available: set GSM8K_DIR to a folder with train.jsonl and test.jsonl")
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from intra-op threads; on a busy 2-core machine OpenMP
-    threads waiting on each other made them 4x to 20x slower. Opt in per module with
-    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def model(request):
     """A tiny random Llama (tests/support/tiny_llama.py), once per attention implementation."""
@@ -89,3 +88,20 @@ def environment(project):
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(saved)
+
+
+def pytest_collection_modifyitems(items):
+    """Longest first: modules that run servers and training, then those that start processes,
+    then in-process ones. Under pytest-xdist (`make test`) the long tests start early and the
+    quick ones fill the gaps. A module stays in one piece (its module fixtures are made once)
+    and keeps its order."""
+
+    def tier(item) -> int:
+        marks = {m.name for m in item.iter_markers()}
+        return (0 if {"e2e", "server"} <= marks else 1 if "e2e" in marks else 2 if "server" in marks
+                else 3 if "cli" in marks else 4)
+
+    module_tier: dict[str, int] = {}
+    for item in items:
+        module_tier[item.module.__name__] = min(module_tier.get(item.module.__name__, 4), tier(item))
+    items.sort(key=lambda item: module_tier[item.module.__name__])

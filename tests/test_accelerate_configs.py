@@ -112,7 +112,7 @@ def test_cpu_2proc_runs_two_gloo_processes(tmp_path):
     script, reports_dir = tmp_path / "ranks.py", tmp_path / "reports"
     script.write_text(RANK_SCRIPT)
     reports_dir.mkdir()
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="",
                HF_HOME=str(tmp_path / "hf"))
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),

@@ -15,8 +15,6 @@ from stepjepa.diagnostics import (
 )
 from stepjepa.losses import LOSS_KINDS, jepa_loss
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def rankme_by_formula(x: np.ndarray) -> float:
     """Garrido et al. (2023), eq. 1: p_k = sigma_k / ||sigma||_1 + eps, RankMe = exp(-sum p_k log p_k)."""

@@ -8,22 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from stepjepa.cli import main as cli_main
 from stepjepa.eval_examples import load_examples
 from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
 from stepjepa.inputs import InputError
 from stepjepa.score import score_file
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """See tests/test_generation.py: tiny models run faster on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

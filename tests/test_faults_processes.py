@@ -100,8 +100,7 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, epochs=100,
                           log_every=1, tracking="mlflow", experiment="sweep-signal")
     out = tmp_path / "run"
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
-                        "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
     task = subprocess.Popen([sys.executable, "-c", TRAIN_LAUNCHER, str(params), str(data), str(out)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
@@ -280,7 +279,7 @@ def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_m
                           log_model=True, experiment="outage-train")
     backend, artifacts, port, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", free_port(), \
         tmp_path / "run"
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
     with mlflow_server(backend, artifacts, tmp_path / "m1.log", env, port=port) as url:
         env["MLFLOW_TRACKING_URI"] = url
         with (tmp_path / "train.log").open("w") as log:

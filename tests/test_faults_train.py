@@ -190,7 +190,7 @@ def test_a_signal_checkpoints_marks_the_run_killed_and_exits_with_its_code(tiny_
                                                                           signum, code):
     from mlflow import MlflowClient
 
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, epochs=100,
                           log_every=1, checkpoint_every=None, tracking="mlflow", experiment="signal")
     out = tmp_path / "run"

@@ -10,8 +10,7 @@ from tests.support.tiny_llama import PRED, ROWS, batch_for, row, sft_loss, tiny_
 
 LAYOUTS = ("inline", "two_pass", "packed")
 
-# `model` (sdpa and eager) and `one_thread` are fixtures in conftest.py.
-pytestmark = pytest.mark.usefixtures("one_thread")
+# `model` (sdpa and eager) is a fixture in conftest.py.
 
 
 @pytest.mark.parametrize("k", range(4))

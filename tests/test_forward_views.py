@@ -20,8 +20,7 @@ from tests.support.tiny_llama import PRED, ROWS, batch_for, sft_loss, tiny_llama
 
 LAYOUTS = ("two_pass", "packed")
 
-# `model` (sdpa and eager) and `one_thread` are fixtures in conftest.py.
-pytestmark = pytest.mark.usefixtures("one_thread")
+# `model` (sdpa and eager) is a fixture in conftest.py.
 
 
 def ua_row(user: list[int], assistant: list[int], rest: list[int], valid: bool = True) -> dict:

@@ -22,9 +22,6 @@ from stepjepa.kv_cache import PrefixCache, supports_prefix_cache
 from stepjepa.prompts import IM_END
 
 
-# Tiny models: one intra-op thread (conftest.py says why).
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):

@@ -14,8 +14,7 @@ from stepjepa.heldout import heldout_nll, view_embeddings
 from stepjepa.losses import jepa_loss
 from tests.support.tiny_llama import PRED, ROWS, row
 
-# `model` (sdpa and eager) and `one_thread` are fixtures in conftest.py.
-pytestmark = pytest.mark.usefixtures("one_thread")
+# `model` (sdpa and eager) is a fixture in conftest.py.
 
 # Ragged rows: with and without a pair, Step 2 ending the row, one with no labelled token.
 RAGGED = ROWS + [

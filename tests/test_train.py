@@ -181,8 +181,7 @@ def _in_store(tmp_path: Path, step: int) -> bool:
 def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_path):
     import mlflow
 
-    # One thread: on a shared 2-core machine two OpenMP threads per process stall each other.
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=12,
                           checkpoint_every=3, tracking="mlflow", log_model=False, experiment="resume")
     out = tmp_path / "run"
@@ -228,7 +227,7 @@ def test_two_processes_match_one_process_with_accumulation(tiny_model_dir, train
 
     options = dict(k=2, **{"lambda": 0.5}, max_steps=4, batch_size=4, finetune="lora", lora_r=4)
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, **options)
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}  # see cpu_2proc.yaml
+    env = os.environ | {"ACCELERATE_USE_CPU": "true"}  # see cpu_2proc.yaml
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "configs/accelerate/cpu_2proc.yaml"), "-m", "stepjepa.train", "--params", str(params),
            "--data", str(train_data), "--out", str(tmp_path / "ddp")]
