@@ -90,8 +90,8 @@ demo: install
 # Tiers (pyproject.toml's markers; tests/README.md): `test` is everything (what CI runs);
 # `test-unit` has no subprocess, no server and no training beyond a few steps; `test-e2e` is
 # the rest. All run on pytest-xdist workers: TEST_WORKERS for the tiers with servers and
-# training (their tests wait on servers and processes a quarter of the time, so one worker
-# more than cores keeps both cores busy), every core for the unit tier. `--dist loadfile`
+# training (their tests wait on servers and processes a quarter of the time: a third worker
+# kept both cores 83% busy, a fourth only added contention), every core for the unit tier. `--dist loadfile`
 # keeps each module on one worker (several share one project among their tests, in order;
 # `loadgroup` does not group under pytest 9); tests/conftest.py orders the longest first.
 # --durations shows where the time goes.

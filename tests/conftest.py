@@ -15,7 +15,8 @@ from pathlib import Path
 # One intra-op thread in this process and every process a test starts (accelerate launch
 # passes OMP_NUM_THREADS on): the tiny models gain nothing from more, and on 2 cores shared by
 # pytest-xdist workers, OpenMP threads spin-waiting on each other made the same training
-# 4x slower (tests/test_method_regression.py: 33 s alone, 147 s with a second worker).
+# ~3x slower (tests/test_method_regression.py's SFT test beside other workers: 147 s with
+# two threads, 55 s with one).
 # Set before torch is first imported, which reads it once.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
