@@ -17,6 +17,10 @@ endif
 export HF_HUB_OFFLINE ?= 1
 export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export MLFLOW_DISABLE_TELEMETRY ?= true
+# MLflow's server job runner (a Huey consumer per job type: eight Python processes) runs
+# GenAI jobs (trace roll-ups, judges) this project never submits; it costs ~60 CPU-s in a
+# server's first 40 s here (benchmarks/RESULTS.md, "Test tiers").
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export DVC_NO_ANALYTICS ?= 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect

@@ -65,6 +65,8 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path, env: dict[str, s
     port = port or free_port()  # a given port: a restart at the address clients already use
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)]
+    # As the project runs it (Makefile, docker/compose.yaml): without MLflow's job runner.
+    env = env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
     with process(cmd, log, env) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", proc, log)

@@ -185,6 +185,7 @@ def test_mlflow_serves_artifacts_from_s3_with_postgres_backend(services):
     assert "--serve-artifacts" in command and "--artifacts-destination=s3://" in command
     assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false", "no idle job runner"
     prefect = services["prefect-server"]["environment"]
     assert prefect["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
 
