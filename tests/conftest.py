@@ -72,6 +72,20 @@ def model(request):
     return tiny_llama(request.param)
 
 
+@pytest.fixture(scope="session")
+def migrated_prefect(tmp_path_factory):
+    """`migrated(home)`: `home` as a `PREFECT_HOME` with a migrated database, for the tests
+    whose Prefect server (or a sweep's temporary one) is not what they test. The first start
+    on a new home, migrations included, stays covered: the fresh-clone author's `make run`."""
+    from tests.servers import migrated_prefect_db, prefect_home
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this session's folder, beside every worker's
+    template = migrated_prefect_db(shared)
+    return lambda home: prefect_home(home, template)
+
+
 @pytest.fixture(scope="module")
 def environment(project):
     """The requesting module's `project` folder as the working directory, with its own MLflow

@@ -8,8 +8,10 @@ conftest.py starts (`stepjepa.launch.watch_descendants`) stops them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,3 +99,29 @@ def wait_for_deployment(env: dict[str, str], name: str, timeout: float = 120) ->
                     return
         time.sleep(0.5)
     raise TimeoutError(f"deployment {name} never appeared")
+
+
+def migrated_prefect_db(folder: Path) -> Path:
+    """A Prefect database migrated once (`prefect server database upgrade`) in `folder`, which
+    pytest-xdist's workers share: the first to ask makes it, the others wait on its lock.
+    A server's first start on a new database spends ~16 CPU-s on the migrations."""
+    db = folder / "prefect-template" / "prefect.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with (db.parent / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.exists():
+            build = db.parent / "build"
+            env = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k} | {"PREFECT_HOME": str(build)}
+            out = subprocess.run([str(BIN / "prefect"), "server", "database", "upgrade", "-y"], env=env,
+                                 capture_output=True, text=True, timeout=600)
+            assert out.returncode == 0, out.stdout + out.stderr
+            (build / "prefect.db").rename(db)
+    return db
+
+
+def prefect_home(home: Path, template: Path) -> str:
+    """`home` as a `PREFECT_HOME` whose database is a copy of `template` (`migrated_prefect_db`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "prefect.db").exists():
+        shutil.copy(template, home / "prefect.db")
+    return str(home)

@@ -23,7 +23,7 @@ def run(cmd, cwd, env):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, migrated_prefect):
     """A copy of the project (code, params, dvc.yaml) in a fresh git + DVC repo, with a
     small GSM8K-format source that includes a malformed line."""
     tmp = tmp_path_factory.mktemp("dvc")
@@ -48,6 +48,7 @@ def project(tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(repo),
+        "PREFECT_HOME": migrated_prefect(tmp / "prefect-home"),  # the sweep stage's temporary server
     }
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "init", "-q"], repo, env)

@@ -34,10 +34,11 @@ with get_client(sync_client=True) as client:
 
 
 @pytest.fixture
-def project(tmp_path, tiny_model_dir, conversations) -> Path:
+def project(tmp_path, tiny_model_dir, conversations, migrated_prefect) -> Path:
     """A sweep of two configs (SFT, K=1) whose trainings last long enough to be stopped."""
     sweep = {"ks": [1], "lambdas": [0.5], "experiment": EXPERIMENT, "registered_model_name": "sj-faults"}
     root = make_sweep_project(tmp_path / "project", tiny_model_dir, conversations, sweep)
+    migrated_prefect(root / ".prefect")  # the PREFECT_HOME of `_env`
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"] |= {"max_steps": 400, "epochs": 100, "checkpoint_every": 2, "eval_every": None}
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -75,11 +75,15 @@ def fresh_clone(author: Path, folder: Path, source: Path, *pull: str) -> tuple[P
 
 
 @pytest.fixture(scope="module")
-def clone(published, tmp_path_factory):
+def clone(published, tmp_path_factory, migrated_prefect):
     """A fresh clone with the data stages' outputs pulled from the DVC remote, no run
-    folders, and its own empty MLflow store."""
+    folders, and its own empty MLflow store. (Its Prefect database is migrated already: the
+    author's first `make run` made one from nothing.)"""
     author, source = published
-    return fresh_clone(author, tmp_path_factory.mktemp("clone"), source, "fetch", "prepare", "build_model", "tokenize")
+    repo, env = fresh_clone(author, tmp_path_factory.mktemp("clone"), source, "fetch", "prepare", "build_model",
+                            "tokenize")
+    migrated_prefect(Path(env["PREFECT_HOME"]))
+    return repo, env
 
 
 def test_fresh_clone_trains_the_sweep_and_registers_the_champion(clone):
@@ -107,13 +111,14 @@ def test_second_run_is_a_noop_and_leaves_everything_clean(clone):
     assert run(["git", "status", "--porcelain"], repo, env) == ""
 
 
-def test_a_clone_that_pulls_the_run_folders_retrains_nothing(published, tmp_path):
+def test_a_clone_that_pulls_the_run_folders_retrains_nothing(published, tmp_path, migrated_prefect):
     """With a DVC remote, `dvc pull` brings the run folders; `make run` trains nothing and
     registers the champion in the clone's own MLflow store from them."""
     import mlflow
 
     author, source = published
     repo, env = fresh_clone(author, tmp_path, source)
+    migrated_prefect(Path(env["PREFECT_HOME"]))
     run(["dvc", "pull", "-q"], repo, env)
     assert not list((repo / "runs/sweep").glob("*/train.log")), "logs are not part of the DVC out"
     out = make_run(repo, env)
@@ -125,7 +130,7 @@ def test_a_clone_that_pulls_the_run_folders_retrains_nothing(published, tmp_path
 
 
 @pytest.mark.server
-def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(published, tmp_path):
+def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(published, tmp_path, migrated_prefect):
     """Issue 18: `make run`, then the README's Prefect UI sweep with the same grid (a served
     deployment, real `prefect server` and `mlflow server` on the project's own store):
     nothing is trained, no model version is added, and `dvc status` and `git status` stay
@@ -136,13 +141,14 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(published, tmp_pat
 
     author, source = published
     repo, env = fresh_clone(author, tmp_path, source)
+    migrated_prefect(Path(env["PREFECT_HOME"]))
     run(["dvc", "pull", "-q"], repo, env)
     make_run(repo, env)
     store = env["MLFLOW_TRACKING_URI"]
     # (the sqlite store answers versions as int, the REST client as str)
     versions = [str(v.version) for v in MlflowClient(store).search_model_versions("name = 'sj-fresh'")]
     assert versions == ["1"]
-    server_env = env | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
+    server_env = env | {"PREFECT_HOME": migrated_prefect(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
     with prefect_server(tmp_path / "prefect.log", server_env) as api, \
          mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", server_env) as ml:
         client_env = server_env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}
