@@ -143,7 +143,7 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, 
     deployment, real `prefect server` and `mlflow server` on the project's own store):
     nothing is trained, no model version is added, and `dvc status` and `git status` stay
     clean (its report goes to `reports/NAME`, which neither DVC nor git tracks). On the
-    pulled clone of the test above: one clone, pull and `make run` fewer (~35 CPU-s)."""
+    pulled clone of the test above: one clone, pull and `make run` fewer (~30 CPU-s)."""
     from mlflow import MlflowClient
 
     from tests.servers import BIN, mlflow_server, prefect_server, process, wait_for_deployment
