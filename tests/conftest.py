@@ -7,6 +7,7 @@ Nothing here downloads: the model and tokenizer are built from configs, exactly 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
@@ -87,17 +88,26 @@ def migrated_prefect(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def environment(project):
+def environment(project, migrated_prefect, tmp_path_factory):
     """The requesting module's `project` folder as the working directory, with its own MLflow
     store and a Prefect test harness (the sweep-flow tests)."""
+    from unittest import mock
+
     from prefect.testing.utilities import prefect_test_harness
 
+    # The harness's server starts on a copy of the session's migrated database, not a new
+    # one it would spend ~7-15 CPU-s migrating: the harness makes its folder with mkdtemp
+    # and names its database prefect-test.db in it.
+    folder = Path(migrated_prefect(tmp_path_factory.mktemp("prefect-harness")))
+    (folder / "prefect.db").rename(folder / "prefect-test.db")
     saved = dict(os.environ)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlflow.db"
     cwd = os.getcwd()
     os.chdir(project)
     try:
-        with prefect_test_harness(server_startup_timeout=90):
+        with contextlib.ExitStack() as stack:
+            with mock.patch("prefect.testing.utilities.mkdtemp", return_value=str(folder)):
+                stack.enter_context(prefect_test_harness(server_startup_timeout=90))
             yield project
     finally:
         os.chdir(cwd)
