@@ -8,6 +8,7 @@ Nothing here downloads: the model and tokenizer are built from configs, exactly 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import tempfile
@@ -20,6 +21,10 @@ from pathlib import Path
 # two threads, 55 s with one).
 # Set before torch is first imported, which reads it once.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Collection imports torch, transformers, MLflow and Prefect: ~1M objects that live for the
+# session. With the cyclic collector off until collection ends, and those objects frozen
+# after it, no full collection walks them again.
+gc.disable()
 
 import pytest  # noqa: E402
 
@@ -113,6 +118,11 @@ def environment(project, migrated_prefect, tmp_path_factory):
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(saved)
+
+
+def pytest_collection_finish(session):
+    gc.enable()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items):
