@@ -12,6 +12,8 @@ descendant of the launcher when it dies, kill -9 included (`watch_descendants`).
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib
 import os
 import queue
 import re
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 
 class RunFailed(RuntimeError):
@@ -38,6 +41,20 @@ class RunFailed(RuntimeError):
     @property
     def stopped(self) -> bool:
         return self.code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
+
+
+def process_main(main: Callable[[], int | None], preload: tuple[str, ...] = ()) -> NoReturn:
+    """Run `main` as a process's entry point (`if __name__ == "__main__"`) and exit with its status.
+
+    `preload` names modules `main` would import later. Everything imported by then lives as
+    long as the process: frozen, the cyclic collector skips it in its full collections, and
+    a process that started with the collector off (`stepjepa/__init__.py`) gets it back on.
+    """
+    for name in preload:
+        importlib.import_module(name)
+    gc.enable()
+    gc.freeze()
+    raise SystemExit(main())
 
 
 def visible_gpus() -> list[int]:

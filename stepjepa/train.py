@@ -40,6 +40,7 @@ from stepjepa.checkpoint import (
 )
 from stepjepa.collate import Collator
 from stepjepa.config import Config, ConfigError, TrainConfig, load_config, resolved_tree, write_config
+from stepjepa.launch import process_main
 from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
 from stepjepa.modeling import build_model, merged_model, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
@@ -381,4 +382,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    process_main(main, preload=("mlflow",))  # the tracker's, imported when it starts

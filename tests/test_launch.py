@@ -63,3 +63,32 @@ def test_a_training_run_reads_every_setting_from_its_config_file(tmp_path):
                         run_name="sft_s0")
     assert "--set" not in cmd and cmd[cmd.index("--params") + 1] == str(tmp_path / "config.yaml")
     assert cmd[-3:] == ["--resume", "--run-name", "sft_s0"] and "--cpu" in cmd
+
+
+# Imported by the interpreter at start-up (PYTHONPATH): what the collector does around it.
+PROBE = """
+import atexit, gc, stepjepa
+print("after import", gc.isenabled(), flush=True)
+atexit.register(lambda: print("at exit", gc.isenabled(), gc.get_freeze_count() > 100_000, flush=True))
+"""
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("cmd, during_startup", [(["-m", "stepjepa.train", "--help"], False),
+                                                 (["-c", "import stepjepa.train"], True),
+                                                 (["-m", "stepjepa.cli", "--help"], True)])
+def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup):
+    """Only `python -m stepjepa.train` starts with the cyclic collector off; `process_main`
+    turns it back on with the start-up objects frozen. Any other import leaves it alone."""
+    import subprocess
+
+    (tmp_path / "sitecustomize.py").write_text(PROBE)
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("after import", "at exit"))]
+    assert lines[0] == f"after import {during_startup}"
+    if cmd[1] == "stepjepa.train":
+        assert lines[1] == "at exit True True"
+    else:
+        assert lines[1].startswith("at exit True")
