@@ -364,4 +364,4 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_code(step_jepa_sweep(**params))
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    launch.process_main(main, preload=("mlflow",))  # the tracker's, imported when the sweep starts

@@ -1,10 +1,12 @@
 import gc
 import sys
 
-# A training process (`python -m stepjepa.train`, what every sweep run is) starts by importing
-# torch, transformers, accelerate and MLflow: over a million objects that live as long as it
-# does, which the cyclic collector walked again in each of its full collections (~20% of a
-# tiny run's CPU). It is off until `stepjepa.launch.process_main` has them imported, then on
-# again with them frozen. Importing stepjepa in any other way leaves the collector alone.
-if sys.orig_argv[1:3] == ["-m", "stepjepa.train"]:
+# A training run (`python -m stepjepa.train`) and a sweep (`python -m pipelines.sweep`) begin
+# by importing torch, transformers, MLflow or Prefect: over a million objects that live as
+# long as the process, which the cyclic collector walked again in each of its full
+# collections (~20% of a tiny run's CPU). It is off until `stepjepa.launch.process_main`
+# has them imported, then on again with them frozen. Importing stepjepa in any other way
+# leaves the collector alone.
+ENTRY_POINTS = ("stepjepa.train", "pipelines.sweep")
+if sys.orig_argv[1:2] == ["-m"] and sys.orig_argv[2:3] and sys.orig_argv[2] in ENTRY_POINTS:
     gc.disable()

@@ -75,11 +75,13 @@ atexit.register(lambda: print("at exit", gc.isenabled(), gc.get_freeze_count() >
 
 @pytest.mark.cli
 @pytest.mark.parametrize("cmd, during_startup", [(["-m", "stepjepa.train", "--help"], False),
+                                                 (["-m", "pipelines.sweep", "--help"], False),
                                                  (["-c", "import stepjepa.train"], True),
                                                  (["-m", "stepjepa.cli", "--help"], True)])
 def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup):
-    """Only `python -m stepjepa.train` starts with the cyclic collector off; `process_main`
-    turns it back on with the start-up objects frozen. Any other import leaves it alone."""
+    """Only a training run's and a sweep's processes start with the cyclic collector off;
+    `process_main` turns it back on with the start-up objects frozen. Any other import
+    leaves it alone."""
     import subprocess
 
     (tmp_path / "sitecustomize.py").write_text(PROBE)
@@ -88,7 +90,7 @@ def test_a_training_process_imports_without_the_collector_and_then_freezes_them(
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith(("after import", "at exit"))]
     assert lines[0] == f"after import {during_startup}"
-    if cmd[1] == "stepjepa.train":
+    if not during_startup:
         assert lines[1] == "at exit True True"
     else:
         assert lines[1].startswith("at exit True")
