@@ -28,6 +28,7 @@ Only orchestration lives here: what to run (`stepjepa.sweep`), how to launch it
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,11 @@ def step_jepa_sweep(
     logger.info("sweep of %d runs (%d at a time): %s", len(specs), slots.size, ", ".join(configs))
     tracking.init_store()
 
-    with tracking.sweep_run(sweep_config.experiment, sweep_config.model_dump(mode="json") | {"runs": len(specs)},
+    # A flow run replaces the process's SIGTERM handler with Prefect's, which only raises in
+    # this thread: the flow then waited for its runs to finish training. They hear it first,
+    # checkpoint and stop (SIGINT is not Prefect's: `main`'s forwarding still has it).
+    with launch.forward_signals(signal.SIGTERM), \
+         tracking.sweep_run(sweep_config.experiment, sweep_config.model_dump(mode="json") | {"runs": len(specs)},
                             run_name=_sweep_name(sweep_config)) as parent:
         runs = {}
         for spec in specs:

@@ -199,11 +199,14 @@ def signal_children(signum: int) -> None:
 
 
 @contextlib.contextmanager
-def forward_signals() -> Iterator[None]:
-    """In the main thread: SIGTERM/SIGINT also go to every running child's group (they
-    checkpoint and exit 143/130), then reach this process's own handler as before. Where
-    that was the default, SIGTERM raises SystemExit(143) instead of killing this process
-    outright: `run_logged` then waits for its child to save, as it does on Ctrl-C."""
+def forward_signals(*signals: int) -> Iterator[None]:
+    """In the main thread: `signals` (default SIGTERM and SIGINT) also go to every running
+    child's group (they checkpoint and exit 143/130), then reach this process's own handler
+    as before. Where that was the default, SIGTERM raises SystemExit(143) instead of killing
+    this process outright: `run_logged` then waits for its child to save, as it does on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # only there can Python set handlers
+        yield
+        return
     previous = {}
 
     def forward(signum, frame):
@@ -214,7 +217,7 @@ def forward_signals() -> Iterator[None]:
         elif handler == signal.SIG_DFL:
             raise SystemExit(128 + signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in signals or (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, forward)
     try:
         yield

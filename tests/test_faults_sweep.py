@@ -126,6 +126,10 @@ def test_a_sweep_stopped_by_a_signal_leaves_final_flow_and_parent_runs(project, 
     log = (project / "sweep.log").read_text()
     assert code != 0, log[-3000:]
     assert all_gone(doomed, timeout=60), "a process of the stopped sweep survived it"
+    trained = {log.parent.name: log.read_text() for log in project.glob("runs/sweep/*/train.log")}
+    assert not any("step 400/400" in text for text in trained.values()), \
+        "the run trained to its end instead of stopping at a checkpoint"
+    assert any("stopped by" in text for text in trained.values()), trained
 
     (parent,) = _runs(project, "tags.`stepjepa.kind` = 'sweep'")
     assert parent.info.status == "KILLED", log[-3000:]
