@@ -7,8 +7,13 @@ validation NLL, then the smaller K and lambda); only the champion and SFT are sc
 **test**, once. Next to accuracy, which a small model may leave flat, each config gets the
 held-out NLL of the answers and of Step 2 given Step 1 (per example, paired with SFT, with a
 bootstrap interval), the JEPA view diagnostics and collapse warnings, and across seeds the
-mean +- std and the paired one-tailed t-test the LLM-JEPA paper uses. P-values are
-Holm-adjusted over the configs (they share the baseline and are many).
+mean +- std.
+
+The verdict against SFT ("better", "worse", "no significant difference", "too few seeds to
+tell"; `beats_sft` in summary.json and the registry) has the training run as its unit: a
+two-sided paired t-test of per-seed accuracy, Holm over all configs of the sweep, alpha 0.05,
+at least 3 seeds (`stats.seed_verdicts` says why). The per-question interval and McNemar's
+test are reported next to it, labelled as what they are: conditional on these trained models.
 
 A run result (`read_run_result`, `tracking.run_result`) is a dict with `spec`
 (`RunSpec.as_dict()`), `status` ("completed" or "failed"), and for completed runs `metrics`,
@@ -24,9 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from stepjepa.stats import holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap, paired_t_test
+from stepjepa.stats import (
+    ALPHA, MIN_SEEDS, TOO_FEW_SEEDS, holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap, seed_verdicts,
+)
 
 METRIC = "accuracy_strict"
+SELECTION_RULE = ("highest mean validation accuracy_strict over seeds (ties: lower mean validation NLL, then smaller K "
+                  "and lambda); the verdict does not change it")
+VERDICT_RULE = (f"two-sided paired t-test of accuracy over seeds (unit: training run), Holm over the sweep's configs, "
+                f"alpha {ALPHA:g}, at least {MIN_SEEDS} seeds")
 DIAGNOSTICS = ("mean_cos", "rank_view1", "rank_view2", "spread_view1", "spread_view2", "jepa_loss")
 
 
@@ -87,11 +98,12 @@ def _seed_stats(row: dict, done: list[dict]) -> None:
             row[key], row[f"{key}_std"] = mean_std(values)
 
 
-def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> None:
-    """Paired comparisons with SFT on the seeds both completed."""
+def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-question comparisons with SFT on the seeds both completed (models fixed); returns
+    the per-seed accuracies of the config and of SFT, paired by seed, for the verdict."""
     seeds = sorted(s for s in (r["spec"]["seed"] for r in done) if s in base)
     if not seeds:
-        return
+        return np.empty(0), np.empty(0)
     mine, theirs = [r for r in done if r["spec"]["seed"] in seeds], list(base.values())
     acc = paired_bootstrap(_per_seed(mine, seeds, lambda r: r["correct_strict"]),
                            _per_seed(theirs, seeds, lambda r: r["correct_strict"]))
@@ -103,17 +115,27 @@ def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> None:
             nll = paired_mean_bootstrap(a[keep], b[keep])
             row |= {"vs_sft_step2_nll_delta": nll["delta"], "vs_sft_step2_nll_ci_low": nll["ci_low"],
                     "vs_sft_step2_nll_ci_high": nll["ci_high"], "vs_sft_step2_nll_n": nll["n"]}
-    if len(seeds) >= 2:
-        t, p = paired_t_test(_per_seed(mine, seeds, lambda r: r["metrics"][METRIC]),
-                             _per_seed(theirs, seeds, lambda r: r["metrics"][METRIC]))
-        row |= {"vs_sft_t": t, "vs_sft_t_p": p}
+    return (_per_seed(mine, seeds, lambda r: r["metrics"][METRIC]),
+            _per_seed(theirs, seeds, lambda r: r["metrics"][METRIC]))
+
+
+def _verdicts(rows: list[dict], pairs: dict[str, tuple]) -> None:
+    """The seed-level verdict of every config, Holm over all of them (failed ones count, p = 1)."""
+    by_name = {r["config"]: r for r in rows}
+    for name, cmp in zip(pairs, seed_verdicts(list(pairs.values())), strict=True):
+        row = by_name[name]
+        if cmp.n_seeds == 0:  # failed, or no SFT seed to pair with
+            continue
+        row |= {"vs_sft_verdict": cmp.verdict, "vs_sft_paired_seeds": cmp.n_seeds}
+        if cmp.n_seeds >= 2:
+            row |= {"vs_sft_t": cmp.t, "vs_sft_t_p": cmp.p_value, "vs_sft_t_p_holm": cmp.p_holm}
 
 
 def summarize(results: list[dict]) -> list[dict[str, Any]]:
     """One row per config, baseline first (validation results)."""
     groups = _by_config(results)
     base = {r["spec"]["seed"]: r for r in groups.get("sft", []) if r["status"] == "completed"}
-    rows = []
+    rows, pairs = [], {}
     for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != "sft", kv[0])):
         done = [r for r in runs if r["status"] == "completed"]
         spec = runs[0]["spec"]
@@ -123,14 +145,21 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
             _seed_stats(row, done)
             row["questions"] = len(done[0]["correct_strict"])
             if name != "sft":
-                _compare(row, done, base)
+                pairs[name] = _compare(row, done, base)
             row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r["spec"]["seed"]))})
+        if name != "sft" and not done:
+            pairs[name] = (np.empty(0), np.empty(0))
         rows.append(row)
-    for key in ("vs_sft_p_value", "vs_sft_t_p"):
-        compared = [r for r in rows if key in r]
-        for row, adjusted in zip(compared, holm_adjust([r[key] for r in compared]), strict=True):
-            row[key.replace("_p_value", "_p") + "_holm"] = adjusted
+    compared = [r for r in rows if "vs_sft_p_value" in r]
+    for row, adjusted in zip(compared, holm_adjust([r["vs_sft_p_value"] for r in compared]), strict=True):
+        row["vs_sft_p_holm"] = adjusted
+    _verdicts(rows, pairs)
     return rows
+
+
+def beats_sft(best: dict) -> bool:
+    """Whether the selected config beats SFT by the seed-level verdict on validation."""
+    return best["config"] != "sft" and best.get("vs_sft_verdict") == "better"
 
 
 def best_config(rows: list[dict]) -> dict | None:
@@ -148,7 +177,10 @@ def champion_run(results: list[dict], best: dict) -> dict:
 
 
 def compare_on_test(tested: list[dict], best: dict) -> dict[str, Any] | None:
-    """The champion against SFT on the test split (the only test numbers a sweep reports)."""
+    """The champion against SFT on the test split (the only test numbers a sweep reports):
+    the per-question interval and McNemar (these trained models fixed) and the verdict with
+    the training run as unit (the paired t-test over seeds; one comparison, chosen on
+    validation, so nothing to adjust for)."""
     done = [r for r in tested if r["status"] == "completed"]
     champ = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == best["config"]}
     sft = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == "sft"}
@@ -163,6 +195,11 @@ def compare_on_test(tested: list[dict], best: dict) -> dict[str, Any] | None:
         cmp = paired_bootstrap(np.array([champ[s]["correct_strict"] for s in seeds]),
                                np.array([sft[s]["correct_strict"] for s in seeds]))
         out |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items() if k not in ("n_questions", "n_seeds")}
+        (over_seeds,) = seed_verdicts([(np.array([champ[s]["metrics"][METRIC] for s in seeds]),
+                                        np.array([sft[s]["metrics"][METRIC] for s in seeds]))])
+        out["vs_sft_verdict"] = over_seeds.verdict
+        if len(seeds) >= 2:
+            out |= {"vs_sft_t": over_seeds.t, "vs_sft_t_p": over_seeds.p_value}
     return out
 
 
@@ -181,10 +218,12 @@ def _interval(row: dict, prefix: str) -> str:
 
 def markdown_table(rows: list[dict], test: dict | None = None) -> str:
     """The validation table, the test row (champion vs SFT only) and a sentence on what the
-    claims rest on."""
-    head = ("| config | K | lambda | seeds | val acc | delta acc vs SFT [95% CI] | McNemar p (Holm) | val NLL "
-            "| val Step-2 NLL | delta Step-2 NLL vs SFT [95% CI] | t-test p (Holm) | mean cos | rank v1 / v2 "
-            "| verdict |")
+    claims rest on. The verdict column is the seed-level one (unit: training run); the
+    per-question columns say they hold the trained models fixed."""
+    head = ("| config | K | lambda | seeds | val acc | delta acc vs SFT [95% CI per question, models fixed] "
+            "| McNemar p (Holm), per question, models fixed | val NLL | val Step-2 NLL "
+            "| delta Step-2 NLL vs SFT [95% CI per question, models fixed] | paired t over seeds, two-sided p (Holm) "
+            "| mean cos | rank v1 / v2 | verdict (unit: training run) |")
     pairs = any(r["views"] != "steps" for r in rows)  # a views column only when the sweep compares pairs
     if pairs:
         head = head.replace("| config |", "| config | views |")
@@ -207,33 +246,40 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
     done = [r for r in rows if METRIC in r]
     if done:
         seeds, questions = max(len(r["seeds"]) for r in done), done[0]["questions"]
-        text += (f"\n\nValidation: {questions} questions, {seeds} seed(s) per config; intervals resample questions "
-                 "(paired with SFT, seeds averaged)" + ("; the t-test is over seeds." if seeds > 1 else
-                 "; with one seed nothing is said about seed-to-seed variance (set sweep.seeds)."))
+        text += (f"\n\nValidation: {questions} questions, {seeds} seed(s) per config. Selection: {SELECTION_RULE}. "
+                 f"Verdict: {VERDICT_RULE}"
+                 + (f"; with {seeds} seed(s) it is '{TOO_FEW_SEEDS}' (set sweep.seeds)" if seeds < MIN_SEEDS else "")
+                 + ". Intervals and McNemar resample questions (paired with SFT, seeds averaged) and hold the "
+                 "trained models fixed: they leave out the variance between training runs and decide no verdict.")
     if test:
         delta = _interval(test, "vs_sft") or "(the champion is SFT)"
-        p = f", McNemar p {test['vs_sft_p_value']:.3g}" if "vs_sft_p_value" in test else ""
+        p = f", McNemar p {test['vs_sft_p_value']:.3g} (per question, models fixed)" if "vs_sft_p_value" in test else ""
+        t = f"; paired t over seeds p {test['vs_sft_t_p']:.3g}" if "vs_sft_t_p" in test else ""
+        verdict = f"{t}; verdict (unit: training run): {test['vs_sft_verdict']}" if "vs_sft_verdict" in test else ""
         text += (f"\n\n**Test (read once): {test['config']} vs SFT** on {test['questions']} questions, "
                  f"{test['seeds']} seed(s): accuracy {test['champion_accuracy_strict']:.3f} vs "
-                 f"{test['sft_accuracy_strict']:.3f}, delta {delta}{p}.")
+                 f"{test['sft_accuracy_strict']:.3f}, delta {delta}{p}{verdict}.")
     return text
 
 
 def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = None) -> dict[str, Any]:
     """The sweep's metrics file (`dvc metrics show`): the selection, its validation numbers
     next to SFT's, and the test comparison; a dozen columns, nothing that differs between
-    machines. Every config's numbers are in table.md and accuracy.json."""
+    machines. `beats_sft` and `verdict` are the selected config's seed-level verdict on
+    validation (`VERDICT_RULE`). Every config's numbers are in table.md and accuracy.json."""
     keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
     pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
     out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
     if "sft" in pick:
         out["sft"] = pick["sft"]
     if best is not None:
-        out |= {"selected": best["config"], "beats_sft": best["config"] != "sft" and best.get("vs_sft_verdict") == "better",
+        out |= {"selected": best["config"], "beats_sft": beats_sft(best),
+                "verdict": "baseline" if best["config"] == "sft" else best.get("vs_sft_verdict", ""),
                 "validation": pick[best["config"]]}
     if test:
         out["test"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()
-                       if k in ("champion_accuracy_strict", "sft_accuracy_strict", "vs_sft_delta", "vs_sft_p_value")}
+                       if k in ("champion_accuracy_strict", "sft_accuracy_strict", "vs_sft_delta", "vs_sft_p_value",
+                                "vs_sft_verdict")}
     return out
 
 

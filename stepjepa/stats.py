@@ -1,16 +1,34 @@
-"""Does a config beat the SFT baseline? Paired statistics over the same test questions.
+"""Does a config beat the SFT baseline? Verdicts whose unit is the training run, and the
+per-question statistics that describe the trained models.
 
-Every config is evaluated on the same questions as its seed's baseline, so the comparison
-is paired per question: a bootstrap confidence interval of the accuracy difference and
-McNemar's exact test on the discordant pairs. A report can then say "beats SFT" only when
-the interval lies above zero, not merely when the mean is higher. The p-values of a
-sweep's configs are also reported Holm-adjusted (`holm_adjust`): they share a baseline
-and are many.
+**The verdict** ("better", "worse", "no significant difference", "too few seeds to tell")
+comes from `seed_verdicts`: a two-sided paired t-test of per-seed accuracy (config seed s
+against SFT seed s, the LLM-JEPA paper's test), Holm-adjusted over every config of the
+sweep, at `ALPHA` = 0.05. Why the training run is the unit: what varies most between two
+sweeps is the training itself (two seeds of one demo config: 0.506 +- 0.059), and a claim
+that a config helps is a claim about training it again, not about these particular weights.
+Why pairing: seed s of a config and of SFT share the data order and initial weights, so the
+difference removes what the seed does to both. Why two-sided: a verdict may go either way,
+and two one-tailed tests at 0.05 would be one test at 0.10. Why Holm: the configs share one
+baseline and are many; Holm bounds the chance of any false verdict in the sweep at ALPHA.
+Why not a two-level bootstrap (seeds, then questions within them): with 2-5 seeds resampling
+seeds has only a handful of distinct outcomes and its interval is too narrow, while the t
+distribution accounts for so few units. Below `MIN_SEEDS` = 3 paired seeds the verdict is
+"too few seeds to tell": with 2 seeds the t-test has 1 degree of freedom (it rejects only
+at an enormous effect or a near-zero spread) and its normality cannot be checked at all; 3
+is the least that gives a usable test, and the paper used 5.
 
-Across seeds (the LLM-JEPA paper's protocol) a config's score per seed is paired with the
-baseline's score for the same seed: `mean_std` and `paired_t_test`. Continuous
-per-example values (held-out NLL per question) get `paired_mean_bootstrap`. Nothing here
-needs scipy: the t distribution's tail has a closed form for integer degrees of freedom.
+**Per question, models fixed** (`paired_bootstrap`, `mcnemar_exact`): every config is
+evaluated on the same questions as its seed's baseline, so the comparison is paired per
+question: a bootstrap interval of the accuracy difference (questions resampled, seeds
+averaged) and McNemar's exact test on the discordant (question, seed) pairs. Both treat the
+trained models as fixed: they say how sure one can be about *these* models on more
+questions like these, nothing about retraining, so they decide no verdict. Their p-values are
+also reported Holm-adjusted (`holm_adjust`).
+
+Across seeds, `mean_std` and `paired_t_test`. Continuous per-example values (held-out NLL
+per question) get `paired_mean_bootstrap`. Nothing here needs scipy: the t distribution's
+tail has a closed form for integer degrees of freedom.
 """
 
 from __future__ import annotations
@@ -20,9 +38,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+ALPHA = 0.05
+"""Family-wise error rate of a sweep's verdicts (Holm over its configs)."""
+MIN_SEEDS = 3
+"""Fewest paired seeds for a verdict: 2 give the t-test 1 degree of freedom."""
+TOO_FEW_SEEDS = "too few seeds to tell"
+
 
 @dataclass(frozen=True)
 class PairedComparison:
+    """Per question, conditional on these trained models: no verdict (see `seed_verdicts`)."""
+
     delta: float
     """Mean accuracy difference (config - baseline), averaged over seeds."""
     ci_low: float
@@ -32,16 +58,52 @@ class PairedComparison:
     n_questions: int
     n_seeds: int
 
-    @property
-    def verdict(self) -> str:
-        if self.ci_low > 0:
-            return "better"
-        if self.ci_high < 0:
-            return "worse"
-        return "no significant difference"
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SeedComparison:
+    """One config against the baseline with the training run as the unit."""
+
+    delta: float
+    """Mean over paired seeds of (config - baseline) score."""
+    t: float
+    """Paired t statistic; nan with fewer than 2 seeds or differences of zero spread."""
+    p_value: float
+    """Two-sided paired t-test over seeds (1.0 where `t` is nan)."""
+    p_holm: float
+    """`p_value` Holm-adjusted over every config of the sweep."""
+    n_seeds: int
+    verdict: str
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"verdict": self.verdict}
+        return asdict(self)
+
+
+def seed_verdicts(pairs: list[tuple], alpha: float = ALPHA, min_seeds: int = MIN_SEEDS) -> list[SeedComparison]:
+    """Verdicts for all configs of a sweep, in the input order.
+
+    `pairs[i]` is `(config_scores, baseline_scores)` of config i: `(n_seeds,)` per-seed
+    scores (validation accuracy), paired by seed; empty for a config with no completed seed
+    (it stays in the Holm family with p = 1: the family is the sweep, fixed before its
+    results). A config is "better" ("worse") when its Holm-adjusted two-sided p is at most
+    `alpha` and its mean difference is positive (negative), if it has `min_seeds` paired seeds.
+    """
+    tests = [paired_t_test(a, b, "two-sided") if len(a) else (math.nan, 1.0) for a, b in pairs]
+    adjusted = holm_adjust([p for _, p in tests])
+    out = []
+    for (a, b), (t, p), p_holm in zip(pairs, tests, adjusted, strict=True):
+        d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+        delta = float(d.mean()) if d.size else math.nan
+        if d.size < min_seeds:
+            verdict = TOO_FEW_SEEDS
+        elif p_holm <= alpha and not math.isnan(t):
+            verdict = "better" if delta > 0 else "worse"
+        else:
+            verdict = "no significant difference"
+        out.append(SeedComparison(delta, t, p, p_holm, int(d.size), verdict))
+    return out
 
 
 def mcnemar_exact(config_correct: np.ndarray, baseline_correct: np.ndarray) -> float:
@@ -52,7 +114,10 @@ def mcnemar_exact(config_correct: np.ndarray, baseline_correct: np.ndarray) -> f
     n = wins + losses
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    term = tail = 1  # C(n, 0); then C(n, i + 1) = C(n, i) (n - i) / (i + 1), exactly, in integers
+    for i in range(min(wins, losses)):
+        term = term * (n - i) // (i + 1)
+        tail += term
     return min(1.0, 2 * tail / 2**n)
 
 
@@ -76,7 +141,8 @@ def paired_bootstrap(
     """Compare `(n_seeds, n_questions)` boolean matrices, seeds paired row by row.
 
     Questions are resampled (the same resample for every seed), which is the unit the
-    test set samples; seeds are averaged.
+    test set samples; seeds are averaged. The trained models are held fixed: the interval
+    and McNemar's p leave out the variance between training runs, so they decide no verdict.
     """
     a = np.atleast_2d(np.asarray(config_correct, dtype=float))
     b = np.atleast_2d(np.asarray(baseline_correct, dtype=float))
@@ -178,7 +244,10 @@ def paired_t_test(config_values, baseline_values, alternative: str = "greater") 
     if d.size < 2:
         return math.nan, 1.0
     sd = float(d.std(ddof=1))
-    if sd <= 16 * np.finfo(float).eps * float(np.abs(d).max()):  # identical differences, up to rounding
+    # Identical differences, up to rounding: a - b is off by an ulp of the scores, not of the
+    # difference (2/185 - 0 and 93/185 - 91/185 differ by 1e-16, which would give p ~ 1e-15).
+    scale = max(float(np.abs(a).max()), float(np.abs(b).max()))
+    if sd <= 16 * np.finfo(float).eps * scale:
         return math.nan, 1.0
     t = float(d.mean()) / (sd / math.sqrt(d.size))
     df = d.size - 1

@@ -9,16 +9,38 @@ def test_summary_rows_and_best_config():
     rows = summarize(fake_results())
     assert [r["config"] for r in rows][0] == "sft" and len(rows) == 5
     best = best_config(rows)
-    assert best["config"] == "k2_lam0.5" and best["vs_sft_verdict"] == "better" and best["vs_sft_ci_low"] > 0
+    # Two seeds: the per-question interval lies above 0 (these models), but the verdict, whose
+    # unit is the training run, needs 3 seeds (a paired t-test on 2 has 1 degree of freedom).
+    assert best["config"] == "k2_lam0.5" and best["vs_sft_verdict"] == "too few seeds to tell" and best["vs_sft_ci_low"] > 0
     others = [r for r in rows if r["config"] not in ("sft", "k2_lam0.5")]
-    assert all(r["vs_sft_verdict"] == "no significant difference" for r in others)
+    assert all(r["vs_sft_verdict"] == "too few seeds to tell" for r in others)
     table = markdown_table(rows).split("\n\n")[0]
     assert table.count("\n") == 6 and "| sft | 0 | 0 | 2/2 |" in table
     compared = [r for r in rows if r["config"] != "sft"]
     assert len(compared) == 4 and all(r["vs_sft_p_value"] <= r["vs_sft_p_holm"] <= 1 for r in compared)
     assert best["vs_sft_p_holm"] == min(1.0, 4 * best["vs_sft_p_value"])  # the smallest p is multiplied by m
     best_line = next(line for line in table.split("\n") if line.startswith("| k2_lam0.5 "))
-    assert f"({best['vs_sft_p_holm']:.3g})" in best_line and best_line.endswith("| better |")
+    assert f"({best['vs_sft_p_holm']:.3g})" in best_line and best_line.endswith("| too few seeds to tell |")
+
+
+def test_verdict_is_the_paired_t_test_over_seeds_holm_over_the_sweep():
+    rows = summarize(fake_results(seeds=(0, 1, 2, 3)))
+    best = best_config(rows)
+    assert best["config"] == "k2_lam0.5" and best["vs_sft_verdict"] == "better" and best["vs_sft_paired_seeds"] == 4
+    others = [r for r in rows if r["config"] not in ("sft", "k2_lam0.5")]
+    assert others and all(r["vs_sft_verdict"] == "no significant difference" for r in others)
+    compared = [r for r in rows if r["config"] != "sft"]
+    assert all(r["vs_sft_t_p"] <= r["vs_sft_t_p_holm"] <= 1 for r in compared)
+    assert best["vs_sft_t_p_holm"] == min(1.0, 4 * best["vs_sft_t_p"])  # the smallest p is multiplied by m
+    table = markdown_table(rows)
+    best_line = next(line for line in table.split("\n") if line.startswith("| k2_lam0.5 "))
+    assert best_line.endswith("| better |") and f"{best['vs_sft_t_p']:.3g} ({best['vs_sft_t_p_holm']:.3g})" in best_line
+    assert "verdict (unit: training run)" in table and "models fixed" in table and "at least 3 seeds" in table
+    # A failed config stays in the Holm family (p = 1): the family is the sweep, not what survived it.
+    failed = summarize(fake_results(seeds=(0, 1, 2, 3), fail="k1_lam2"))
+    best = next(r for r in failed if r["config"] == "k2_lam0.5")
+    assert best["vs_sft_t_p_holm"] == min(1.0, 4 * best["vs_sft_t_p"]) and best["vs_sft_verdict"] == "better"
+    assert "vs_sft_verdict" not in next(r for r in failed if r["config"] == "k1_lam2")
 
 
 def test_seeds_give_mean_std_t_test_and_step2_nll_intervals():
@@ -31,7 +53,8 @@ def test_seeds_give_mean_std_t_test_and_step2_nll_intervals():
     other = next(r for r in rows if r["config"] == "k1_lam2")
     assert other["vs_sft_step2_nll_ci_low"] < 0 < other["vs_sft_step2_nll_ci_high"]
     text = markdown_table(rows)
-    assert " +- " in text and "2 seed(s) per config" in text and "t-test is over seeds" in text
+    assert " +- " in text and "2 seed(s) per config" in text and "paired t-test of accuracy over seeds" in text
+    assert "with 2 seed(s) it is 'too few seeds to tell'" in text
 
 
 def test_flat_accuracy_is_broken_by_validation_nll():
@@ -69,10 +92,27 @@ def test_test_row_compares_only_the_champion_with_sft():
     assert test["champion_accuracy_strict"] > test["sft_accuracy_strict"] and test["vs_sft_ci_low"] > 0
     text = markdown_table(rows, test)
     assert "**Test (read once): k2_lam0.5 vs SFT** on 300 questions, 2 seed(s)" in text
+    assert "McNemar p" in text and "(per question, models fixed)" in text
+    assert "verdict (unit: training run): too few seeds to tell" in text and test["vs_sft_verdict"] == "too few seeds to tell"
     summary = summary_metrics(rows, best, test)
-    assert summary["selected"] == "k2_lam0.5" and summary["beats_sft"] is True
+    # The champion is 0.3 more accurate on every seed, but 2 seeds cannot tell (the seed-level rule).
+    assert summary["selected"] == "k2_lam0.5" and summary["beats_sft"] is False
+    assert summary["verdict"] == "too few seeds to tell" and summary["test"]["vs_sft_verdict"] == "too few seeds to tell"
     assert summary["validation"]["accuracy_strict"] > summary["sft"]["accuracy_strict"]
     assert summary["test"]["champion_accuracy_strict"] == round(test["champion_accuracy_strict"], 6)
+    columns = sum(len(v) if isinstance(v, dict) else 1 for v in summary.values())
+    assert columns <= 16, "dvc metrics show stays one readable table"
+
+
+def test_enough_seeds_make_the_champion_beat_sft_on_validation_and_test():
+    results = fake_results(seeds=(0, 1, 2, 3))
+    rows = summarize(results)
+    best = best_config(rows)
+    test = compare_on_test([r for r in results if r["spec"]["config_name"] in ("sft", best["config"])], best)
+    assert test["seeds"] == 4 and test["vs_sft_verdict"] == "better" and 0 < test["vs_sft_t_p"] < 0.05
+    summary = summary_metrics(rows, best, test)
+    assert summary["beats_sft"] is True and summary["verdict"] == "better" and summary["test"]["vs_sft_verdict"] == "better"
+    assert "paired t over seeds p" in markdown_table(rows, test)
     columns = sum(len(v) if isinstance(v, dict) else 1 for v in summary.values())
     assert columns <= 16, "dvc metrics show stays one readable table"
 
