@@ -114,10 +114,16 @@ def flex_and_sdpa():
 def test_flex_forward_loss_equals_sdpa(flex_and_sdpa, layout: str) -> None:
     """Inference only: on CPU flex runs forward, never backward. Unfused here (uncompiled_flex
     says why); the GPU check (benchmarks/gpu_check.py) runs transformers' compiled path."""
+    from transformers.integrations import flex_attention as hf_flex
+
     flex, sdpa = flex_and_sdpa
     kwargs = dict(k=2, layout=layout, predictor_ids=PRED[:2], pad_id=0)
     with uncompiled_flex():
+        unfused, calls = hf_flex.compile_friendly_flex_attention, []
+        hf_flex.compile_friendly_flex_attention = lambda *a, **kw: calls.append(kw["block_mask"]) or unfused(*a, **kw)
         got = step_jepa_forward(flex, collate(ROWS, attention="spans", **kwargs), layout=layout, lam=0.5)
+    assert len(calls) == 2 * (2 if layout == "two_pass" else 1), "every layer of every pass attends through flex"
+    assert all(type(mask).__name__ == "BlockMask" for mask in calls)
     want = step_jepa_forward(sdpa, collate(ROWS, **kwargs), layout=layout, lam=0.5)
     assert got.n_valid == want.n_valid == 3
     for name in ("loss", "lm_loss", "jepa_loss"):
