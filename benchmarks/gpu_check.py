@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -240,17 +241,20 @@ def generation_section(model_dir: Path, scale: Scale) -> list[dict]:
     ours, ours_s, _ = bench_generation._timed(model, tokenizer, prompts, *args)
     hf, hf_s, _ = bench_generation._timed(model, tokenizer, prompts, *args, bench_generation.hf_generate)
     tokens = sum(c.num_tokens for c in ours)
-    return [{"section": "generation", "variant": name, "tokens_per_s": tokens / seconds,
-             "check": ours == hf, "note": f"{len(prompts)} prompts, batch {scale.gen_batch}, "
-                                          f"{scale.max_new_tokens} new tokens, {len(prompts) / seconds:.1f} completions/s"
-                                          + ("" if name == "ours" else f"; ours {hf_s / ours_s:.2f}x as fast")}
+    setting = f"{len(prompts)} prompts, batch {scale.gen_batch}, {scale.max_new_tokens} new tokens"
+    return [{"section": "generation", "variant": name, "tokens_per_s": tokens / seconds, "check": ours == hf,
+             "note": f"{setting}, {len(prompts) / seconds:.1f} completions/s"
+                     + ("" if name == "ours" else f"; ours {hf_s / ours_s:.2f}x as fast")}
             for name, seconds in (("ours", ours_s), ("transformers generate", hf_s))]
 
 
 def _env(project: Path) -> dict[str, str]:
-    return dict(os.environ) | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(project / ".prefect"),
-                               "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db",
-                               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    """The child's environment: this checkout's code, no hub, MLflow and Prefect state in `project`."""
+    return dict(os.environ) | {
+        "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(project / ".prefect"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
 
 
 def sweep_project(model_dir: Path, records: list[dict], scale: Scale, project: Path) -> list[str]:
@@ -322,7 +326,8 @@ def ddp_section(model_dir: Path, scale: Scale, scratch: Path) -> list[dict]:
     note = f"{gpus} GPU(s), {scale.train_steps} steps of batch {scale.batch_size} per GPU, {wall:.0f} s with start-up"
     if done.returncode:
         note += "; " + (done.stderr.strip().splitlines() or ["no stderr"])[-1][:200]
-    return [{"section": "ddp", "variant": f"{gpus} processes", "check": done.returncode == 0,
+    return [{"section": "ddp", "variant": f"{gpus} GPU processes" if gpus else "1 CPU process",
+             "check": done.returncode == 0,
              "examples_per_s": examples / wall, "note": note}]
 
 
@@ -335,8 +340,10 @@ def markdown(rows: list[dict], scale: Scale, seconds: float) -> str:
     head = (f"`python benchmarks/gpu_check.py{' --cpu-smoke' if scale.device == 'cpu' else ''}`: {machine}, "
             f"torch {torch.__version__}, Python {platform.python_version()}, "
             f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, {seconds:.0f} s in all; "
-            f"batch {scale.batch_size} of GSM8K rows, {'bf16 autocast' if scale.bf16 else 'fp32'}.\n\n")
-    lines = ["| section | variant | attention | tokens/s | peak memory | check | notes |", "|---|---|---|---|---|---|---|"]
+            f"batch {scale.batch_size} of GSM8K rows, {'bf16 autocast' if scale.bf16 else 'fp32'}. Peak memory: "
+            f"{'torch.cuda.max_memory_allocated' if scale.device == 'cuda' else 'tensors saved for backward'}.\n\n")
+    lines = ["| section | variant | attention | tokens/s | peak memory | check | notes |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         rate = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else (
             f"{r['examples_per_s']:.2f} examples/s" if "examples_per_s" in r else "-")
@@ -376,7 +383,10 @@ def run(scale: Scale, sections: tuple[str, ...]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="the same sections, tiny and on the CPU (fp32)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--run-all", action="store_true",
+                        help="with --cpu-smoke: also run the sweep and DDP (minutes on a CPU; the e2e test does)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu-check.md")
     args = parser.parse_args(argv)
     sections = tuple(s for s in args.sections.split(",") if s)
@@ -387,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device visible to torch; nothing measured (--cpu-smoke runs the toy version)")
         return 0
     scale = CPU_SMOKE if args.cpu_smoke else GPU
+    if args.run_all:
+        scale = dataclasses.replace(scale, run_sections=SECTIONS)
     if args.cpu_smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
