@@ -90,14 +90,16 @@ class Scale:
     train_steps: int = 20      # per sweep run and DDP run
     run_sections: tuple[str, ...] = SECTIONS
     bf16: bool = True
-    # Loss and gradient agreement of flex with sdpa: bf16 autocast kernels differ in rounding.
-    tolerance: dict = field(default_factory=lambda: {"loss": 2e-2, "grad": 5e-2})
+    # Flex against sdpa, relative differences of the loss and of all gradients (L2): bf16
+    # autocast kernels round differently (bf16's epsilon is 7.8e-3); a mask error shows as
+    # O(1). The masks themselves are proven equal cell by cell in tests/test_flex_masks.py.
+    tolerance: dict = field(default_factory=lambda: {"loss": 1e-2, "grad": 1e-1})
 
 
 GPU = Scale(device="cuda", shape=QWEN25_05B)
 CPU_SMOKE = Scale(device="cpu", shape=TINY, rows=8, batch_size=4, batches=1, warmup=1, prompts=4, gen_batch=4,
                   max_new_tokens=4, train_steps=2, run_sections=("steps", "trl", "generation"), bf16=False,
-                  tolerance={"loss": 1e-5, "grad": 1e-5})
+                  tolerance={"loss": 1e-6, "grad": 1e-5})
 
 
 def gsm8k_dir() -> Path:
@@ -160,11 +162,11 @@ def flex_agreement(model, examples: list[dict], variant: str, predictor_ids: lis
     model.zero_grad(set_to_none=True)
     model.set_attn_implementation("sdpa")
     (dense_loss, dense_grad), (flex_loss, flex_grad) = out["sdpa"], out["flex_attention"]
-    check = {"loss_diff": float((flex_loss - dense_loss).abs())}
+    check = {"loss_rel_diff": float((flex_loss - dense_loss).abs() / dense_loss.abs().clamp_min(1e-12))}
     if dense_grad is not None:
         check["grad_rel_diff"] = float((flex_grad - dense_grad).norm() / dense_grad.norm())
-    check["ok"] = check["loss_diff"] <= scale.tolerance["loss"] and check.get("grad_rel_diff", 0) <= scale.tolerance[
-        "grad"]
+    check["ok"] = (check["loss_rel_diff"] <= scale.tolerance["loss"]
+                   and check.get("grad_rel_diff", 0.0) <= scale.tolerance["grad"])
     return check
 
 
@@ -242,8 +244,12 @@ def generation_section(model_dir: Path, scale: Scale) -> list[dict]:
     hf, hf_s, _ = bench_generation._timed(model, tokenizer, prompts, *args, bench_generation.hf_generate)
     tokens = sum(c.num_tokens for c in ours)
     setting = f"{len(prompts)} prompts, batch {scale.gen_batch}, {scale.max_new_tokens} new tokens"
-    return [{"section": "generation", "variant": name, "tokens_per_s": tokens / seconds, "check": ours == hf,
-             "note": f"{setting}, {len(prompts) / seconds:.1f} completions/s"
+    same = sum(a == b for a, b in zip(ours, hf))
+    # In fp32 both must agree exactly; in bf16 the two implementations' kernels round
+    # differently and a random model's near-tied logits then pick other tokens: reported only.
+    check = same == len(prompts) if not scale.bf16 else None
+    return [{"section": "generation", "variant": name, "tokens_per_s": tokens / seconds, "check": check,
+             "note": f"{setting}, {len(prompts) / seconds:.1f} completions/s, identical {same}/{len(prompts)}"
                      + ("" if name == "ours" else f"; ours {hf_s / ours_s:.2f}x as fast")}
             for name, seconds in (("ours", ours_s), ("transformers generate", hf_s))]
 
