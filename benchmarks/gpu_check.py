@@ -139,32 +139,34 @@ def _grads(model) -> torch.Tensor:
     return torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
 
 
-def flex_agreement(model, examples: list[dict], variant: str, predictor_ids: list[int], pad: int,
-                   scale: Scale) -> dict:
-    """One batch through sdpa and flex_attention: loss difference, and (CUDA) the relative L2
-    difference of all gradients; on the CPU forward only (no flex backward there)."""
+def attention_agreement(model, examples: list[dict], variant: str, predictor_ids: list[int], pad: int,
+                        scale: Scale, pair: tuple[str, str] = ATTENTIONS) -> dict:
+    """One batch through both attention implementations of `pair` (reference first): the
+    relative loss difference and, where both have a backward, the relative L2 difference of
+    all gradients. Flex on the CPU runs forward only (torch has no flex backward there)."""
     layout, k, lam, _ = bench_step.VARIANTS[variant]
-    out = {}
-    for attn in ATTENTIONS:
+    backward = scale.device != "cpu" or "flex_attention" not in pair
+    out = []
+    for attn in pair:
         model.set_attn_implementation(attn)
         collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad,
                             attention=attention_for(attn))
         batch = {key: value.to(scale.device) for key, value in collator(examples).items()}
         model.zero_grad(set_to_none=True)
-        if scale.device == "cpu":
-            with torch.no_grad(), uncompiled_flex():
-                out[attn] = (step_jepa_forward(model, batch, layout=layout, lam=lam).loss.float(), None)
-        else:
+        if backward:
             with _autocast(scale):
                 loss = step_jepa_forward(model, batch, layout=layout, lam=lam).loss
             loss.backward()
-            out[attn] = (loss.detach().float(), _grads(model))
+            out.append((loss.detach().float(), _grads(model)))
+        else:
+            with torch.no_grad(), uncompiled_flex():
+                out.append((step_jepa_forward(model, batch, layout=layout, lam=lam).loss.float(), None))
     model.zero_grad(set_to_none=True)
     model.set_attn_implementation("sdpa")
-    (dense_loss, dense_grad), (flex_loss, flex_grad) = out["sdpa"], out["flex_attention"]
-    check = {"loss_rel_diff": float((flex_loss - dense_loss).abs() / dense_loss.abs().clamp_min(1e-12))}
-    if dense_grad is not None:
-        check["grad_rel_diff"] = float((flex_grad - dense_grad).norm() / dense_grad.norm())
+    (ref_loss, ref_grad), (loss, grad) = out
+    check = {"loss_rel_diff": float((loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-12))}
+    if ref_grad is not None:
+        check["grad_rel_diff"] = float((grad - ref_grad).norm() / ref_grad.norm())
     check["ok"] = (check["loss_rel_diff"] <= scale.tolerance["loss"]
                    and check.get("grad_rel_diff", 0.0) <= scale.tolerance["grad"])
     return check
@@ -194,7 +196,7 @@ def step_section(model_dir: Path, rows: list[dict], scale: Scale) -> list[dict]:
                     peak = bench_step.peak_memory(model, rows, batches[scale.warmup:], variant, predictor_ids, pad)
                 row |= {"tokens_per_s": tokens / statistics.median(timed[variant]), "peak_mb": peak}
             if attn == "flex_attention":
-                check = flex_agreement(model, [rows[i] for i in batches[-1]], variant, predictor_ids, pad, scale)
+                check = attention_agreement(model, [rows[i] for i in batches[-1]], variant, predictor_ids, pad, scale)
                 row |= {"check": check["ok"], "note": ", ".join(f"{k} {v:.2e}" for k, v in check.items() if k != "ok")
                         + ("" if scale.device != "cpu" else "; forward only")}
             table.append(row)

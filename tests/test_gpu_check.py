@@ -70,3 +70,18 @@ def test_cpu_smoke_runs_every_section(gsm8k_dir, tmp_path) -> None:
     except ImportError:
         assert "skipped: trl not installed" in trl[0][6]
     assert "**FAILED**" not in table
+
+
+@pytest.mark.parametrize("variant", ["sft", "inline", "packed"])
+def test_attention_agreement_compares_losses_and_gradients(variant: str) -> None:
+    """The GPU check's gradient comparison, run here on sdpa against eager (both have a
+    backward on the CPU); flex against sdpa is forward only on the CPU."""
+    from tests.support.tiny_llama import PRED, ROWS, tiny_llama
+
+    gpu_check = load_gpu_check()
+    model = tiny_llama("sdpa").train()
+    both = gpu_check.attention_agreement(model, ROWS, variant, PRED, 0, gpu_check.CPU_SMOKE, pair=("sdpa", "eager"))
+    assert both["ok"] and both["grad_rel_diff"] < 1e-5 and both["loss_rel_diff"] < 1e-6
+    flex = gpu_check.attention_agreement(model, ROWS, variant, PRED, 0, gpu_check.CPU_SMOKE)
+    assert flex["ok"] and "grad_rel_diff" not in flex
+    assert model.config._attn_implementation == "sdpa" and all(p.grad is None for p in model.parameters())
