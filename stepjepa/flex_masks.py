@@ -19,9 +19,10 @@ predictors, else -1; a padding query sees itself only. That is exactly `stepjepa
 `lo`/`hi` rule, so `dense_from_spans` equals `layout_mask` cell for cell (the tests prove
 it) and a padding row sees itself, as in the dense masks.
 
-FlexAttention skips the blocks the rule leaves empty, so packed's copy and inline's
-isolated Step 2 cost no attention to the keys they cannot see. Flex is a GPU path for
-training: on CPU torch runs its forward but not its backward (stack-notes.md).
+FlexAttention skips the whole tiles (128 x 128 by default) the rule leaves empty, so on long
+rows packed's copy and inline's isolated Step 2 cost little attention to keys they cannot
+see. Flex is a GPU path for training: on CPU torch runs its forward but not its backward
+(stack-notes.md).
 """
 
 from __future__ import annotations
@@ -116,9 +117,13 @@ def dense_from_spans(spans: Tensor, total_len: int) -> Tensor:
 def block_mask(spans: Tensor, total_len: int, block_size: int = 128):
     """A FlexAttention `BlockMask` `(B, 1, T, T)` of a `(B, 7)` span table, on its device.
 
-    Only `block_size`-square tiles are materialised; transformers' `flex_attention`
-    implementation takes it as the attention mask unchanged (a 4D BlockMask is "already
-    prepared", masking_utils._preprocess_mask_arguments).
+    The mask keeps per-tile indices and the mask_mod; attention never reads a dense mask.
+    (torch's eager `create_block_mask` does evaluate the mask_mod once over the grid to
+    classify tiles, a transient bool `(B, 1, T, T)`, 1 MB at B = 4, T = 512, shared by every
+    layer.) transformers' `flex_attention` implementation takes it as the attention mask
+    unchanged (a 4D BlockMask is "already prepared": masking_utils._preprocess_mask_arguments
+    returns it as is, integrations/flex_attention.flex_attention_forward passes it on as
+    `block_mask`).
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
