@@ -74,8 +74,9 @@ def hf_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask = left_pad([prompts[i] for i in chunk], pad_id)
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-            for index, tokens in zip(chunk, output[:, input_ids.shape[1] :].tolist(), strict=True):
+            output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                                    generation_config=config)
+            for index, tokens in zip(chunk, output[:, input_ids.shape[1] :].cpu().tolist(), strict=True):
                 results[index] = to_completion(tokenizer, tokens, set(stop_ids))
     return [results[i] for i in range(len(prompts))]
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from stepjepa.batching import laid_out_length, load_rows
-from stepjepa.collate import Collator, length_grouped_batches, padding_fraction
+from stepjepa.collate import Collator, attention_for, length_grouped_batches, padding_fraction
 from stepjepa.config import ModelConfig
 from stepjepa.forward import step_jepa_forward
 from stepjepa.modeling import add_predictor_tokens, load_model, load_tokenizer
@@ -110,7 +110,8 @@ def one_step(model, examples: list[dict], variant: str, predictor_ids: list[int]
         loss = hf_step(model, examples, pad)
     else:
         layout, k, lam, views = VARIANTS[variant]
-        batch = Collator(k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad, views=views)(examples)
+        batch = Collator(k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad, views=views,
+                         attention=attention_for(model.config._attn_implementation))(examples)
         batch = {key: value.to(model.device) for key, value in batch.items()}
         loss = step_jepa_forward(model, batch, layout=layout, lam=lam).loss
     loss.backward()

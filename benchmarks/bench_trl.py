@@ -88,16 +88,17 @@ def load_inputs(examples: int, scratch: Path) -> tuple[Path, list[dict], list[di
     return model_dir, records, load_rows(scratch / "rows.parquet")
 
 
-def _config(model_dir: Path, variant: str, batch_size: int):
+def _config(model_dir: Path, variant: str, batch_size: int, precision: str = "fp32"):
     layout, k, lam = OURS[variant]
     return config_from_dict({"model": {"name_or_path": str(model_dir)}, "train": TRAIN | {
         "k": k, "lambda": lam, "layout": layout, "batch_size": batch_size, "epochs": 1, "max_steps": None,
-        "tracking": "none"}})
+        "tracking": "none", "precision": precision}})
 
 
-def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int) -> dict:
-    """One epoch of `stepjepa.loop.optimizer_step` (collate, forward, backward, clip, AdamW)."""
-    cfg = _config(model_dir, variant, batch_size)
+def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int, precision: str = "fp32") -> dict:
+    """One epoch of `stepjepa.loop.optimizer_step` (collate, forward, backward, clip, AdamW);
+    `precision` bf16: autocast, as `train.precision: bf16` trains (gpu_check.py on CUDA)."""
+    cfg = _config(model_dir, variant, batch_size, precision)
     tc = cfg.train
     accelerator = make_accelerator(tc)
     torch.manual_seed(tc.seed)
@@ -119,9 +120,11 @@ def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int) 
     return {"ends": ends, "tokens": sum(plain), "padding": 1 - laid / padded}
 
 
-def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path, grouped: bool = False):
+def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path, grouped: bool = False, *,
+                use_cpu: bool = True, bf16: bool = False):
     """TRL's SFTTrainer as its docs configure chat data with assistant-only loss; `grouped`:
-    transformers' length-grouped sampler instead of its default random one."""
+    transformers' length-grouped sampler instead of its default random one. `use_cpu`
+    False and `bf16` (its autocast mixed precision) for a CUDA machine (gpu_check.py)."""
     from datasets import Dataset
 
     try:
@@ -138,7 +141,7 @@ def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path
         per_device_train_batch_size=batch_size, num_train_epochs=1, learning_rate=TRAIN["learning_rate"],
         lr_scheduler_type=TRAIN["scheduler"], warmup_steps=TRAIN["warmup_ratio"],  # a float < 1 is a ratio
         weight_decay=TRAIN["weight_decay"], max_grad_norm=TRAIN["max_grad_norm"], seed=TRAIN["seed"],
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+        bf16=bf16, fp16=False, gradient_checkpointing=False, use_cpu=use_cpu, report_to="none", save_strategy="no",
         logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if grouped else "random",
     )

@@ -16,11 +16,12 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from stepjepa.flex_masks import attention_spans
 from stepjepa.masks import (
     causal_mask, check_k, check_layout, inline_lengths, laid_out_lengths, layout_mask, packed_lengths,
 )
@@ -34,6 +35,11 @@ PAIR_COLUMNS: dict[str, tuple[str, str, str]] = {
     "user_assistant": ("user_span", "assistant_span", "ua_valid"),
 }
 
+# How a batch carries its attention masks: dense `(B, 1, T, T)` bool (sdpa, eager) or the
+# `(B, 7)` span tables FlexAttention builds its block mask from (stepjepa.flex_masks).
+Attention = Literal["dense", "spans"]
+ATTENTION: tuple[str, ...] = ("dense", "spans")
+
 
 def check_views(views: str, layout: str) -> None:
     """Raise a ValueError naming the view pair unless it is known and fits the layout."""
@@ -41,6 +47,12 @@ def check_views(views: str, layout: str) -> None:
         raise ValueError(f"views must be one of {', '.join(PAIR_COLUMNS)}; got {views!r}")
     if views == "user_assistant" and layout == "inline":
         raise ValueError(INLINE_UA)
+
+
+def check_attention(attention: str) -> None:
+    """Raise a ValueError naming `attention` unless it is one of ATTENTION."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)}; got {attention!r}")
 
 
 def _round_up(value: int, multiple: int | None) -> int:
@@ -117,7 +129,7 @@ def _view_indices(layout: Layout, rows: dict[str, Tensor], k: int) -> tuple[Tens
     return torch.where(valid, view1, zero), torch.where(valid, view2, zero)
 
 
-def _plain_batch(rows: dict[str, Tensor], total_len: int, pad_id: int) -> dict[str, Tensor]:
+def _plain_batch(rows: dict[str, Tensor], total_len: int, pad_id: int, attention: Attention) -> dict[str, Tensor]:
     """The plain causal LM batch (no predictors, no isolation): `lm_*` keys."""
     width = rows["ids"].shape[1]
     grow = total_len - width
@@ -126,7 +138,17 @@ def _plain_batch(rows: dict[str, Tensor], total_len: int, pad_id: int) -> dict[s
     real = torch.arange(total_len).unsqueeze(0) < rows["n"].unsqueeze(1)
     return {"lm_input_ids": ids, "lm_labels": labels,
             "lm_position_ids": torch.where(real, torch.arange(total_len), 0),
-            "lm_attention_mask": causal_mask(rows["n"], total_len)}
+            "lm_attention_mask": _mask(attention, "causal", rows, 0, total_len)}
+
+
+def _mask(attention: Attention, layout: str, rows: dict[str, Tensor], k: int, total_len: int) -> Tensor:
+    """The dense mask or the span table of `layout` (`causal` for the plain pass)."""
+    n, s1, s2, valid = rows["n"], rows["s1"], rows["s2"], rows["valid"]
+    if attention == "spans":
+        return attention_spans(layout, n, s1, s2, k, valid, total_len)
+    if layout == "causal":
+        return causal_mask(n, total_len)
+    return layout_mask(layout, n, s1, s2, k, valid, total_len)
 
 
 def shift_targets(labels: Tensor) -> Tensor:
@@ -137,6 +159,7 @@ def shift_targets(labels: Tensor) -> Tensor:
 def collate(
     examples: Sequence[Mapping[str, Any]], *, k: int, layout: Layout = "inline",
     predictor_ids: Sequence[int], pad_id: int, pad_to_multiple_of: int | None = None, views: Views = "steps",
+    attention: Attention = "dense",
 ) -> dict[str, Tensor]:
     """Lay out and pad a batch of tokenised rows for one Step-JEPA training step.
 
@@ -145,11 +168,14 @@ def collate(
         tokens, -100 on predictors, prompt, the packed copy and padding; shift_labels[t] is
         the target of position t: the label of the next *original* token, so Step 1's last
         token still predicts Step 2's first token and predictors predict nothing),
-      attention_mask `(B, 1, T, T)` bool (True = may attend; see stepjepa.masks),
+      attention_mask `(B, 1, T, T)` bool (True = may attend; see stepjepa.masks), or with
+        `attention="spans"` the `(B, 7)` long span table of stepjepa.flex_masks (FlexAttention
+        builds a block mask from it; no dense mask is built),
       lengths `(B,)` real laid-out tokens; view1_index, view2_index `(B,)` long (0 when
         invalid); jepa_valid `(B,)` bool,
       lm_input_ids, lm_labels, lm_position_ids `(B, N)`, lm_attention_mask `(B, 1, N, N)`:
-        the plain causal batch (two_pass's LM pass, and any batch without JEPA).
+        the plain causal batch (two_pass's LM pass, and any batch without JEPA); its mask is a
+        span table too with `attention="spans"`.
     For `two_pass` the main keys are the inline JEPA pass. `views` picks the pair: Step 1 ->
     Step 2, or `user_assistant` (user turn -> assistant turn: the predictors follow the user
     turn, the assistant turn is the isolated block; jepa_valid is then the row's `ua_valid`).
@@ -157,6 +183,7 @@ def collate(
     check_k(k)
     check_layout(layout)
     check_views(views, layout)
+    check_attention(attention)
     if len(predictor_ids) != k:
         raise ValueError(f"predictor_ids must hold k={k} ids; got {len(predictor_ids)}")
     if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
@@ -175,11 +202,11 @@ def collate(
     batch = {
         "input_ids": torch.where(geo["real"], ids, pad_id), "labels": labels, "shift_labels": targets,
         "position_ids": geo["position"], "lengths": geo["length"],
-        "attention_mask": layout_mask(layout, n, s1, s2, k, valid, total_len),
+        "attention_mask": _mask(attention, layout, rows, k, total_len),
         "view1_index": view1, "view2_index": view2, "jepa_valid": valid,
     }
     plain_len = _round_up(int(n.max()), pad_to_multiple_of)
-    return batch | _plain_batch(rows, plain_len, pad_id)
+    return batch | _plain_batch(rows, plain_len, pad_id, attention)
 
 
 @dataclass(frozen=True)
@@ -195,18 +222,26 @@ class Collator:
     pad_id: int
     views: Views = "steps"
     pad_to_multiple_of: int | None = None
+    attention: Attention = "dense"
+    """`spans` for FlexAttention (`attention_for(attn_implementation)`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "predictor_ids", tuple(int(i) for i in self.predictor_ids))
         check_k(self.k)
         check_layout(self.layout)
         check_views(self.views, self.layout)
+        check_attention(self.attention)
         if len(self.predictor_ids) != self.k:
             raise ValueError(f"predictor_ids must hold k={self.k} ids; got {len(self.predictor_ids)}")
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         return collate(examples, k=self.k, layout=self.layout, predictor_ids=self.predictor_ids, pad_id=self.pad_id,
-                       pad_to_multiple_of=self.pad_to_multiple_of, views=self.views)
+                       pad_to_multiple_of=self.pad_to_multiple_of, views=self.views, attention=self.attention)
+
+
+def attention_for(attn_implementation: str) -> Attention:
+    """How batches for a model with `attn_implementation` carry their masks."""
+    return "spans" if attn_implementation == "flex_attention" else "dense"
 
 
 def length_grouped_batches(

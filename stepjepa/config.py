@@ -116,7 +116,9 @@ class ModelConfig(Section):
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flex_attention"] = "sdpa"
+    """`flex_attention` (CUDA only) attends through a block-sparse mask built from each row's
+    spans (stepjepa.flex_masks); `sdpa` and `eager` take dense 4D masks."""
 
 
 class TokenizeConfig(Section):

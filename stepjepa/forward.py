@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stepjepa.collate import shift_targets
+from stepjepa.flex_masks import block_mask, select_rows
 from stepjepa.losses import check_loss_kind, jepa_loss, mean_cosine
 from stepjepa.masks import check_layout, to_model_mask
 from stepjepa.vocabulary import IGNORE_INDEX, Layout, LossKind
@@ -74,8 +75,12 @@ def model_parts(model: nn.Module) -> ModelParts:
 
 def last_hidden(parts: ModelParts, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
     """Decoder's last hidden state (after the final norm): `(B, T)` ids, `(B, 1, T, T)`
-    bool mask, `(B, T)` positions -> `(B, T, H)`."""
-    mask = to_model_mask(attention_mask, parts.attn_implementation, parts.dtype)
+    bool mask (or, for `flex_attention`, the `(B, 7)` span table of stepjepa.flex_masks),
+    `(B, T)` positions -> `(B, T, H)`."""
+    if parts.attn_implementation == "flex_attention":
+        mask = block_mask(attention_mask, input_ids.shape[1])
+    else:
+        mask = to_model_mask(attention_mask, parts.attn_implementation, parts.dtype)
     out = parts.decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state
 
@@ -111,7 +116,7 @@ def _two_pass_views(parts: ModelParts, batch: dict[str, Tensor], rows: Tensor) -
     width = int(batch["lengths"][rows].max())
     hidden = last_hidden(
         parts, batch["input_ids"][rows, :width],
-        batch["attention_mask"][rows][:, :, :width, :width], batch["position_ids"][rows, :width],
+        select_rows(batch["attention_mask"], rows, width), batch["position_ids"][rows, :width],
     )
     local = torch.arange(len(rows), device=rows.device)
     return hidden[local, batch["view1_index"][rows]], hidden[local, batch["view2_index"][rows]]

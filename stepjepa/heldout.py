@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stepjepa.collate import PAIR_COLUMNS, Collator, shift_targets
+from stepjepa.collate import PAIR_COLUMNS, Collator, attention_for, shift_targets
 from stepjepa.forward import ModelParts, _two_pass_views, gather_views, last_hidden, lm_loss_from_hidden, model_parts
 from stepjepa.vocabulary import IGNORE_INDEX
 
@@ -81,7 +81,8 @@ def heldout_nll(model: nn.Module, rows: list[dict], *, pad_id: int, batch_size: 
     device = next(model.parameters()).device
     results: list[dict] = [{}] * len(rows)
     with _inference(model) as parts:
-        plain = Collator(k=0, layout="inline", predictor_ids=(), pad_id=pad_id)
+        plain = Collator(k=0, layout="inline", predictor_ids=(), pad_id=pad_id,
+                         attention=attention_for(parts.attn_implementation))
         for indices, batch in _batches(rows, batch_size, device, plain):
             hidden = last_hidden(parts, batch["lm_input_ids"], batch["lm_attention_mask"], batch["lm_position_ids"])
             targets = shift_targets(batch["lm_labels"])
@@ -107,7 +108,8 @@ def view_embeddings(model: nn.Module, rows: list[dict], *, k: int, layout: str, 
     device = next(model.parameters()).device
     views1, views2, order = [], [], []
     with _inference(model) as parts:
-        collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids, pad_id=pad_id, views=views)
+        collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids, pad_id=pad_id, views=views,
+                            attention=attention_for(parts.attn_implementation))
         for indices, batch in _batches(valid, batch_size, device, collator):
             order += indices
             every = torch.arange(len(batch["jepa_valid"]), device=device)

@@ -43,6 +43,17 @@ def not_loadable(cfg: ModelConfig, err: OSError) -> ConfigError:
     return ConfigError(f"model.name_or_path={cfg.name_or_path}: cannot load ({first}){hint}")
 
 
+def check_attention_device(cfg: ModelConfig, device: torch.device | str) -> None:
+    """Refuse `flex_attention` for training off CUDA, in one line naming the key: torch runs
+    FlexAttention's forward on the CPU but has no backward there (stack-notes.md)."""
+    device = torch.device(device)
+    if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
+        raise ConfigError(
+            f"model.attn_implementation=flex_attention trains on CUDA only (torch has no FlexAttention "
+            f"backward on {device.type}); set model.attn_implementation=sdpa to train on this machine"
+        )
+
+
 def load_model(cfg: ModelConfig) -> PreTrainedModel:
     """The causal LM named by `cfg`, in `cfg.dtype`, with the KV cache off (training)."""
     try:

@@ -38,11 +38,11 @@ from stepjepa.batching import check_positions, check_rows, check_vocab, laid_out
 from stepjepa.checkpoint import (
     CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
 )
-from stepjepa.collate import Collator
+from stepjepa.collate import Collator, attention_for
 from stepjepa.config import Config, ConfigError, TrainConfig, load_config, resolved_tree, write_config
 from stepjepa.launch import process_main
 from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
-from stepjepa.modeling import build_model, merged_model, save_model
+from stepjepa.modeling import build_model, check_attention_device, merged_model, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
 from stepjepa.runlock import Locked, hold
 from stepjepa.sources import recorded_source
@@ -229,6 +229,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
 def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | None, accelerator: Accelerator,
            stop: StopOnSignal, val_data: Path | None) -> TrainResult:
     tc = cfg.train
+    check_attention_device(cfg.model, accelerator.device)
     checkpoint = _checkpoint_to_resume(out, resume)
     rows = load_rows(data, tc.max_examples)
     counts = check_rows(rows, cfg)  # before loading a model: bad data fails in seconds
@@ -239,7 +240,8 @@ def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | Non
     plan = step_plan([laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows], batch_size=tc.batch_size,
                      grad_accum_steps=tc.grad_accum_steps, epochs=tc.epochs, max_steps=tc.max_steps, seed=tc.seed,
                      num_processes=accelerator.num_processes, process_index=accelerator.process_index)
-    collator = Collator(k=tc.k, layout=tc.layout, views=tc.views, predictor_ids=predictor_ids, pad_id=pad_id(tokenizer))
+    collator = Collator(k=tc.k, layout=tc.layout, views=tc.views, predictor_ids=predictor_ids, pad_id=pad_id(tokenizer),
+                        attention=attention_for(cfg.model.attn_implementation))
     step_module = accelerator.prepare_model(StepModule.from_config(model, tc))
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, len(plan))
