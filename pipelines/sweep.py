@@ -51,6 +51,7 @@ from stepjepa import launch, plots, report, tracking  # noqa: E402
 from stepjepa import sweep as plan  # noqa: E402
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
 from stepjepa.sweep import SweepChoices
+from stepjepa.vocabulary import SFT
 
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
 
@@ -135,7 +136,7 @@ def dispatch_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, split
     if not flow_run.state.is_completed():
         raise launch.RunFailed(f"flow run {flow_run.name} of {deployment} ended {flow_run.state.name}: "
                                f"{flow_run.state.message}")
-    return tracking.run_result(child_run_id, split)
+    return tracking.run_result(child_run_id, split, report.read_eval_folder)
 
 @flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def step_jepa_sweep(
@@ -243,7 +244,7 @@ def _test_once(runs: dict, specs: list, validation: list[dict], best: dict, path
                slots: launch.DeviceSlots, logger) -> list[dict]:
     """The test split, read once: the champion config's runs and the SFT baseline's."""
     done = {r["spec"]["name"] for r in validation if r["status"] == "completed"}
-    chosen = [s for s in specs if s.config_name in {best["config"], "sft"} and s.name in done]
+    chosen = [s for s in specs if s.config_name in {best["config"], SFT} and s.name in done]
     trained = {s.name: {"run_dir": runs[s.name]["run_dir"], "run_id": runs[s.name]["child"]} for s in chosen}
     futures = _in_lanes(chosen, lambda s, after: _submit(runs[s.name], TEST_SPLIT, paths, sweep, slots,
                                                          trained[s.name], after=after)[1], slots.size)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stepjepa.vocabulary import SFT
+
 
 def _pyplot():
     import matplotlib
@@ -20,7 +22,7 @@ def _pyplot():
 
 
 def _grid(rows: list[dict], key: str, views: str) -> tuple[list[int], list[float], np.ndarray]:
-    grid_rows = [r for r in rows if r["config"] != "sft"]
+    grid_rows = [r for r in rows if r["config"] != SFT]
     ks = sorted({r["k"] for r in grid_rows})
     lams = sorted({r["lambda"] for r in grid_rows})
     values = np.full((len(ks), len(lams)), np.nan)
@@ -47,8 +49,8 @@ def plot_heatmap(rows: list[dict], path: Path) -> Path:
 def heatmap_figure(rows: list[dict]):
     """`plot_heatmap`'s figure, unsaved (the caller closes it)."""
     plt = _pyplot()
-    base = next((r for r in rows if r["config"] == "sft"), {})
-    pairs = sorted({r.get("views", "steps") for r in rows if r["config"] != "sft"}) or ["steps"]
+    base = next((r for r in rows if r["config"] == SFT), {})
+    pairs = sorted({r.get("views", "steps") for r in rows if r["config"] != SFT}) or ["steps"]
     ks, lams, _ = _grid(rows, PANELS[0][0], pairs[0])
     # Each panel wide enough for its colorbar and a title wrapped to the axes; constrained
     # layout then makes room above for the wrapped lines (tight_layout clipped long titles).

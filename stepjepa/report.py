@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from stepjepa.stats import holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap, paired_t_test
+from stepjepa.vocabulary import SFT
 
 METRIC = "accuracy_strict"
 DIAGNOSTICS = ("mean_cos", "rank_view1", "rank_view2", "spread_view1", "spread_view2", "jepa_loss")
@@ -74,7 +75,7 @@ def _warnings(run: dict, baseline: dict | None) -> list[str]:
     """Collapse warnings of one run: absolute, from its history, and against its seed's SFT run."""
     from stepjepa.diagnostics import collapse_warnings, relative_collapse_warnings
 
-    if run["spec"]["config_name"] == "sft":
+    if run["spec"]["config_name"] == SFT:
         return []
     diag = _diagnostics(run)
     return collapse_warnings(diag, run["history"]) + relative_collapse_warnings(diag, _diagnostics(baseline))
@@ -112,9 +113,9 @@ def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> None:
 def summarize(results: list[dict]) -> list[dict[str, Any]]:
     """One row per config, baseline first (validation results)."""
     groups = _by_config(results)
-    base = {r["spec"]["seed"]: r for r in groups.get("sft", []) if r["status"] == "completed"}
+    base = {r["spec"]["seed"]: r for r in groups.get(SFT, []) if r["status"] == "completed"}
     rows = []
-    for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != "sft", kv[0])):
+    for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != SFT, kv[0])):
         done = [r for r in runs if r["status"] == "completed"]
         spec = runs[0]["spec"]
         row = {"config": name, "views": spec.get("views", "steps"), "k": spec["k"], "lambda": spec["lam"],
@@ -122,7 +123,7 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
         if done:
             _seed_stats(row, done)
             row["questions"] = len(done[0]["correct_strict"])
-            if name != "sft":
+            if name != SFT:
                 _compare(row, done, base)
             row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r["spec"]["seed"]))})
         rows.append(row)
@@ -151,15 +152,15 @@ def compare_on_test(tested: list[dict], best: dict) -> dict[str, Any] | None:
     """The champion against SFT on the test split (the only test numbers a sweep reports)."""
     done = [r for r in tested if r["status"] == "completed"]
     champ = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == best["config"]}
-    sft = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == "sft"}
+    sft = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == SFT}
     seeds = sorted(champ.keys() & sft.keys())
     if not seeds:
         return None
     out: dict[str, Any] = {"config": best["config"], "seeds": len(seeds), "questions": len(sft[seeds[0]]["correct_strict"])}
-    for name, runs in (("champion", champ), ("sft", sft)):
+    for name, runs in (("champion", champ), (SFT, sft)):
         out[f"{name}_{METRIC}"] = float(np.mean([runs[s]["metrics"][METRIC] for s in seeds]))
         out[f"{name}_nll"] = float(np.mean([runs[s]["metrics"].get("nll", np.nan) for s in seeds]))
-    if best["config"] != "sft":
+    if best["config"] != SFT:
         cmp = paired_bootstrap(np.array([champ[s]["correct_strict"] for s in seeds]),
                                np.array([sft[s]["correct_strict"] for s in seeds]))
         out |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items() if k not in ("n_questions", "n_seeds")}
@@ -190,14 +191,14 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
         head = head.replace("| config |", "| config | views |")
     lines = [head, "|" + "---|" * (15 if pairs else 14)]
     for r in rows:
-        views = "" if not pairs else (" - |" if r["config"] == "sft" else f" {r['views']} |")
+        views = "" if not pairs else (" - |" if r["config"] == SFT else f" {r['views']} |")
         if METRIC not in r:
             lines.append(f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | 0/{r['runs']} | failed |" + " |" * 9)
             continue
         p = f"{r['vs_sft_p_value']:.3g} ({r['vs_sft_p_holm']:.3g})" if "vs_sft_p_value" in r else ""
         t = f"{r['vs_sft_t_p']:.3g} ({r['vs_sft_t_p_holm']:.3g})" if "vs_sft_t_p" in r else ""
         ranks = f"{r['rank_view1']:.1f} / {r['rank_view2']:.1f}" if "rank_view1" in r else ""
-        verdict = "baseline" if r["config"] == "sft" else r.get("vs_sft_verdict", "")
+        verdict = "baseline" if r["config"] == SFT else r.get("vs_sft_verdict", "")
         if r.get("warnings"):
             verdict += " (warning: " + "; ".join(r["warnings"]) + ")"
         lines.append(f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
@@ -226,10 +227,10 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
     pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
     out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
-    if "sft" in pick:
-        out["sft"] = pick["sft"]
+    if SFT in pick:
+        out[SFT] = pick[SFT]
     if best is not None:
-        out |= {"selected": best["config"], "beats_sft": best["config"] != "sft" and best.get("vs_sft_verdict") == "better",
+        out |= {"selected": best["config"], "beats_sft": best["config"] != SFT and best.get("vs_sft_verdict") == "better",
                 "validation": pick[best["config"]]}
     if test:
         out["test"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()

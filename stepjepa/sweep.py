@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from stepjepa.config import Config, SweepConfig, TrainConfig, config_from_dict, set_dotted
+from stepjepa.config import WEIGHT_NEUTRAL_KEYS, Config, SweepConfig, TrainConfig, config_from_dict, set_dotted
+from stepjepa.vocabulary import SFT
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ VIEW_PREFIX = {"steps": "", "user_assistant": "ua_"}
 
 def config_name(k: int, lam: float, views: str = "steps") -> str:
     """`sft`, `k2_lam0.5` (Step-JEPA) or `ua_k2_lam0.5` (the original LLM-JEPA pair)."""
-    return "sft" if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
+    return SFT if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
 
 
 def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
@@ -172,16 +173,11 @@ def data_fingerprint(paths: list[str | Path]) -> str:
     return digest.hexdigest()[:32]
 
 
-# How often a run logs, checkpoints and measures held-out loss, how many prompts are
-# generated together, and where results are logged change neither its weights nor its
-# answers (tested: batch size never changes tokens).
-OUTSIDE_KEY = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-               "train.eval_examples", "train.tracking", "train.experiment", "train.log_model", "eval.batch_size"}
-
-
 def _identity(config: Config, sections: tuple[str, ...]) -> dict[str, Any]:
+    # The weight-neutral keys change neither a run's weights nor its answers: not part of a key.
     tree = config.model_dump(mode="json", by_alias=True)
-    return {name: {k: v for k, v in tree[name].items() if f"{name}.{k}" not in OUTSIDE_KEY} for name in sections}
+    return {name: {k: v for k, v in tree[name].items() if f"{name}.{k}" not in WEIGHT_NEUTRAL_KEYS}
+            for name in sections}
 
 
 def _digest(payload: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from stepjepa.tracking.run import log_hf_model
 from stepjepa.tracking.store import _client
+from stepjepa.vocabulary import SFT
 
 
 def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[str, Any] | None = None,
@@ -26,7 +27,7 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[s
         raise RuntimeError(f"run {run_id} logged no model (train.log_model is off?); nothing to register")
     version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
     client.set_registered_model_alias(name, alias, version)
-    beat = best["config"] != "sft" and best.get("vs_sft_verdict") == "better"
+    beat = best["config"] != SFT and best.get("vs_sft_verdict") == "better"
     tags = {"config": best["config"], "views": best.get("views", "steps"), "k": best["k"], "lambda": best["lambda"],
             "run_id": run_id, "run_folder": run_dir.name if run_dir else "", "selected_on": "validation",
             "validation_accuracy_strict": best.get("accuracy_strict"),
