@@ -139,13 +139,13 @@ class TrainConfig(Section):
     gamma: float = Field(1.0, ge=0)
     """Weight of the language-model loss."""
     loss: LossKind = "cosine"
-    """How view 1 is aligned with view 2 (method doc section 4)."""
+    """How view 1 is aligned with view 2 (docs/step-jepa.md section 4)."""
     temperature: float = Field(0.07, gt=0)
     """InfoNCE temperature (used only by `loss: infonce`)."""
     jepa_ratio: float = Field(1.0, le=1)
     """Probability that a batch applies the JEPA loss; <= 0 means every batch."""
     layout: Layout = "inline"
-    """How the two views are computed (method doc section 5)."""
+    """How the two views are computed (docs/step-jepa.md section 5)."""
     views: Views = "steps"
     """The JEPA view pair: `steps` (Step 1 -> Step 2, Step-JEPA) or `user_assistant` (the
     user turn -> the assistant turn, the original LLM-JEPA; layout packed or two_pass)."""
