@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stepjepa.sweep import RunResult
 from stepjepa.vocabulary import SFT
 
 
@@ -74,16 +75,16 @@ def heatmap_figure(rows: list[dict]):
     return fig
 
 
-def plot_loss_curves(results: list[dict], path: Path) -> Path:
+def plot_loss_curves(results: list[RunResult], path: Path) -> Path:
     """Training LM loss and held-out Step-2 NLL of every completed run, one line per run."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in ((axes[0], "lm_loss", "training LM loss"),
                            (axes[1], "val_step2_nll", "validation Step-2 NLL (in training)")):
         for r in results:
-            points = [(h["step"], h[key]) for h in r.get("history", []) if h.get(key) is not None]
-            if r["status"] == "completed" and points:
-                ax.plot(*zip(*points), label=r["spec"]["name"], lw=1, marker="o" if key != "lm_loss" else None, ms=3)
+            points = [(h["step"], h[key]) for h in r.history if h.get(key) is not None]
+            if r.completed and points:
+                ax.plot(*zip(*points), label=r.spec.name, lw=1, marker="o" if key != "lm_loss" else None, ms=3)
         ax.set_xlabel("optimizer step")
         ax.set_title(title)
         if ax.lines:

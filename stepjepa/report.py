@@ -10,9 +10,8 @@ bootstrap interval), the JEPA view diagnostics and collapse warnings, and across
 mean +- std and the paired one-tailed t-test the LLM-JEPA paper uses. P-values are
 Holm-adjusted over the configs (they share the baseline and are many).
 
-A run result (`read_run_result`, `tracking.run_result`) is a dict with `spec`
-(`RunSpec.as_dict()`), `status` ("completed" or "failed"), and for completed runs `metrics`,
-`correct_strict` (per question, in file order), `heldout` (per example) and `history`.
+A run's result is a `stepjepa.sweep.RunResult`: its spec, status and, when completed, what
+`read_run_result` (or `tracking.run_result`) reads of its evaluation and training.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from stepjepa.stats import holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap, paired_t_test
+from stepjepa.sweep import RunResult
 from stepjepa.vocabulary import SFT
 
 METRIC = "accuracy_strict"
@@ -49,55 +49,55 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def _by_config(results: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = defaultdict(list)
+def _by_config(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    groups: dict[str, list[RunResult]] = defaultdict(list)
     for r in results:
-        groups[r["spec"]["config_name"]].append(r)
+        groups[r.spec.config_name].append(r)
     return groups
 
 
-def _per_seed(runs: list[dict], seeds: list[int], values) -> np.ndarray:
-    by_seed = {r["spec"]["seed"]: r for r in runs}
+def _per_seed(runs: list[RunResult], seeds: list[int], values) -> np.ndarray:
+    by_seed = {r.spec.seed: r for r in runs}
     return np.array([values(by_seed[s]) for s in seeds], dtype=float)
 
 
-def _step2(run: dict) -> list[float]:
-    return [np.nan if h.get("step2_nll") is None else h["step2_nll"] for h in run["heldout"]]
+def _step2(run: RunResult) -> list[float]:
+    return [np.nan if h.get("step2_nll") is None else h["step2_nll"] for h in run.heldout]
 
 
-def _diagnostics(run: dict | None) -> dict | None:
+def _diagnostics(run: RunResult | None) -> dict | None:
     if run is None:
         return None
-    return {k: run["metrics"][k] for k in (*DIAGNOSTICS, "n_pairs") if run["metrics"].get(k) is not None} or None
+    return {k: run.metrics[k] for k in (*DIAGNOSTICS, "n_pairs") if run.metrics.get(k) is not None} or None
 
 
-def _warnings(run: dict, baseline: dict | None) -> list[str]:
+def _warnings(run: RunResult, baseline: RunResult | None) -> list[str]:
     """Collapse warnings of one run: absolute, from its history, and against its seed's SFT run."""
     from stepjepa.diagnostics import collapse_warnings, relative_collapse_warnings
 
-    if run["spec"]["config_name"] == SFT:
+    if run.spec.config_name == SFT:
         return []
     diag = _diagnostics(run)
-    return collapse_warnings(diag, run["history"]) + relative_collapse_warnings(diag, _diagnostics(baseline))
+    return collapse_warnings(diag, run.history) + relative_collapse_warnings(diag, _diagnostics(baseline))
 
 
-def _seed_stats(row: dict, done: list[dict]) -> None:
+def _seed_stats(row: dict, done: list[RunResult]) -> None:
     for key in (METRIC, "accuracy_flexible", "nll", "step2_nll", *DIAGNOSTICS):
-        values = [r["metrics"][key] for r in done if r["metrics"].get(key) is not None]
+        values = [r.metrics[key] for r in done if r.metrics.get(key) is not None]
         if values:
             row[key], row[f"{key}_std"] = mean_std(values)
 
 
-def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> None:
+def _compare(row: dict, done: list[RunResult], base: dict[int, RunResult]) -> None:
     """Paired comparisons with SFT on the seeds both completed."""
-    seeds = sorted(s for s in (r["spec"]["seed"] for r in done) if s in base)
+    seeds = sorted(s for s in (r.spec.seed for r in done) if s in base)
     if not seeds:
         return
-    mine, theirs = [r for r in done if r["spec"]["seed"] in seeds], list(base.values())
-    acc = paired_bootstrap(_per_seed(mine, seeds, lambda r: r["correct_strict"]),
-                           _per_seed(theirs, seeds, lambda r: r["correct_strict"]))
+    mine, theirs = [r for r in done if r.spec.seed in seeds], list(base.values())
+    acc = paired_bootstrap(_per_seed(mine, seeds, lambda r: r.correct_strict),
+                           _per_seed(theirs, seeds, lambda r: r.correct_strict))
     row |= {f"vs_sft_{k}": v for k, v in acc.as_dict().items()}
-    if all(r["heldout"] for r in mine + theirs):
+    if all(r.heldout for r in mine + theirs):
         a, b = _per_seed(mine, seeds, _step2).mean(axis=0), _per_seed(theirs, seeds, _step2).mean(axis=0)
         keep = ~(np.isnan(a) | np.isnan(b))
         if keep.any():
@@ -105,27 +105,27 @@ def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> None:
             row |= {"vs_sft_step2_nll_delta": nll["delta"], "vs_sft_step2_nll_ci_low": nll["ci_low"],
                     "vs_sft_step2_nll_ci_high": nll["ci_high"], "vs_sft_step2_nll_n": nll["n"]}
     if len(seeds) >= 2:
-        t, p = paired_t_test(_per_seed(mine, seeds, lambda r: r["metrics"][METRIC]),
-                             _per_seed(theirs, seeds, lambda r: r["metrics"][METRIC]))
+        t, p = paired_t_test(_per_seed(mine, seeds, lambda r: r.metrics[METRIC]),
+                             _per_seed(theirs, seeds, lambda r: r.metrics[METRIC]))
         row |= {"vs_sft_t": t, "vs_sft_t_p": p}
 
 
-def summarize(results: list[dict]) -> list[dict[str, Any]]:
+def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per config, baseline first (validation results)."""
     groups = _by_config(results)
-    base = {r["spec"]["seed"]: r for r in groups.get(SFT, []) if r["status"] == "completed"}
+    base = {r.spec.seed: r for r in groups.get(SFT, []) if r.completed}
     rows = []
     for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != SFT, kv[0])):
-        done = [r for r in runs if r["status"] == "completed"]
-        spec = runs[0]["spec"]
-        row = {"config": name, "views": spec.get("views", "steps"), "k": spec["k"], "lambda": spec["lam"],
-               "runs": len(runs), "completed": len(done), "seeds": sorted(r["spec"]["seed"] for r in done)}
+        done = [r for r in runs if r.completed]
+        spec = runs[0].spec
+        row = {"config": name, "views": spec.views, "k": spec.k, "lambda": spec.lam,
+               "runs": len(runs), "completed": len(done), "seeds": sorted(r.spec.seed for r in done)}
         if done:
             _seed_stats(row, done)
-            row["questions"] = len(done[0]["correct_strict"])
+            row["questions"] = len(done[0].correct_strict)
             if name != SFT:
                 _compare(row, done, base)
-            row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r["spec"]["seed"]))})
+            row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r.spec.seed))})
         rows.append(row)
     for key in ("vs_sft_p_value", "vs_sft_t_p"):
         compared = [r for r in rows if key in r]
@@ -142,27 +142,27 @@ def best_config(rows: list[dict]) -> dict | None:
     return min(done, key=lambda r: (-r[METRIC], r.get("nll", np.inf), r["k"], r["lambda"], r["views"] != "steps"))
 
 
-def champion_run(results: list[dict], best: dict) -> dict:
+def champion_run(results: list[RunResult], best: dict) -> RunResult:
     """The best config's run to register: its most accurate seed (ties: lower NLL, lower seed)."""
-    runs = [r for r in results if r["spec"]["config_name"] == best["config"] and r["status"] == "completed"]
-    return min(runs, key=lambda r: (-r["metrics"][METRIC], r["metrics"].get("nll", np.inf), r["spec"]["seed"]))
+    runs = [r for r in results if r.spec.config_name == best["config"] and r.completed]
+    return min(runs, key=lambda r: (-r.metrics[METRIC], r.metrics.get("nll", np.inf), r.spec.seed))
 
 
-def compare_on_test(tested: list[dict], best: dict) -> dict[str, Any] | None:
+def compare_on_test(tested: list[RunResult], best: dict) -> dict[str, Any] | None:
     """The champion against SFT on the test split (the only test numbers a sweep reports)."""
-    done = [r for r in tested if r["status"] == "completed"]
-    champ = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == best["config"]}
-    sft = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == SFT}
+    done = [r for r in tested if r.completed]
+    champ = {r.spec.seed: r for r in done if r.spec.config_name == best["config"]}
+    sft = {r.spec.seed: r for r in done if r.spec.config_name == SFT}
     seeds = sorted(champ.keys() & sft.keys())
     if not seeds:
         return None
-    out: dict[str, Any] = {"config": best["config"], "seeds": len(seeds), "questions": len(sft[seeds[0]]["correct_strict"])}
+    out: dict[str, Any] = {"config": best["config"], "seeds": len(seeds), "questions": len(sft[seeds[0]].correct_strict)}
     for name, runs in (("champion", champ), (SFT, sft)):
-        out[f"{name}_{METRIC}"] = float(np.mean([runs[s]["metrics"][METRIC] for s in seeds]))
-        out[f"{name}_nll"] = float(np.mean([runs[s]["metrics"].get("nll", np.nan) for s in seeds]))
+        out[f"{name}_{METRIC}"] = float(np.mean([runs[s].metrics[METRIC] for s in seeds]))
+        out[f"{name}_nll"] = float(np.mean([runs[s].metrics.get("nll", np.nan) for s in seeds]))
     if best["config"] != SFT:
-        cmp = paired_bootstrap(np.array([champ[s]["correct_strict"] for s in seeds]),
-                               np.array([sft[s]["correct_strict"] for s in seeds]))
+        cmp = paired_bootstrap(np.array([champ[s].correct_strict for s in seeds]),
+                               np.array([sft[s].correct_strict for s in seeds]))
         out |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items() if k not in ("n_questions", "n_seeds")}
     return out
 
@@ -238,14 +238,14 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     return out
 
 
-def write_plot_data(rows: list[dict], results: list[dict], folder: Path) -> None:
+def write_plot_data(rows: list[dict], results: list[RunResult], folder: Path) -> None:
     """Tabular data for `dvc plots`: validation metrics per config and the training curves."""
     folder.mkdir(parents=True, exist_ok=True)
     table = [{"config": r["config"], "views": r["views"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC],
               "nll": r.get("nll"), "step2_nll": r.get("step2_nll"), "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
               "seeds": len(r["seeds"])} for r in rows if METRIC in r]
     (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
-    curves = [{"run": r["spec"]["name"], "step": h["step"], "lm_loss": h.get("lm_loss"),
+    curves = [{"run": r.spec.name, "step": h["step"], "lm_loss": h.get("lm_loss"),
                "val_step2_nll": h.get("val_step2_nll")}
-              for r in results if r["status"] == "completed" for h in r.get("history", [])]
+              for r in results if r.completed for h in r.history]
     (folder / "loss_curves.json").write_text(json.dumps(curves) + "\n")

@@ -12,7 +12,7 @@ import inspect
 import json
 import textwrap
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -48,6 +48,33 @@ class RunSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"is_baseline": self.is_baseline, "config_name": self.config_name}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run of the sweep on one split, as the flow collects it and `stepjepa.report` and
+    `stepjepa.plots` read it. A completed run carries its evaluation (the fields of
+    `report.read_run_result`); a failed or stopped one its `error`."""
+
+    spec: RunSpec
+    status: Literal["completed", "failed", "stopped"]
+    run_id: str | None = None
+    """Its MLflow run."""
+    run_folder: str | None = None
+    """The name of its run folder in the sweep's runs directory."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The evaluation's `metrics.json`: accuracies, held-out NLLs, view diagnostics."""
+    correct_strict: list[bool] = field(default_factory=list)
+    """Per question, in file order."""
+    heldout: list[dict[str, Any]] = field(default_factory=list)
+    """Per example: the held-out NLL of the answer and of Step 2 (`heldout.jsonl`)."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """The training metrics, one dict per logged step (`metrics.jsonl`)."""
+    error: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
 
 
 # Name prefix per view pair: Step-JEPA keeps the names it always had.

@@ -63,7 +63,7 @@ def test_test_row_compares_only_the_champion_with_sft():
     results = fake_results()
     rows = summarize(results)
     best = best_config(rows)
-    tested = [r for r in results if r["spec"]["config_name"] in ("sft", best["config"])]
+    tested = [r for r in results if r.spec.config_name in ("sft", best["config"])]
     test = compare_on_test(tested, best)
     assert test["config"] == "k2_lam0.5" and test["seeds"] == 2 and test["questions"] == 300
     assert test["champion_accuracy_strict"] > test["sft_accuracy_strict"] and test["vs_sft_ci_low"] > 0
