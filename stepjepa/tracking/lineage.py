@@ -1,5 +1,6 @@
 """What a run records about where it came from: its params as dotted keys, the code (git
-and MLflow's Source fields) and the data (MLflow datasets with their md5, DVC's hashes)."""
+and MLflow's Source fields) and the data (MLflow datasets with their md5, DVC's hashes, and
+the origin the fetch stage recorded)."""
 
 from __future__ import annotations
 
