@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_GSM8K)/train.jsonl),)
 export GSM8K_DIR ?= $(SHARED_GSM8K)
 endif
 
-# Offline-safe defaults (see ../shared/docs/stack-notes.md); `make run HF_HUB_OFFLINE=0`
+# Offline-safe defaults (see docs/stack-notes.md#environment-for-an-offline-run); `make run HF_HUB_OFFLINE=0`
 # lets a machine with a hub download models named in params.yaml.
 export HF_HUB_OFFLINE ?= 1
 export HF_HOME ?= $(CURDIR)/.cache/huggingface

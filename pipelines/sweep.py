@@ -50,7 +50,8 @@ from pipelines.prefect_server import start_temporary_server  # noqa: E402
 from stepjepa import launch, plots, report, tracking  # noqa: E402
 from stepjepa import sweep as plan  # noqa: E402
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
-from stepjepa.sweep import SweepChoices
+from stepjepa.sweep import RunResult, SweepChoices
+from stepjepa.vocabulary import SFT
 
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
 
@@ -135,7 +136,7 @@ def dispatch_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, split
     if not flow_run.state.is_completed():
         raise launch.RunFailed(f"flow run {flow_run.name} of {deployment} ended {flow_run.state.name}: "
                                f"{flow_run.state.message}")
-    return tracking.run_result(child_run_id, split)
+    return tracking.run_result(child_run_id, split, report.read_eval_folder)
 
 @flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def step_jepa_sweep(
@@ -233,28 +234,28 @@ def _in_lanes(specs: list, submit, lanes: int) -> dict:
     return futures
 
 def _train_and_evaluate(runs: dict, specs: list, paths: dict, sweep: SweepConfig, slots: launch.DeviceSlots,
-                        logger) -> list[dict]:
+                        logger) -> list[RunResult]:
     futures = _in_lanes(specs, lambda spec, after: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep, slots,
                                                            after=after), slots.size)
     wait([f for pair in futures.values() for f in pair if f is not None])
     return [_collect(spec, runs[spec.name], *futures[spec.name], logger) for spec in specs]
 
-def _test_once(runs: dict, specs: list, validation: list[dict], best: dict, paths: dict, sweep: SweepConfig,
-               slots: launch.DeviceSlots, logger) -> list[dict]:
+def _test_once(runs: dict, specs: list, validation: list[RunResult], best: dict, paths: dict, sweep: SweepConfig,
+               slots: launch.DeviceSlots, logger) -> list[RunResult]:
     """The test split, read once: the champion config's runs and the SFT baseline's."""
-    done = {r["spec"]["name"] for r in validation if r["status"] == "completed"}
-    chosen = [s for s in specs if s.config_name in {best["config"], "sft"} and s.name in done]
+    done = {r.spec.name for r in validation if r.completed}
+    chosen = [s for s in specs if s.config_name in {best["config"], SFT} and s.name in done]
     trained = {s.name: {"run_dir": runs[s.name]["run_dir"], "run_id": runs[s.name]["child"]} for s in chosen}
     futures = _in_lanes(chosen, lambda s, after: _submit(runs[s.name], TEST_SPLIT, paths, sweep, slots,
                                                          trained[s.name], after=after)[1], slots.size)
     wait(list(futures.values()))
     return [_collect(s, runs[s.name], None, futures[s.name], logger) for s in chosen]
 
-def _collect(spec, run: dict, trained, evaluated, logger) -> dict:
+def _collect(spec, run: dict, trained, evaluated, logger) -> RunResult:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
-    base = {"spec": spec.as_dict(), "run_id": run["child"], "run_folder": Path(run["run_dir"]).name}
+    base = {"spec": spec, "run_id": run["child"], "run_folder": Path(run["run_dir"]).name}
     if evaluated.state.is_completed():
-        return base | {"status": "completed"} | evaluated.result()
+        return RunResult(status="completed", **base, **evaluated.result())
     failed = trained if trained is not None and not trained.state.is_completed() else evaluated
     message = failed.state.message or failed.state.name
     error = failed.state.result(raise_on_failure=False) if failed.state.is_failed() else None
@@ -262,12 +263,12 @@ def _collect(spec, run: dict, trained, evaluated, logger) -> dict:
         # Preempted (SIGTERM/SIGINT): the run checkpointed and its MLflow run is KILLED; the
         # next sweep resumes it. Not a failure to overwrite.
         logger.warning("%s was stopped by a signal; it resumes from its checkpoint next time", spec.name)
-        return base | {"status": "stopped", "error": message[-2000:]}
+        return RunResult(status="stopped", error=message[-2000:], **base)
     logger.error("%s failed: %s", spec.name, message)
     tracking.mark_failed(run["child"], message)
-    return base | {"status": "failed", "error": message[-2000:]}
+    return RunResult(status="failed", error=message[-2000:], **base)
 
-def _warn(rows: list[dict], validation: list[dict]) -> None:
+def _warn(rows: list[dict], validation: list[RunResult]) -> None:
     """Collapse warnings in the log and as an MLflow tag on each run of the config."""
     logger = get_run_logger()
     for row in rows:
@@ -275,10 +276,10 @@ def _warn(rows: list[dict], validation: list[dict]) -> None:
             text = "; ".join(row["warnings"])
             logger.warning("%s: %s", row["config"], text)
             for r in validation:
-                if r["spec"]["config_name"] == row["config"] and r["status"] == "completed":
-                    tracking.set_tags(r["run_id"], {"stepjepa.warning": text})
+                if r.spec.config_name == row["config"] and r.completed:
+                    tracking.set_tags(r.run_id, {"stepjepa.warning": text})
 
-def _finish(sweep: SweepConfig, parent: str, validation: list[dict], tested: list[dict], rows: list[dict],
+def _finish(sweep: SweepConfig, parent: str, validation: list[RunResult], tested: list[RunResult], rows: list[dict],
             best: dict | None, runs: dict, report_dir: Path) -> dict:
     _warn(rows, validation)
     test_row = report.compare_on_test(tested, best) if best else None
@@ -290,16 +291,16 @@ def _finish(sweep: SweepConfig, parent: str, validation: list[dict], tested: lis
     champion = None
     if best is not None:
         winner = report.champion_run(validation, best)
-        champion = tracking.register_champion(sweep.registered_model_name, winner["run_id"], best, test_row,
-                                              run_dir=Path(runs[winner["spec"]["name"]]["run_dir"]))
+        champion = tracking.register_champion(sweep.registered_model_name, winner.run_id, best, test_row,
+                                              run_dir=Path(runs[winner.spec.name]["run_dir"]))
         summary["champion"] = {"name": champion["name"], "alias": champion["alias"], "config": best["config"],
-                               "run_folder": winner["run_folder"]}
+                               "run_folder": winner.run_folder}
     tracking.log_sweep_summary(parent, rows, table, figures, summary)
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (report_dir / "table.md").write_text(table + "\n")
     report.write_plot_data(rows, validation, report_dir)
     create_markdown_artifact(table, key="step-jepa-sweep", description="Validation selection, test once: the sweep")
-    failed = [r["spec"]["name"] for r in validation if r["status"] != "completed"]  # failed or stopped
+    failed = [r.spec.name for r in validation if not r.completed]  # failed or stopped
     return summary | {"failed": failed, "champion_version": champion and champion["version"]}
 
 def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:

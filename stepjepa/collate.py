@@ -89,7 +89,7 @@ def _stack(examples: Sequence[Mapping[str, Any]], pad_id: int, views: Views = "s
 
 def _source_map(layout: Layout, rows: dict[str, Tensor], k: int, total_len: int) -> dict[str, Tensor]:
     """Per laid-out position `(B, T)`: source index, predictor slot (-1 if none),
-    whether it is real, carries LM labels, and its position id (docs section 3, 5)."""
+    whether it is real, carries LM labels, and its position id (docs/step-jepa.md sections 3, 5)."""
     n, s1, s2, valid = (rows[key].unsqueeze(1) for key in ("n", "s1", "s2", "valid"))
     pos = torch.arange(total_len).unsqueeze(0)
     kk = k * valid.long()

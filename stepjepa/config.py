@@ -141,13 +141,13 @@ class TrainConfig(Section):
     gamma: float = Field(1.0, ge=0)
     """Weight of the language-model loss."""
     loss: LossKind = "cosine"
-    """How view 1 is aligned with view 2 (method doc section 4)."""
+    """How view 1 is aligned with view 2 (docs/step-jepa.md section 4)."""
     temperature: float = Field(0.07, gt=0)
     """InfoNCE temperature (used only by `loss: infonce`)."""
     jepa_ratio: float = Field(1.0, le=1)
     """Probability that a batch applies the JEPA loss; <= 0 means every batch."""
     layout: Layout = "inline"
-    """How the two views are computed (method doc section 5)."""
+    """How the two views are computed (docs/step-jepa.md section 5)."""
     views: Views = "steps"
     """The JEPA view pair: `steps` (Step 1 -> Step 2, Step-JEPA) or `user_assistant` (the
     user turn -> the assistant turn, the original LLM-JEPA; layout packed or two_pass)."""
@@ -312,6 +312,21 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
 
 
+# The keys that do not change a run's trained weights, the one list of them: how often a
+# run logs, checkpoints and measures held-out loss, where it logs, whether it logs the
+# model, and how many prompts an evaluation generates together (batching never changes the
+# tokens; tested). Everything else of `model`, `tokenize` and `train` decides the weights.
+# From this list: `stepjepa.train` lets a resumed run change them, and logs them as MLflow
+# tags, not params (`split_params`); `stepjepa.sweep` leaves them out of a run's cache key.
+WEIGHT_NEUTRAL_KEYS: frozenset[str] = frozenset({
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
+    "train.eval_examples", "train.tracking", "train.experiment", "train.log_model", "eval.batch_size",
+})
+# Sections that never change the trained weights: how a model is evaluated, and the grid
+# that chose its config.
+NOT_TRAINING_SECTIONS = ("eval", "sweep")
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
@@ -339,6 +354,28 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.k=2")
     key, raw = text.split("=", 1)
     return key.strip(), yaml.safe_load(raw)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"k": 2}} -> {"train.k": 2}: the params as dotted keys, like overrides."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def split_params(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what decides the trained weights, everything else) of a resolved config as dotted
+    keys: a run's MLflow params and its tags. MLflow params cannot change once logged, and a
+    retried run (a sweep re-launching a config that failed before its first checkpoint) logs
+    into the same run, so what may change between its tries goes in as tags."""
+    flat = flatten(config)
+    settings = {k for k in flat if k in WEIGHT_NEUTRAL_KEYS or k.split(".")[0] in NOT_TRAINING_SECTIONS}
+    return {k: v for k, v in flat.items() if k not in settings}, {k: flat[k] for k in sorted(settings)}
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "params") -> Config:

@@ -4,7 +4,7 @@ Every builder takes per-example tensors in the coordinates of the *original* tok
 row (`lengths` n, `s1_end`, `s2_end`, `valid`, all shape `(B,)`) plus K, and returns a
 boolean mask `(B, 1, T, T)`: `mask[b, 0, i, j]` is True when query i may attend key j.
 Rows are right-padded to T; a padding row attends only to itself, so no row is ever
-fully masked (an all -inf row gives NaN in eager attention; see stack-notes.md).
+fully masked (an all -inf row gives NaN in eager attention; see docs/stack-notes.md#custom-attention-masks).
 
 All three layouts reduce to one rule with two per-query bounds `lo[i]`, `hi[i]`:
 query i may attend key j iff `j <= i and (j >= lo[i] or j <= hi[i])`. Causal rows have

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stepjepa.sweep import RunResult
+from stepjepa.vocabulary import SFT
+
 
 def _pyplot():
     import matplotlib
@@ -20,7 +23,7 @@ def _pyplot():
 
 
 def _grid(rows: list[dict], key: str, views: str) -> tuple[list[int], list[float], np.ndarray]:
-    grid_rows = [r for r in rows if r["config"] != "sft"]
+    grid_rows = [r for r in rows if r["config"] != SFT]
     ks = sorted({r["k"] for r in grid_rows})
     lams = sorted({r["lambda"] for r in grid_rows})
     values = np.full((len(ks), len(lams)), np.nan)
@@ -47,8 +50,8 @@ def plot_heatmap(rows: list[dict], path: Path) -> Path:
 def heatmap_figure(rows: list[dict]):
     """`plot_heatmap`'s figure, unsaved (the caller closes it)."""
     plt = _pyplot()
-    base = next((r for r in rows if r["config"] == "sft"), {})
-    pairs = sorted({r.get("views", "steps") for r in rows if r["config"] != "sft"}) or ["steps"]
+    base = next((r for r in rows if r["config"] == SFT), {})
+    pairs = sorted({r.get("views", "steps") for r in rows if r["config"] != SFT}) or ["steps"]
     ks, lams, _ = _grid(rows, PANELS[0][0], pairs[0])
     # Each panel wide enough for its colorbar and a title wrapped to the axes; constrained
     # layout then makes room above for the wrapped lines (tight_layout clipped long titles).
@@ -72,16 +75,16 @@ def heatmap_figure(rows: list[dict]):
     return fig
 
 
-def plot_loss_curves(results: list[dict], path: Path) -> Path:
+def plot_loss_curves(results: list[RunResult], path: Path) -> Path:
     """Training LM loss and held-out Step-2 NLL of every completed run, one line per run."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in ((axes[0], "lm_loss", "training LM loss"),
                            (axes[1], "val_step2_nll", "validation Step-2 NLL (in training)")):
         for r in results:
-            points = [(h["step"], h[key]) for h in r.get("history", []) if h.get(key) is not None]
-            if r["status"] == "completed" and points:
-                ax.plot(*zip(*points), label=r["spec"]["name"], lw=1, marker="o" if key != "lm_loss" else None, ms=3)
+            points = [(h["step"], h[key]) for h in r.history if h.get(key) is not None]
+            if r.completed and points:
+                ax.plot(*zip(*points), label=r.spec.name, lw=1, marker="o" if key != "lm_loss" else None, ms=3)
         ax.set_xlabel("optimizer step")
         ax.set_title(title)
         if ax.lines:

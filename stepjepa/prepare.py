@@ -1,4 +1,4 @@
-"""From raw GSM8K JSON lines to chat conversations with their steps (method doc section 1).
+"""From raw GSM8K JSON lines to chat conversations with their steps (docs/step-jepa.md section 1).
 
 Every input line is accounted for: kept, kept as LM-only (fewer than 2 steps), dropped
 as short (by `data.short_records`), or skipped with a reason. Skips name the file, line and

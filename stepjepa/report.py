@@ -15,9 +15,8 @@ two-sided paired t-test of per-seed accuracy, Holm over all configs of the sweep
 at least 3 seeds (`stats.seed_verdicts` says why). The per-question interval and McNemar's
 test are reported next to it, labelled as what they are: conditional on these trained models.
 
-A run result (`read_run_result`, `tracking.run_result`) is a dict with `spec`
-(`RunSpec.as_dict()`), `status` ("completed" or "failed"), and for completed runs `metrics`,
-`correct_strict` (per question, in file order), `heldout` (per example) and `history`.
+A run's result is a `stepjepa.sweep.RunResult`: its spec, status and, when completed, what
+`read_run_result` (or `tracking.run_result`) reads of its evaluation and training.
 """
 
 from __future__ import annotations
@@ -30,14 +29,13 @@ from typing import Any
 import numpy as np
 
 from stepjepa.stats import (
-    ALPHA, MIN_SEEDS, TOO_FEW_SEEDS, holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap, seed_verdicts,
+    MIN_SEEDS, SELECTION_RULE, TOO_FEW_SEEDS, VERDICT_RULE, beats_sft, holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap,
+    seed_verdicts,
 )
+from stepjepa.sweep import RunResult
+from stepjepa.vocabulary import SFT
 
 METRIC = "accuracy_strict"
-SELECTION_RULE = ("highest mean validation accuracy_strict over seeds (ties: lower mean validation NLL, then smaller K "
-                  "and lambda); the verdict does not change it")
-VERDICT_RULE = (f"two-sided paired t-test of accuracy over seeds (unit: training run), Holm over the sweep's configs, "
-                f"alpha {ALPHA:g}, at least {MIN_SEEDS} seeds")
 DIAGNOSTICS = ("mean_cos", "rank_view1", "rank_view2", "spread_view1", "spread_view2", "jepa_loss")
 
 
@@ -59,64 +57,64 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def _by_config(results: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = defaultdict(list)
+def _by_config(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    groups: dict[str, list[RunResult]] = defaultdict(list)
     for r in results:
-        groups[r["spec"]["config_name"]].append(r)
+        groups[r.spec.config_name].append(r)
     return groups
 
 
-def _per_seed(runs: list[dict], seeds: list[int], values) -> np.ndarray:
-    by_seed = {r["spec"]["seed"]: r for r in runs}
+def _per_seed(runs: list[RunResult], seeds: list[int], values) -> np.ndarray:
+    by_seed = {r.spec.seed: r for r in runs}
     return np.array([values(by_seed[s]) for s in seeds], dtype=float)
 
 
-def _step2(run: dict) -> list[float]:
-    return [np.nan if h.get("step2_nll") is None else h["step2_nll"] for h in run["heldout"]]
+def _step2(run: RunResult) -> list[float]:
+    return [np.nan if h.get("step2_nll") is None else h["step2_nll"] for h in run.heldout]
 
 
-def _diagnostics(run: dict | None) -> dict | None:
+def _diagnostics(run: RunResult | None) -> dict | None:
     if run is None:
         return None
-    return {k: run["metrics"][k] for k in (*DIAGNOSTICS, "n_pairs") if run["metrics"].get(k) is not None} or None
+    return {k: run.metrics[k] for k in (*DIAGNOSTICS, "n_pairs") if run.metrics.get(k) is not None} or None
 
 
-def _warnings(run: dict, baseline: dict | None) -> list[str]:
+def _warnings(run: RunResult, baseline: RunResult | None) -> list[str]:
     """Collapse warnings of one run: absolute, from its history, and against its seed's SFT run."""
     from stepjepa.diagnostics import collapse_warnings, relative_collapse_warnings
 
-    if run["spec"]["config_name"] == "sft":
+    if run.spec.config_name == SFT:
         return []
     diag = _diagnostics(run)
-    return collapse_warnings(diag, run["history"]) + relative_collapse_warnings(diag, _diagnostics(baseline))
+    return collapse_warnings(diag, run.history) + relative_collapse_warnings(diag, _diagnostics(baseline))
 
 
-def _seed_stats(row: dict, done: list[dict]) -> None:
+def _seed_stats(row: dict, done: list[RunResult]) -> None:
     for key in (METRIC, "accuracy_flexible", "nll", "step2_nll", *DIAGNOSTICS):
-        values = [r["metrics"][key] for r in done if r["metrics"].get(key) is not None]
+        values = [r.metrics[key] for r in done if r.metrics.get(key) is not None]
         if values:
             row[key], row[f"{key}_std"] = mean_std(values)
 
 
-def _compare(row: dict, done: list[dict], base: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
+def _compare(row: dict, done: list[RunResult], base: dict[int, RunResult]) -> tuple[np.ndarray, np.ndarray]:
     """Per-question comparisons with SFT on the seeds both completed (models fixed); returns
     the per-seed accuracies of the config and of SFT, paired by seed, for the verdict."""
-    seeds = sorted(s for s in (r["spec"]["seed"] for r in done) if s in base)
+    seeds = sorted(s for s in (r.spec.seed for r in done) if s in base)
     if not seeds:
         return np.empty(0), np.empty(0)
-    mine, theirs = [r for r in done if r["spec"]["seed"] in seeds], list(base.values())
-    acc = paired_bootstrap(_per_seed(mine, seeds, lambda r: r["correct_strict"]),
-                           _per_seed(theirs, seeds, lambda r: r["correct_strict"]))
+    mine, theirs = [r for r in done if r.spec.seed in seeds], list(base.values())
+    acc = paired_bootstrap(_per_seed(mine, seeds, lambda r: r.correct_strict),
+                           _per_seed(theirs, seeds, lambda r: r.correct_strict))
     row |= {f"vs_sft_{k}": v for k, v in acc.as_dict().items()}
-    if all(r["heldout"] for r in mine + theirs):
+    if all(r.heldout for r in mine + theirs):
         a, b = _per_seed(mine, seeds, _step2).mean(axis=0), _per_seed(theirs, seeds, _step2).mean(axis=0)
         keep = ~(np.isnan(a) | np.isnan(b))
         if keep.any():
             nll = paired_mean_bootstrap(a[keep], b[keep])
             row |= {"vs_sft_step2_nll_delta": nll["delta"], "vs_sft_step2_nll_ci_low": nll["ci_low"],
                     "vs_sft_step2_nll_ci_high": nll["ci_high"], "vs_sft_step2_nll_n": nll["n"]}
-    return (_per_seed(mine, seeds, lambda r: r["metrics"][METRIC]),
-            _per_seed(theirs, seeds, lambda r: r["metrics"][METRIC]))
+    return (_per_seed(mine, seeds, lambda r: r.metrics[METRIC]),
+            _per_seed(theirs, seeds, lambda r: r.metrics[METRIC]))
 
 
 def _verdicts(rows: list[dict], pairs: dict[str, tuple]) -> None:
@@ -131,23 +129,23 @@ def _verdicts(rows: list[dict], pairs: dict[str, tuple]) -> None:
             row |= {"vs_sft_t": cmp.t, "vs_sft_t_p": cmp.p_value, "vs_sft_t_p_holm": cmp.p_holm}
 
 
-def summarize(results: list[dict]) -> list[dict[str, Any]]:
+def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per config, baseline first (validation results)."""
     groups = _by_config(results)
-    base = {r["spec"]["seed"]: r for r in groups.get("sft", []) if r["status"] == "completed"}
+    base = {r.spec.seed: r for r in groups.get(SFT, []) if r.completed}
     rows, pairs = [], {}
-    for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != "sft", kv[0])):
-        done = [r for r in runs if r["status"] == "completed"]
-        spec = runs[0]["spec"]
-        row = {"config": name, "views": spec.get("views", "steps"), "k": spec["k"], "lambda": spec["lam"],
-               "runs": len(runs), "completed": len(done), "seeds": sorted(r["spec"]["seed"] for r in done)}
+    for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != SFT, kv[0])):
+        done = [r for r in runs if r.completed]
+        spec = runs[0].spec
+        row = {"config": name, "views": spec.views, "k": spec.k, "lambda": spec.lam,
+               "runs": len(runs), "completed": len(done), "seeds": sorted(r.spec.seed for r in done)}
         if done:
             _seed_stats(row, done)
-            row["questions"] = len(done[0]["correct_strict"])
-            if name != "sft":
+            row["questions"] = len(done[0].correct_strict)
+            if name != SFT:
                 pairs[name] = _compare(row, done, base)
-            row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r["spec"]["seed"]))})
-        if name != "sft" and not done:
+            row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r.spec.seed))})
+        if name != SFT and not done:
             pairs[name] = (np.empty(0), np.empty(0))
         rows.append(row)
     compared = [r for r in rows if "vs_sft_p_value" in r]
@@ -155,11 +153,6 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
         row["vs_sft_p_holm"] = adjusted
     _verdicts(rows, pairs)
     return rows
-
-
-def beats_sft(best: dict) -> bool:
-    """Whether the selected config beats SFT by the seed-level verdict on validation."""
-    return best["config"] != "sft" and best.get("vs_sft_verdict") == "better"
 
 
 def best_config(rows: list[dict]) -> dict | None:
@@ -170,33 +163,33 @@ def best_config(rows: list[dict]) -> dict | None:
     return min(done, key=lambda r: (-r[METRIC], r.get("nll", np.inf), r["k"], r["lambda"], r["views"] != "steps"))
 
 
-def champion_run(results: list[dict], best: dict) -> dict:
+def champion_run(results: list[RunResult], best: dict) -> RunResult:
     """The best config's run to register: its most accurate seed (ties: lower NLL, lower seed)."""
-    runs = [r for r in results if r["spec"]["config_name"] == best["config"] and r["status"] == "completed"]
-    return min(runs, key=lambda r: (-r["metrics"][METRIC], r["metrics"].get("nll", np.inf), r["spec"]["seed"]))
+    runs = [r for r in results if r.spec.config_name == best["config"] and r.completed]
+    return min(runs, key=lambda r: (-r.metrics[METRIC], r.metrics.get("nll", np.inf), r.spec.seed))
 
 
-def compare_on_test(tested: list[dict], best: dict) -> dict[str, Any] | None:
+def compare_on_test(tested: list[RunResult], best: dict) -> dict[str, Any] | None:
     """The champion against SFT on the test split (the only test numbers a sweep reports):
     the per-question interval and McNemar (these trained models fixed) and the verdict with
     the training run as unit (the paired t-test over seeds; one comparison, chosen on
     validation, so nothing to adjust for)."""
-    done = [r for r in tested if r["status"] == "completed"]
-    champ = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == best["config"]}
-    sft = {r["spec"]["seed"]: r for r in done if r["spec"]["config_name"] == "sft"}
+    done = [r for r in tested if r.completed]
+    champ = {r.spec.seed: r for r in done if r.spec.config_name == best["config"]}
+    sft = {r.spec.seed: r for r in done if r.spec.config_name == SFT}
     seeds = sorted(champ.keys() & sft.keys())
     if not seeds:
         return None
-    out: dict[str, Any] = {"config": best["config"], "seeds": len(seeds), "questions": len(sft[seeds[0]]["correct_strict"])}
-    for name, runs in (("champion", champ), ("sft", sft)):
-        out[f"{name}_{METRIC}"] = float(np.mean([runs[s]["metrics"][METRIC] for s in seeds]))
-        out[f"{name}_nll"] = float(np.mean([runs[s]["metrics"].get("nll", np.nan) for s in seeds]))
-    if best["config"] != "sft":
-        cmp = paired_bootstrap(np.array([champ[s]["correct_strict"] for s in seeds]),
-                               np.array([sft[s]["correct_strict"] for s in seeds]))
+    out: dict[str, Any] = {"config": best["config"], "seeds": len(seeds), "questions": len(sft[seeds[0]].correct_strict)}
+    for name, runs in (("champion", champ), (SFT, sft)):
+        out[f"{name}_{METRIC}"] = float(np.mean([runs[s].metrics[METRIC] for s in seeds]))
+        out[f"{name}_nll"] = float(np.mean([runs[s].metrics.get("nll", np.nan) for s in seeds]))
+    if best["config"] != SFT:
+        cmp = paired_bootstrap(np.array([champ[s].correct_strict for s in seeds]),
+                               np.array([sft[s].correct_strict for s in seeds]))
         out |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items() if k not in ("n_questions", "n_seeds")}
-        (over_seeds,) = seed_verdicts([(np.array([champ[s]["metrics"][METRIC] for s in seeds]),
-                                        np.array([sft[s]["metrics"][METRIC] for s in seeds]))])
+        (over_seeds,) = seed_verdicts([(np.array([champ[s].metrics[METRIC] for s in seeds]),
+                                        np.array([sft[s].metrics[METRIC] for s in seeds]))])
         out["vs_sft_verdict"] = over_seeds.verdict
         if len(seeds) >= 2:
             out |= {"vs_sft_t": over_seeds.t, "vs_sft_t_p": over_seeds.p_value}
@@ -229,14 +222,14 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
         head = head.replace("| config |", "| config | views |")
     lines = [head, "|" + "---|" * (15 if pairs else 14)]
     for r in rows:
-        views = "" if not pairs else (" - |" if r["config"] == "sft" else f" {r['views']} |")
+        views = "" if not pairs else (" - |" if r["config"] == SFT else f" {r['views']} |")
         if METRIC not in r:
             lines.append(f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | 0/{r['runs']} | failed |" + " |" * 9)
             continue
         p = f"{r['vs_sft_p_value']:.3g} ({r['vs_sft_p_holm']:.3g})" if "vs_sft_p_value" in r else ""
         t = f"{r['vs_sft_t_p']:.3g} ({r['vs_sft_t_p_holm']:.3g})" if "vs_sft_t_p" in r else ""
         ranks = f"{r['rank_view1']:.1f} / {r['rank_view2']:.1f}" if "rank_view1" in r else ""
-        verdict = "baseline" if r["config"] == "sft" else r.get("vs_sft_verdict", "")
+        verdict = "baseline" if r["config"] == SFT else r.get("vs_sft_verdict", "")
         if r.get("warnings"):
             verdict += " (warning: " + "; ".join(r["warnings"]) + ")"
         lines.append(f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
@@ -270,11 +263,11 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
     pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
     out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
-    if "sft" in pick:
-        out["sft"] = pick["sft"]
+    if SFT in pick:
+        out[SFT] = pick[SFT]
     if best is not None:
         out |= {"selected": best["config"], "beats_sft": beats_sft(best),
-                "verdict": "baseline" if best["config"] == "sft" else best.get("vs_sft_verdict", ""),
+                "verdict": "baseline" if best["config"] == SFT else best.get("vs_sft_verdict", ""),
                 "validation": pick[best["config"]]}
     if test:
         out["test"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()
@@ -283,14 +276,14 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     return out
 
 
-def write_plot_data(rows: list[dict], results: list[dict], folder: Path) -> None:
+def write_plot_data(rows: list[dict], results: list[RunResult], folder: Path) -> None:
     """Tabular data for `dvc plots`: validation metrics per config and the training curves."""
     folder.mkdir(parents=True, exist_ok=True)
     table = [{"config": r["config"], "views": r["views"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC],
               "nll": r.get("nll"), "step2_nll": r.get("step2_nll"), "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
               "seeds": len(r["seeds"])} for r in rows if METRIC in r]
     (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
-    curves = [{"run": r["spec"]["name"], "step": h["step"], "lm_loss": h.get("lm_loss"),
+    curves = [{"run": r.spec.name, "step": h["step"], "lm_loss": h.get("lm_loss"),
                "val_step2_nll": h.get("val_step2_nll")}
-              for r in results if r["status"] == "completed" for h in r.get("history", [])]
+              for r in results if r.completed for h in r.history]
     (folder / "loss_curves.json").write_text(json.dumps(curves) + "\n")

@@ -99,14 +99,3 @@ def fetch_arith(cfg: DataConfig, out_dir: Path) -> dict:
 def fetch(cfg: DataConfig, out_dir: Path) -> dict:
     """The raw splits `data.source` names, written to `out_dir`; returns their provenance."""
     return fetch_arith(cfg, out_dir) if cfg.source == "arith" else fetch_gsm8k(cfg, out_dir)
-
-
-def recorded_source(data: Path) -> str | None:
-    """Where the raw data under `data` came from, as the fetch stage recorded it: the
-    `source` of the nearest `metrics/fetch.json` above it (`GSM8K_DIR`, an `hf://` id,
-    `arith`); None when no fetch stage ran there (data made by hand, tests)."""
-    for folder in Path(data).resolve().parents:
-        facts = folder / "metrics" / "fetch.json"
-        if facts.is_file():
-            return json.loads(facts.read_text()).get("source")
-    return None

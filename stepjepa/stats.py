@@ -38,11 +38,24 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from stepjepa.vocabulary import SFT
+
 ALPHA = 0.05
 """Family-wise error rate of a sweep's verdicts (Holm over its configs)."""
 MIN_SEEDS = 3
 """Fewest paired seeds for a verdict: 2 give the t-test 1 degree of freedom."""
 TOO_FEW_SEEDS = "too few seeds to tell"
+
+# What a sweep's table, summary.json and registry tags say about how it chose and judged.
+SELECTION_RULE = ("highest mean validation accuracy_strict over seeds (ties: lower mean validation NLL, then smaller K "
+                  "and lambda); the verdict does not change it")
+VERDICT_RULE = (f"two-sided paired t-test of accuracy over seeds (unit: training run), Holm over the sweep's configs, "
+                f"alpha {ALPHA:g}, at least {MIN_SEEDS} seeds")
+
+
+def beats_sft(best: dict) -> bool:
+    """Whether the selected config (a summary row) beats SFT by the seed-level verdict on validation."""
+    return best["config"] != SFT and best.get("vs_sft_verdict") == "better"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Splitting a worked solution into reasoning steps (method doc section 1).
+"""Splitting a worked solution into reasoning steps (docs/step-jepa.md section 1).
 
 Two input formats sit behind one interface, `split_record(record, fmt, keep_annotations)`:
 

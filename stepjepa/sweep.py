@@ -12,13 +12,14 @@ import inspect
 import json
 import textwrap
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from stepjepa.config import Config, SweepConfig, TrainConfig, config_from_dict, set_dotted
+from stepjepa.config import WEIGHT_NEUTRAL_KEYS, Config, SweepConfig, TrainConfig, config_from_dict, set_dotted
+from stepjepa.vocabulary import SFT
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,40 @@ class RunSpec:
         return asdict(self) | {"is_baseline": self.is_baseline, "config_name": self.config_name}
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """One run of the sweep on one split, as the flow collects it and `stepjepa.report` and
+    `stepjepa.plots` read it. A completed run carries its evaluation (the fields of
+    `report.read_run_result`); a failed or stopped one its `error`."""
+
+    spec: RunSpec
+    status: Literal["completed", "failed", "stopped"]
+    run_id: str | None = None
+    """Its MLflow run."""
+    run_folder: str | None = None
+    """The name of its run folder in the sweep's runs directory."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The evaluation's `metrics.json`: accuracies, held-out NLLs, view diagnostics."""
+    correct_strict: list[bool] = field(default_factory=list)
+    """Per question, in file order."""
+    heldout: list[dict[str, Any]] = field(default_factory=list)
+    """Per example: the held-out NLL of the answer and of Step 2 (`heldout.jsonl`)."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """The training metrics, one dict per logged step (`metrics.jsonl`)."""
+    error: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
 # Name prefix per view pair: Step-JEPA keeps the names it always had.
 VIEW_PREFIX = {"steps": "", "user_assistant": "ua_"}
 
 
 def config_name(k: int, lam: float, views: str = "steps") -> str:
     """`sft`, `k2_lam0.5` (Step-JEPA) or `ua_k2_lam0.5` (the original LLM-JEPA pair)."""
-    return "sft" if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
+    return SFT if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
 
 
 def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
@@ -172,16 +200,11 @@ def data_fingerprint(paths: list[str | Path]) -> str:
     return digest.hexdigest()[:32]
 
 
-# How often a run logs, checkpoints and measures held-out loss, how many prompts are
-# generated together, and where results are logged change neither its weights nor its
-# answers (tested: batch size never changes tokens).
-OUTSIDE_KEY = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-               "train.eval_examples", "train.tracking", "train.experiment", "train.log_model", "eval.batch_size"}
-
-
 def _identity(config: Config, sections: tuple[str, ...]) -> dict[str, Any]:
+    # The weight-neutral keys change neither a run's weights nor its answers: not part of a key.
     tree = config.model_dump(mode="json", by_alias=True)
-    return {name: {k: v for k, v in tree[name].items() if f"{name}.{k}" not in OUTSIDE_KEY} for name in sections}
+    return {name: {k: v for k, v in tree[name].items() if f"{name}.{k}" not in WEIGHT_NEUTRAL_KEYS}
+            for name in sections}
 
 
 def _digest(payload: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     """Byte-level BPE (GPT-2 / Qwen / Llama-3 family) with the ChatML template.
 
     The end-of-turn token `<|im_end|>` is the EOS so that generation stops at the end of
-    the assistant message, and training labels it (method doc section 2).
+    the assistant message, and training labels it (docs/step-jepa.md section 2).
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

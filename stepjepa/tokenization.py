@@ -1,4 +1,4 @@
-"""Conversations to token ids, labels and step spans (method doc section 2, docs/data-format.md).
+"""Conversations to token ids, labels and step spans (docs/step-jepa.md section 2, docs/data-format.md).
 
 Each conversation is rendered with the tokenizer's chat template and tokenised **once**, as a
 whole, by the fast tokenizer; labels and step spans then come from the tokens' character
@@ -214,7 +214,7 @@ def _step_pair(
 def _user_assistant_pair(
     chat: RenderedChat, starts: np.ndarray, ends: np.ndarray, labels: np.ndarray, max_length: int
 ) -> tuple[list[int] | None, list[int] | None, str | None]:
-    """(user_span, assistant_span, invalid_reason) of the original LLM-JEPA pair (method doc 8).
+    """(user_span, assistant_span, invalid_reason) of the original LLM-JEPA pair (docs/step-jepa.md section 8).
 
     The user span is `[0, u_end]`, everything up to the end of the user turn (the system
     prompt too, as in the original's user view); the assistant span runs from the next

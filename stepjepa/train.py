@@ -39,29 +39,24 @@ from stepjepa.checkpoint import (
     CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
 )
 from stepjepa.collate import Collator, attention_for
-from stepjepa.config import Config, ConfigError, TrainConfig, load_config, resolved_tree, write_config
+from stepjepa.config import (
+    WEIGHT_NEUTRAL_KEYS, Config, ConfigError, TrainConfig, flatten, load_config, resolved_tree, split_params, write_config,
+)
 from stepjepa.launch import process_main
 from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
 from stepjepa.modeling import build_model, check_attention_device, merged_model, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
 from stepjepa.runlock import Locked, hold
-from stepjepa.sources import recorded_source
-from stepjepa.tracking import Tracker, dvc_tags, flatten, git_tags, make_tracker, source_tags
+from stepjepa.tracking import Tracker, dvc_tags, git_tags, make_tracker, recorded_source, source_tags
 from stepjepa.vocabulary import pad_id
 
 log = logging.getLogger(__name__)
 
 # What a resumed run must share with its checkpoint: what trains, not how it is evaluated
-# or swept. Within them, keys that may change: they do not change what trains.
-# (Not train.experiment: the resumed MLflow run lives in the experiment it started in.)
+# or swept. Within them, the weight-neutral keys may change (`config.WEIGHT_NEUTRAL_KEYS`),
+# but not train.experiment: the resumed MLflow run lives in the experiment it started in.
 RESUME_SECTIONS = ("model", "tokenize", "train")
-RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tracking",
-                     "train.log_model", "train.eval_every", "train.eval_examples"}
-# MLflow params cannot change once logged, and a retried run (a sweep re-launching a config
-# that failed before its first checkpoint) logs into the same run: what does not change
-# the trained weights goes in as tags, which may.
-NOT_PARAMS = RESUMABLE_CHANGES | {"train.experiment"}
-NOT_PARAM_SECTIONS = ("eval", "sweep")
+RESUMABLE_CHANGES = frozenset(k for k in WEIGHT_NEUTRAL_KEYS if k.split(".")[0] in RESUME_SECTIONS) - {"train.experiment"}
 
 
 @dataclass
@@ -114,14 +109,6 @@ def _start_tracking(cfg: Config, data: Path, val_data: Path | None, out: Path, r
                          | ({"data.origin": origin} if origin else {}))
         tracker.log_datasets({"training": data} | ({"validation": val_data} if val_data else {}), origin)
     return tracker
-
-
-def split_params(config: dict) -> tuple[dict, dict]:
-    """(what decides the trained weights, everything else) as dotted keys: MLflow params
-    and tags. See NOT_PARAMS for why the second part may not be params."""
-    flat = flatten(config)
-    settings = {k for k in flat if k in NOT_PARAMS or k.split(".")[0] in NOT_PARAM_SECTIONS}
-    return {k: v for k, v in flat.items() if k not in settings}, {k: flat[k] for k in sorted(settings)}
 
 
 def make_accelerator(tc: TrainConfig) -> Accelerator:

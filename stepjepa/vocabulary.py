@@ -22,6 +22,10 @@ Views = Literal["steps", "user_assistant"]
 """The JEPA view pair: Step 1 -> Step 2 (Step-JEPA) or user turn -> assistant turn (LLM-JEPA)."""
 VIEWS: tuple[str, ...] = get_args(Views)
 
+SFT = "sft"
+"""The baseline's config name (K = 0, lambda = 0: plain supervised fine-tuning), which every
+sweep trains once per seed and compares each config with; also its key in the summary."""
+
 IGNORE_INDEX = -100
 """A label (or shifted target) that no loss is computed on: PyTorch's cross-entropy default."""
 

@@ -29,7 +29,7 @@ def make_example(n: int, s1: int, s2: int, valid: bool, prompt: int, seed: int =
 
 
 def ref_layout(ex: dict, k: int, layout: str) -> dict:
-    """The laid-out row, spliced with plain lists straight from the method doc."""
+    """The laid-out row, spliced with plain lists straight from docs/step-jepa.md section 3."""
     ids, labels, n = list(ex["input_ids"]), list(ex["labels"]), len(ex["input_ids"])
     valid = ex["jepa_valid"]
     kk = k if valid else 0

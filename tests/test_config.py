@@ -88,3 +88,16 @@ def test_commented_defaults_in_params_yaml_are_the_real_defaults():
             assert yaml.safe_load(found[2]) == (list(default) if isinstance(default, tuple) else default), line
             checked += 1
     assert checked >= 10
+
+
+def test_the_weight_neutral_keys_are_real_keys_and_one_list():
+    """One list says which keys leave the trained weights alone; resuming, MLflow params and
+    the sweep's cache key all read it, so a typo here would silently retrain (or not).
+    (What a resume may change: test_train.py; the cache key: test_sweep_grid.py.)"""
+    from stepjepa.config import WEIGHT_NEUTRAL_KEYS, flatten, resolved_tree, split_params
+
+    keys = flatten(resolved_tree(Config()))
+    assert WEIGHT_NEUTRAL_KEYS <= keys.keys(), sorted(WEIGHT_NEUTRAL_KEYS - keys.keys())
+    params, tags = split_params(resolved_tree(Config()))
+    assert WEIGHT_NEUTRAL_KEYS <= tags.keys() and not WEIGHT_NEUTRAL_KEYS & params.keys()
+    assert {"train.k", "train.lambda", "train.learning_rate", "model.name_or_path"} <= params.keys()

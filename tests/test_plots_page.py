@@ -88,13 +88,13 @@ def test_plots_page_renders_offline_with_bars_and_one_line_per_run(tmp_path) -> 
     bars = next(v for k, v in divs.items() if "accuracy" in k)
     widths = [float(w) for w in re.findall(r'aria-roledescription="bar"[^>]* d="M[^h]*h([\d.]+)', bars)]
     assert len(widths) == len(rows) and min(widths) > 0, "one visible bar per config"
-    runs = sorted({r["spec"]["name"] for r in results if r["status"] == "completed"})
+    runs = sorted({r.spec.name for r in results if r.completed})
     curves = {"lm_loss": divs["metrics_sweep_loss_curves_json"],
               "val_step2_nll": next(v for k, v in divs.items() if k.startswith("validation_Step-2_NLL"))}
     for key, chart in curves.items():
         assert chart.count('aria-roledescription="line mark"') == len(runs), "one line per run"
         assert all(f">{run}<" in chart for run in runs), "every run in the legend"
-        points = sum(h[key] is not None for r in results if r["status"] == "completed" for h in r["history"])
+        points = sum(h[key] is not None for r in results if r.completed for h in r.history)
         assert chart.count('aria-roledescription="point"') == points, "a point per value, none for null"
     assert all("<img" in divs[f"metrics_sweep_{name}_png"] for name in ("heatmap", "loss_curves"))
 

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from stepjepa.report import SELECTION_RULE, VERDICT_RULE, best_config, compare_on_test, summarize
+from stepjepa.report import best_config, compare_on_test, summarize
+from stepjepa.stats import SELECTION_RULE, VERDICT_RULE
 from stepjepa.tracking import registry
 from tests.support.sweep_results import fake_results
 
@@ -44,7 +45,7 @@ def client(monkeypatch):
 def _register(seeds: tuple[int, ...]) -> None:
     results = fake_results(seeds=seeds)
     best = best_config(summarize(results))
-    test = compare_on_test([r for r in results if r["spec"]["config_name"] in ("sft", best["config"])], best)
+    test = compare_on_test([r for r in results if r.spec.config_name in ("sft", best["config"])], best)
     registry.register_champion("m", "run-1", best, test)
 
 

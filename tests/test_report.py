@@ -86,7 +86,7 @@ def test_test_row_compares_only_the_champion_with_sft():
     results = fake_results()
     rows = summarize(results)
     best = best_config(rows)
-    tested = [r for r in results if r["spec"]["config_name"] in ("sft", best["config"])]
+    tested = [r for r in results if r.spec.config_name in ("sft", best["config"])]
     test = compare_on_test(tested, best)
     assert test["config"] == "k2_lam0.5" and test["seeds"] == 2 and test["questions"] == 300
     assert test["champion_accuracy_strict"] > test["sft_accuracy_strict"] and test["vs_sft_ci_low"] > 0
@@ -108,7 +108,7 @@ def test_enough_seeds_make_the_champion_beat_sft_on_validation_and_test():
     results = fake_results(seeds=(0, 1, 2, 3))
     rows = summarize(results)
     best = best_config(rows)
-    test = compare_on_test([r for r in results if r["spec"]["config_name"] in ("sft", best["config"])], best)
+    test = compare_on_test([r for r in results if r.spec.config_name in ("sft", best["config"])], best)
     assert test["seeds"] == 4 and test["vs_sft_verdict"] == "better" and 0 < test["vs_sft_t_p"] < 0.05
     summary = summary_metrics(rows, best, test)
     assert summary["beats_sft"] is True and summary["verdict"] == "better" and summary["test"]["vs_sft_verdict"] == "better"

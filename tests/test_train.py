@@ -257,6 +257,23 @@ def test_resume_needs_the_same_training_config_only(tmp_path):
         _check_same_config(saved, changed, tmp_path / "step-000003")
 
 
+def test_a_resume_may_change_every_weight_neutral_training_key_but_the_experiment(tmp_path):
+    """`config.WEIGHT_NEUTRAL_KEYS` decides; the resumed MLflow run stays in its experiment."""
+    from stepjepa.config import WEIGHT_NEUTRAL_KEYS, config_from_dict, resolved_tree, set_dotted
+    from stepjepa.train import RESUMABLE_CHANGES, _check_same_config
+
+    assert RESUMABLE_CHANGES == {k for k in WEIGHT_NEUTRAL_KEYS if k.startswith("train.")} - {"train.experiment"}
+    saved = resolved_tree(config_from_dict({}))
+    tree: dict = {}
+    for key, value in {"train.log_every": 5, "train.eval_every": 5, "train.checkpoint_every": 7,
+                       "train.keep_checkpoints": 3, "train.eval_examples": 9, "train.tracking": "none",
+                       "train.log_model": False}.items():
+        set_dotted(tree, key, value)
+    _check_same_config(saved, config_from_dict(tree), tmp_path / "step-000003")
+    with pytest.raises(ConfigError, match=r"train\.experiment"):
+        _check_same_config(saved, config_from_dict({"train": {"experiment": "elsewhere"}}), tmp_path / "step-000003")
+
+
 def test_evaluate_after_training_writes_what_the_evaluate_command_writes(tiny_model_dir, conversations, train_data,
                                                                          tmp_path, caplog):
     """`stepjepa train --evaluate` (a sweep's validation step, in the training process) gives

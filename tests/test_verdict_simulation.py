@@ -20,13 +20,13 @@ import numpy as np
 from stepjepa import report
 from stepjepa.config import SweepConfig
 from stepjepa.stats import paired_bootstrap
-from stepjepa.sweep import expand_grid
+from stepjepa.sweep import RunResult, expand_grid
 
 CONFIGS = SweepConfig(ks=[1, 2], lambdas=[0.1, 1.0], seeds=[0])
 
 
-def simulate_null_sweep(rng: np.random.Generator) -> list[dict]:
-    """Run results (as `report.read_run_result` gives them) of one sweep where no config
+def simulate_null_sweep(rng: np.random.Generator) -> list[RunResult]:
+    """Run results of one sweep where no config
     differs from SFT in expectation."""
     n_seeds, n_questions = int(rng.integers(3, 6)), int(rng.integers(200, 501))
     run_sd, seed_sd = rng.uniform(0.03, 0.06), 0.02
@@ -35,8 +35,7 @@ def simulate_null_sweep(rng: np.random.Generator) -> list[dict]:
     seed_shift = rng.normal(0, seed_sd, n_seeds)
     shift = np.array([seed_shift[s.seed] for s in specs]) + rng.normal(0, run_sd, len(specs))
     correct = rng.random((len(specs), n_questions)) < np.clip(difficulty + shift[:, None], 0, 1)
-    return [{"spec": spec.as_dict(), "status": "completed", "correct_strict": row,
-             "metrics": {"accuracy_strict": float(row.mean())}, "heldout": [], "history": []}
+    return [RunResult(spec, "completed", correct_strict=row, metrics={"accuracy_strict": float(row.mean())})
             for spec, row in zip(specs, correct, strict=True)]
 
 

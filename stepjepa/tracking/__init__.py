@@ -15,7 +15,7 @@ One module per job:
 
 from stepjepa.tracking.evaluation import download, log_evaluation, log_split, predictions_table, run_problem, run_result
 from stepjepa.tracking.folders import backfill_training, log_run_files
-from stepjepa.tracking.lineage import dvc_tags, file_dataset, flatten, git_tags, source_tags
+from stepjepa.tracking.lineage import dvc_tags, file_dataset, flatten, git_tags, recorded_source, source_tags
 from stepjepa.tracking.owner import OWNER_HOST, OWNER_PID, OWNER_STARTED, owner_gone, owner_tags
 from stepjepa.tracking.registry import champion_registered, register_champion
 from stepjepa.tracking.run import MlflowTracker, NoopTracker, Tracker, log_hf_model, make_tracker, resend
@@ -28,7 +28,7 @@ __all__ = [
     # run
     "MlflowTracker", "NoopTracker", "Tracker", "log_hf_model", "make_tracker", "resend",
     # lineage
-    "dvc_tags", "file_dataset", "flatten", "git_tags", "source_tags",
+    "dvc_tags", "file_dataset", "flatten", "git_tags", "recorded_source", "source_tags",
     # owner
     "OWNER_HOST", "OWNER_PID", "OWNER_STARTED", "owner_gone", "owner_tags",
     # sweep

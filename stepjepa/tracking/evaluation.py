@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stepjepa.tracking.store import _client, _experiment_id, tracking_uri
 
 
-def run_result(run_id: str, split: str) -> dict[str, Any]:
+def run_result(run_id: str, split: str, read_eval_folder: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     """A finished config's result on `split` read back from its MLflow run (the same shape as
-    `report.read_run_result`): how a sweep collects configs that ran on a work pool."""
+    `report.read_run_result`): how a sweep collects configs that ran on a work pool. The
+    caller passes the reader of an evaluation folder (`report.read_eval_folder`): the
+    report sits above tracking, which only fetches the folder and the history."""
     import tempfile
-
-    from stepjepa.report import read_eval_folder
 
     client = _client()
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from stepjepa.tracking.lineage import file_dataset, source_tags
+from stepjepa.config import split_params
+from stepjepa.tracking.lineage import file_dataset, recorded_source, source_tags
 from stepjepa.tracking.store import _client
 
 # One logger for the whole package: log levels set on `stepjepa.tracking` and the lines
@@ -31,8 +32,6 @@ def backfill_training(run_id: str, run_dir: Path, data: dict[str, Path] | None =
     run = client.get_run(run_id)
     if run.data.params:
         return
-    from stepjepa.train import split_params  # what training logs as params, and what as tags
-
     values, settings = split_params(yaml.safe_load((run_dir / "config.yaml").read_text()))
     params = [Param(k, str(v)[:6000]) for k, v in values.items()]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -57,8 +56,6 @@ def backfill_training(run_id: str, run_dir: Path, data: dict[str, Path] | None =
 def _log_datasets(client, run_id: str, files: dict[str, Path]) -> None:
     """`MlflowTracker.log_datasets` for a run this process does not hold open."""
     from mlflow.entities import DatasetInput, InputTag
-
-    from stepjepa.sources import recorded_source
 
     inputs = []
     for context, path in files.items():

@@ -1,28 +1,31 @@
 """What a run records about where it came from: its params as dotted keys, the code (git
-and MLflow's Source fields) and the data (MLflow datasets with their md5, DVC's hashes)."""
+and MLflow's Source fields) and the data (MLflow datasets with their md5, DVC's hashes, and
+the origin the fetch stage recorded)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from stepjepa.config import flatten  # the params as dotted keys; lives beside the config
 from stepjepa.tracking.store import PROJECT_ROOT
 
+__all__ = ["dvc_tags", "file_dataset", "flatten", "git_tags", "recorded_source", "source_tags"]
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"k": 2}} -> {"train.k": 2}: the params as dotted keys, like overrides."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+
+def recorded_source(data: Path) -> str | None:
+    """Where the raw data under `data` came from, as the fetch stage recorded it: the
+    `source` of the nearest `metrics/fetch.json` above it (`GSM8K_DIR`, an `hf://` id,
+    `arith`); None when no fetch stage ran there (data made by hand, tests)."""
+    for folder in Path(data).resolve().parents:
+        facts = folder / "metrics" / "fetch.json"
+        if facts.is_file():
+            return json.loads(facts.read_text()).get("source")
+    return None
 
 
 def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:

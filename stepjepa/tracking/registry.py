@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stepjepa.report import SELECTION_RULE, VERDICT_RULE, beats_sft
+from stepjepa.stats import SELECTION_RULE, VERDICT_RULE, beats_sft
 from stepjepa.tracking.run import log_hf_model
 from stepjepa.tracking.store import _client
+from stepjepa.vocabulary import SFT
 
 
 def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[str, Any] | None = None,
@@ -16,7 +17,7 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[s
     """Register the model logged by `run_id` under `name` and point `alias` at it; the version
     is tagged with its config, validation accuracy, the test comparison with the SFT baseline
     and whether the selected config (highest mean validation accuracy) beats SFT by the
-    seed-level verdict (`report.VERDICT_RULE`). A run whose model is not in this store (its
+    seed-level verdict (`stats.VERDICT_RULE`). A run whose model is not in this store (its
     folder came from the DVC cache) has it logged from `run_dir/model` first."""
     import mlflow
 
@@ -28,13 +29,13 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[s
         raise RuntimeError(f"run {run_id} logged no model (train.log_model is off?); nothing to register")
     version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
     client.set_registered_model_alias(name, alias, version)
-    verdict = "baseline" if best["config"] == "sft" else best.get("vs_sft_verdict", "")
+    verdict = "baseline" if best["config"] == SFT else best.get("vs_sft_verdict", "")
     tags = {"config": best["config"], "views": best.get("views", "steps"), "k": best["k"], "lambda": best["lambda"],
             "run_id": run_id, "run_folder": run_dir.name if run_dir else "", "selected_on": "validation",
             "selected_by": SELECTION_RULE,
             "validation_accuracy_strict": best.get("accuracy_strict"),
             "delta_vs_sft": best.get("vs_sft_delta", 0.0), "vs_sft_verdict": verdict, "verdict_rule": VERDICT_RULE,
-            "beats_sft": "yes" if beats_sft(best) else ("no: SFT itself was selected" if best["config"] == "sft" else
+            "beats_sft": "yes" if beats_sft(best) else ("no: SFT itself was selected" if best["config"] == SFT else
                                                          f"no: the selected config's verdict vs SFT on validation is {verdict}")}
     if test:
         tags |= {f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float, str))}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from stepjepa.config import SweepConfig
-from stepjepa.sweep import expand_grid
+from stepjepa.sweep import RunResult, expand_grid
 
 HEALTHY = {"mean_cos": 0.3, "rank_view1": 40.0, "rank_view2": 35.0, "spread_view1": 0.3, "spread_view2": 0.2,
            "jepa_loss": 0.7, "n_pairs": 300}
@@ -22,20 +22,20 @@ def fake_results(fail: str | None = None, collapse: str | None = None, same_accu
     out = []
     for spec in expand_grid(SweepConfig(ks=[1, 2], lambdas=[0.5, 2.0], seeds=list(seeds))):
         if spec.config_name == fail:
-            out.append({"spec": spec.as_dict(), "status": "failed"})
+            out.append(RunResult(spec, "failed"))
             continue
         good = spec.config_name == "k2_lam0.5"
         p = 0.2 if same_accuracy else 0.2 + 0.3 * good
         correct = rng.random(300) < p
         step2 = rng.normal(2.0 - 0.2 * good, 0.3, 300)
         diag = COLLAPSED if spec.config_name == collapse else HEALTHY
-        out.append({
-            "spec": spec.as_dict(), "status": "completed", "correct_strict": correct.tolist(),
-            "metrics": {"accuracy_strict": correct.mean() if not same_accuracy else 0.2,
-                        "accuracy_flexible": correct.mean() + 0.01, "nll": float(step2.mean()) + 0.5,
-                        "step2_nll": float(step2.mean())} | diag,
-            "heldout": [{"nll": v + 0.5, "step2_nll": v} for v in step2],
-            "history": [{"step": s, "lm_loss": 3.5 - 0.5 * s, "jepa_loss": 0.5, "val_step2_nll": 2.5 - 0.1 * s}
-                        for s in (1, 2, 3)],
-        })
+        out.append(RunResult(
+            spec, "completed", correct_strict=correct.tolist(),
+            metrics={"accuracy_strict": correct.mean() if not same_accuracy else 0.2,
+                     "accuracy_flexible": correct.mean() + 0.01, "nll": float(step2.mean()) + 0.5,
+                     "step2_nll": float(step2.mean())} | diag,
+            heldout=[{"nll": v + 0.5, "step2_nll": v} for v in step2],
+            history=[{"step": s, "lm_loss": 3.5 - 0.5 * s, "jepa_loss": 0.5, "val_step2_nll": 2.5 - 0.1 * s}
+                     for s in (1, 2, 3)],
+        ))
     return out
