@@ -134,6 +134,12 @@ def shift_targets(labels: Tensor) -> Tensor:
     return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
+def count_targets(examples: Sequence[Mapping[str, Any]]) -> int:
+    """How many LM targets `collate` gives these rows (in every layout and in the plain
+    pass): labels after the first that are not -100, since position t predicts labels[t+1]."""
+    return sum(sum(label != IGNORE_INDEX for label in e["labels"][1:]) for e in examples)
+
+
 def collate(
     examples: Sequence[Mapping[str, Any]], *, k: int, layout: Layout = "inline",
     predictor_ids: Sequence[int], pad_id: int, pad_to_multiple_of: int | None = None, views: Views = "steps",

@@ -189,6 +189,10 @@ class TrainConfig(Section):
     """Train on the first N rows only (quick runs)."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    lm_loss_chunk: int | None = Field(1024, ge=1)
+    """Labelled positions the LM head scores at once; each chunk's float32 logits are
+    recomputed in the backward pass, so memory holds one chunk's (chunk, vocab) logits, not
+    the micro-batch's (stepjepa.forward.lm_loss_sum). null scores all positions at once."""
     seed: int = 0
     """Seeds data order, JEPA-ratio draws, dropout and new-token initialisation."""
     checkpoint_every: int | None = Field(500, ge=1)
