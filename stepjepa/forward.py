@@ -5,8 +5,8 @@ from `stepjepa.collate.collate`, reads the views from its last hidden state and 
 the LM head itself, only at positions that carry a target. That keeps memory at one
 `(B, T, H)` state plus `(targets, V)` logits instead of every layer's states
 (`output_hidden_states=True`) or logits for prompt and padding positions; and the head
-runs over those positions `lm_chunk` at a time, recomputing each chunk's logits in the
-backward pass, so float32 `(targets, V)` logits are never held for the whole batch.
+scores those positions `lm_chunk` at a time (`lm_loss_sum`), so float32 `(targets, V)`
+logits are never held for the whole batch.
 
 Passes per layout (docs/step-jepa.md 5): inline and packed one, two_pass two (a plain
 LM pass and an inline JEPA pass over the valid rows only). A batch without JEPA
@@ -110,6 +110,72 @@ def _head_loss_sum(head: nn.Module, states: Tensor, targets: Tensor, softcap: fl
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of a linear head `(N, H) -> (N, V)`, `chunk` rows at a time, with
+    the gradients computed in the forward pass (Liger's fused linear cross-entropy): the
+    float32 logits of one chunk exist at a time, and the backward pass only scales the
+    stored gradients of states, weight and bias by the incoming gradient. Matmuls run in
+    the autocast dtype when autocast is on, the softmax and the weight-gradient sum in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, states: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int,
+                softcap: float | None) -> Tensor:
+        want_states, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_bias = bias is not None and ctx.needs_input_grad[2]
+        grad_states = torch.empty_like(states) if want_states else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_bias else None
+        # float64: the sum of many chunk sums keeps the unchunked sum's precision
+        total = torch.zeros((), dtype=torch.float64, device=states.device)
+        cast = None  # the weight in the logits' dtype (autocast's), cast once
+        for start in range(0, len(states), chunk):
+            part, wanted = states[start:start + chunk], targets[start:start + chunk]
+            logits = F.linear(part, weight, bias)
+            dtype = logits.dtype
+            y = logits.float()
+            del logits
+            capped = None
+            if softcap:
+                capped = torch.tanh(y / softcap)
+                y = capped * softcap
+            # cross_entropy's own arithmetic (nll of log_softmax), so the loss is the unchunked one's
+            logp = F.log_softmax(y, dim=-1)
+            del y
+            total += F.nll_loss(logp, wanted, reduction="sum")
+            grad = logp.exp_()  # softmax, in place of the log-probabilities
+            grad[torch.arange(len(wanted), device=grad.device), wanted] -= 1.0
+            if capped is not None:  # d(c * tanh(z / c)) / dz = 1 - tanh^2
+                grad.mul_(1.0 - capped.square_())
+            grad, part = grad.to(dtype), part.to(dtype)
+            if want_states:
+                cast = weight.to(dtype) if cast is None else cast
+                grad_states[start:start + chunk] = grad @ cast
+            if want_weight and dtype == torch.float32:  # in place: no (V, H) temporary per chunk
+                grad_weight.addmm_(grad.T, part)
+            elif want_weight:  # a (V, H) product in the autocast dtype, summed in float32
+                grad_weight.add_(grad.T @ part)
+            if want_bias:
+                grad_bias.add_(grad.float().sum(0))
+            del grad, logp, capped  # before the next chunk's logits, or two chunks' are alive
+        ctx.save_for_backward(*(g for g in (grad_states, grad_weight, grad_bias) if g is not None))
+        ctx.wanted, ctx.weight_dtype = (want_states, want_weight, want_bias), weight.dtype
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        # Scaled in place, hence once only: no second (V, H) buffer.
+        if getattr(ctx, "done", False):
+            raise RuntimeError("the chunked LM loss cannot be back-propagated twice (retain_graph)")
+        ctx.done = True
+        stored = iter(ctx.saved_tensors)
+        want_states, want_weight, want_bias = ctx.wanted
+        grad_states = next(stored).mul_(grad_out) if want_states else None
+        grad_weight = next(stored).mul_(grad_out).to(ctx.weight_dtype) if want_weight else None
+        grad_bias = next(stored).mul_(grad_out).to(ctx.weight_dtype) if want_bias else None
+        return grad_states, grad_weight, grad_bias, None, None, None
+
+
 def lm_loss_sum(parts: ModelParts, hidden: Tensor, targets: Tensor,
                 chunk: int | None = LM_CHUNK) -> tuple[Tensor, int]:
     """Summed cross-entropy of the LM head at positions whose target is not -100, and their count.
@@ -117,13 +183,14 @@ def lm_loss_sum(parts: ModelParts, hidden: Tensor, targets: Tensor,
     `hidden (B, T, H)`, `targets (B, T)` already shifted (targets[t] is what position t
     predicts). No target at all gives a zero that still carries the graph, and count 0.
 
-    The head runs over at most `chunk` labelled positions at a time (None: all at once).
-    Each chunk is checkpointed (`torch.utils.checkpoint`, non-reentrant): its float32
-    `(chunk, V)` logits are freed once its loss is summed and recomputed in the backward
-    pass, so the peak is one chunk's logits and their gradient, not the batch's. The
-    same recomputation as Liger's or torchtune's chunked cross-entropy, written against
-    any head module (LoRA-wrapped, tied, under autocast) at the cost of one more head
-    matmul per chunk. Loss and gradients equal the unchunked ones up to summation order.
+    The head scores at most `chunk` labelled positions at a time (None: all at once), so
+    float32 `(chunk, V)` logits, not `(positions, V)`, are in memory. A plain `nn.Linear`
+    head (tied or not) goes through `_LinearCrossEntropy`, which computes each chunk's
+    gradients in the forward pass and keeps only them (Liger's and TRL's chunked loss); any
+    other head module (a LoRA-wrapped head) is checkpointed chunk by chunk
+    (`torch.utils.checkpoint`): each chunk's logits are recomputed in the backward pass, at
+    the cost of one more head matmul. Loss and gradients equal the unchunked ones up to
+    summation order (tests/test_lm_head_chunks.py).
     """
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1 or None; got {chunk}")
@@ -132,16 +199,19 @@ def lm_loss_sum(parts: ModelParts, hidden: Tensor, targets: Tensor,
     if count == 0:
         return hidden.sum() * 0.0, 0
     states, wanted = hidden[keep], targets[keep]
+    head = parts.head
     if chunk is None or count <= chunk:
-        return _head_loss_sum(parts.head, states, wanted, parts.softcap), count
+        return _head_loss_sum(head, states, wanted, parts.softcap), count
+    if type(head) is nn.Linear and torch.is_grad_enabled():
+        return _LinearCrossEntropy.apply(states, head.weight, head.bias, wanted, chunk, parts.softcap), count
     recompute = torch.is_grad_enabled()  # without a graph there is nothing to recompute
     total = None
     for start in range(0, count, chunk):
-        args = (parts.head, states[start:start + chunk], wanted[start:start + chunk], parts.softcap)
+        args = (head, states[start:start + chunk], wanted[start:start + chunk], parts.softcap)
         piece = (checkpoint(_head_loss_sum, *args, use_reentrant=False, preserve_rng_state=False) if recompute
                  else _head_loss_sum(*args))
-        total = piece if total is None else total + piece
-    return total, count
+        total = piece.double() if total is None else total + piece.double()
+    return total.float(), count
 
 
 def lm_loss_from_hidden(parts: ModelParts, hidden: Tensor, targets: Tensor, chunk: int | None = LM_CHUNK) -> Tensor:
