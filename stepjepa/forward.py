@@ -33,7 +33,6 @@ from stepjepa.losses import check_loss_kind, jepa_loss, mean_cosine
 from stepjepa.masks import check_layout, to_model_mask
 from stepjepa.vocabulary import IGNORE_INDEX, Layout, LossKind
 
-
 # Labelled positions per LM-head chunk when the caller does not say (train.lm_loss_chunk).
 LM_CHUNK = 1024
 

@@ -38,7 +38,7 @@ def step_rows(step: int) -> list[dict]:
         first = [20 + (i + step) % 50 + j for j in range(2 + i % 3)]
         second = [80 + (3 * i + step + j) % 60 for j in range(3 + i % 2)]
         rest = [150 + (5 * i + 7 * step + j) % 140 for j in range(body)]
-        valid = not (i == 1)
+        valid = i != 1
         rows.append(row([10 + i, 11, 12 + step], first if valid else [], second if valid else [],
                         rest if valid else first + second + rest))
     return rows
