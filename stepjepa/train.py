@@ -54,9 +54,11 @@ log = logging.getLogger(__name__)
 # What a resumed run must share with its checkpoint: what trains, not how it is evaluated
 # or swept. Within them, keys that may change: they do not change what trains.
 # (Not train.experiment: the resumed MLflow run lives in the experiment it started in.)
+# train.lm_loss_chunk changes memory, not the loss (up to float summation order): a run
+# stopped for memory may resume with smaller chunks, as may checkpoints saved before the key.
 RESUME_SECTIONS = ("model", "tokenize", "train")
 RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tracking",
-                     "train.log_model", "train.eval_every", "train.eval_examples"}
+                     "train.log_model", "train.eval_every", "train.eval_examples", "train.lm_loss_chunk"}
 # MLflow params cannot change once logged, and a retried run (a sweep re-launching a config
 # that failed before its first checkpoint) logs into the same run: what does not change
 # the trained weights goes in as tags, which may.
