@@ -63,7 +63,7 @@ def run(splits: list[list[int]], tc: TrainConfig, *, lr: float = 0.5) -> tuple[d
 
 
 def main(out: Path) -> None:
-    tc = config()
+    tc = config(lm_loss_chunk=16)  # the chunked LM head under DDP too (the test compares with unchunked)
     accelerator = make_accelerator(tc)
     rank, world = accelerator.process_index, accelerator.num_processes
     assert world == 2, f"expected 2 processes, got {world}"
