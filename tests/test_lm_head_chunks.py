@@ -24,7 +24,9 @@ def tied_llama() -> LlamaForCausalLM:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=True)
     torch.manual_seed(1)
-    return LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).eval()
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    return model
 
 
 def hidden_and_targets(seed: int, batch: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,3 +143,17 @@ def test_chunks_under_bf16_autocast_track_the_whole_batch_head():
     for got, want in zip(results[1], results[0]):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-2)
+
+
+def test_a_frozen_head_gets_no_gradient_and_the_states_still_do():
+    """LoRA fine-tuning freezes the head: no (V, H) weight gradient is computed or returned."""
+    model = tiny_llama("sdpa")
+    model.lm_head.weight.requires_grad_(False)
+    hidden, targets = hidden_and_targets(9, 2, 30)
+    grads = []
+    for chunk in (None, 5):
+        leaf = hidden.clone().requires_grad_(True)
+        lm_loss_from_hidden(model_parts(model), leaf, targets, chunk).backward()
+        grads.append(leaf.grad)
+    assert model.lm_head.weight.grad is None
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=0)
