@@ -137,7 +137,8 @@ def shift_targets(labels: Tensor) -> Tensor:
 def count_targets(examples: Sequence[Mapping[str, Any]]) -> int:
     """How many LM targets `collate` gives these rows (in every layout and in the plain
     pass): labels after the first that are not -100, since position t predicts labels[t+1]."""
-    return sum(sum(label != IGNORE_INDEX for label in e["labels"][1:]) for e in examples)
+    shifted = [list(e["labels"][1:]) for e in examples]
+    return sum(len(labels) - labels.count(IGNORE_INDEX) for labels in shifted)  # list.count: C speed
 
 
 def collate(
