@@ -156,6 +156,13 @@ def shift_targets(labels: Tensor) -> Tensor:
     return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
+def count_targets(examples: Sequence[Mapping[str, Any]]) -> int:
+    """How many LM targets `collate` gives these rows (in every layout and in the plain
+    pass): labels after the first that are not -100, since position t predicts labels[t+1]."""
+    shifted = [list(e["labels"][1:]) for e in examples]
+    return sum(len(labels) - labels.count(IGNORE_INDEX) for labels in shifted)  # list.count: C speed
+
+
 def collate(
     examples: Sequence[Mapping[str, Any]], *, k: int, layout: Layout = "inline",
     predictor_ids: Sequence[int], pad_id: int, pad_to_multiple_of: int | None = None, views: Views = "steps",

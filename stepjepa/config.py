@@ -191,6 +191,10 @@ class TrainConfig(Section):
     """Train on the first N rows only (quick runs)."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    lm_loss_chunk: int | None = Field(1024, ge=1)
+    """Labelled positions the LM head scores at once: memory holds one chunk's float32
+    (chunk, vocab) logits, not the micro-batch's (stepjepa.forward.lm_loss_sum; at vocab
+    151,936 and 2,000 positions 1.7 GB instead of 3.5 GB at peak). null: all at once."""
     seed: int = 0
     """Seeds data order, JEPA-ratio draws, dropout and new-token initialisation."""
     checkpoint_every: int | None = Field(500, ge=1)
@@ -321,6 +325,9 @@ class Config(Section):
 WEIGHT_NEUTRAL_KEYS: frozenset[str] = frozenset({
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
     "train.eval_examples", "train.tracking", "train.experiment", "train.log_model", "eval.batch_size",
+    # Memory, not the loss (up to float summation order): a run stopped for memory may resume
+    # with smaller chunks, as may checkpoints saved before the key existed.
+    "train.lm_loss_chunk",
 })
 # Sections that never change the trained weights: how a model is evaluated, and the grid
 # that chose its config.

@@ -4,6 +4,11 @@ checkpoints. `stepjepa.train` sets everything up and calls `run_steps`.
 Every process runs the same steps on its own micro-batches (see `batching.step_plan`);
 metrics are summed over processes before they are logged, and only the main process
 logs (its tracker is real, the others' are no-ops).
+
+An optimizer step's LM loss is the sum of its token losses over all micro-batches and
+processes / its label tokens, and its JEPA loss the sum over its valid pairs / their
+count (as transformers' `num_items_in_batch`): batch 8, batch 4 x accumulation 2 and
+2 processes x batch 4 train the same objective. docs/loss-normalisation.md.
 """
 
 from __future__ import annotations
@@ -23,17 +28,18 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from stepjepa.batching import Plan
-from stepjepa.collate import Collator
+from stepjepa.collate import PAIR_COLUMNS, Collator, count_targets
 from stepjepa.config import TrainConfig
-from stepjepa.forward import StepOutput, step_jepa_forward
+from stepjepa.forward import LM_CHUNK, StepOutput, step_jepa_forward
 from stepjepa.progress import Rate
 from stepjepa.tracking import Tracker
 from stepjepa.vocabulary import Layout, LossKind
 
 log = logging.getLogger(__name__)
 
-# Per-step sums reduced over processes, in this order.
-STATS = ("loss", "lm_loss", "jepa_loss", "jepa_batches", "mean_cos", "jepa_pairs", "tokens", "micro_batches")
+# Per-step sums reduced over processes, in this order: the loss (each micro-batch's share),
+# summed token losses and their count, summed pair losses, cosines and their count, input tokens.
+STATS = ("loss", "lm_sum", "lm_tokens", "jepa_sum", "cos_sum", "jepa_pairs", "tokens")
 
 
 class TrainingError(RuntimeError):
@@ -57,22 +63,25 @@ class StepModule(torch.nn.Module):
     """
 
     def __init__(self, model: torch.nn.Module, *, layout: Layout, loss_kind: LossKind, gamma: float, lam: float,
-                 temperature: float, target_grad: bool, bf16: bool = False):
+                 temperature: float, target_grad: bool, bf16: bool = False, lm_chunk: int | None = LM_CHUNK):
         super().__init__()
         self.model = model
         self.loss_args = dict(layout=layout, loss_kind=loss_kind, gamma=gamma, lam=lam, temperature=temperature,
-                              target_grad=target_grad)
+                              target_grad=target_grad, lm_chunk=lm_chunk)
         self.bf16 = bf16
 
     @classmethod
     def from_config(cls, model: torch.nn.Module, tc: TrainConfig) -> StepModule:
         return cls(model, layout=tc.layout, loss_kind=tc.loss, gamma=tc.gamma, lam=tc.lambda_,
-                   temperature=tc.temperature, target_grad=tc.target_grad, bf16=tc.precision == "bf16")
+                   temperature=tc.temperature, target_grad=tc.target_grad, bf16=tc.precision == "bf16",
+                   lm_chunk=tc.lm_loss_chunk)
 
-    def forward(self, batch: dict[str, torch.Tensor], apply_jepa: bool) -> StepOutput:
+    def forward(self, batch: dict[str, torch.Tensor], apply_jepa: bool, lm_tokens: float | None = None,
+                jepa_pairs: float | None = None) -> StepOutput:
         device_type = batch["input_ids"].device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            return step_jepa_forward(self.model, batch, apply_jepa=apply_jepa, **self.loss_args)
+            return step_jepa_forward(self.model, batch, apply_jepa=apply_jepa, lm_tokens=lm_tokens,
+                                     jepa_pairs=jepa_pairs, **self.loss_args)
 
 
 def jepa_draw(seed: int, step: int, ratio: float) -> bool:
@@ -84,28 +93,49 @@ def jepa_draw(seed: int, step: int, ratio: float) -> bool:
     return ratio <= 0 or random.Random(f"{seed}-{step}").random() < ratio
 
 
+def step_counts(accelerator: Accelerator, batches: list[list[dict]], pair_key: str,
+                jepa: bool) -> tuple[float, float]:
+    """The optimizer step's label tokens and JEPA pairs (0 when the step has no JEPA term),
+    summed over its micro-batches (`batches`, lists of rows) and over processes."""
+    local = [sum(count_targets(b) for b in batches), sum(bool(e[pair_key]) for b in batches for e in b) if jepa else 0]
+    tokens, pairs = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum")
+    return float(tokens), float(pairs)
+
+
 def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: Any, micro_batches: list[list[int]], rows: list[dict], collator: Collator,
                    cfg: TrainConfig, step: int) -> dict[str, float]:
     """Forward/backward every micro-batch (laid out by `collator`), then clip and step.
-    Returns the step's metrics."""
+    Returns the step's metrics.
+
+    Each micro-batch back-propagates its summed token losses / the step's label tokens
+    (over all micro-batches and processes) plus its summed pair losses / the step's
+    pairs, times the number of processes since DDP averages gradients over them: the
+    accumulated gradient is the gradient of the step's token- and pair-weighted loss.
+    The JEPA draw is per step, so every micro-batch of a step has the JEPA term or none.
+    """
     started = time.perf_counter()
     apply_jepa = jepa_draw(cfg.seed, step, cfg.jepa_ratio)
+    batches = [[rows[j] for j in indices] for indices in micro_batches]
+    n_tokens, n_pairs = step_counts(accelerator, batches, PAIR_COLUMNS[collator.views][2],
+                                    apply_jepa and cfg.lambda_ != 0)
     sums = torch.zeros(len(STATS), dtype=torch.float64)
-    for i, indices in enumerate(micro_batches):
-        examples = [rows[j] for j in indices]
+    for i, examples in enumerate(batches):
         batch = {key: value.to(accelerator.device) for key, value in collator(examples).items()}
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
-        last = i == len(micro_batches) - 1
+        last = i == len(batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(step_module):
-            out = step_module(batch, apply_jepa)
-            accelerator.backward(out.loss / len(micro_batches))
+            out = step_module(batch, apply_jepa, max(n_tokens, 1.0), n_pairs or None)
+            accelerator.backward(out.loss * accelerator.num_processes)
         sums += torch.tensor(_micro_stats(out, sum(len(e["input_ids"]) for e in examples)), dtype=torch.float64)
     totals = dict(zip(STATS, accelerator.reduce(sums.to(accelerator.device), "sum").tolist()))
-    loss = totals["loss"] / totals["micro_batches"]
+    loss = totals["loss"]
     if not math.isfinite(loss):
-        raise TrainingError(f"step {step}: the loss is {loss} (lm_loss sum {totals['lm_loss']}, jepa_loss sum "
-                            f"{totals['jepa_loss']}); stopping. Lower train.learning_rate or check the data.")
+        raise TrainingError(f"step {step}: the loss is {loss} (lm_loss sum {totals['lm_sum']}, jepa_loss sum "
+                            f"{totals['jepa_sum']}); stopping. Lower train.learning_rate or check the data.")
+    if (totals["lm_tokens"], totals["jepa_pairs"]) != (n_tokens, n_pairs):  # the normalisers were wrong
+        raise RuntimeError(f"step {step}: counted {n_tokens:g} label tokens and {n_pairs:g} pairs before the "
+                           f"forward passes, which saw {totals['lm_tokens']:g} and {totals['jepa_pairs']:g}")
     grad_norm = float(accelerator.clip_grad_norm_(step_module.parameters(), cfg.max_grad_norm or math.inf))
     if not math.isfinite(grad_norm):
         raise TrainingError(f"step {step}: the gradient norm is {grad_norm}; stopping before the update.")
@@ -113,19 +143,20 @@ def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optim
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {"loss": loss, "lm_loss": totals["lm_loss"] / totals["micro_batches"], "lr": lr, "grad_norm": grad_norm,
-               "tokens_per_s": totals["tokens"] / (time.perf_counter() - started), "jepa_pairs": totals["jepa_pairs"]}
-    if totals["jepa_batches"]:
-        metrics["jepa_loss"] = totals["jepa_loss"] / totals["jepa_batches"]
-        metrics["mean_cos"] = totals["mean_cos"] / totals["jepa_batches"]
+    metrics = {"loss": loss, "lm_loss": totals["lm_sum"] / max(totals["lm_tokens"], 1.0), "lr": lr,
+               "grad_norm": grad_norm, "tokens_per_s": totals["tokens"] / (time.perf_counter() - started),
+               "jepa_pairs": totals["jepa_pairs"]}
+    if totals["jepa_pairs"]:
+        metrics["jepa_loss"] = totals["jepa_sum"] / totals["jepa_pairs"]
+        metrics["mean_cos"] = totals["cos_sum"] / totals["jepa_pairs"]
     return metrics
 
 
 def _micro_stats(out: StepOutput, tokens: int) -> list[float]:
     """One micro-batch's contribution to STATS; JEPA terms only when pairs entered the loss."""
     jepa = out.n_valid > 0 and out.mean_cos is not None
-    return [out.loss.item(), out.lm_loss.item(), out.jepa_loss.item() if jepa else 0.0, float(jepa),
-            out.mean_cos.item() if jepa else 0.0, float(out.n_valid), float(tokens), 1.0]
+    return [out.loss.item(), out.lm_sum.item(), float(out.n_tokens), out.jepa_sum.item() if jepa else 0.0,
+            out.mean_cos.item() * out.n_valid if jepa else 0.0, float(out.n_valid if jepa else 0), float(tokens)]
 
 
 def mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:

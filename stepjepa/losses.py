@@ -1,10 +1,14 @@
 """JEPA losses between view 1 (predictor) and view 2 (Step 2) embeddings (docs/step-jepa.md 4).
 
 Views are `(V, H)`: one row per example with a valid JEPA pair. Losses are computed in
-float32 whatever the model dtype, since bf16 cosines of near-parallel vectors are noisy.
+float32 whatever the model dtype, since bf16 cosines of near-parallel vectors are noisy:
+the views are upcast and autocast is switched off here, else infonce's similarity
+matmul would run in bf16 again under `train.precision: bf16`.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +28,16 @@ def _check_views(view1: Tensor, view2: Tensor) -> None:
         raise ValueError(f"views must both be (V, H); got {tuple(view1.shape)} and {tuple(view2.shape)}")
 
 
+def _float32(view: Tensor) -> contextlib.AbstractContextManager:
+    """No autocast on the views' device: float32 inputs stay float32 through matmuls."""
+    return torch.autocast(view.device.type, enabled=False)
+
+
 def mean_cosine(view1: Tensor, view2: Tensor) -> Tensor:
     """Mean cosine similarity of paired rows: `(V, H), (V, H) -> ()` float32."""
     _check_views(view1, view2)
-    return F.cosine_similarity(view1.float(), view2.float(), dim=-1).mean()
+    with _float32(view1):
+        return F.cosine_similarity(view1.float(), view2.float(), dim=-1).mean()
 
 
 def infonce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
@@ -39,10 +49,11 @@ def infonce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     _check_views(view1, view2)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for infonce; got {temperature}")
-    a = F.normalize(view1.float(), dim=-1)
-    b = F.normalize(view2.float(), dim=-1)
-    logits = a @ b.T / temperature
-    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+    with _float32(view1):
+        a = F.normalize(view1.float(), dim=-1)
+        b = F.normalize(view2.float(), dim=-1)
+        logits = a @ b.T / temperature
+        return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
 
 def jepa_loss(view1: Tensor, view2: Tensor, kind: LossKind = "cosine", temperature: float = 0.07) -> Tensor:
@@ -58,8 +69,9 @@ def jepa_loss(view1: Tensor, view2: Tensor, kind: LossKind = "cosine", temperatu
     if kind == "infonce":
         return infonce(view1, view2, temperature)
     a, b = view1.float(), view2.float()
-    if kind == "cosine":
-        return 1.0 - F.cosine_similarity(a, b, dim=-1).mean()
-    if kind == "l2":
-        return torch.linalg.vector_norm(a - b, dim=-1).mean()
-    return F.mse_loss(a, b)
+    with _float32(view1):
+        if kind == "cosine":
+            return 1.0 - F.cosine_similarity(a, b, dim=-1).mean()
+        if kind == "l2":
+            return torch.linalg.vector_norm(a - b, dim=-1).mean()
+        return F.mse_loss(a, b)

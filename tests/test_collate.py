@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepjepa.collate import collate, length_grouped_batches, padding_fraction
+from stepjepa.collate import collate, count_targets, length_grouped_batches, padding_fraction, shift_targets
 from tests.support.reference_masks import ref_mask
 
 PAD = 0
@@ -116,6 +116,17 @@ example_st = st.integers(1, 16).flatmap(
        layout=st.sampled_from(["inline", "two_pass", "packed"]), multiple=st.sampled_from([None, 8]))
 def test_random_ragged_batches(examples, k, layout, multiple) -> None:
     check_batch(examples, k, layout, multiple)
+
+
+@settings(max_examples=60, deadline=None)
+@given(examples=st.lists(example_st, min_size=1, max_size=6), k=st.integers(0, 4),
+       layout=st.sampled_from(["inline", "two_pass", "packed"]))
+def test_count_targets_is_what_every_pass_scores(examples, k, layout) -> None:
+    """The training loop normalises by `count_targets` before collating: it must be the
+    number of targets of the layout's pass and of the plain pass alike."""
+    batch = collate(examples, k=k, layout=layout, predictor_ids=PRED[:k], pad_id=PAD)
+    plain = int((shift_targets(batch["lm_labels"]) != -100).sum())
+    assert count_targets(examples) == plain == int((batch["shift_labels"] != -100).sum())
 
 
 def test_labels_move_with_their_tokens_and_invalid_rows_stay_plain() -> None:

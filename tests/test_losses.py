@@ -71,3 +71,16 @@ def test_bad_values_name_the_parameter() -> None:
         jepa_loss(a, b[:2], "cosine")
     with pytest.raises(ValueError, match="at least one"):
         jepa_loss(a[:0], b[:0], "mse")
+
+
+@pytest.mark.parametrize("kind", LOSS_KINDS)
+def test_losses_stay_float32_under_bf16_autocast(kind: str) -> None:
+    """`train.precision: bf16` runs the forward pass under autocast: the JEPA loss of bf16
+    views must still be the float32 loss of those views (infonce's matmul included)."""
+    a, b = (v.bfloat16() for v in views(v=16, h=64, seed=3))
+    want = jepa_loss(a.float(), b.float(), kind), mean_cosine(a.float(), b.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = jepa_loss(a, b, kind), mean_cosine(a, b)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        assert torch.equal(g, w)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,6 @@ import torch
 from stepjepa import loop
 from stepjepa.batching import step_plan
 from stepjepa.config import ConfigError
-from stepjepa.forward import StepOutput
 from stepjepa.loop import TrainingError, jepa_draw
 from stepjepa.train import main, train
 
@@ -119,7 +119,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tiny_model_dir, train_dat
     def nan_on_third(model, batch, **kwargs):
         out = real(model, batch, **kwargs)
         calls.append(1)
-        return out if len(calls) < 3 else StepOutput(out.loss * float("nan"), out.lm_loss, out.jepa_loss, None, 0)
+        return out if len(calls) < 3 else dataclasses.replace(out, loss=out.loss * float("nan"))
 
     monkeypatch.setattr(loop, "step_jepa_forward", nan_on_third)
     with pytest.raises(TrainingError, match="step 3: the loss is nan"):
@@ -251,6 +251,10 @@ def test_resume_needs_the_same_training_config_only(tmp_path):
     saved = resolved_tree(config_from_dict({"train": {"k": 2, "learning_rate": 1e-3}}))
     fine = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "log_every": 1},
                              "eval": {"limit": None, "batch_size": 4}, "sweep": {"max_concurrent": 2, "ks": [5]}})
+    _check_same_config(saved, fine, tmp_path / "step-000003")
+    smaller_chunks = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "lm_loss_chunk": 128}})
+    _check_same_config(saved, smaller_chunks, tmp_path / "step-000003")  # memory only, not what trains
+    del saved["train"]["lm_loss_chunk"]  # a checkpoint saved before the key existed
     _check_same_config(saved, fine, tmp_path / "step-000003")
     changed = config_from_dict({"train": {"k": 2, "learning_rate": 2e-3}})
     with pytest.raises(ConfigError, match=r"train\.learning_rate: 0\.001 -> 0\.002"):
