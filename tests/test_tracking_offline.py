@@ -130,3 +130,112 @@ def test_training_with_the_server_down_from_the_start_is_sent_by_resend(tiny_mod
         for key in ("loss", "lm_loss", "tokens_per_s"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3, 4], key
         assert "config.yaml" in {f.path for f in client.list_artifacts(run.info.run_id)}
+
+
+# --- a sweep whose MLflow server is down at its start, or goes away before its end -------------
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir, conversations):
+    """A one-config sweep (the SFT baseline): K = 0 and lambda = 0 is the baseline itself."""
+    from tests.support.projects import make_sweep_project
+
+    sweep = {"ks": [0], "lambdas": [0.0], "experiment": "sweep-offline", "registered_model_name": "sj-offline"}
+    return make_sweep_project(tmp_path_factory.mktemp("sweep-offline"), tiny_model_dir, conversations, sweep)
+
+
+def _sweep_paths(name: str) -> dict[str, str]:
+    from tests.support.projects import PATHS
+
+    return PATHS | {"runs_dir": f"runs/{name}", "report_dir": f"metrics/{name}"}
+
+
+def _exit_code_and_message(summary: dict, exit_code) -> tuple[int, str]:
+    """The sweep's exit code and the start of its one line on stderr. (Not capsys: the Prefect
+    harness's log handlers outlive the test and would write to its closed stream.)"""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = exit_code(summary)
+    [line] = err.getvalue().splitlines()
+    return code, ": ".join(line.split(": ")[:2])
+
+
+def _check_logged(url: str, paths: dict[str, str], started: int | None = None) -> None:
+    """Everything the sweep computed is in the store at `url`: the child run filled in, the
+    champion registered, a FINISHED parent with the summary; nothing is left to log."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("sweep-offline").experiment_id
+    [child] = client.search_runs([experiment], "tags.`stepjepa.kind` = 'sweep-config'")
+    assert child.info.run_name == "sft_s0" and child.info.status == "FINISHED"
+    assert started is None or child.info.start_time == started, "the run keeps its real start time"
+    assert child.data.params["train.k"] == "0" and child.data.tags["model_uri"].startswith("models:/")
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "lm_loss")) == [1, 2, 3, 4]
+    assert {"validation/accuracy_strict", "test/accuracy_strict"} <= set(child.data.metrics)
+    assert client.get_model_version_by_alias("sj-offline", "champion").run_id == child.info.run_id
+    parents = client.search_runs([experiment], "tags.`stepjepa.kind` = 'sweep' and attributes.status = 'FINISHED'")
+    assert any("summary.json" in {f.path for f in client.list_artifacts(p.info.run_id)} for p in parents)
+    assert not (Path(paths["report_dir"]) / "unlogged.json").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.server
+def test_a_sweep_started_with_the_server_down_trains_reports_and_is_logged_by_reconcile(environment, monkeypatch):
+    """Issue 33.1, the sweep: the parent run's creation failed with a traceback and nothing ran.
+    The sweep trains and evaluates, writes its report, names what MLflow lacks and exits 1;
+    `--reconcile` with the server up logs it all, and exits 0."""
+    from pipelines.sweep import _exit_code, reconcile, step_jepa_sweep
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    paths, port = _sweep_paths("down-at-start"), free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    summary = step_jepa_sweep(**paths)
+    assert summary["champion"]["run_folder"] and summary["failed"] == []
+    assert _exit_code_and_message(summary, _exit_code) == \
+        (1, f"sweep: not yet logged to MLflow at http://127.0.0.1:{port}"), "MLflow lacks it: not done for DVC"
+    assert json.loads((environment / paths["report_dir"] / "unlogged.json").read_text())["unlogged"]
+    [record] = environment.glob(f"{paths['runs_dir']}/*/mlflow-offline.jsonl")
+    started = json.loads(record.read_text().splitlines()[0])["start"]["time"]
+
+    with mlflow_server(f"sqlite:///{environment / 'down-at-start.db'}", environment / "artifacts-a",
+                       environment / "mlflow-a.log", dict(os.environ), port=port) as url:
+        assert reconcile(**paths) == 0
+        _check_logged(url, paths, started)
+
+
+@pytest.mark.e2e
+@pytest.mark.server
+def test_a_sweep_whose_server_goes_away_before_its_end_is_completed_by_reconcile(environment, monkeypatch):
+    """The server stops after validation: the test split's results, the champion's
+    registration and the summary are named, kept, and logged by `--reconcile` once it is back."""
+    from contextlib import ExitStack
+
+    from pipelines.sweep import _exit_code, reconcile, step_jepa_sweep
+    from stepjepa import report
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    paths, port, server = _sweep_paths("down-at-end"), free_port(), ExitStack()
+    backend = f"sqlite:///{environment / 'down-at-end.db'}"
+    url = server.enter_context(mlflow_server(backend, environment / "artifacts-b", environment / "mlflow-b1.log",
+                                             dict(os.environ), port=port))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    summarize = report.summarize
+
+    def stop_then_summarize(*args, **kwargs):  # after validation, before test, registration and summary
+        server.close()
+        return summarize(*args, **kwargs)
+
+    monkeypatch.setattr(report, "summarize", stop_then_summarize)
+    summary = step_jepa_sweep(**paths)
+    monkeypatch.setattr(report, "summarize", summarize)
+    assert _exit_code_and_message(summary, _exit_code) == (1, f"sweep: not yet logged to MLflow at {url}")
+    assert summary["champion"]["run_folder"]
+    assert {"the test results of sft_s0", "the champion's registration", "the sweep's summary"} <= set(summary["unlogged"])
+    assert (environment / paths["report_dir"] / "summary.json").is_file()
+
+    with mlflow_server(backend, environment / "artifacts-b", environment / "mlflow-b2.log", dict(os.environ), port=port):
+        assert reconcile(**paths) == 0
+        _check_logged(url, paths)

@@ -19,6 +19,7 @@ from stepjepa.tracking.evaluation import download, log_evaluation, log_split, pr
 from stepjepa.tracking.folders import backfill_training, log_run_files
 from stepjepa.tracking.lineage import dvc_tags, file_dataset, flatten, git_tags, source_tags
 from stepjepa.tracking.offline import OfflineTracker, send_pending
+from stepjepa.tracking.offline import pending as offline_pending
 from stepjepa.tracking.offline import recorded_run_id as offline_run_id
 from stepjepa.tracking.owner import OWNER_HOST, OWNER_PID, OWNER_STARTED, owner_gone, owner_tags
 from stepjepa.tracking.registry import champion_registered, register_champion
@@ -26,7 +27,9 @@ from stepjepa.tracking.run import (
     MlflowTracker, NoopTracker, Tracker, log_hf_model, log_model_from_folder, make_tracker, one_line, resend,
 )
 from stepjepa.tracking.store import PROJECT_ROOT, artifact_location, init_store, tracking_uri
-from stepjepa.tracking.sweep import child_run, end_stale_sweeps, log_sweep_summary, mark_failed, set_tags, sweep_run
+from stepjepa.tracking.sweep import (
+    Unlogged, child_run, end_stale_sweeps, log_sweep_summary, mark_failed, set_tags, sweep_run,
+)
 
 __all__ = [
     # store
@@ -35,13 +38,13 @@ __all__ = [
     "MlflowTracker", "NoopTracker", "Tracker", "log_hf_model", "log_model_from_folder", "make_tracker", "one_line",
     "resend",
     # offline
-    "OfflineTracker", "offline_run_id", "send_pending",
+    "OfflineTracker", "offline_pending", "offline_run_id", "send_pending",
     # lineage
     "dvc_tags", "file_dataset", "flatten", "git_tags", "source_tags",
     # owner
     "OWNER_HOST", "OWNER_PID", "OWNER_STARTED", "owner_gone", "owner_tags",
     # sweep
-    "child_run", "end_stale_sweeps", "log_sweep_summary", "mark_failed", "set_tags", "sweep_run",
+    "Unlogged", "child_run", "end_stale_sweeps", "log_sweep_summary", "mark_failed", "set_tags", "sweep_run",
     # registry
     "champion_registered", "register_champion",
     # folders

@@ -104,6 +104,11 @@ def recorded_run_id(out: Path) -> str | None:
     return next((i for i in reversed(ids) if i), None)
 
 
+def started_offline(out: Path) -> int | None:
+    """When the run recorded in `out` started (ms since the epoch), if it has a record."""
+    return next((e["start"]["time"] for e in read_record(out) if "start" in e), None)
+
+
 def send_pending(out: Path, run_id: str | None = None) -> str | None:
     """`replay(out, run_id)` if `out` holds a record not yet sent; the run's id, else None."""
     return replay(out, run_id) if pending(out) else None
