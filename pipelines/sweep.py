@@ -73,9 +73,9 @@ def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str | None, s
     if plan.is_trained(out):
         logger.info("%s: trained already (%s)", spec["name"], out)
         if child_run_id is not None:
-            _tracked(unlogged, f"the training of {spec['name']}", tracking.backfill_training, child_run_id, out,
-                     data={"training": Path(paths["train_data"]),
-                           "validation": Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet"})
+            data = {"training": Path(paths["train_data"]), "validation": Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet"}
+            _tracked(unlogged, f"the training of {spec['name']}",
+                     lambda: tracking.backfill_training(child_run_id, out, data=data))
         return {"run_dir": run_dir, "run_id": child_run_id}
     evaluate = None
     if eval_key is not None and config is not None:
@@ -115,13 +115,12 @@ def evaluate_run(spec: dict, trained: dict, split: str, eval_key: str, paths: di
                               on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text))
         plan.mark_evaluated(run_dir, split, eval_key)
     if trained["run_id"] is not None:
-        _tracked(unlogged, f"the {split} results of {spec['name']}", tracking.log_split, trained["run_id"], split, out)
+        _tracked(unlogged, f"the {split} results of {spec['name']}", lambda: tracking.log_split(trained["run_id"], split, out))
     return report.read_run_result(run_dir, split)
 
-
-def _tracked(unlogged: tracking.Unlogged | None, what: str, call, *args, **kwargs):
-    """`call(...)`, a tracking call: through `unlogged` when the sweep collects what it could not log."""
-    return unlogged.attempt(what, call, *args, **kwargs) if unlogged is not None else call(*args, **kwargs)
+def _tracked(unlogged: tracking.Unlogged | None, what: str, call):
+    """`call()`, a tracking call: through `unlogged` when the sweep collects what it could not log."""
+    return unlogged.attempt(what, call) if unlogged is not None else call()
 
 @flow(name="step-jepa-config", log_prints=True)
 def step_jepa_config(spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str,
@@ -207,8 +206,8 @@ def step_jepa_sweep(
             run_dir = plan.run_folder(runs_dir, spec, key)
             if not plan.is_trained(run_dir):
                 write_config(config, run_dir / "config.yaml")
-            child = parent and unlogged.attempt(f"the run of {spec.name}", tracking.child_run, sweep_config.experiment,
-                                                parent, spec.name, key, run_dir)
+            child = parent and unlogged.attempt(f"the run of {spec.name}", lambda spec=spec, key=key, run_dir=run_dir:
+                                                tracking.child_run(sweep_config.experiment, parent, spec.name, key, run_dir))
             runs[spec.name] = dict(spec=spec, key=key, eval_key=plan.eval_cache_key(config, fingerprint),
                                    run_dir=str(run_dir), child=child, config=config)
         validation = _train_and_evaluate(runs, specs, paths, sweep_config, slots, logger, unlogged)
@@ -284,7 +283,7 @@ def _collect(spec, run: dict, trained, evaluated, logger, unlogged: tracking.Unl
         return base | {"status": "stopped", "error": message[-2000:]}
     logger.error("%s failed: %s", spec.name, message)
     if run["child"] is not None:
-        _tracked(unlogged, f"the failure of {spec.name}", tracking.mark_failed, run["child"], message)
+        _tracked(unlogged, f"the failure of {spec.name}", lambda: tracking.mark_failed(run["child"], message))
     return base | {"status": "failed", "error": message[-2000:]}
 
 def _warn(rows: list[dict], validation: list[dict], unlogged: tracking.Unlogged | None = None) -> None:
@@ -296,8 +295,8 @@ def _warn(rows: list[dict], validation: list[dict], unlogged: tracking.Unlogged 
             logger.warning("%s: %s", row["config"], text)
             for r in validation:
                 if r["spec"]["config_name"] == row["config"] and r["status"] == "completed" and r["run_id"]:
-                    _tracked(unlogged, f"the warning on {r['spec']['name']}", tracking.set_tags, r["run_id"],
-                             {"stepjepa.warning": text})
+                    _tracked(unlogged, f"the warning on {r['spec']['name']}",
+                             lambda r=r, text=text: tracking.set_tags(r["run_id"], {"stepjepa.warning": text}))
 
 def _finish(sweep: SweepConfig, parent: str | None, validation: list[dict], tested: list[dict], rows: list[dict],
             best: dict | None, runs: dict, report_dir: Path, unlogged: tracking.Unlogged) -> dict:
@@ -312,13 +311,13 @@ def _finish(sweep: SweepConfig, parent: str | None, validation: list[dict], test
     if best is not None:
         winner = report.champion_run(validation, best)
         if winner["run_id"] is not None:  # else MLflow was down at the start: the next sweep registers it
-            champion = _tracked(unlogged, "the champion's registration", tracking.register_champion,
-                                sweep.registered_model_name, winner["run_id"], best, test_row,
-                                run_dir=Path(runs[winner["spec"]["name"]]["run_dir"]))
+            champion = _tracked(unlogged, "the champion's registration", lambda: tracking.register_champion(
+                sweep.registered_model_name, winner["run_id"], best, test_row,
+                run_dir=Path(runs[winner["spec"]["name"]]["run_dir"])))
         summary["champion"] = {"name": sweep.registered_model_name, "alias": "champion", "config": best["config"],
                                "run_folder": winner["run_folder"]}
     if parent is not None:
-        _tracked(unlogged, "the sweep's summary", tracking.log_sweep_summary, parent, rows, table, figures, summary)
+        _tracked(unlogged, "the sweep's summary", lambda: tracking.log_sweep_summary(parent, rows, table, figures, summary))
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (report_dir / "table.md").write_text(table + "\n")
     report.write_plot_data(rows, validation, report_dir)

@@ -47,6 +47,18 @@ def test_an_unreachable_store_at_the_start_is_one_warning_and_an_offline_record(
     assert resend.main([str(out)]) == 1 and pending(out)
 
 
+def test_a_store_that_is_down_is_one_line_wherever_a_user_meets_it(monkeypatch):
+    """`stepjepa evaluate --mlflow-run-id` asks for the run first; MLflow's own message for a
+    refused connection is a page of wrapped reprs."""
+    from stepjepa.tracking import one_line
+    from stepjepa.tracking.evaluation import run_problem
+
+    uri = _down(monkeypatch)
+    problem = run_problem(uri, "0" * 32)
+    assert "\n" not in problem and "[Errno 111] Connection refused" in problem and len(problem) <= 200
+    assert one_line(ValueError("first\nsecond")) == "first" and one_line(OSError()) == "OSError"
+
+
 def test_a_replayed_record_creates_the_run_once_with_its_start_time_and_every_step(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

@@ -56,7 +56,7 @@ def _end_killed(client, run_id: str, why: str) -> str:
 class Unlogged:
     """What a sweep could not log to MLflow (a store down at its start or its end).
 
-    `attempt(what, call, ...)` makes a tracking call; when the store cannot be reached it
+    `attempt(what, call)` makes a tracking call (`call()`); when the store cannot be reached it
     is one warning line and `what` joins `items`, the list the sweep prints and exits
     non-zero on. Nothing computed is lost: it is in the run folders and the report, and the
     next sweep (or `python -m pipelines.sweep --reconcile`) logs it. Thread-safe: the
@@ -67,11 +67,11 @@ class Unlogged:
         self.items: list[str] = []
         self._lock = threading.Lock()
 
-    def attempt(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def attempt(self, what: str, call: Callable[[], Any]) -> Any:
         from mlflow.exceptions import MlflowException
 
         try:
-            return call(*args, **kwargs)
+            return call()
         except (MlflowException, OSError) as err:  # requests' connection errors are OSErrors
             self.add(what, one_line(err))
             return None
@@ -122,7 +122,7 @@ def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep",
             log.warning("could not end the sweep's MLflow run %s %s (%s)", run_id, status, one_line(tracking_err))
         raise
     if unlogged:
-        unlogged.attempt("the sweep's parent run's end", client.set_terminated, run_id, status="FINISHED")
+        unlogged.attempt("the sweep's parent run's end", lambda: client.set_terminated(run_id, status="FINISHED"))
     else:
         client.set_terminated(run_id, status="FINISHED")
 
