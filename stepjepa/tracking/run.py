@@ -305,12 +305,18 @@ def make_tracker(kind: str, experiment: str, run_name: str | None, run_id: str |
 
     uri, reason = tracking_uri(), "the sweep that started this run could not reach it"
     if os.environ.get("STEPJEPA_MLFLOW_OFFLINE") != "1":
+        # urllib3 logs each retry of a refused connection: the warning below is the one line.
+        retries = logging.getLogger("urllib3.connectionpool")
+        level = retries.level
+        retries.setLevel(logging.ERROR)
         try:
             if offline.pending(out):  # started offline: send what it has, then continue that run
                 run_id = offline.replay(out, run_id, end=False) or run_id
             return MlflowTracker(experiment, run_name=run_name, run_id=run_id or offline.recorded_run_id(out))
         except Exception as err:  # noqa: BLE001 - MLflow's, requests' and sqlite's errors alike: an unreachable store
             reason = one_line(err)
+        finally:
+            retries.setLevel(level)
     log.warning("MLflow at %s is unreachable (%s): training goes on offline, recorded in %s; "
                 "`stepjepa resend %s` sends it when MLflow is back", uri, reason, out / offline.RECORD, out)
     return offline.OfflineTracker(out, experiment, run_name, run_id or os.environ.get("MLFLOW_RUN_ID"),
