@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("stepjepa.layout_view", "Show layout, mask and view positions of an example"),
     "evaluate": ("stepjepa.evaluate", "GSM8K accuracy of a model directory"),
     "score": ("stepjepa.score", "Re-score saved completions without a model"),
+    "resend": ("stepjepa.resend", "Send to MLflow what a run folder holds and MLflow lacks"),
 }
 
 

@@ -25,7 +25,7 @@ from stepjepa.flex_masks import attention_spans
 from stepjepa.masks import (
     causal_mask, check_k, check_layout, inline_lengths, laid_out_lengths, layout_mask, packed_lengths,
 )
-from stepjepa.vocabulary import IGNORE_INDEX, INLINE_UA, Layout, Views
+from stepjepa.vocabulary import IGNORE_INDEX, Layout, Views, check_layout_fits_views
 
 # Per view pair: the row columns of its first and second span, and of its validity. The
 # layouts only need the end of the first span and the second span (which follows it), so
@@ -45,8 +45,7 @@ def check_views(views: str, layout: str) -> None:
     """Raise a ValueError naming the view pair unless it is known and fits the layout."""
     if views not in PAIR_COLUMNS:
         raise ValueError(f"views must be one of {', '.join(PAIR_COLUMNS)}; got {views!r}")
-    if views == "user_assistant" and layout == "inline":
-        raise ValueError(INLINE_UA)
+    check_layout_fits_views(layout, views)
 
 
 def check_attention(attention: str) -> None:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stepjepa.prompts import DEFAULT_ANSWER_TEMPLATE, DEFAULT_SYSTEM_PROMPT
-from stepjepa.vocabulary import INLINE_UA, Layout, LossKind, Views
+from stepjepa.vocabulary import Layout, LossKind, Views, check_layout_fits_views
 
 
 class ConfigError(ValueError):
@@ -224,8 +224,7 @@ class TrainConfig(Section):
         if self.eval_every is not None and self.eval_every % self.log_every:
             raise ValueError(f"train.eval_every ({self.eval_every}) must be a multiple of train.log_every "
                              f"({self.log_every}): held-out metrics are logged with a logging step")
-        if self.views == "user_assistant" and self.layout == "inline":
-            raise ValueError(INLINE_UA)
+        check_layout_fits_views(self.layout, self.views)
         return self
 
 

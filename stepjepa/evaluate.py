@@ -245,8 +245,14 @@ def main(argv: list[str]) -> int:
     if args.mlflow or args.mlflow_run_id:
         tags = {"eval.model": str(args.model or cfg.model.name_or_path), "eval.data": str(data)}
         tags |= {f"eval.{key}": str(value) for key, value in cfg.eval.model_dump().items()}
-        run_id = tracking.log_evaluation(result.metrics, result.rows, files, tags, tracking_uri=tracking_uri,
-                                         run_id=args.mlflow_run_id, experiment=args.experiment)  # fmt: skip
+        try:
+            run_id = tracking.log_evaluation(result.metrics, result.rows, files, tags, tracking_uri=tracking_uri,
+                                             run_id=args.mlflow_run_id, experiment=args.experiment)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - MLflow's, requests' and sqlite's errors alike: an unreachable store
+            print(json.dumps(result.metrics))
+            print(f"stepjepa evaluate: error: could not log to MLflow at {tracking_uri} ({tracking.one_line(err)}); "
+                  f"the results are in {args.out}", file=sys.stderr)
+            return 1
         logger.info("logged to MLflow run %s at %s", run_id, tracking_uri)
     print(json.dumps(result.metrics))
     return 0

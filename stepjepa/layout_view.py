@@ -6,8 +6,9 @@ it prints the laid-out tokens with their segments, positions and labels, the two
 positions, and the attention mask as a text grid (`--png PATH` also draws it; `--json`
 prints one K as JSON, one line per view pair).
 The row goes through `stepjepa.collate.Collator`, the very collator training batches come
-from. (The module is not called `inspect`: that name would shadow the standard library's.) The user/assistant pair has no inline layout: under `inline` it is shown as
-`two_pass`'s JEPA pass (the same mask).
+from. (The module is not called `inspect`: that name would shadow the standard library's.)
+The user/assistant pair has no inline layout: `--layout inline --views user_assistant` is
+refused with training's message, as `stepjepa train` refuses it.
 
     stepjepa inspect --index 0 --k 2 --layout packed
     stepjepa inspect --id train-000001 --k 2 --layout packed --views steps --views user_assistant
@@ -29,7 +30,7 @@ from stepjepa.config import ConfigError
 from stepjepa.inputs import InputError, read_jsonl
 from stepjepa.prompts import predictor_tokens
 from stepjepa.tokenization import TokenizationError, load_tokenizer
-from stepjepa.vocabulary import IGNORE_INDEX, LAYOUTS, pad_id
+from stepjepa.vocabulary import IGNORE_INDEX, LAYOUTS, check_layout_fits_views, pad_id
 
 log = logging.getLogger(__name__)
 MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C",
@@ -270,6 +271,16 @@ def _pairs(requested: list[str] | None, default: str, row: dict[str, Any]) -> li
     return pairs
 
 
+def _check_layout(layout: str, pairs: list[str]) -> None:
+    """Refuse what training refuses (`--layout inline --views user_assistant`), with its message:
+    inspect shows the layout asked for or none, never a stand-in for it."""
+    for views in pairs:
+        try:
+            check_layout_fits_views(layout, views)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+
+
 def _tokenizer(model_dir: str, from_flag: bool) -> Any:
     try:
         return load_tokenizer(model_dir)
@@ -292,14 +303,13 @@ def main(argv: list[str]) -> int:
         row = load_row(args.data, None if args.id else args.index, args.id)
         pairs = _pairs(args.views, views_default, row)
         steps = load_steps(args.prepared, row.get("id"))
+        layout = args.layout or layout_default or "inline"
+        _check_layout(layout, pairs)
         tokenizer = _tokenizer(args.model_dir or model_dir, args.model_dir is not None)
     except (InputError, ConfigError) as err:
         print(f"stepjepa inspect: error: {err}", file=sys.stderr)
         return 2
-    layout = args.layout or layout_default or "inline"
-    # The user/assistant pair has no inline layout; two_pass's JEPA pass is the same mask.
-    records = [lay_out(row, tokenizer, k, "two_pass" if (views, layout) == ("user_assistant", "inline") else layout,
-                       steps, views) for views in pairs for k in ks]
+    records = [lay_out(row, tokenizer, k, layout, steps, views) for views in pairs for k in ks]
     if args.png:
         save_png(records, args.png)
         log.info("wrote %s", args.png)

@@ -34,7 +34,7 @@ def resolve_model_dir(model: str, tracking_uri: str | None = None, revision: str
         try:
             path = tracking.download(model, tracking_uri)
         except Exception as err:  # mlflow raises several types for unknown names/runs/aliases
-            raise InputError(f"--model {model}: cannot download from MLflow ({err})") from None
+            raise InputError(f"--model {model}: cannot download from MLflow ({tracking.one_line(err)})") from None
     elif not Path(model).exists() and HUB_ID.fullmatch(model):
         path = _hub_snapshot(model, revision)
     else:

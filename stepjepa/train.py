@@ -10,8 +10,9 @@ OUT receives `config.yaml` (the resolved config), `checkpoints/step-N/` every
 `train.checkpoint_every` steps, `metrics.jsonl` (one line per logged step),
 `summary.json`, and `model/`: the final model (LoRA merged) with its tokenizer, a plain
 Hugging Face directory. Metrics, params and the model also go to MLflow unless
-`train.tracking` is `none`. `--resume` continues from the latest valid checkpoint, in the
-same MLflow run.
+`train.tracking` is `none`; when MLflow cannot be reached as the run starts, one warning
+says so and the run is recorded in `OUT/mlflow-offline.jsonl` for `stepjepa resend OUT`.
+`--resume` continues from the latest valid checkpoint, in the same MLflow run.
 
 One process owns OUT at a time (`OUT/.lock`); a second launcher is refused. SIGTERM or
 SIGINT stops the run at the next step boundary after a checkpoint, marks the MLflow run
@@ -94,9 +95,9 @@ def _check_same_config(saved: dict, cfg: Config, checkpoint: Path) -> None:
 def _start_tracking(cfg: Config, data: Path, val_data: Path | None, out: Path, run_id: str | None,
                     run_name: str | None, facts: dict) -> Tracker:
     tracker = make_tracker(cfg.train.tracking, cfg.train.experiment, run_name or out.name, run_id,
-                           PartialState().is_main_process)
+                           PartialState().is_main_process, out=out)
     # A resumed run already has its params and tags; with tracking off there is nothing to tag.
-    if run_id is None and tracker.run_id is not None:
+    if tracker.new_run:
         params, settings = split_params(resolved_tree(cfg))
         tracker.log_params(params | {f"run.{k}": v for k, v in facts.items() if k != "data"})
         model_path = Path(cfg.model.name_or_path)

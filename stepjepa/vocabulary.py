@@ -34,6 +34,13 @@ INLINE_UA = ("train.views=user_assistant needs train.layout packed or two_pass, 
              "is isolated from the question, which the LM loss cannot be trained without")
 
 
+def check_layout_fits_views(layout: str, views: str) -> None:
+    """Raise `ValueError(INLINE_UA)` for the one pair a layout cannot hold: the one check that
+    training's config, the collator and `stepjepa inspect` share."""
+    if views == "user_assistant" and layout == "inline":
+        raise ValueError(INLINE_UA)
+
+
 def pad_id(tokenizer: Any) -> int:
     """The id to pad with; models without a pad token (Llama) pad with EOS.
 

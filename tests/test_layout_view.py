@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,7 +12,9 @@ from transformers import AutoTokenizer
 
 from stepjepa import layout_view
 from stepjepa.collate import collate
+from stepjepa.config import ConfigError, config_from_dict
 from stepjepa.tokenization import encode_records
+from stepjepa.vocabulary import INLINE_UA
 
 KEYS = {"layout", "k", "steps", "tokens", "input_ids", "labels", "position_ids", "attention",
         "view1_index", "view2_index", "step1_span", "step2_span"}
@@ -90,15 +93,29 @@ def test_both_view_pairs_side_by_side_as_json_lines(files, tiny_model_dir, capsy
     assert {"user", "pred", "assistant", "copy"} <= set(ua["segments"]) and "step1" not in ua["segments"]
 
 
-def test_text_and_png_of_both_pairs_under_the_inline_default(files, tiny_model_dir, capsys, tmp_path) -> None:
+def test_text_and_png_of_both_pairs_side_by_side(files, tiny_model_dir, capsys, tmp_path) -> None:
     out, _ = files
     png = tmp_path / "pairs.png"
-    extra = ("--id", "train-000001", "--k", "1", "--views", "steps", "--views", "user_assistant", "--png", str(png))
+    extra = ("--id", "train-000001", "--k", "1", "--layout", "two_pass", "--views", "steps", "--views", "user_assistant",
+             "--png", str(png))
     assert layout_view.main(args(out, tiny_model_dir, *extra)) == 0
     text = capsys.readouterr().out
-    assert "views=steps  layout=inline" in text and "views=user_assistant  layout=two_pass" in text
+    assert "views=steps  layout=two_pass" in text and "views=user_assistant  layout=two_pass" in text
     assert text.count("<- view 1") == 2 and text.count("<- view 2") == 2
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("extra", [("--layout", "inline"), ()], ids=["asked", "default"])
+def test_the_pair_training_refuses_is_refused_with_its_message(files, tiny_model_dir, capsys, extra) -> None:
+    """Issue 33: `--layout inline --views user_assistant` showed two_pass under exit 0. What is
+    asked for is laid out, or refused with the line training refuses it with."""
+    out, _ = files
+    assert layout_view.main(args(out, tiny_model_dir, "--k", "1", "--json", "--views", "user_assistant", *extra)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"stepjepa inspect: error: {INLINE_UA}\n"
+    with pytest.raises(ConfigError, match=re.escape(INLINE_UA)):  # the very line `stepjepa train` gives
+        config_from_dict({"train": {"layout": "inline", "views": "user_assistant"}})
 
 
 def test_data_without_the_pair_columns_is_a_clean_error(files, tiny_model_dir, capsys, tmp_path) -> None:

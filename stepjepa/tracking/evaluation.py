@@ -64,10 +64,12 @@ def run_problem(tracking_uri: str, run_id: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from stepjepa.tracking.run import one_line
+
     try:
         MlflowClient(tracking_uri).get_run(run_id)
-    except MlflowException as err:
-        return err.message
+    except (MlflowException, OSError) as err:  # no such run, or no store to ask: one line either way
+        return one_line(err)
     return None
 
 

@@ -23,11 +23,18 @@ def backfill_training(run_id: str, run_dir: Path, data: dict[str, Path] | None =
     store has not seen its training: the folder came from the DVC cache or another store.
     `data` (`{context: file}`) are its datasets; the folder's key holds their fingerprint, so
     they are the files it was trained on. Its Source names the entry point but no commit: the
-    folder does not record which commit trained it."""
+    folder does not record which commit trained it. A folder trained while MLflow was
+    unreachable (`mlflow-offline.jsonl`) is sent from its record instead."""
     import json
 
     from mlflow.entities import Metric, Param
 
+    from stepjepa.tracking.offline import send_pending
+
+    # Trained while MLflow was unreachable: its own record is the whole run, with its times.
+    if send_pending(run_dir, run_id) is not None:
+        log_run_files(run_id, run_dir)
+        return
     client = _client()
     run = client.get_run(run_id)
     if run.data.params:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from stepjepa.stats import SELECTION_RULE, VERDICT_RULE, beats_sft
-from stepjepa.tracking.run import log_hf_model
+from stepjepa.tracking.run import log_model_from_folder
 from stepjepa.tracking.store import _client
 from stepjepa.vocabulary import SFT
 
@@ -24,7 +24,7 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[s
     client = _client()
     model_uri = client.get_run(run_id).data.tags.get("model_uri")
     if not model_uri and run_dir is not None and (run_dir / "model" / "config.json").is_file():
-        model_uri = _log_model_from_folder(run_id, run_dir / "model")
+        model_uri = log_model_from_folder(run_id, run_dir / "model")
     if not model_uri:
         raise RuntimeError(f"run {run_id} logged no model (train.log_model is off?); nothing to register")
     version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
@@ -54,14 +54,6 @@ def champion_registered(name: str, run_folder: str, alias: str = "champion") -> 
         return version.tags.get("run_folder") == run_folder and client.get_run(version.run_id) is not None
     except MlflowException:
         return False
-
-
-def _log_model_from_folder(run_id: str, model_dir: Path) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _client()  # sets the tracking URI
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    return log_hf_model(model, tokenizer, run_id)
 
 
 def _current_version(client, name: str, alias: str, run_id: str) -> str | None:

@@ -1,7 +1,9 @@
 """The training run's tracker: what the training loop logs, and sending what it could not.
 
-`make_tracker(...)` returns an `MlflowTracker` on the main process when tracking is on,
+`make_tracker(...)` (`start.py`) returns an `MlflowTracker` on the main process when tracking is on,
 and a `NoopTracker` otherwise, so the training loop never branches on "am I logging?".
+When the store cannot be reached as the run starts, it warns once and returns an
+`OfflineTracker` (`offline.py`) that records the run in its folder for `stepjepa resend OUT`.
 
 Tracking is off training's critical path: `MlflowTracker.log_metrics` only queues (the
 loop has written `metrics.jsonl` already) and a background thread sends. When the server
@@ -34,6 +36,8 @@ class Tracker(Protocol):
     """What the training loop needs from a tracker."""
 
     run_id: str | None
+    new_run: bool
+    """This attempt starts the run: its params, tags and datasets are logged (not on a resume)."""
 
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
@@ -48,6 +52,7 @@ class NoopTracker:
     """Stands in when tracking is off or on a non-main process: every call does nothing."""
 
     run_id: str | None = None
+    new_run = False
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass
@@ -97,6 +102,7 @@ class MlflowTracker:
         # log_system_metrics samples CPU/RAM/GPU with psutil in a background thread.
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=True)
         self.run_id: str | None = run.info.run_id
+        self.new_run = run_id is None
         # A sweep started after this process died ends the run it left RUNNING (end_stale_sweeps).
         mlflow.set_tags(owner_tags())
         log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, "resumed" if run_id else "new", experiment, uri)
@@ -247,6 +253,16 @@ def log_hf_model(model: Any, tokenizer: Any, run_id: str, name: str = "model") -
     return info.model_uri
 
 
+def log_model_from_folder(run_id: str, model_dir: Path) -> str:
+    """`log_hf_model` of a saved model folder (`OUT/model`): a run whose model was not logged
+    when it was trained (its folder came from the DVC cache, or MLflow was down)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _client()  # sets the tracking URI
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    return log_hf_model(model, tokenizer, run_id)
+
+
 def resend(run_id: str, history: list[dict[str, float]], status: str) -> int:
     """Send the points of `history` (metrics.jsonl lines) that run `run_id` lacks, and end
     it with `status` if it is still RUNNING; returns how many steps were sent."""
@@ -272,8 +288,13 @@ def _last_logged_step(client, run) -> int:
     return max((m.step for k in keys for m in client.get_metric_history(run.info.run_id, k)), default=0)
 
 
-def make_tracker(kind: str, experiment: str, run_name: str | None, run_id: str | None, is_main: bool) -> Tracker:
-    """The tracker for this process: MLflow on the main process when `kind == "mlflow"`."""
-    if kind == "none" or not is_main:
-        return NoopTracker()
-    return MlflowTracker(experiment, run_name=run_name, run_id=run_id)
+def one_line(err: BaseException) -> str:
+    """An error as one short line: MLflow's messages run to tracebacks and HTML pages."""
+    import re
+
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    # requests buries the reason (`[Errno 111] Connection refused`) deep in a wrapped repr.
+    if cause := re.search(r"\[Errno -?\d+\] [^'\")]+", text):
+        first = f"{first.split(' with exception')[0]}: {cause.group(0)}"
+    return first[:200]

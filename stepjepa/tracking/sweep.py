@@ -4,14 +4,17 @@ and the summary on the parent; what a dead sweep left RUNNING, the next one ends
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from stepjepa.tracking.lineage import flatten, git_tags
+from stepjepa.tracking.offline import started_offline
 from stepjepa.tracking.owner import OWNER_PID, owner_gone, owner_tags
-from stepjepa.tracking.store import _client, _experiment_id
+from stepjepa.tracking.run import one_line
+from stepjepa.tracking.store import _client, _experiment_id, tracking_uri
 
 # One logger for the whole package: log levels set on `stepjepa.tracking` and the lines
 # runs write to train.log name it as they did before the package was split.
@@ -50,36 +53,84 @@ def _end_killed(client, run_id: str, why: str) -> str:
     return run_id
 
 
+class Unlogged:
+    """What a sweep could not log to MLflow (a store down at its start or its end).
+
+    `attempt(what, call)` makes a tracking call (`call()`); when the store cannot be reached it
+    is one warning line and `what` joins `items`, the list the sweep prints and exits
+    non-zero on. Nothing computed is lost: it is in the run folders and the report, and the
+    next sweep (or `python -m pipelines.sweep --reconcile`) logs it. Thread-safe: the
+    sweep's tasks share one.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._lock = threading.Lock()
+
+    def attempt(self, what: str, call: Callable[[], Any]) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return call()
+        except (MlflowException, OSError) as err:  # requests' connection errors are OSErrors
+            self.add(what, one_line(err))
+            return None
+
+    def add(self, what: str, reason: str) -> None:
+        log.warning("could not log %s to MLflow at %s (%s); it is kept, and the next sweep or "
+                    "`python -m pipelines.sweep --reconcile` logs it", what, tracking_uri(), reason)
+        with self._lock:
+            self.items.append(what)
+
+
 @contextmanager
-def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep") -> Iterator[str]:
+def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep",
+              unlogged: Unlogged | None = None) -> Iterator[str | None]:
     """The sweep's parent run (sweep params, code version, owner) for the `with` block; yields its id.
 
     It ends FINISHED when the block does, FAILED on an error and KILLED on an interrupt
     (Ctrl-C, Prefect cancelling the flow), never left RUNNING as if the sweep went on. What
     kill -9 leaves RUNNING, the next sweep of the experiment ends (`end_stale_sweeps`).
+    With `unlogged`, a store that cannot be reached yields None (the sweep goes on without
+    MLflow) and one that goes away before the end costs only the parent's end.
     """
     from mlflow.entities import Param
 
+    def start() -> str:
+        client = _client()
+        experiment_id = _experiment_id(client, experiment)
+        end_stale_sweeps(client, experiment_id)
+        run_id = client.create_run(experiment_id, run_name=run_name,
+                                   tags={"stepjepa.kind": "sweep"} | git_tags() | owner_tags()).info.run_id
+        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
+        return run_id
+
+    run_id = unlogged.attempt("the sweep's parent run and its runs", start) if unlogged else start()
+    if run_id is None:
+        yield None
+        return
     client = _client()
-    experiment_id = _experiment_id(client, experiment)
-    end_stale_sweeps(client, experiment_id)
-    run_id = client.create_run(experiment_id, run_name=run_name,
-                               tags={"stepjepa.kind": "sweep"} | git_tags() | owner_tags()).info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
     try:
         yield run_id
     except BaseException as err:
         # Not an Exception: KeyboardInterrupt, SystemExit, Prefect's TerminationSignal.
         status = "FAILED" if isinstance(err, Exception) else "KILLED"
-        client.set_tag(run_id, "stepjepa.error", f"{type(err).__name__}: {err}"[-5000:])
-        client.set_terminated(run_id, status=status)
+        try:
+            client.set_tag(run_id, "stepjepa.error", f"{type(err).__name__}: {err}"[-5000:])
+            client.set_terminated(run_id, status=status)
+        except Exception as tracking_err:  # noqa: BLE001 - the sweep's own error is the one to raise
+            log.warning("could not end the sweep's MLflow run %s %s (%s)", run_id, status, one_line(tracking_err))
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    if unlogged:
+        unlogged.attempt("the sweep's parent run's end", lambda: client.set_terminated(run_id, status="FINISHED"))
+    else:
+        client.set_terminated(run_id, status="FINISHED")
 
 
-def child_run(experiment: str, parent_id: str, name: str, cache_key: str) -> str:
+def child_run(experiment: str, parent_id: str, name: str, cache_key: str, run_dir: Path | None = None) -> str:
     """The child run of one config. A run left by an earlier sweep for the same config and
-    data (same cache key) is reused and re-linked to this parent, never duplicated."""
+    data (same cache key) is reused and re-linked to this parent, never duplicated. A new
+    one starts when the run in `run_dir` did, if it was trained without MLflow (its record)."""
     client = _client()
     exp_id = _experiment_id(client, experiment)
     found = client.search_runs([exp_id], filter_string=f"tags.`stepjepa.cache_key` = '{cache_key}'",
@@ -95,7 +146,8 @@ def child_run(experiment: str, parent_id: str, name: str, cache_key: str) -> str
         return run_id
     tags = {"mlflow.parentRunId": parent_id, "stepjepa.cache_key": cache_key, "stepjepa.kind": "sweep-config",
             "stepjepa.sweeps": parent_id}
-    return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    return client.create_run(exp_id, run_name=name, tags=tags,
+                             start_time=started_offline(run_dir) if run_dir else None).info.run_id
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
