@@ -309,7 +309,8 @@ def _finish(sweep: SweepConfig, parent: str | None, validation: list[RunResult],
     table = report.markdown_table(rows, test_row)
     report_dir.mkdir(parents=True, exist_ok=True)
     figures = [plots.plot_heatmap(rows, report_dir / "heatmap.png"),
-               plots.plot_loss_curves(validation, report_dir / "loss_curves.png")]
+               plots.plot_loss_curves(validation, report_dir / "loss_curves.png"),
+               plots.plot_effects(rows, report_dir / "effects.png")]
     summary = report.summary_metrics(rows, best, test_row)
     champion = None
     if best is not None:
