@@ -380,3 +380,13 @@ def test_dvc_set_params_and_the_config_read_axes_the_same_way(tmp_path):
     by_dvc = load_config(params).sweep
     assert by_dvc == load_config(ROOT / "params.yaml", [s.removeprefix("++") for s in sets]).sweep
     assert by_dvc.axes == {"loss": ["infonce", "mse"], "target_grad": [True, False], "learning_rate": [0.006, 0.001]}
+
+
+def test_the_parent_run_name_says_the_axes_and_the_design():
+    from pipelines.sweep import _sweep_name
+
+    sweep = SweepConfig(ks=[1], lambdas=[0.1], axes={"loss": ["cosine", "mse"], "target_grad": [True, False]},
+                        design="one_at_a_time")
+    assert _sweep_name(sweep) == ("sweep K=1 lambda=0.1 seeds=1 steps inline/cosine loss=cosine,mse "
+                                  "target_grad=true,false one at a time")
+    assert _sweep_name(SweepConfig(ks=[1], lambdas=[0.1])) == "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine"
