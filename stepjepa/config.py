@@ -244,6 +244,8 @@ def _axis_values(key: str, values: list[Any]) -> list[Any]:
         raise ValueError(f"sweep.axes.{key}: train.{key} is not a training key")
     if key in NOT_AN_AXIS:
         raise ValueError(f"sweep.axes.{key}: train.{key} is set by {NOT_AN_AXIS[key]}, not an axis")
+    if f"train.{key}" in WEIGHT_NEUTRAL_KEYS:  # its levels would be the same trained model
+        raise ValueError(f"sweep.axes.{key}: train.{key} changes no trained weight, so it is no factor to compare")
     field = TrainConfig.model_fields[name]
     typed = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation,
                         config=ConfigDict(allow_inf_nan=False))
@@ -317,7 +319,7 @@ class SweepConfig(Section):
         return {key: _axis_values(key, values) for key, values in axes.items()}
 
     @model_validator(mode="after")
-    def _views_fit_layout(self) -> SweepConfig:
+    def _axes_fit_the_sweep(self) -> SweepConfig:
         for key in ("layout", "loss"):
             if key in self.axes and key in self.model_fields_set and getattr(self, key) != self.axes[key][0]:
                 raise ValueError(f"sweep.axes.{key} varies train.{key}: its first value ({self.axes[key][0]}) is the "

@@ -319,6 +319,7 @@ def test_an_axis_run_is_cached_as_the_same_config_set_another_way():
     ({"axes": {"lambda": [1.0]}}, r"sweep\.axes\.lambda: train\.lambda is set by sweep\.lambdas"),
     ({"axes": {"seed": [1]}}, r"sweep\.axes\.seed: train\.seed is set by sweep\.seeds"),
     ({"axes": {"views": ["steps"]}}, r"sweep\.axes\.views: train\.views is set by sweep\.views"),
+    ({"axes": {"log_every": [1, 5]}}, r"sweep\.axes\.log_every: train\.log_every changes no trained weight"),
     ({"axes": {"loss": ["mse"]}, "loss": "cosine"}, r"sweep\.axes\.loss varies train\.loss.*sweep\.loss \(cosine\)"),
     ({"axes": {"gamma": [0.5]}, "overrides": {"train.gamma": 1}}, r"train\.gamma is both in sweep\.axes and in sweep\.overrides"),
     ({"axes": {"layout": ["packed", "inline"]}, "views": ["steps", "user_assistant"]}, r"sweep\.axes\.layout would train it inline"),
