@@ -351,7 +351,8 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     """The sweep's metrics file (`dvc metrics show`): the selection, its validation numbers
     next to SFT's, and the test comparison; a dozen columns, nothing that differs between
     machines. `beats_sft` and `verdict` are the selected config's seed-level verdict on
-    validation (`VERDICT_RULE`). Every config's numbers are in table.md and accuracy.json."""
+    validation (`VERDICT_RULE`). Every config's numbers are in table.md, accuracy.json and
+    verdicts.json (`verdict_records`)."""
     keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
     pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
     out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
