@@ -327,6 +327,9 @@ class SweepConfig(Section):
         for key in self.overrides:
             if key.removeprefix("train.") in self.axes:
                 raise ValueError(f"{key} is both in sweep.axes and in sweep.overrides: set it in one")
+        if self.design == "one_at_a_time" and self.ks[0] == 0 and self.lambdas[0] == 0:
+            raise ValueError("sweep.design one_at_a_time: the base config (the first of sweep.ks and sweep.lambdas) "
+                             "is K 0, lambda 0, which is SFT; put a Step-JEPA K and lambda first")
         layouts = self.axes.get("layout", [self.layout])
         if self.design == "grid":
             pairs = {(v, layout) for v in self.views for layout in layouts}

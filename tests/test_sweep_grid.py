@@ -324,6 +324,7 @@ def test_an_axis_run_is_cached_as_the_same_config_set_another_way():
     ({"axes": {"gamma": [0.5]}, "overrides": {"train.gamma": 1}}, r"train\.gamma is both in sweep\.axes and in sweep\.overrides"),
     ({"axes": {"layout": ["packed", "inline"]}, "views": ["steps", "user_assistant"]}, r"sweep\.axes\.layout would train it inline"),
     ({"design": "sideways"}, r"sweep\.design"),
+    ({"design": "one_at_a_time", "ks": [0, 1], "lambdas": [0.0, 0.5]}, r"the base config .* is K 0, lambda 0, which is SFT"),
 ])
 def test_bad_axes_are_rejected_naming_the_dotted_key(sweep, message):
     with pytest.raises(ConfigError, match=message):
