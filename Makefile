@@ -27,7 +27,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-unit test-e2e bench gpu-check clean mlflow-ui demo
+.PHONY: install run test test-unit test-e2e bench gpu-check clean mlflow-ui demo study
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,24 +72,71 @@ DEMO_STEPS ?= 360
 DEMO_BATCH ?= 16
 DEMO_LAMBDAS ?= [0.02,0.1]
 DEMO_PROMPT ?= Solve step by step; answer in \boxed{}.
-DEMO_PARAMS ?= data.source=arith \
+# The task, model, training and evaluation of every demo (and study) run:
+DEMO_TASK := data.source=arith \
 	data.arith.min_steps=2 data.arith.max_steps=2 data.arith.max_operand=5 data.arith.max_value=20 \
 	tiny_model.vocab_size=1024 tiny_model.hidden_size=128 tiny_model.intermediate_size=256 \
 	tiny_model.num_hidden_layers=3 tiny_model.max_position_embeddings=512 \
 	train.max_steps=$(DEMO_STEPS) train.batch_size=$(DEMO_BATCH) train.epochs=10 \
 	train.learning_rate=0.006 train.checkpoint_every=null \
-	eval.limit=500 eval.max_new_tokens=80 eval.batch_size=100 \
+	eval.limit=500 eval.max_new_tokens=80 eval.batch_size=100
+DEMO_PARAMS ?= $(DEMO_TASK) \
 	'sweep.ks=[1,2]' 'sweep.lambdas=$(DEMO_LAMBDAS)' 'sweep.seeds=[0,1]' \
 	sweep.loss=infonce sweep.layout=packed \
 	sweep.experiment=step-jepa-arith sweep.registered_model_name=step-jepa-arith
+
+# Both end with `stepjepa compare` against the committed result (docs/results/NAME/verdicts.json):
+# one line per config, "reproduced" or what changed; the target fails (exit 1) when any changed.
+SWEEP_FILES := table.md summary.json verdicts.json heatmap.png loss_curves.png effects.png
+define compare_with
+	@if [ -f $(2)/verdicts.json ]; then stepjepa compare $(1) $(2); \
+	else echo "$(2)/verdicts.json is not committed: nothing to compare with; to make this run the reference," \
+	  "copy $(1)/summary.json and $(1)/verdicts.json there and commit them"; fi
+endef
 
 demo: install
 	dvc exp run --temp -n $(DEMO_NAME) -S "++data.system_prompt='$(DEMO_PROMPT)'" $(addprefix -S ,$(DEMO_PARAMS))
 	@ref=$$(git for-each-ref --format='%(objectname)' 'refs/exps/*/*/$(DEMO_NAME)'); \
 	mkdir -p outputs/demo; \
-	for f in table.md summary.json heatmap.png loss_curves.png; do git show "$$ref:metrics/sweep/$$f" > outputs/demo/$$f; done; \
+	for f in $(SWEEP_FILES); do git show "$$ref:metrics/sweep/$$f" > outputs/demo/$$f; done; \
 	echo; echo "arith demo $(DEMO_NAME) (experiment $$ref; table and plots in outputs/demo/):"; \
 	cat outputs/demo/table.md
+	$(call compare_with,outputs/demo,docs/results/arith)
+
+# `make study`: the seed's ablation on the arith task, one factor at a time around the demo's
+# best config (K = 1, lambda 0.1, infonce, packed, Step-JEPA views, target gradient on), each
+# level trained with STUDY_SEEDS seeds: K in {0,1,2,3}; lambda in {0.02,0.1,0.5}; loss infonce /
+# cosine / mse; layout packed / inline / two_pass; the Step-JEPA pair against the original
+# LLM-JEPA user/assistant pair; target gradient on / off. The demo's task, model and training
+# (DEMO_TASK), as a DVC experiment like `make demo`; docs/results/study.md is written from it
+# (pipelines/study_report.py), then compared with docs/results/study/verdicts.json.
+# Size: 13 configs (SFT, the base, 3 K, 2 lambda, 1 view pair, 2 loss, 2 layout, 1 target
+# gradient) x 5 seeds = 65 training runs. Not run yet; estimated from the demo's sizing above:
+# ~35 CPU-s (SFT) to ~42 (Step-JEPA) of training, ~4 of validation evaluation and ~20 s of
+# process start-ups and MLflow per run, one run at a time: 65 x ~65 s = ~70 min, plus the data
+# stages and the test split read for the champion and SFT (10 evaluations), ~5 min: ~75 min on
+# 2 CPU cores, under the 90-min budget. two_pass runs (10) may train slower (two forward
+# passes); the demo itself measured ~45 s per run all in, which would give ~50 min. More seeds
+# or steps do not fit: 6 seeds would be ~90 min by the same estimate.
+STUDY_NAME := arith-study-$(shell date -u +%Y%m%d-%H%M%S)
+STUDY_SEEDS ?= [0,1,2,3,4]
+STUDY_PARAMS ?= $(DEMO_TASK) \
+	'sweep.ks=[1,0,2,3]' 'sweep.lambdas=[0.1,0.02,0.5]' 'sweep.seeds=$(STUDY_SEEDS)' \
+	sweep.loss=infonce sweep.layout=packed '++sweep.views=[steps,user_assistant]' ++sweep.design=one_at_a_time \
+	'++sweep.axes.loss=[infonce,cosine,mse]' '++sweep.axes.layout=[packed,inline,two_pass]' \
+	'++sweep.axes.target_grad=[true,false]' \
+	sweep.experiment=step-jepa-arith-study sweep.registered_model_name=step-jepa-arith-study
+
+study: install
+	dvc exp run --temp -n $(STUDY_NAME) -S "++data.system_prompt='$(DEMO_PROMPT)'" $(addprefix -S ,$(STUDY_PARAMS))
+	@ref=$$(git for-each-ref --format='%(objectname)' 'refs/exps/*/*/$(STUDY_NAME)'); \
+	mkdir -p outputs/study; \
+	for f in $(SWEEP_FILES); do git show "$$ref:metrics/sweep/$$f" > outputs/study/$$f; done; \
+	git show "$$ref:params.yaml" > outputs/study/params.yaml; \
+	echo; echo "arith study $(STUDY_NAME) (experiment $$ref; table and plots in outputs/study/):"; \
+	cat outputs/study/table.md
+	python -m pipelines.study_report --results outputs/study --out docs/results/study.md --name $(STUDY_NAME)
+	$(call compare_with,outputs/study,docs/results/study)
 
 # Tiers (pyproject.toml's markers; tests/README.md): `test` is everything (what CI runs);
 # `test-unit` has no subprocess, no server and no training beyond a few steps; `test-e2e` is

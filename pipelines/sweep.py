@@ -221,7 +221,10 @@ def _sweep_name(sweep: SweepConfig) -> str:
     """A parent run name that says what was swept."""
     ks = ",".join(map(str, sweep.ks))
     lams = ",".join(f"{x:g}" for x in sweep.lambdas)
-    return f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
+    axes = "".join(f" {key}={','.join(map(plan.axis_text, values))}" for key, values in sweep.axes.items())
+    design = " one at a time" if sweep.design == "one_at_a_time" else ""
+    return (f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
+            f"{axes}{design}")
 
 def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, slots: launch.DeviceSlots, trained=None,
             after=None, unlogged: tracking.Unlogged | None = None) -> tuple[Any, Any]:
@@ -306,7 +309,8 @@ def _finish(sweep: SweepConfig, parent: str | None, validation: list[RunResult],
     table = report.markdown_table(rows, test_row)
     report_dir.mkdir(parents=True, exist_ok=True)
     figures = [plots.plot_heatmap(rows, report_dir / "heatmap.png"),
-               plots.plot_loss_curves(validation, report_dir / "loss_curves.png")]
+               plots.plot_loss_curves(validation, report_dir / "loss_curves.png"),
+               plots.plot_effects(rows, report_dir / "effects.png")]
     summary = report.summary_metrics(rows, best, test_row)
     champion = None
     if best is not None:

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("stepjepa.evaluate", "GSM8K accuracy of a model directory"),
     "score": ("stepjepa.score", "Re-score saved completions without a model"),
     "resend": ("stepjepa.resend", "Send to MLflow what a run folder holds and MLflow lacks"),
+    "compare": ("stepjepa.compare", "Check a sweep's verdicts against a committed result (exit 1 if any changed)"),
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from stepjepa.prompts import DEFAULT_ANSWER_TEMPLATE, DEFAULT_SYSTEM_PROMPT
 from stepjepa.vocabulary import Layout, LossKind, Views, check_layout_fits_views
@@ -231,10 +231,38 @@ class TrainConfig(Section):
 
 # Set per run by the sweep's grid fields, so `sweep.overrides` may not set them.
 GRID_KEYS = ("train.k", "train.lambda", "train.seed", "train.layout", "train.loss", "train.views")
+# train.* keys a `sweep.axes` entry may not vary: the sweep's own fields set them.
+NOT_AN_AXIS = {"k": "sweep.ks", "lambda": "sweep.lambdas", "seed": "sweep.seeds", "views": "sweep.views",
+               "experiment": "sweep.experiment"}
+
+
+def _axis_values(key: str, values: list[Any]) -> list[Any]:
+    """`values` checked and typed as `train.<key>` (its type and constraints); an error names
+    the dotted key and the value."""
+    name = next((n for n, f in TrainConfig.model_fields.items() if (f.alias or n) == key), None)
+    if name is None:
+        raise ValueError(f"sweep.axes.{key}: train.{key} is not a training key")
+    if key in NOT_AN_AXIS:
+        raise ValueError(f"sweep.axes.{key}: train.{key} is set by {NOT_AN_AXIS[key]}, not an axis")
+    if f"train.{key}" in WEIGHT_NEUTRAL_KEYS:  # its levels would be the same trained model
+        raise ValueError(f"sweep.axes.{key}: train.{key} changes no trained weight, so it is no factor to compare")
+    field = TrainConfig.model_fields[name]
+    typed = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation,
+                        config=ConfigDict(allow_inf_nan=False))
+    out = []
+    for value in values:
+        try:
+            out.append(typed.validate_python(value))
+        except ValidationError as err:
+            raise ValueError(f"sweep.axes.{key}: {value!r} is not a valid train.{key} ({err.errors()[0]['msg']})") from None
+    if len(set(map(repr, out))) < len(out):
+        raise ValueError(f"sweep.axes.{key} lists a value twice: {values}")
+    return out
 
 
 class SweepConfig(Section):
-    """A K x lambda grid; every seed also gets the SFT baseline (K = 0, lambda = 0)."""
+    """A K x lambda (x view pair x axes) grid, or one factor at a time around a base config;
+    every seed also gets the SFT baseline (K = 0, lambda = 0, every axis at its base value)."""
 
     ks: list[Annotated[int, Field(ge=0)]] = Field([1, 2, 3], min_length=1)
     """Predictor-token counts to try."""
@@ -249,6 +277,14 @@ class SweepConfig(Section):
     overrides: dict[str, Any] = {}
     """Extra `train.*` / `eval.*` values for every run, by dotted key (not the grid's own
     `train.k`, `train.lambda`, `train.seed`, `train.layout`, `train.loss`, `train.views`)."""
+    axes: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    """More training keys to sweep, by `train.*` name without the prefix: `{loss: [infonce,
+    mse], target_grad: [true, false]}`. The first value of each is the base; a run's name
+    says each value that differs from it (`k1_lam0.1_loss-mse`). `layout` and `loss` here
+    replace `sweep.layout` / `sweep.loss` (which, when set, must be their first value)."""
+    design: Literal["grid", "one_at_a_time"] = "grid"
+    """`grid`: every combination of ks, lambdas, views and axes; `one_at_a_time`: the base
+    config (the first K, lambda, view pair and axis value) and each factor varied alone."""
     max_concurrent: int | None = Field(None, ge=1)
     """Training runs at once; null = 1 on CPU, one per visible GPU."""
     retries: int = Field(0, ge=0)
@@ -277,11 +313,32 @@ class SweepConfig(Section):
                 raise ValueError(f"{key}: only train.* and eval.* keys can be overridden per run")
         return overrides
 
+    @field_validator("axes")
+    @classmethod
+    def _axes_are_training_keys(cls, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {key: _axis_values(key, values) for key, values in axes.items()}
+
     @model_validator(mode="after")
-    def _views_fit_layout(self) -> SweepConfig:
-        if "user_assistant" in self.views and self.layout == "inline":
+    def _axes_fit_the_sweep(self) -> SweepConfig:
+        for key in ("layout", "loss"):
+            if key in self.axes and key in self.model_fields_set and getattr(self, key) != self.axes[key][0]:
+                raise ValueError(f"sweep.axes.{key} varies train.{key}: its first value ({self.axes[key][0]}) is the "
+                                 f"base, so sweep.{key} ({getattr(self, key)}) must be that value or left out")
+        for key in self.overrides:
+            if key.removeprefix("train.") in self.axes:
+                raise ValueError(f"{key} is both in sweep.axes and in sweep.overrides: set it in one")
+        if self.design == "one_at_a_time" and self.ks[0] == 0 and self.lambdas[0] == 0:
+            raise ValueError("sweep.design one_at_a_time: the base config (the first of sweep.ks and sweep.lambdas) "
+                             "is K 0, lambda 0, which is SFT; put a Step-JEPA K and lambda first")
+        layouts = self.axes.get("layout", [self.layout])
+        if self.design == "grid":
+            pairs = {(v, layout) for v in self.views for layout in layouts}
+        else:  # each view pair at the base layout, each layout at the base view pair
+            pairs = {(v, layouts[0]) for v in self.views} | {(self.views[0], layout) for layout in layouts}
+        if ("user_assistant", "inline") in pairs:
             raise ValueError(
                 "sweep.views holds user_assistant, which needs sweep.layout packed or two_pass, not inline"
+                + ("" if layouts == [self.layout] else " (sweep.axes.layout would train it inline)")
             )
         return self
 

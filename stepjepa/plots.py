@@ -1,6 +1,7 @@
 """The sweep's figures: a K x lambda heatmap (validation accuracy and validation Step-2 NLL,
-which moves even when accuracy is flat) and the training curves of every run overlaid;
-and the HTML page template that lets `dvc plots show` render its vega charts offline."""
+which moves even when accuracy is flat), the training curves of every run overlaid, the
+seed-level effects (per factor in a one-at-a-time sweep); and the HTML page template that
+lets `dvc plots show` render its vega charts offline."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepjepa.sweep import RunResult
+from stepjepa.sweep import RunResult, config_name
 from stepjepa.vocabulary import SFT
 
 
@@ -23,7 +24,9 @@ def _pyplot():
 
 
 def _grid(rows: list[dict], key: str, views: str) -> tuple[list[int], list[float], np.ndarray]:
-    grid_rows = [r for r in rows if r["config"] != SFT]
+    # Configs at every axis's base value only (`k1_lam0.1`, not `k1_lam0.1_loss-mse`): one per cell.
+    grid_rows = [r for r in rows if r["config"] != SFT
+                 and r["config"] == config_name(r["k"], r["lambda"], r.get("views", "steps"))]
     ks = sorted({r["k"] for r in grid_rows})
     lams = sorted({r["lambda"] for r in grid_rows})
     values = np.full((len(ks), len(lams)), np.nan)
@@ -73,6 +76,58 @@ def heatmap_figure(rows: list[dict]):
         ax.set_title(textwrap.fill(title, int((width - 1.0) / 0.07)) + sft, fontsize=9)
         fig.colorbar(im, ax=ax)
     return fig
+
+
+def _effect(ax, x: int, row: dict, vs: str) -> None:
+    """One point: the mean paired difference over seeds and its 95% t interval (if any)."""
+    if f"{vs}_t_delta" not in row:
+        return
+    delta = row[f"{vs}_t_delta"]
+    low, high = row.get(f"{vs}_t_ci_low", delta), row.get(f"{vs}_t_ci_high", delta)
+    ax.errorbar(x, delta, yerr=[[delta - low], [high - delta]], fmt="o", capsize=4, color="C0")
+
+
+def _effect_axes(ax, labels: list[str], xlabel: str, title: str) -> None:
+    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax.set_xlim(-0.5, max(len(labels), 1) - 0.5)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=20 if len(labels) > 4 else 0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("delta validation accuracy")
+    ax.set_title(title, fontsize=9)
+
+
+def plot_effects(rows: list[dict], path: Path) -> Path:
+    """The seed-level effects (unit: training run). One factor at a time (`report.factor_table`):
+    a row per factor, each level against the base config (left) and against SFT (right). A
+    grid: every config against SFT. Configs with under 2 paired seeds have no interval."""
+    from stepjepa.report import factor_table
+
+    plt, table = _pyplot(), factor_table(rows)
+    if not table:
+        configs = [r for r in rows if r["config"] != SFT]
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.9 * len(configs)), 3.8), layout="constrained")
+        for x, row in enumerate(configs):
+            _effect(ax, x, row, "vs_sft")
+        _effect_axes(ax, [r["config"] for r in configs], "config", "each config against SFT")
+    else:
+        width = max(6.0, 2.0 + 1.6 * max(len(levels) for levels in table.values()))
+        fig, axes = plt.subplots(len(table), 2, figsize=(width, 3.4 * len(table)), squeeze=False, layout="constrained")
+        for (left, right), (factor, levels) in zip(axes, table.items(), strict=True):
+            labels = [f"{lv['level']}{' (base)' if lv['is_base'] else ''}" for lv in levels]
+            for x, level in enumerate(levels):
+                if level["is_base"]:
+                    left.plot(x, 0.0, "s", color="gray")
+                else:
+                    _effect(left, x, level["row"], "vs_base")
+                _effect(right, x, level["row"], "vs_sft")
+            _effect_axes(left, labels, factor, f"{factor}: against the base config")
+            _effect_axes(right, labels, factor, f"{factor}: against SFT")
+    fig.suptitle("validation accuracy: mean paired difference over seeds, 95% t interval (unit: training run)",
+                 fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_loss_curves(results: list[RunResult], path: Path) -> Path:

@@ -15,6 +15,12 @@ two-sided paired t-test of per-seed accuracy, Holm over all configs of the sweep
 at least 3 seeds (`stats.seed_verdicts` says why). The per-question interval and McNemar's
 test are reported next to it, labelled as what they are: conditional on these trained models.
 
+A one-at-a-time sweep (`sweep.design: one_at_a_time`) also compares every config with the
+base config it varies one factor of (`vs_base_*`: the same seed-level test and a t interval
+over the per-seed paired differences), in one Holm family with the comparisons with SFT:
+the study's whole family of claims. `factor_table` and `plots.plot_effects` show them, and
+`verdict_records` (verdicts.json) holds every comparison for `stepjepa compare`.
+
 A run's result is a `stepjepa.sweep.RunResult`: its spec, status and, when completed, what
 `read_run_result` (or `tracking.run_result`) reads of its evaluation and training.
 """
@@ -30,7 +36,7 @@ import numpy as np
 
 from stepjepa.stats import (
     MIN_SEEDS, SELECTION_RULE, TOO_FEW_SEEDS, VERDICT_RULE, beats_sft, holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap,
-    seed_verdicts,
+    paired_t_interval, seed_verdicts,
 )
 from stepjepa.sweep import RunResult
 from stepjepa.vocabulary import SFT
@@ -117,16 +123,47 @@ def _compare(row: dict, done: list[RunResult], base: dict[int, RunResult]) -> tu
             _per_seed(theirs, seeds, lambda r: r.metrics[METRIC]))
 
 
-def _verdicts(rows: list[dict], pairs: dict[str, tuple]) -> None:
-    """The seed-level verdict of every config, Holm over all of them (failed ones count, p = 1)."""
+def _verdicts(rows: list[dict], pairs: dict[tuple[str, str], tuple]) -> None:
+    """The seed-level verdict of every (config, against) comparison, `against` "sft" or
+    "base", Holm over all of them (failed ones count, p = 1), and each one's t interval."""
     by_name = {r["config"]: r for r in rows}
-    for name, cmp in zip(pairs, seed_verdicts(list(pairs.values())), strict=True):
-        row = by_name[name]
-        if cmp.n_seeds == 0:  # failed, or no SFT seed to pair with
+    for (name, against), cmp in zip(pairs, seed_verdicts(list(pairs.values())), strict=True):
+        row, vs = by_name[name], f"vs_{against}"
+        if cmp.n_seeds == 0:  # failed, or no SFT (base) seed to pair with
             continue
-        row |= {"vs_sft_verdict": cmp.verdict, "vs_sft_paired_seeds": cmp.n_seeds}
+        row |= {f"{vs}_verdict": cmp.verdict, f"{vs}_paired_seeds": cmp.n_seeds, f"{vs}_t_delta": cmp.delta}
         if cmp.n_seeds >= 2:
-            row |= {"vs_sft_t": cmp.t, "vs_sft_t_p": cmp.p_value, "vs_sft_t_p_holm": cmp.p_holm}
+            low, high = paired_t_interval(*pairs[name, against])
+            row |= {f"{vs}_t": cmp.t, f"{vs}_t_p": cmp.p_value, f"{vs}_t_p_holm": cmp.p_holm,
+                    f"{vs}_t_ci_low": low, f"{vs}_t_ci_high": high}
+
+
+def _setting(spec, key: str):
+    return dict(spec.overrides)[f"train.{key}"]
+
+
+def _against_base(rows: list[dict], groups: dict[str, list[RunResult]], pairs: dict) -> None:
+    """One factor at a time: each config's level of its factor and the base's, and its per-seed
+    accuracies paired with the base config's (seeds both completed)."""
+    from stepjepa.sweep import axis_text
+
+    base_name = next((name for name, runs in groups.items() if runs[0].spec.factor == "base"), None)
+    if base_name is None:
+        return
+    base_spec = groups[base_name][0].spec
+    base = {r.spec.seed: r for r in groups[base_name] if r.completed}
+    for row in rows:
+        spec = groups[row["config"]][0].spec
+        row["factor"] = spec.factor
+        if row["factor"] in (None, "base"):
+            continue
+        row["level"] = axis_text(_setting(spec, row["factor"]))
+        row["base_level"] = axis_text(_setting(base_spec, row["factor"]))
+        row["base_config"] = base_name
+        done = {r.spec.seed: r for r in groups[row["config"]] if r.completed}
+        seeds = sorted(done.keys() & base.keys())
+        pairs[row["config"], "base"] = (np.array([done[s].metrics[METRIC] for s in seeds], dtype=float),
+                                        np.array([base[s].metrics[METRIC] for s in seeds], dtype=float))
 
 
 def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
@@ -143,11 +180,12 @@ def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
             _seed_stats(row, done)
             row["questions"] = len(done[0].correct_strict)
             if name != SFT:
-                pairs[name] = _compare(row, done, base)
+                pairs[name, SFT] = _compare(row, done, base)
             row["warnings"] = sorted({w for r in done for w in _warnings(r, base.get(r.spec.seed))})
         if name != SFT and not done:
-            pairs[name] = (np.empty(0), np.empty(0))
+            pairs[name, SFT] = (np.empty(0), np.empty(0))
         rows.append(row)
+    _against_base(rows, groups, pairs)
     compared = [r for r in rows if "vs_sft_p_value" in r]
     for row, adjusted in zip(compared, holm_adjust([r["vs_sft_p_value"] for r in compared]), strict=True):
         row["vs_sft_p_holm"] = adjusted
@@ -209,6 +247,59 @@ def _interval(row: dict, prefix: str) -> str:
     return f"{row[f'{prefix}_delta']:+.3f} [{row[f'{prefix}_ci_low']:+.3f}, {row[f'{prefix}_ci_high']:+.3f}]"
 
 
+def factor_table(rows: list[dict]) -> dict[str, list[dict]]:
+    """One factor at a time: `{factor: [{"level", "row", "is_base"}, ...]}`, the base config's
+    level first, then each other level; the sweep's own factors first, then the axes by name;
+    {} for a grid."""
+    base = next((r for r in rows if r.get("factor") == "base"), None)
+    table: dict[str, list[dict]] = {}
+    fixed = ("k", "lambda", "views")
+    for row in sorted(rows, key=lambda r: (fixed.index(r["factor"]) if r.get("factor") in fixed else 3,
+                                           str(r.get("factor")))):
+        if base is not None and row.get("factor") not in (None, "base"):
+            levels = table.setdefault(row["factor"], [{"level": row["base_level"], "row": base, "is_base": True}])
+            levels.append({"level": row["level"], "row": row, "is_base": False})
+    return table
+
+
+def _t_interval(row: dict, vs: str) -> str:
+    if f"{vs}_t_ci_low" not in row:
+        return f"{row[f'{vs}_t_delta']:+.3f}" if f"{vs}_t_delta" in row else ""
+    return f"{row[f'{vs}_t_delta']:+.3f} [{row[f'{vs}_t_ci_low']:+.3f}, {row[f'{vs}_t_ci_high']:+.3f}]"
+
+
+def _t_p(row: dict, vs: str) -> str:
+    return f"{row[f'{vs}_t_p']:.3g} ({row[f'{vs}_t_p_holm']:.3g})" if f"{vs}_t_p" in row else ""
+
+
+def factor_markdown(rows: list[dict]) -> str:
+    """The per-factor table of a one-at-a-time sweep: each level against the base config and
+    against SFT, with seed-level intervals and Holm over the whole study; "" for a grid."""
+    table = factor_table(rows)
+    if not table:
+        return ""
+    base = table[next(iter(table))][0]["row"]
+    lines = [f"**One factor at a time around {base['config']}**: each level against the base config and against SFT. "
+             "Deltas are mean paired differences of validation accuracy over seeds with their 95% t interval "
+             "(unit: training run); p is the two-sided paired t-test, Holm over every comparison of the study "
+             "(against SFT and against the base).", "",
+             "| factor | value | config | seeds | val acc | delta vs base [95% t interval over seeds] | p vs base (Holm) "
+             "| verdict vs base | delta vs SFT [95% t interval over seeds] | p vs SFT (Holm) | verdict vs SFT |",
+             "|" + "---|" * 11]
+    for factor, levels in table.items():
+        for level in levels:
+            r = level["row"]
+            if METRIC not in r:
+                lines.append(f"| {factor} | {level['level']} | {r['config']} | 0/{r['runs']} | failed |" + " |" * 6)
+                continue
+            vs_base = ("(base)", "", "") if level["is_base"] else (_t_interval(r, "vs_base"), _t_p(r, "vs_base"),
+                                                                   r.get("vs_base_verdict", ""))
+            lines.append(f"| {factor} | {level['level']} | {r['config']} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
+                         f"| {' | '.join(vs_base)} | {_t_interval(r, 'vs_sft')} | {_t_p(r, 'vs_sft')} "
+                         f"| {r.get('vs_sft_verdict', '')} |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict], test: dict | None = None) -> str:
     """The validation table, the test row (champion vs SFT only) and a sentence on what the
     claims rest on. The verdict column is the seed-level one (unit: training run); the
@@ -252,14 +343,16 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
         text += (f"\n\n**Test (read once): {test['config']} vs SFT** on {test['questions']} questions, "
                  f"{test['seeds']} seed(s): accuracy {test['champion_accuracy_strict']:.3f} vs "
                  f"{test['sft_accuracy_strict']:.3f}, delta {delta}{p}{verdict}.")
-    return text
+    factors = factor_markdown(rows)
+    return text + (f"\n\n{factors}" if factors else "")
 
 
 def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = None) -> dict[str, Any]:
     """The sweep's metrics file (`dvc metrics show`): the selection, its validation numbers
     next to SFT's, and the test comparison; a dozen columns, nothing that differs between
     machines. `beats_sft` and `verdict` are the selected config's seed-level verdict on
-    validation (`VERDICT_RULE`). Every config's numbers are in table.md and accuracy.json."""
+    validation (`VERDICT_RULE`). Every config's numbers are in table.md, accuracy.json and
+    verdicts.json (`verdict_records`)."""
     keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
     pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
     out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
@@ -276,13 +369,44 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     return out
 
 
+def verdict_records(rows: list[dict]) -> list[dict[str, Any]]:
+    """Every seed-level comparison of the sweep, one record each (`verdicts.json`, what
+    `stepjepa compare` checks a rerun against): config, `against` ("sft", or "base" in a
+    one-at-a-time sweep), verdict, mean paired difference of accuracy over seeds (`delta`),
+    its 95% t interval, the paired t-test's p and its Holm adjustment, paired seeds; a config
+    with no completed run has verdict "failed". Not in summary.json: `dvc metrics show` would
+    grow a column per number."""
+    out = []
+    for row in rows:
+        if row["config"] == SFT:
+            continue
+        where = {"factor": row["factor"], "level": row["level"]} if row.get("factor") not in (None, "base") else {}
+        if "vs_sft_verdict" not in row:
+            out.append({"config": row["config"], "against": SFT, "verdict": "failed" if not row.get("completed")
+                        else "no baseline to pair with"} | where)
+        for vs in ("vs_sft", "vs_base"):
+            if f"{vs}_verdict" not in row:
+                continue
+            record = {"config": row["config"], "against": vs.removeprefix("vs_"), "verdict": row[f"{vs}_verdict"],
+                      "paired_seeds": row[f"{vs}_paired_seeds"]}
+            for name, key in (("delta", "t_delta"), ("ci_low", "t_ci_low"), ("ci_high", "t_ci_high"), ("p", "t_p"),
+                              ("p_holm", "t_p_holm")):
+                value = row.get(f"{vs}_{key}")
+                if value is not None and not np.isnan(value):
+                    record[name] = float(f"{value:.6g}")  # significant digits: a p-value can be 1e-9
+            out.append(record | where)
+    return out
+
+
 def write_plot_data(rows: list[dict], results: list[RunResult], folder: Path) -> None:
-    """Tabular data for `dvc plots`: validation metrics per config and the training curves."""
+    """Tabular data for `dvc plots`: validation metrics per config, the training curves and the
+    seed-level verdicts (`verdict_records`)."""
     folder.mkdir(parents=True, exist_ok=True)
     table = [{"config": r["config"], "views": r["views"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC],
               "nll": r.get("nll"), "step2_nll": r.get("step2_nll"), "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
               "seeds": len(r["seeds"])} for r in rows if METRIC in r]
     (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
+    (folder / "verdicts.json").write_text(json.dumps(verdict_records(rows), indent=1) + "\n")
     curves = [{"run": r.spec.name, "step": h["step"], "lm_loss": h.get("lm_loss"),
                "val_step2_nll": h.get("val_step2_nll")}
               for r in results if r.completed for h in r.history]

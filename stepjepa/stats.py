@@ -271,6 +271,27 @@ def paired_t_test(config_values, baseline_values, alternative: str = "greater") 
     return t, min(1.0, 2 * _t_sf(abs(t), df))
 
 
+def t_quantile(p: float, df: int) -> float:
+    """The `p` quantile (0.5 < p < 1) of Student's t with integer `df`, by bisection on `_t_sf`."""
+    low, high = 0.0, 1e7
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_sf(mid, df) > 1 - p else (low, mid)
+    return (low + high) / 2
+
+
+def paired_t_interval(config_values, baseline_values, confidence: float = 0.95) -> tuple[float, float]:
+    """The t interval of the mean paired difference over seeds: mean +- t(df) sd / sqrt(n).
+
+    The interval that goes with `paired_t_test` (unit: training run); it describes the
+    effect's size and decides no verdict. (nan, nan) with fewer than 2 pairs."""
+    d = _finite_1d(config_values, "config_values") - _finite_1d(baseline_values, "baseline_values")
+    if d.size < 2:
+        return math.nan, math.nan
+    half = t_quantile(1 - (1 - confidence) / 2, d.size - 1) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return float(d.mean()) - half, float(d.mean()) + half
+
+
 def paired_mean_bootstrap(
     config_values, baseline_values, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, float]:

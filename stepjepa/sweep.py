@@ -1,4 +1,5 @@
-"""The K x lambda grid of a sweep: run specs, names and cache keys (no orchestration here).
+"""The runs of a sweep (a K x lambda x view pair x axes grid, or one factor at a time around
+a base config): run specs, names and cache keys (no orchestration here).
 
 `pipelines/sweep.py` turns these specs into Prefect tasks; everything that decides *what*
 runs lives here so it can be tested without Prefect.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import itertools
 import json
 import textwrap
 import types
@@ -36,6 +38,11 @@ class RunSpec:
     string and parsed back on the way from the grid to the loss."""
     views: str = "steps"
     """The JEPA view pair (`train.views`); the baseline is `steps`, where it plays no part."""
+    axes: tuple[tuple[str, Any], ...] = ()
+    """(`sweep.axes` key, value) pairs where this run differs from the base: its name says them."""
+    factor: str | None = None
+    """`sweep.design: one_at_a_time` only: the factor this config varies (`k`, `lambda`,
+    `views` or an axis key), `base` for the base config; None for SFT and in a grid."""
 
     @property
     def is_baseline(self) -> bool:
@@ -44,7 +51,7 @@ class RunSpec:
     @property
     def config_name(self) -> str:
         """The name shared by all seeds of one (view pair, K, lambda) config."""
-        return config_name(self.k, self.lam, self.views)
+        return config_name(self.k, self.lam, self.views, self.axes)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"is_baseline": self.is_baseline, "config_name": self.config_name}
@@ -81,32 +88,74 @@ class RunResult:
 VIEW_PREFIX = {"steps": "", "user_assistant": "ua_"}
 
 
-def config_name(k: int, lam: float, views: str = "steps") -> str:
-    """`sft`, `k2_lam0.5` (Step-JEPA) or `ua_k2_lam0.5` (the original LLM-JEPA pair)."""
-    return SFT if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
+def axis_text(value: Any) -> str:
+    """An axis value as a name part: `0.001`, `false`, `two_pass`, `q_proj+v_proj`."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(axis_text, value))
+    return str(value)
+
+
+def config_name(k: int, lam: float, views: str = "steps", axes: tuple[tuple[str, Any], ...] = ()) -> str:
+    """`sft`, `k2_lam0.5` (Step-JEPA) or `ua_k2_lam0.5` (the original LLM-JEPA pair), then a
+    `_key-value` part per axis value that differs from the base (`k2_lam0.5_loss-mse`)."""
+    name = SFT if k == 0 and lam == 0 else f"{VIEW_PREFIX[views]}k{k}_lam{lam:g}"
+    return name + "".join(f"_{key}-{axis_text(value)}" for key, value in axes)
+
+
+# A point of the sweep: (K, lambda, view pair, every axis's value, factor).
+Point = tuple[int, float, str, tuple[tuple[str, Any], ...], str | None]
+
+
+def _points(sweep: SweepConfig) -> list[Point]:
+    """Every config but SFT, in order: the full grid, or the base config then each factor's
+    other values with the rest at the base (`sweep.design`)."""
+    keys, values = list(sweep.axes), list(sweep.axes.values())
+    if sweep.design == "grid":
+        return [(k, float(lam), v, tuple(zip(keys, combo)), None) for v in sweep.views for k in sweep.ks
+                for lam in sweep.lambdas for combo in itertools.product(*values)]
+    k0, lam0, v0 = sweep.ks[0], float(sweep.lambdas[0]), sweep.views[0]
+    base = tuple((key, vals[0]) for key, vals in zip(keys, values))
+    points = [(k0, lam0, v0, base, "base")]
+    points += [(k, lam0, v0, base, "k") for k in sweep.ks[1:]]
+    points += [(k0, float(lam), v0, base, "lambda") for lam in sweep.lambdas[1:]]
+    points += [(k0, lam0, v, base, "views") for v in sweep.views[1:]]
+    for i, (key, vals) in enumerate(zip(keys, values)):
+        points += [(k0, lam0, v0, base[:i] + ((key, value),) + base[i + 1:], key) for value in vals[1:]]
+    return points
 
 
 def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
-    """Baseline first for every seed, then each (view pair, K, lambda); duplicates removed.
+    """Baseline first for every seed, then each config (`_points`); duplicates removed.
 
-    The baseline is one run per seed whatever the view pairs: with lambda = 0 no view is
-    computed. Step-JEPA runs (`steps`) keep the names they had before view pairs were a
-    grid axis.
+    The baseline is one run per seed whatever the view pairs, at every axis's base value:
+    with lambda = 0 no view is computed. Step-JEPA runs (`steps`) keep the names they had
+    before view pairs and axes were sweep fields.
     """
-    # Training runs log into the sweep's experiment, as children of its parent run.
-    common = [("train.layout", sweep.layout), ("train.loss", sweep.loss), ("train.experiment", sweep.experiment)]
+    # Training runs log into the sweep's experiment, as children of its parent run. An axis
+    # of layout or loss replaces the sweep's single value (its first value is that value).
+    base = {key: values[0] for key, values in sweep.axes.items()}
+    common = [("train.layout", base.get("layout", sweep.layout)), ("train.loss", base.get("loss", sweep.loss)),
+              ("train.experiment", sweep.experiment)]
     common += sorted(sweep.overrides.items())
-    grid = [(0, 0.0, "steps")] + [(k, float(lam), v) for v in sweep.views for k in sweep.ks for lam in sweep.lambdas]
+    grid = [(0, 0.0, "steps", tuple(base.items()), None), *_points(sweep)]
     specs, seen = [], set()
     for seed in sweep.seeds:
-        for k, lam, views in grid:
+        for k, lam, views, axes, factor in grid:
             if (k, lam) == (0, 0.0):
                 views = "steps"
-            if (k, lam, views, seed) in seen:
+            differ = tuple(sorted((key, value) for key, value in axes if value != base[key]))
+            if (k, lam, views, differ, seed) in seen:
                 continue
-            seen.add((k, lam, views, seed))
-            overrides = (("train.k", k), ("train.lambda", lam), ("train.seed", seed), ("train.views", views), *common)
-            specs.append(RunSpec(f"{config_name(k, lam, views)}_s{seed}", k, lam, seed, overrides, views))
+            seen.add((k, lam, views, differ, seed))
+            per_run = dict(common) | {f"train.{key}": value for key, value in axes}
+            overrides = (("train.k", k), ("train.lambda", lam), ("train.seed", seed), ("train.views", views),
+                         *per_run.items())
+            name = f"{config_name(k, lam, views, differ)}_s{seed}"
+            specs.append(RunSpec(name, k, lam, seed, overrides, views, differ, factor))
     return specs
 
 

@@ -59,7 +59,7 @@ def test_the_prefect_form_describes_every_sweep_parameter():
     # The form's fields inside `sweep`: each says what it means and its default.
     fields = form.definitions["SweepChoices"]["properties"]
     assert set(fields) >= {"ks", "lambdas", "seeds", "layout", "loss", "views", "overrides", "max_concurrent",
-                           "retries", "launcher"}
+                           "retries", "launcher", "axes", "design"}
     undocumented = [name for name, field in fields.items() if not field.get("description", "").split("Empty:")[0]]
     assert undocumented == []
     assert all("(default " in field["description"] for field in fields.values())

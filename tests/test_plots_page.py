@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stepjepa.plots import VEGA_LIBS, offline_page_template, plot_heatmap, plot_loss_curves
+from stepjepa.plots import VEGA_LIBS, offline_page_template, plot_effects, plot_heatmap, plot_loss_curves
 from stepjepa.report import summarize, write_plot_data
 from tests.support.chromium import CHROMIUM_FLAGS, chromium, run_in_group
 from tests.support.sweep_results import fake_results
@@ -49,6 +49,7 @@ def _sweep_repo(path: Path) -> tuple[list[dict], list[dict]]:
     write_plot_data(rows, results, sweep)
     plot_heatmap(rows, sweep / "heatmap.png")
     plot_loss_curves(results, sweep / "loss_curves.png")
+    plot_effects(rows, sweep / "effects.png")
     return rows, results
 
 
@@ -96,7 +97,7 @@ def test_plots_page_renders_offline_with_bars_and_one_line_per_run(tmp_path) -> 
         assert all(f">{run}<" in chart for run in runs), "every run in the legend"
         points = sum(h[key] is not None for r in results if r.completed for h in r.history)
         assert chart.count('aria-roledescription="point"') == points, "a point per value, none for null"
-    assert all("<img" in divs[f"metrics_sweep_{name}_png"] for name in ("heatmap", "loss_curves"))
+    assert all("<img" in divs[f"metrics_sweep_{name}_png"] for name in ("heatmap", "loss_curves", "effects"))
 
     _chromium(env, tmp_path, f"--screenshot={SCREENSHOT}", page.as_uri())
     assert SCREENSHOT.stat().st_size > 10_000

@@ -119,3 +119,46 @@ def test_enough_seeds_make_the_champion_beat_sft_on_validation_and_test():
 
 def test_loss_curves_plot(tmp_path):
     assert plot_loss_curves(fake_results(), tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_one_factor_at_a_time_compares_each_level_with_the_base_and_sft_holm_over_the_study(tmp_path):
+    from stepjepa.plots import plot_effects
+    from stepjepa.report import factor_table
+    from stepjepa.stats import holm_adjust, paired_t_interval
+    from tests.support.sweep_results import fake_study
+
+    results = fake_study()
+    rows = {r["config"]: r for r in summarize(results)}
+    # True effects: K=2 as good as the base, lambda 0.5 and mse worse than it; mse worse than SFT.
+    assert rows["k2_lam0.1"]["vs_base_verdict"] == "no significant difference"
+    assert rows["k1_lam0.5"]["vs_base_verdict"] == "worse" and rows["k1_lam0.1_loss-mse"]["vs_base_verdict"] == "worse"
+    assert rows["k1_lam0.5"]["vs_sft_verdict"] == "no significant difference"
+    assert rows["k1_lam0.1"]["factor"] == "base" and "vs_base_verdict" not in rows["k1_lam0.1"]
+    # One Holm family: 4 configs against SFT and 3 against the base.
+    tests = [(name, vs) for name in rows for vs in ("vs_sft", "vs_base") if f"{vs}_t_p" in rows[name]]
+    assert len(tests) == 7
+    adjusted = holm_adjust([rows[name][f"{vs}_t_p"] for name, vs in tests])
+    assert [rows[name][f"{vs}_t_p_holm"] for name, vs in tests] == adjusted
+    # The interval is the t interval of the per-seed paired differences with the base.
+    acc = {(r.spec.config_name, r.spec.seed): r.metrics["accuracy_strict"] for r in results}
+    mse = [acc["k1_lam0.1_loss-mse", s] for s in range(5)]
+    assert (rows["k1_lam0.1_loss-mse"]["vs_base_t_ci_low"], rows["k1_lam0.1_loss-mse"]["vs_base_t_ci_high"]) == \
+        paired_t_interval(mse, [acc["k1_lam0.1", s] for s in range(5)])
+    table = factor_table(list(rows.values()))
+    assert list(table) == ["k", "lambda", "loss"]
+    assert [(lv["level"], lv["row"]["config"], lv["is_base"]) for lv in table["loss"]] == [
+        ("infonce", "k1_lam0.1", True), ("mse", "k1_lam0.1_loss-mse", False)]
+    text = markdown_table(list(rows.values()))
+    assert "**One factor at a time around k1_lam0.1**" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("| loss | mse | k1_lam0.1_loss-mse |"))
+    assert line.count("| worse |") == 2
+    assert plot_effects(list(rows.values()), tmp_path / "effects.png").stat().st_size > 0
+
+
+def test_a_grid_has_no_factor_table_and_its_effects_plot_shows_each_config_against_sft(tmp_path):
+    from stepjepa.plots import plot_effects
+    from stepjepa.report import factor_markdown
+
+    rows = summarize(fake_results(seeds=(0, 1, 2)))
+    assert factor_markdown(rows) == "" and all("factor" not in r for r in rows)
+    assert plot_effects(rows, tmp_path / "effects.png").stat().st_size > 0

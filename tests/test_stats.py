@@ -313,3 +313,14 @@ def test_verdict_known_values():
     assert nine[0].p_holm == pytest.approx(9 * one.p_value) and nine[0].verdict == "no significant difference"
     (worse,) = seed_verdicts([([0.5, 0.5, 0.5], [0.55, 0.56, 0.57])])
     assert worse.verdict == "worse" and worse.p_value == pytest.approx(one.p_value)
+
+
+def test_t_quantiles_and_the_paired_t_interval_match_tables():
+    from stepjepa.stats import paired_t_interval, t_quantile
+
+    for df, q in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423)]:  # two-sided 95% table values
+        assert abs(t_quantile(0.975, df) - q) < 1e-4
+    low, high = paired_t_interval([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0])
+    half = 3.1824 * (5 / 3) ** 0.5 / 2  # t(0.975, 3) sd / sqrt(4)
+    assert abs(low - (2.5 - half)) < 1e-3 and abs(high - (2.5 + half)) < 1e-3
+    assert all(x != x for x in paired_t_interval([1.0], [0.0]))  # nan: one pair has no spread

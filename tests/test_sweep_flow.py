@@ -71,6 +71,12 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     pipe = mlflow.transformers.load_model("models:/sj-test@champion")
     assert isinstance(pipe("Betty has 5 apples.", max_new_tokens=4)[0]["generated_text"], str)
     assert (environment / "metrics/sweep/heatmap.png").stat().st_size > 1000
+    # Every config's seed-level verdict for `stepjepa compare`, and its figure; one seed: no interval.
+    verdicts = json.loads((environment / "metrics/sweep/verdicts.json").read_text())
+    assert [(v["config"], v["verdict"]) for v in verdicts] == [("k1_lam0.5", "too few seeds to tell"),
+                                                               ("k1_lam1e+39", "failed")]
+    assert verdicts[0]["paired_seeds"] == 1 and "ci_low" not in verdicts[0]
+    assert (environment / "metrics/sweep/effects.png").stat().st_size > 1000
     table = (environment / "metrics/sweep/table.md").read_text()
     assert "val Step-2 NLL" in table and f"**Test (read once): {selected} vs SFT**" in table
 

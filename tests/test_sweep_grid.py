@@ -235,3 +235,160 @@ def test_a_work_pool_config_runs_in_the_sweeps_folder_without_leaving_this_one(t
         assert train_args[2] == {name: str(root / path) for name, path in paths.items()} == eval_args[4]
         assert train_args[5:] == ("e", {}) and train_kwargs == eval_kwargs == {"cwd": str(root)}
         assert train_args[4] is eval_args[6], "one pool of device slots for the training and its evaluation"
+
+
+# --- Axes: any training key, as a grid or one factor at a time ----------------------------
+
+def test_the_default_grid_keeps_its_names_and_overrides():
+    """Names and resolved configs of a sweep without axes are what they were before axes:
+    every cached run folder and the committed dvc.lock stay valid."""
+    sweep = SweepConfig(ks=[2], lambdas=[0.5], views=["steps", "user_assistant"], layout="packed",
+                        overrides={"train.max_steps": 7})
+    common = (("train.layout", "packed"), ("train.loss", "cosine"), ("train.experiment", "step-jepa-sweep"),
+              ("train.max_steps", 7))
+    assert expand_grid(sweep) == [
+        RunSpec("sft_s0", 0, 0.0, 0, (("train.k", 0), ("train.lambda", 0.0), ("train.seed", 0), ("train.views", "steps"),
+                                      *common), "steps"),
+        RunSpec("k2_lam0.5_s0", 2, 0.5, 0, (("train.k", 2), ("train.lambda", 0.5), ("train.seed", 0),
+                                            ("train.views", "steps"), *common), "steps"),
+        RunSpec("ua_k2_lam0.5_s0", 2, 0.5, 0, (("train.k", 2), ("train.lambda", 0.5), ("train.seed", 0),
+                                               ("train.views", "user_assistant"), *common), "user_assistant"),
+    ]
+
+
+def test_axes_grid_names_each_value_that_differs_from_the_base():
+    sweep = SweepConfig(ks=[1], lambdas=[0.1, 0.5], axes={"loss": ["infonce", "mse"], "target_grad": [True, False]},
+                        layout="packed")
+    specs = expand_grid(sweep)
+    assert [s.config_name for s in specs] == [
+        "sft", "k1_lam0.1", "k1_lam0.1_target_grad-false", "k1_lam0.1_loss-mse", "k1_lam0.1_loss-mse_target_grad-false",
+        "k1_lam0.5", "k1_lam0.5_target_grad-false", "k1_lam0.5_loss-mse", "k1_lam0.5_loss-mse_target_grad-false"]
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    configs = {s.config_name: resolve(base, s).train for s in specs}
+    assert (configs["sft"].loss, configs["sft"].target_grad) == ("infonce", True), "SFT at the base values"
+    assert (configs["k1_lam0.5_loss-mse_target_grad-false"].loss, configs["k1_lam0.5_loss-mse_target_grad-false"].target_grad,
+            configs["k1_lam0.5_loss-mse_target_grad-false"].lambda_) == ("mse", False, 0.5)
+    assert all(s.factor is None for s in specs)
+    assert expand_grid(SweepConfig(ks=[1], lambdas=[0.1], axes={"learning_rate": [1e-3, "6e-3"]}))[2].name == \
+        "k1_lam0.1_learning_rate-0.006_s0"
+
+
+def test_one_at_a_time_varies_each_factor_alone_around_the_base():
+    sweep = SweepConfig(ks=[1, 0, 2], lambdas=[0.1, 0.5], seeds=[0, 1], views=["steps", "user_assistant"],
+                        design="one_at_a_time", layout="packed",
+                        axes={"layout": ["packed", "two_pass"], "target_grad": [True, False], "gamma": [1.0, 0.5]})
+    specs = expand_grid(sweep)
+    first = [(s.config_name, s.factor) for s in specs if s.seed == 0]
+    assert first == [("sft", None), ("k1_lam0.1", "base"), ("k0_lam0.1", "k"), ("k2_lam0.1", "k"),
+                     ("k1_lam0.5", "lambda"), ("ua_k1_lam0.1", "views"), ("k1_lam0.1_layout-two_pass", "layout"),
+                     ("k1_lam0.1_target_grad-false", "target_grad"), ("k1_lam0.1_gamma-0.5", "gamma")]
+    assert len(specs) == 2 * len(first) and specs[len(first)].name == "sft_s1"
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tc = {s.config_name: resolve(base, s).train for s in specs if s.seed == 1}
+    assert (tc["k1_lam0.1_gamma-0.5"].gamma, tc["k1_lam0.1_gamma-0.5"].layout, tc["k1_lam0.1_gamma-0.5"].target_grad,
+            tc["k1_lam0.1_gamma-0.5"].k, tc["k1_lam0.1_gamma-0.5"].seed) == (0.5, "packed", True, 1, 1)
+    assert (tc["ua_k1_lam0.1"].views, tc["ua_k1_lam0.1"].layout) == ("user_assistant", "packed")
+    assert tc["k1_lam0.1_layout-two_pass"].layout == "two_pass" and tc["k0_lam0.1"].k == 0
+
+
+def test_an_axis_run_is_cached_as_the_same_config_set_another_way():
+    """The cache key is the resolved config: a run an axis adds reuses the one trained by a sweep
+    that set the same values without axes, and growing an axis keeps the runs already there."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def keys(**sweep):
+        return {s.name: cache_key(resolve(base, s), "d") for s in expand_grid(SweepConfig(ks=[1], lambdas=[0.1], **sweep))}
+
+    plain = keys(loss="mse", layout="packed")
+    axis = keys(axes={"loss": ["infonce", "mse"]}, layout="packed")
+    assert axis["k1_lam0.1_loss-mse_s0"] == plain["k1_lam0.1_s0"]
+    assert axis["k1_lam0.1_s0"] != plain["k1_lam0.1_s0"] and axis["sft_s0"] != plain["sft_s0"]  # loss infonce: another run
+    grown = keys(axes={"loss": ["infonce", "mse", "cosine"]}, layout="packed")
+    assert grown.items() >= axis.items() and set(grown) - set(axis) == {"k1_lam0.1_loss-cosine_s0"}
+    assert keys(axes={"gamma": [1.0]})["k1_lam0.1_s0"] == keys()["k1_lam0.1_s0"], "a one-value axis at the default"
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"axes": {"los": ["mse"]}}, r"sweep\.axes\.los: train\.los is not a training key"),
+    ({"axes": {"loss": ["l3"]}}, r"sweep\.axes\.loss: 'l3' is not a valid train\.loss"),
+    ({"axes": {"gamma": [-1]}}, r"sweep\.axes\.gamma: -1 is not a valid train\.gamma"),
+    ({"axes": {"learning_rate": [float("nan")]}}, r"sweep\.axes\.learning_rate: nan is not a valid"),
+    ({"axes": {"loss": []}}, r"sweep\.axes\.loss"),
+    ({"axes": {"loss": ["mse", "mse"]}}, r"sweep\.axes\.loss lists a value twice"),
+    ({"axes": {"k": [1, 2]}}, r"sweep\.axes\.k: train\.k is set by sweep\.ks"),
+    ({"axes": {"lambda": [1.0]}}, r"sweep\.axes\.lambda: train\.lambda is set by sweep\.lambdas"),
+    ({"axes": {"seed": [1]}}, r"sweep\.axes\.seed: train\.seed is set by sweep\.seeds"),
+    ({"axes": {"views": ["steps"]}}, r"sweep\.axes\.views: train\.views is set by sweep\.views"),
+    ({"axes": {"log_every": [1, 5]}}, r"sweep\.axes\.log_every: train\.log_every changes no trained weight"),
+    ({"axes": {"loss": ["mse"]}, "loss": "cosine"}, r"sweep\.axes\.loss varies train\.loss.*sweep\.loss \(cosine\)"),
+    ({"axes": {"gamma": [0.5]}, "overrides": {"train.gamma": 1}}, r"train\.gamma is both in sweep\.axes and in sweep\.overrides"),
+    ({"axes": {"layout": ["packed", "inline"]}, "views": ["steps", "user_assistant"]}, r"sweep\.axes\.layout would train it inline"),
+    ({"design": "sideways"}, r"sweep\.design"),
+    ({"design": "one_at_a_time", "ks": [0, 1], "lambdas": [0.0, 0.5]}, r"the base config .* is K 0, lambda 0, which is SFT"),
+])
+def test_bad_axes_are_rejected_naming_the_dotted_key(sweep, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"sweep": sweep})
+
+
+def test_one_at_a_time_checks_only_the_view_pairs_and_layouts_it_trains():
+    # user_assistant runs at the base layout (packed); inline runs with the base pair (steps).
+    axes = {"layout": ["packed", "inline"]}
+    config_from_dict({"sweep": {"axes": axes, "views": ["steps", "user_assistant"], "design": "one_at_a_time"}})
+    with pytest.raises(ConfigError, match=r"user_assistant"):
+        config_from_dict({"sweep": {"axes": {"layout": ["inline", "packed"]}, "views": ["steps", "user_assistant"],
+                                    "design": "one_at_a_time"}})
+
+
+def test_the_choices_form_has_the_axes_and_the_design_and_checks_them():
+    from pydantic import ValidationError
+
+    from stepjepa.sweep import SweepChoices, choose
+
+    schema = SweepChoices.model_json_schema()["properties"]
+    assert {"axes", "design"} <= set(schema)
+    (design,) = [s for s in schema["design"]["anyOf"] if "enum" in s]
+    assert design["enum"] == ["grid", "one_at_a_time"] and "each factor varied alone" in schema["design"]["description"]
+    assert "first value of each is the base" in " ".join(schema["axes"]["description"].split())
+    with pytest.raises(ValidationError):
+        SweepChoices(design="sideways")
+    base = {"sweep": {"ks": [2], "lambdas": [0.5]}}
+    chosen = choose(base, SweepChoices(axes={"loss": ["cosine", "mse"]}, design="one_at_a_time"), "p.yaml")
+    assert [s.config_name for s in expand_grid(chosen)] == ["sft", "k2_lam0.5", "k2_lam0.5_loss-mse"]
+    with pytest.raises(ConfigError, match=r"(?s)^p\.yaml with flow parameters axes=.*sweep\.axes\.loss: 'x' is not"):
+        choose(base, SweepChoices(axes={"loss": ["x"]}), "p.yaml")
+
+
+def test_dvc_yaml_reruns_the_sweep_when_any_sweep_field_changes():
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["sweep"]
+    params = set(stage["params"])
+    uncovered = [f"sweep.{name}" for name in SweepConfig.model_fields
+                 if "sweep" not in params and f"sweep.{name}" not in params]
+    assert uncovered == [] and "train" in params
+
+
+def test_dvc_set_params_and_the_config_read_axes_the_same_way(tmp_path):
+    """`dvc exp run -S '++sweep.axes.loss=[...]'` (Hydra's grammar) writes what `load_config`
+    reads for the same override, so a study's axes reach the flow as written."""
+    from dvc.utils.hydra import apply_overrides
+
+    from stepjepa.config import load_config
+
+    sets = ["++sweep.axes.loss=[infonce,mse]", "++sweep.axes.target_grad=[true,false]",
+            "++sweep.axes.learning_rate=[0.006,1e-3]", "++sweep.design=one_at_a_time", "sweep.loss=infonce"]
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(params, sets)
+    by_dvc = load_config(params).sweep
+    assert by_dvc == load_config(ROOT / "params.yaml", [s.removeprefix("++") for s in sets]).sweep
+    assert by_dvc.axes == {"loss": ["infonce", "mse"], "target_grad": [True, False], "learning_rate": [0.006, 0.001]}
+
+
+def test_the_parent_run_name_says_the_axes_and_the_design():
+    from pipelines.sweep import _sweep_name
+
+    sweep = SweepConfig(ks=[1], lambdas=[0.1], axes={"loss": ["cosine", "mse"], "target_grad": [True, False]},
+                        design="one_at_a_time")
+    assert _sweep_name(sweep) == ("sweep K=1 lambda=0.1 seeds=1 steps inline/cosine loss=cosine,mse "
+                                  "target_grad=true,false one at a time")
+    assert _sweep_name(SweepConfig(ks=[1], lambdas=[0.1])) == "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine"

@@ -39,3 +39,26 @@ def fake_results(fail: str | None = None, collapse: str | None = None, same_accu
                      for s in (1, 2, 3)],
         ))
     return out
+
+
+# One factor at a time around k1_lam0.1 (infonce): true validation accuracy of each config.
+STUDY = SweepConfig(ks=[1, 2], lambdas=[0.1, 0.5], layout="packed", axes={"loss": ["infonce", "mse"]},
+                    design="one_at_a_time")
+STUDY_ACCURACY = {"sft": 0.3, "k1_lam0.1": 0.5, "k2_lam0.1": 0.5, "k1_lam0.5": 0.3, "k1_lam0.1_loss-mse": 0.1}
+
+
+def fake_study(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), fail: str | None = None):
+    """Made-up results of `STUDY` (what `summarize` reads): each seed shifts every config by
+    the same amount (what pairing by seed removes), plus a little noise per run."""
+    rng = np.random.default_rng(1)
+    shift = dict(zip(seeds, rng.normal(0, 0.05, len(seeds))))
+    out = []
+    for spec in expand_grid(STUDY.model_copy(update={"seeds": list(seeds)})):
+        if spec.config_name == fail:
+            out.append(RunResult(spec, "failed"))
+            continue
+        p = STUDY_ACCURACY[spec.config_name] + shift[spec.seed] + rng.normal(0, 0.01)
+        correct = rng.random(200) < p
+        out.append(RunResult(spec, "completed", correct_strict=correct.tolist(),
+                             metrics={"accuracy_strict": float(p), "nll": 1.0, "step2_nll": 1.5} | HEALTHY))
+    return out
