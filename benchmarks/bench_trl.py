@@ -121,10 +121,11 @@ def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int, 
 
 
 def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path, grouped: bool = False, *,
-                use_cpu: bool = True, bf16: bool = False):
+                use_cpu: bool = True, bf16: bool = False, max_steps: int = -1):
     """TRL's SFTTrainer as its docs configure chat data with assistant-only loss; `grouped`:
     transformers' length-grouped sampler instead of its default random one. `use_cpu`
-    False and `bf16` (its autocast mixed precision) for a CUDA machine (gpu_check.py)."""
+    False and `bf16` (its autocast mixed precision) for a CUDA machine (gpu_check.py).
+    `max_steps` > 0: that many optimizer steps instead of one epoch (bench_real_shape.py)."""
     from datasets import Dataset
 
     try:
@@ -138,7 +139,7 @@ def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path
     model = load_model(_config(model_dir, "sft", batch_size).model)
     args = SFTConfig(
         output_dir=str(out), assistant_only_loss=True, packing=False, padding_free=False, max_length=512,
-        per_device_train_batch_size=batch_size, num_train_epochs=1, learning_rate=TRAIN["learning_rate"],
+        per_device_train_batch_size=batch_size, num_train_epochs=1, max_steps=max_steps, learning_rate=TRAIN["learning_rate"],
         lr_scheduler_type=TRAIN["scheduler"], warmup_steps=TRAIN["warmup_ratio"],  # a float < 1 is a ratio
         weight_decay=TRAIN["weight_decay"], max_grad_norm=TRAIN["max_grad_norm"], seed=TRAIN["seed"],
         bf16=bf16, fp16=False, gradient_checkpointing=False, use_cpu=use_cpu, report_to="none", save_strategy="no",

@@ -127,6 +127,10 @@ def build_inputs(scale: Scale, scratch: Path) -> tuple[Path, list[dict], list[di
     model_dir = scratch / "model"
     Qwen2ForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    # Encode with the tokenizer as model_dir loads it, as TRL, generation and training do:
+    # under model_type qwen2, transformers loads it as Qwen2Tokenizer, whose pre-tokenizer
+    # (Qwen2's split regex) cuts the same text into other tokens than the tiny one's own.
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(model_dir)))
     pq.write_table(encode_records(tokenizer, records, 512, "26 Jul 2024"), scratch / "rows.parquet")
     return model_dir, records, load_rows(scratch / "rows.parquet")
 

@@ -191,10 +191,11 @@ class TrainConfig(Section):
     """Train on the first N rows only (quick runs)."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
-    lm_loss_chunk: int | None = Field(1024, ge=1)
+    lm_loss_chunk: int | None = Field(128, ge=1)
     """Labelled positions the LM head scores at once: memory holds one chunk's float32
     (chunk, vocab) logits, not the micro-batch's (stepjepa.forward.lm_loss_sum; at vocab
-    151,936 and 2,000 positions 1.7 GB instead of 3.5 GB at peak). null: all at once."""
+    151,936 and 2,000 positions 1.7 GB instead of 3.5 GB at peak at chunk 1024). 128: about
+    the memory of TRL's vocabulary tiles (benchmarks/results/real-shape.md). null: all at once."""
     seed: int = 0
     """Seeds data order, JEPA-ratio draws, dropout and new-token initialisation."""
     checkpoint_every: int | None = Field(500, ge=1)

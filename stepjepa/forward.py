@@ -35,7 +35,7 @@ from stepjepa.masks import check_layout, to_model_mask
 from stepjepa.vocabulary import IGNORE_INDEX, Layout, LossKind
 
 # Labelled positions per LM-head chunk when the caller does not say (train.lm_loss_chunk).
-LM_CHUNK = 1024
+LM_CHUNK = 128
 
 
 @dataclass(frozen=True)

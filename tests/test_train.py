@@ -252,7 +252,7 @@ def test_resume_needs_the_same_training_config_only(tmp_path):
     fine = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "log_every": 1},
                              "eval": {"limit": None, "batch_size": 4}, "sweep": {"max_concurrent": 2, "ks": [5]}})
     _check_same_config(saved, fine, tmp_path / "step-000003")
-    smaller_chunks = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "lm_loss_chunk": 128}})
+    smaller_chunks = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "lm_loss_chunk": 64}})
     _check_same_config(saved, smaller_chunks, tmp_path / "step-000003")  # memory only, not what trains
     del saved["train"]["lm_loss_chunk"]  # a checkpoint saved before the key existed
     _check_same_config(saved, fine, tmp_path / "step-000003")
