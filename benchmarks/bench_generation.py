@@ -98,7 +98,7 @@ def _timed(model, tokenizer, prompts, batch_size: int, max_new_tokens: int, repe
 
 
 def _cpu_name() -> str:
-    """The CPU's model name: ratios differ between CPUs (see benchmarks/RESULTS.md)."""
+    """The CPU's model name: ratios differ between CPUs (benchmarks/results/generation.md)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

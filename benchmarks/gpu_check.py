@@ -17,7 +17,7 @@ GSM8K; Qwen's tokenizer would need the hub), these sections:
   ddp         `accelerate launch` of `stepjepa.train` over every visible GPU
 
 and writes one markdown table (stdout and --out, default benchmarks/results/gpu-check.md);
-docs/gpu-check.md says how to record it in benchmarks/RESULTS.md. Without CUDA it prints
+docs/gpu-check.md says how to record it (a page of benchmarks/RESULTS.md). Without CUDA it prints
 one line and exits 0. `--cpu-smoke` runs the same section functions at toy size on the
 CPU in fp32 (tiny Qwen2, a few rows; flex forward only: torch has no flex backward on
 the CPU), so that tests/test_gpu_check.py keeps this script from rotting; the sweep and
@@ -344,7 +344,7 @@ def ddp_section(model_dir: Path, scale: Scale, scratch: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict], scale: Scale, seconds: float) -> str:
-    """One table in benchmarks/RESULTS.md's style, with the machine and date above it."""
+    """One table in the style of benchmarks/results/*.md, with the machine and date above it."""
     if scale.device == "cuda":
         machine = f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
     else:

@@ -1,4 +1,4 @@
-"""Sizing of the arith task for `make demo` (issue 12): one training run per try, scored
+"""Sizing of the arith task for `make demo`: one training run per try, scored
 the way the sweep selects (greedy `accuracy_strict` on the first `eval.limit` validation
 questions), with its compute cost.
 
@@ -46,7 +46,7 @@ DEMO = [
 ]
 MEASURE = ["train.tracking=none", "train.log_model=false", "train.eval_every=null", "train.k=0", "train.lambda=0.0"]
 
-# name -> changes to DEMO: the tries of benchmarks/RESULTS.md, "Arith task sizing", in the
+# name -> changes to DEMO: the tries of benchmarks/results/arith-sizing.md, in the
 # order they were run. `old_demo` is the sizing this replaced (three-step problems, 240 steps).
 Q200 = "eval.limit=200"
 JEPA = "train.k=2", "train.lambda=2.0"
@@ -157,7 +157,7 @@ def run_try(name: str, overrides: list[str], work: Path) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The markdown table of benchmarks/RESULTS.md; an SFT run's view spreads in parentheses."""
+    """The markdown table of benchmarks/results/arith-sizing.md; an SFT run's view spreads in parentheses."""
     lines = ["| try | changes to DEMO | val `accuracy_strict` (questions) | val NLL | view spread v1 / v2 "
              "| collapse warning | train CPU-s | eval CPU-s: generate + held-out | train wall s |",
              "|---|---|---|---|---|---|---|---|---|"]

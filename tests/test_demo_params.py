@@ -1,6 +1,6 @@
 """`make demo`'s params (the Makefile's DEMO_PARAMS) validate against the config, and the
 sizing script measures exactly them (benchmarks/size_arith.py's DEMO), so the sizing in
-benchmarks/RESULTS.md cannot silently drift from what the demo runs."""
+benchmarks/results/arith-sizing.md cannot silently drift from what the demo runs."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from stepjepa.sources import fetch
 from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
 from tests.support.train import FAST_TRAIN, write_tokenized
 
-# Two-step problems, as `make demo` sizes them (benchmarks/RESULTS.md, "Arith task sizing").
+# Two-step problems, as `make demo` sizes them (benchmarks/results/arith-sizing.md).
 ARITH = {"train_size": 1500, "test_size": 200, "seed": 0, "min_steps": 2, "max_steps": 2, "max_operand": 5,
          "max_value": 20}
 # A short system prompt: ~35 fewer tokens per example, a quarter of the training compute.
