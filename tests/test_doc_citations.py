@@ -1,5 +1,7 @@
 """Every doc the project cites is in the project: `docs/<file>.md`, with `section N` or
-`#anchor` where given, resolves inside this repository, and nothing points outside it.
+`#anchor` where given, and the benchmark pages `benchmarks/RESULTS.md` and
+`benchmarks/results/<page>.md`, with `#anchor` where given, resolve inside this repository,
+and nothing points outside it.
 
 Reads only the repository, so it passes in a clone with nothing beside it.
 """
@@ -25,6 +27,10 @@ CITATION = re.compile(
     r"(?:#(?P<anchor>[\w-]+)"
     r"|[ \t]*(?:\n[ \t]*#?[ \t]*)?(?:sections?[ \t]+)?(?P<sections>\d+(?:[ \t]*(?:,|,?[ \t]*and)[ \t]*\d+)*)\b)?"
 )
+# The benchmark index and its pages: `benchmarks/results/arith-sizing.md`, `...md#anchor`.
+BENCHMARK_PAGE = re.compile(r"(?<![\w./-])(?P<file>benchmarks/(?:RESULTS|results/[\w.-]+)\.md)(?:#(?P<anchor>[\w-]+))?")
+# A page a command writes, cited as its output before any machine has recorded one.
+WRITTEN_BY_A_COMMAND = {"benchmarks/results/gpu-check.md"}  # make gpu-check (benchmarks/gpu_check.py --out)
 # Relative links of markdown files: `[text](stack-notes.md#anchor)`, resolved from the file.
 LINK = re.compile(r"\]\((?P<target>[^)\s#]+\.md)(?:#(?P<anchor>[^)\s]+))?\)")
 # Documentation that lived beside the checkout and not in it (kept out of this file's text).
@@ -76,6 +82,9 @@ def citations() -> list[tuple[str, str, str | None, list[str]]]:
             numbers = re.findall(r"\d+", m.group("sections") or "")
             line = text.count("\n", 0, m.start()) + 1
             found.append((f"{where}:{line}", f"docs/{m.group('file')}", m.group("anchor"), numbers))
+        for m in BENCHMARK_PAGE.finditer(text):
+            line = text.count("\n", 0, m.start()) + 1
+            found.append((f"{where}:{line}", m.group("file"), m.group("anchor"), []))
         if path.suffix == ".md":
             for m in LINK.finditer(text):
                 if "://" in m.group("target"):
@@ -93,6 +102,8 @@ def problems(cites: list[tuple[str, str, str | None, list[str]]]) -> list[str]:
     out = []
     for where, cited, anchor, numbers in cites:
         doc = ROOT / cited
+        if cited in WRITTEN_BY_A_COMMAND and not doc.exists():
+            continue
         if cited.startswith("..") or not doc.is_file():
             out.append(f"{where}: {cited} is not a file of this repository")
             continue
@@ -116,6 +127,14 @@ def test_every_cited_doc_file_section_and_anchor_exists():
     assert not problems(cites), "\n".join(problems(cites))
 
 
+def test_the_benchmark_pages_cited_in_code_and_docs_are_followed():
+    cites = citations()
+    # The Makefile, the sizing script and the method regression test cite the arith sizing page.
+    cited = {c[1] for c in cites if not c[0].startswith("tests/test_doc_citations.py")}
+    assert "benchmarks/results/arith-sizing.md" in cited and "benchmarks/RESULTS.md" in cited
+    assert sum(c[1].startswith("benchmarks/") for c in cites) >= 5
+
+
 def test_nothing_cites_documentation_outside_the_repository():
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in cited_files()
                  for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
@@ -136,11 +155,25 @@ def test_citations_are_read_in_every_form_the_code_writes(text, expected):
     assert (f"docs/{m.group('file')}", m.group("anchor"), re.findall(r"\d+", m.group("sections") or "")) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("# Sizes: benchmarks/results/arith-sizing.md (size_arith.py)", ("benchmarks/results/arith-sizing.md", None)),
+    ("(benchmarks/results/test-tiers.md#why-the-suite-is-set-up-as-it-is).",
+     ("benchmarks/results/test-tiers.md", "why-the-suite-is-set-up-as-it-is")),
+    ("indexed in benchmarks/RESULTS.md.", ("benchmarks/RESULTS.md", None)),
+    ("`benchmarks/results/gpu-check-<card>.md`", None),
+])
+def test_benchmark_page_citations_are_read(text, expected):
+    m = BENCHMARK_PAGE.search(text)
+    assert (m and (m.group("file"), m.group("anchor"))) == expected
+
+
 def test_a_missing_section_or_anchor_is_reported():
     assert problems([("x.py:1", "docs/step-jepa.md", None, ["42"])]) == ["x.py:1: docs/step-jepa.md has no section 42"]
     assert problems([("x.py:1", "docs/stack-notes.md", "nope", [])]) == ["x.py:1: docs/stack-notes.md has no heading #nope"]
     gone = "docs/" + "gone.md"  # not written whole: this file's own text is walked too
     assert problems([("x.py:1", gone, None, [])]) == [f"x.py:1: {gone} is not a file of this repository"]
+    page = "benchmarks/results/flex.md"
+    assert problems([("x.py:1", page, "nope", [])]) == [f"x.py:1: {page} has no heading #nope"]
 
 
 def test_slugs_follow_github():

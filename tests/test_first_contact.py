@@ -1,5 +1,5 @@
-"""What a new user meets first: the hints of the README and the Makefile, the Prefect form,
-and a fresh run's log (issue 18, item 8)."""
+"""What a new user meets first: the hints of the README, the docs and the Makefile, the
+Prefect form, and a fresh run's log."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ def _bash_blocks(text: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text, re.S)
 
 
-def test_every_readme_command_that_starts_prefect_turns_its_telemetry_off():
+def test_every_readme_or_sweeps_page_command_that_starts_prefect_turns_its_telemetry_off():
     starts = re.compile(r"^\s*(prefect |python -m pipelines\.sweep)", re.M)
-    blocks = [b for b in _bash_blocks((ROOT / "README.md").read_text()) if starts.search(b)]
+    pages = [ROOT / "README.md", ROOT / "docs" / "sweeps.md"]  # the quick start, and sweeps from the Prefect UI
+    blocks = [b for page in pages for b in _bash_blocks(page.read_text()) if starts.search(b)]
     assert len(blocks) >= 2
     for block in blocks:
         first = starts.search(block).start()
