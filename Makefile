@@ -17,9 +17,8 @@ endif
 export HF_HUB_OFFLINE ?= 1
 export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export MLFLOW_DISABLE_TELEMETRY ?= true
-# MLflow's server job runner (a Huey consumer per job type: eight Python processes) runs
-# GenAI jobs (trace roll-ups, judges) this project never submits; it costs ~60 CPU-s in a
-# server's first 40 s here (benchmarks/RESULTS.md, "Test tiers").
+# MLflow's server job runner: eight processes for GenAI jobs this project never submits
+# (benchmarks/results/test-tiers.md).
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export DVC_NO_ANALYTICS ?= 1
@@ -27,7 +26,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-unit test-e2e bench gpu-check clean mlflow-ui demo study
+.PHONY: install run test test-unit test-e2e lint bench gpu-check clean mlflow-ui demo study
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,33 +39,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# dvc repro runs what is out of date (the sweep too when runs/sweep is missing); the
-# reconcile step registers the champion in this MLflow store if it lacks it (a new store,
-# run folders from `dvc pull`), training nothing.
+# dvc repro runs what is out of date; --reconcile registers the champion in this MLflow
+# store if it lacks it (a new store, run folders from `dvc pull`), training nothing.
 run: install
 	dvc repro
 	python -m pipelines.sweep --reconcile
 	@echo; echo "The sweep (metrics/sweep/table.md; dvc metrics show; MLflow: make mlflow-ui):"
 	@cat metrics/sweep/table.md
 
-# `make demo`: the same pipeline (DVC stages, the Prefect sweep, MLflow, the registry) on the
-# generated arith task (stepjepa/tasks/arith.py), which the tiny model can learn on a CPU.
-# It is a DVC experiment in a temporary workspace (.dvc/tmp/exps/standalone/), so make
-# run's dvc.lock, metrics/ and runs/ stay as they are. The results are committed to the
-# experiment's git ref refs/exps/../$(DEMO_NAME) (`dvc exp show`; outputs cached by DVC);
-# its table and plots are copied to outputs/demo/. MLflow and Prefect state live at the
-# absolute paths exported above (the temporary workspace is deleted after the run), under
-# their own experiment and registered model, step-jepa-arith.
-# Sizing (benchmarks/RESULTS.md, "Arith task sizing"; benchmarks/size_arith.py reproduces it):
-# 2 seeds x (SFT + K in {1,2} x lambda in DEMO_LAMBDAS) = 10 runs of DEMO_STEPS steps of batch
-# DEMO_BATCH on a 0.52M-parameter model. Two-step problems: three-step ones were not learnt
-# in this budget (0.22 after 480 steps). Measured 2026-12-01 with one torch thread: SFT
-# validation accuracy_strict 0.49 / 0.31 (seeds 0 / 1; the most common answer: 0.09); ~35
-# CPU-s per SFT training run, ~42 per Step-JEPA run (packed), ~4 per evaluation of 500
-# questions, plus ~20 s of process start-ups and MLflow per run: ~12 min in all, estimated.
-# Step-JEPA trains with the infonce loss (cosine collapsed the views, with or without
-# train.target_grad=false) and the packed layout (inline computes Step 2's LM loss with Step
-# 2 isolated: every inline run, even at lambda 0.02, stayed at chance on this task).
+# `make demo`: the pipeline on the generated arith task, as a DVC experiment in a temporary
+# workspace (docs/sweeps.md). Sizes: benchmarks/results/arith-sizing.md (benchmarks/size_arith.py;
+# tests/test_demo_params.py keeps them equal): two-step problems, packed layout, infonce loss.
 DEMO_NAME := arith-demo-$(shell date -u +%Y%m%d-%H%M%S)
 DEMO_STEPS ?= 360
 DEMO_BATCH ?= 16
@@ -103,21 +86,9 @@ demo: install
 	cat outputs/demo/table.md
 	$(call compare_with,outputs/demo,docs/results/arith)
 
-# `make study`: the seed's ablation on the arith task, one factor at a time around the demo's
-# best config (K = 1, lambda 0.1, infonce, packed, Step-JEPA views, target gradient on), each
-# level trained with STUDY_SEEDS seeds: K in {0,1,2,3}; lambda in {0.02,0.1,0.5}; loss infonce /
-# cosine / mse; layout packed / inline / two_pass; the Step-JEPA pair against the original
-# LLM-JEPA user/assistant pair; target gradient on / off. The demo's task, model and training
-# (DEMO_TASK), as a DVC experiment like `make demo`; docs/results/study.md is written from it
-# (pipelines/study_report.py), then compared with docs/results/study/verdicts.json.
-# Size: 13 configs (SFT, the base, 3 K, 2 lambda, 1 view pair, 2 loss, 2 layout, 1 target
-# gradient) x 5 seeds = 65 training runs. Not run yet; estimated from the demo's sizing above:
-# ~35 CPU-s (SFT) to ~42 (Step-JEPA) of training, ~4 of validation evaluation and ~20 s of
-# process start-ups and MLflow per run, one run at a time: 65 x ~65 s = ~70 min, plus the data
-# stages and the test split read for the champion and SFT (10 evaluations), ~5 min: ~75 min on
-# 2 CPU cores, under the 90-min budget. two_pass runs (10) may train slower (two forward
-# passes); the demo itself measured ~45 s per run all in, which would give ~50 min. More seeds
-# or steps do not fit: 6 seeds would be ~90 min by the same estimate.
+# `make study`: the seed's ablation on arith, one factor at a time around the demo's best config,
+# STUDY_SEEDS seeds each: 13 configs x 5 seeds = 65 runs, ~75 min on 2 cores, estimated
+# (docs/sweeps.md#make-study says what it trains and how it was sized).
 STUDY_NAME := arith-study-$(shell date -u +%Y%m%d-%H%M%S)
 STUDY_SEEDS ?= [0,1,2,3,4]
 STUDY_PARAMS ?= $(DEMO_TASK) \
@@ -138,14 +109,8 @@ study: install
 	python -m pipelines.study_report --results outputs/study --out docs/results/study.md --name $(STUDY_NAME)
 	$(call compare_with,outputs/study,docs/results/study)
 
-# Tiers (pyproject.toml's markers; tests/README.md): `test` is everything (what CI runs);
-# `test-unit` has no subprocess, no server and no training beyond a few steps; `test-e2e` is
-# the rest. All run on pytest-xdist workers: TEST_WORKERS for the tiers with servers and
-# training (their tests wait on servers and processes a quarter of the time: a third worker
-# kept both cores 83% busy, a fourth only added contention), every core for the unit tier. `--dist loadfile`
-# keeps each module on one worker (several share one project among their tests, in order;
-# `loadgroup` does not group under pytest 9); tests/conftest.py orders the longest first.
-# --durations shows where the time goes.
+# Tiers: tests/README.md. Three workers fill the e2e tests' waits on 2 cores; loadfile keeps
+# a module on one worker (benchmarks/results/test-tiers.md).
 TEST_WORKERS ?= 3
 XDIST := --dist loadfile --no-loadscope-reorder
 test: install
@@ -157,15 +122,25 @@ test-unit: install
 test-e2e: install
 	pytest -q -n $(TEST_WORKERS) $(XDIST) -m "e2e or server or cli" --durations=25
 
+# Every CPU benchmark at a small size, ~10 min on 2 cores; tables in outputs/bench/, the
+# recorded ones in benchmarks/RESULTS.md.
+BENCH_OUT := outputs/bench
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
-	python benchmarks/bench_data.py
+	dvc repro tokenize
+	mkdir -p $(BENCH_OUT)
+	python benchmarks/bench_data.py > $(BENCH_OUT)/data.txt && cat $(BENCH_OUT)/data.txt
+	python benchmarks/bench_score.py > $(BENCH_OUT)/score.txt && cat $(BENCH_OUT)/score.txt
+	python benchmarks/bench_step.py --batches 10 > $(BENCH_OUT)/step.txt && cat $(BENCH_OUT)/step.txt
+	python benchmarks/bench_generation.py --repeats 2 > $(BENCH_OUT)/generation.txt && cat $(BENCH_OUT)/generation.txt
+	python benchmarks/bench_trl.py --examples 128 > $(BENCH_OUT)/trl.txt && cat $(BENCH_OUT)/trl.txt
+	python benchmarks/bench_flex.py --repeats 3 > $(BENCH_OUT)/flex.txt && cat $(BENCH_OUT)/flex.txt
 
-# `make gpu-check`: on a CUDA machine, one table in <= 10 min (a Qwen2.5-0.5B-shaped model in
-# bf16 on GSM8K rows): step tokens/s and peak memory with sdpa and flex_attention (flex's
-# losses and gradients checked against sdpa), TRL, generation, a two-config sweep, DDP over
-# every visible GPU; written to benchmarks/results/gpu-check.md (docs/gpu-check.md). Without
-# CUDA it prints one line and exits 0.
+lint: install
+	ruff check .
+	ruff format --check .
+
+# On a CUDA machine, one table in <= 10 min (docs/gpu-check.md); without CUDA one line, exit 0.
 gpu-check: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	python benchmarks/gpu_check.py
