@@ -122,7 +122,7 @@ test-unit: install
 test-e2e: install
 	pytest -q -n $(TEST_WORKERS) $(XDIST) -m "e2e or server or cli" --durations=25
 
-# Every CPU benchmark at a small size, ~10 min on 2 cores; tables in outputs/bench/, the
+# Every CPU benchmark at a small size, about 8 min on 2 cores; tables in outputs/bench/, the
 # recorded ones in benchmarks/RESULTS.md.
 BENCH_OUT := outputs/bench
 bench: install
