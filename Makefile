@@ -122,7 +122,7 @@ test-unit: install
 test-e2e: install
 	pytest -q -n $(TEST_WORKERS) $(XDIST) -m "e2e or server or cli" --durations=25
 
-# Every CPU benchmark at a small size, about 8 min on 2 cores; tables in outputs/bench/, the
+# Every CPU benchmark at a small size, about 9 min on 2 cores; tables in outputs/bench/, the
 # recorded ones in benchmarks/RESULTS.md.
 BENCH_OUT := outputs/bench
 bench: install
@@ -135,6 +135,7 @@ bench: install
 	python benchmarks/bench_generation.py --repeats 2 > $(BENCH_OUT)/generation.txt && cat $(BENCH_OUT)/generation.txt
 	python benchmarks/bench_trl.py --examples 128 > $(BENCH_OUT)/trl.txt && cat $(BENCH_OUT)/trl.txt
 	python benchmarks/bench_flex.py --repeats 3 > $(BENCH_OUT)/flex.txt && cat $(BENCH_OUT)/flex.txt
+	python benchmarks/bench_lm_head.py > $(BENCH_OUT)/lm_head.txt && cat $(BENCH_OUT)/lm_head.txt
 
 lint: install
 	ruff check .

@@ -188,7 +188,7 @@ def test_a_clone_that_pulls_the_run_folders_retrains_nothing(pulled):
 
 @pytest.mark.server
 def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, migrated_prefect):
-    """Issue 18: `make run`, then the README's Prefect UI sweep with the same grid (a served
+    """Issue 18: `make run`, then docs/sweeps.md's Prefect UI sweep with the same grid (a served
     deployment, real `prefect server` and `mlflow server` on the project's own store):
     nothing is trained, no model version is added, and `dvc status` and `git status` stay
     clean (its report goes to `reports/NAME`, which neither DVC nor git tracks). On the

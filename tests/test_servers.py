@@ -1,6 +1,6 @@
 """The deployment path users take: real `prefect server` and `mlflow server` on 127.0.0.1,
 the sweep served as a deployment, a run triggered through the Prefect CLI with list
-parameters in its `sweep` parameter (`--params`; the README's `-p sweep=...` is
+parameters in its `sweep` parameter (`--params`; docs/sweeps.md's `-p sweep=...` is
 tests/test_fresh_clone.py's), and the resulting MLflow runs and champion read back over HTTP."""
 
 import os
