@@ -21,7 +21,8 @@ def _recipe(target: str) -> list[str]:
 
 
 def test_make_bench_runs_every_benchmark_script_into_outputs_bench():
-    run = {m.group(1): line for line in _recipe("bench") if (m := re.search(r"python benchmarks/(bench_\w+\.py)", line))}
+    script = re.compile(r"python benchmarks/(bench_\w+\.py)")
+    run = {m.group(1): line for line in _recipe("bench") if (m := script.search(line))}
     scripts = {p.name for p in (ROOT / "benchmarks").glob("bench_*.py")}
     assert scripts and set(run) == scripts
     assert all("> $(BENCH_OUT)/" in line for line in run.values())
