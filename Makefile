@@ -122,7 +122,7 @@ test-unit: install
 test-e2e: install
 	pytest -q -n $(TEST_WORKERS) $(XDIST) -m "e2e or server or cli" --durations=25
 
-# Every CPU benchmark at a small size, about 9 min on 2 cores; tables in outputs/bench/, the
+# Every CPU benchmark at a small size, about 14 min on 2 cores and 11 GB of memory; tables in outputs/bench/, the
 # recorded ones in benchmarks/RESULTS.md.
 BENCH_OUT := outputs/bench
 bench: install
@@ -136,6 +136,8 @@ bench: install
 	python benchmarks/bench_trl.py --examples 128 > $(BENCH_OUT)/trl.txt && cat $(BENCH_OUT)/trl.txt
 	python benchmarks/bench_flex.py --repeats 3 > $(BENCH_OUT)/flex.txt && cat $(BENCH_OUT)/flex.txt
 	python benchmarks/bench_lm_head.py > $(BENCH_OUT)/lm_head.txt && cat $(BENCH_OUT)/lm_head.txt
+	python benchmarks/bench_real_shape.py --variants sft jepa_inline trl_sft --steps 2 > $(BENCH_OUT)/real_shape.txt \
+		&& cat $(BENCH_OUT)/real_shape.txt
 
 lint: install
 	ruff check .
