@@ -56,8 +56,10 @@ def main() -> None:
     print(f"prepare:  {t1 - t0:7.2f} s")
     print(f"tokenize: {t2 - t1:7.2f} s  ({tokens / (t2 - t1):,.0f} tokens/s)")
     print(f"total:    {t2 - t0:7.2f} s  (target <= 10 s)")
-    print(f"per-token decode loop (reference style), {len(sample)} records scaled to {n}: "
-          f"{per_record_loop * n:7.2f} s  -> ratio {per_record_loop * n / (t2 - t1):.1f}x slower than tokenize")
+    print(
+        f"per-token decode loop (reference style), {len(sample)} records scaled to {n}: "
+        f"{per_record_loop * n:7.2f} s  -> ratio {per_record_loop * n / (t2 - t1):.1f}x slower than tokenize"
+    )
 
 
 if __name__ == "__main__":

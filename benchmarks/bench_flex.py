@@ -31,8 +31,16 @@ from stepjepa.forward import last_hidden, model_parts, step_jepa_forward
 from stepjepa.modeling import add_predictor_tokens, load_model, load_tokenizer
 from stepjepa.vocabulary import pad_id
 
-SHAPE = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "vocab_size": 4352, "max_position_embeddings": 1024, "tie_word_embeddings": True}
+SHAPE = {
+    "hidden_size": 192,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 4352,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+}
 
 
 def forward(model, batch: dict, layout: str) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -50,8 +58,13 @@ def measure(model, rows, predictor_ids, pad, layout: str, repeats: int) -> dict:
     for name in ("sdpa", "flex unfused", "flex compiled"):
         attn = "sdpa" if name == "sdpa" else "flex_attention"
         model.set_attn_implementation(attn)
-        batch = Collator(k=2, layout=layout, predictor_ids=predictor_ids, pad_id=pad,
-                         attention="dense" if attn == "sdpa" else "spans")(examples)
+        batch = Collator(
+            k=2,
+            layout=layout,
+            predictor_ids=predictor_ids,
+            pad_id=pad,
+            attention="dense" if attn == "sdpa" else "spans",
+        )(examples)
         compile_s = None
         try:
             if name == "flex compiled":
@@ -64,13 +77,24 @@ def measure(model, rows, predictor_ids, pad, layout: str, repeats: int) -> dict:
             continue
         loss, hidden, _ = runs[0]
         real = torch.arange(hidden.shape[1]) < batch["lengths"].unsqueeze(1)
-        results[name] = {"loss": loss, "hidden": hidden[real], "ms": 1000 * statistics.median(r[2] for r in runs),
-                         "compile_s": compile_s}
+        results[name] = {
+            "loss": loss,
+            "hidden": hidden[real],
+            "ms": 1000 * statistics.median(r[2] for r in runs),
+            "compile_s": compile_s,
+        }
     model.set_attn_implementation("sdpa")
     dense = results["sdpa"]
-    return {name: r if "error" in r else r | {"loss_diff": float((r["loss"] - dense["loss"]).abs()),
-                                              "hidden_diff": float((r["hidden"] - dense["hidden"]).abs().max())}
-            for name, r in results.items()}
+    return {
+        name: r
+        if "error" in r
+        else r
+        | {
+            "loss_diff": float((r["loss"] - dense["loss"]).abs()),
+            "hidden_diff": float((r["hidden"] - dense["hidden"]).abs().max()),
+        }
+        for name, r in results.items()
+    }
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from stepjepa.config import TinyModelConfig
 from stepjepa.eval_examples import load_examples
 from stepjepa.generation import Completion, chat_prompt_ids, generate_greedy, left_pad, stop_token_ids
+
 # The one place generated ids become a Completion (cut at the first stop id, decoded):
 # transformers' output goes through it too, so that "identical" compares like with like.
 from stepjepa.generation import _completion as to_completion
@@ -65,8 +66,14 @@ def hf_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int)
     as ours are, completions returned in the input order."""
     stop_ids = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, use_cache=True,
-                              eos_token_id=stop_ids, pad_token_id=pad_id)
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        use_cache=True,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+    )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: dict[int, Completion] = {}
     model.eval()
@@ -74,8 +81,11 @@ def hf_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask = left_pad([prompts[i] for i in chunk], pad_id)
-            output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                                    generation_config=config)
+            output = model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                generation_config=config,
+            )
             for index, tokens in zip(chunk, output[:, input_ids.shape[1] :].cpu().tolist(), strict=True):
                 results[index] = to_completion(tokenizer, tokens, set(stop_ids))
     return [results[i] for i in range(len(prompts))]
@@ -122,8 +132,12 @@ def main() -> None:
     # that, and `--threads 1` shows the single-core ratio.
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the fastest counts")
-    parser.add_argument("--compare", choices=["both", "batch1", "hf"], default="both",
-                        help="batch1: against batch size 1; hf: against transformers' generate; both")
+    parser.add_argument(
+        "--compare",
+        choices=["both", "batch1", "hf"],
+        default="both",
+        help="batch1: against batch size 1; hf: against transformers' generate; both",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     examples = load_examples(_data_file(args.data), DEFAULT_SYSTEM_PROMPT, limit=args.prompts)
@@ -151,15 +165,22 @@ def main() -> None:
     failures = []
     if args.compare in ("both", "batch1"):
         single, single_s, single_cpu = _timed(model, tokenizer, prompts, 1, args.max_new_tokens, args.repeats)
-        result |= {"batch_1_completions_per_s": round(len(prompts) / single_s, 2), "identical": single == batched,
-                   "ratio": round(single_s / batched_s, 2), "cpu_time_ratio": round(single_cpu / batched_cpu, 2)}
+        result |= {
+            "batch_1_completions_per_s": round(len(prompts) / single_s, 2),
+            "identical": single == batched,
+            "ratio": round(single_s / batched_s, 2),
+            "cpu_time_ratio": round(single_cpu / batched_cpu, 2),
+        }
         failures += [] if result["identical"] else ["batch-size-1"]
     if args.compare in ("both", "hf"):
         hf, hf_s, hf_cpu = _timed(model, tokenizer, prompts, bs, args.max_new_tokens, args.repeats, hf_generate)
-        result |= {f"hf_generate_batch_{bs}_completions_per_s": round(len(prompts) / hf_s, 2),
-                   "identical_to_hf_generate": hf == batched, "ratio_to_hf_generate": round(hf_s / batched_s, 2),
-                   "cpu_time_ratio_to_hf_generate": round(hf_cpu / batched_cpu, 2),
-                   "target_hf_>=1.5x_met": hf_s / batched_s >= 1.5}
+        result |= {
+            f"hf_generate_batch_{bs}_completions_per_s": round(len(prompts) / hf_s, 2),
+            "identical_to_hf_generate": hf == batched,
+            "ratio_to_hf_generate": round(hf_s / batched_s, 2),
+            "cpu_time_ratio_to_hf_generate": round(hf_cpu / batched_cpu, 2),
+            "target_hf_>=1.5x_met": hf_s / batched_s >= 1.5,
+        }
         failures += [] if result["identical_to_hf_generate"] else ["transformers' generate"]
     result["load_average_1min"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))

@@ -41,8 +41,9 @@ def measure(chunk: int | None, positions: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
-    parts = ModelParts(decoder=torch.nn.Identity(), head=head, attn_implementation="sdpa", dtype=torch.float32,
-                       softcap=None)
+    parts = ModelParts(
+        decoder=torch.nn.Identity(), head=head, attn_implementation="sdpa", dtype=torch.float32, softcap=None
+    )
     hidden = torch.randn(1, positions, HIDDEN, requires_grad=True)
     targets = torch.randint(0, VOCAB, (1, positions))
     # The gradient buffer is the same for every variant: allocated and touched (zeros from
@@ -54,8 +55,13 @@ def measure(chunk: int | None, positions: int, threads: int) -> dict:
     loss.backward()
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"chunk": chunk, "positions": positions, "peak_above_base_mib": round(peak - base),
-            "seconds": round(seconds, 2), "loss": float(loss)}
+    return {
+        "chunk": chunk,
+        "positions": positions,
+        "peak_above_base_mib": round(peak - base),
+        "seconds": round(seconds, 2),
+        "loss": float(loss),
+    }
 
 
 def main() -> None:
@@ -71,8 +77,21 @@ def main() -> None:
         return
     results = []
     for chunk in args.chunks:  # a fresh process each: peak RSS is per process
-        done = subprocess.run([sys.executable, __file__, "--child", chunk, "--positions", str(args.positions),
-                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                chunk,
+                "--positions",
+                str(args.positions),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results.append(json.loads(done.stdout.splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     print(f"{'chunk':>6} {'peak MiB above base':>20} {'seconds':>8} {'loss':>10}")

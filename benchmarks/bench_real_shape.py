@@ -54,16 +54,26 @@ from stepjepa.batching import load_rows  # noqa: E402
 
 DEFAULT = "default"  # train.lm_loss_chunk as TrainConfig sets it (128 labelled positions)
 OURS = {  # name: (layout, k, lambda, train.lm_loss_chunk)
-    "sft": ("inline", 0, 0.0, DEFAULT), "jepa_inline": ("inline", 2, 0.1, DEFAULT),
-    "jepa_packed": ("packed", 2, 0.1, DEFAULT), "jepa_two_pass": ("two_pass", 2, 0.1, DEFAULT),
-    "sft_unchunked": ("inline", 0, 0.0, None), "jepa_inline_unchunked": ("inline", 2, 0.1, None),
+    "sft": ("inline", 0, 0.0, DEFAULT),
+    "jepa_inline": ("inline", 2, 0.1, DEFAULT),
+    "jepa_packed": ("packed", 2, 0.1, DEFAULT),
+    "jepa_two_pass": ("two_pass", 2, 0.1, DEFAULT),
+    "sft_unchunked": ("inline", 0, 0.0, None),
+    "jepa_inline_unchunked": ("inline", 2, 0.1, None),
     "sft_chunk1024": ("inline", 0, 0.0, 1024),
 }
 VARIANTS = (*OURS, "trl_sft")
 # sft_chunk1024 (the default before this benchmark) is left out by default: batch 4 has ~420
 # labelled positions, <= 1024, so it runs sft_unchunked's code (forward.lm_loss_sum).
-DEFAULT_RUN = ("sft", "jepa_inline", "jepa_packed", "jepa_two_pass", "sft_unchunked", "jepa_inline_unchunked",
-               "trl_sft")
+DEFAULT_RUN = (
+    "sft",
+    "jepa_inline",
+    "jepa_packed",
+    "jepa_two_pass",
+    "sft_unchunked",
+    "jepa_inline_unchunked",
+    "trl_sft",
+)
 BATCH = 4
 
 
@@ -86,7 +96,7 @@ def typical_rows(rows: list[dict], n: int = BATCH) -> list[int]:
     JEPA variant scores n pairs); indices into `rows`."""
     valid = sorted((len(r["input_ids"]), i) for i, r in enumerate(rows) if r["jepa_valid"])
     middle = len(valid) // 2 - n // 2
-    return [i for _, i in valid[middle: middle + n]]
+    return [i for _, i in valid[middle : middle + n]]
 
 
 def our_steps(model_dir: Path, rows: list[dict], variant: str, steps: int) -> tuple[list[float], float, dict]:
@@ -100,15 +110,23 @@ def our_steps(model_dir: Path, rows: list[dict], variant: str, steps: int) -> tu
     from stepjepa.vocabulary import pad_id
 
     layout, k, lam, chunk = OURS[variant]
-    train = bench_trl.TRAIN | {"k": k, "lambda": lam, "layout": layout, "batch_size": BATCH, "max_steps": steps,
-                               "tracking": "none", "precision": "fp32"}
+    train = bench_trl.TRAIN | {
+        "k": k,
+        "lambda": lam,
+        "layout": layout,
+        "batch_size": BATCH,
+        "max_steps": steps,
+        "tracking": "none",
+        "precision": "fp32",
+    }
     if chunk != DEFAULT:
         train["lm_loss_chunk"] = chunk
     tc = config_from_dict({"model": {"name_or_path": str(model_dir)}, "train": train}).train
     accelerator = make_accelerator(tc)
     torch.manual_seed(tc.seed)
-    model, tokenizer, predictor_ids = build_model(config_from_dict({"model": {"name_or_path": str(model_dir)}}).model,
-                                                  tc)
+    model, tokenizer, predictor_ids = build_model(
+        config_from_dict({"model": {"name_or_path": str(model_dir)}}).model, tc
+    )
     collator = Collator(k=tc.k, layout=tc.layout, views=tc.views, predictor_ids=predictor_ids, pad_id=pad_id(tokenizer))
     step_module = accelerator.prepare_model(StepModule.from_config(model, tc))
     optimizer = build_optimizer(model, tc)
@@ -118,23 +136,34 @@ def our_steps(model_dir: Path, rows: list[dict], variant: str, steps: int) -> tu
     seconds, losses = [], []
     for step in range(1, steps + 1):
         started = time.perf_counter()
-        metrics = optimizer_step(accelerator, step_module, optimizer, scheduler, [list(range(len(rows)))], rows,
-                                 collator, tc, step)
+        metrics = optimizer_step(
+            accelerator, step_module, optimizer, scheduler, [list(range(len(rows)))], rows, collator, tc, step
+        )
         seconds.append(time.perf_counter() - started)
         losses.append(round(metrics["loss"], 4))
-    return seconds, base, {"lm_loss_chunk": tc.lm_loss_chunk, "losses": losses,
-                           "optimizer": "torch AdamW" + (" (fused)" if optimizer.defaults.get("fused") else " (for-loop)")}
+    return (
+        seconds,
+        base,
+        {
+            "lm_loss_chunk": tc.lm_loss_chunk,
+            "losses": losses,
+            "optimizer": "torch AdamW" + (" (fused)" if optimizer.defaults.get("fused") else " (for-loop)"),
+        },
+    )
 
 
-def trl_steps(model_dir: Path, records: list[dict], rows: list[dict], steps: int,
-              out: Path) -> tuple[list[float], float, dict]:
+def trl_steps(
+    model_dir: Path, records: list[dict], rows: list[dict], steps: int, out: Path
+) -> tuple[list[float], float, dict]:
     """`steps` steps of TRL's SFTTrainer on the same conversations: step seconds, baseline RSS, facts."""
     from transformers import TrainerCallback
 
     trainer = bench_trl.trl_trainer(model_dir, records, BATCH, out, max_steps=steps)
     data = trainer.train_dataset
-    same = all(list(d["input_ids"]) == list(r["input_ids"]) and list(d["labels"]) == list(r["labels"])
-               for d, r in zip(data, rows))
+    same = all(
+        list(d["input_ids"]) == list(r["input_ids"]) and list(d["labels"]) == list(r["labels"])
+        for d, r in zip(data, rows)
+    )
     if not same or len(data) != len(rows):
         raise SystemExit("bench_real_shape: TRL's token ids or labels differ from ours; not the same rows")
     ends: list[float] = []
@@ -151,8 +180,15 @@ def trl_steps(model_dir: Path, records: list[dict], rows: list[dict], steps: int
     base = reset_peak()
     result = trainer.train()
     seconds = [b - a for a, b in zip(ends, ends[1:])]
-    return seconds, base, {"ids_and_labels_equal_ours": same, "train_loss": round(result.training_loss, 4),
-                           "optimizer": f"{trainer.args.optim} (TRL's default)"}
+    return (
+        seconds,
+        base,
+        {
+            "ids_and_labels_equal_ours": same,
+            "train_loss": round(result.training_loss, 4),
+            "optimizer": f"{trainer.args.optim} (TRL's default)",
+        },
+    )
 
 
 def child(variant: str, scratch: Path, steps: int, warmup: int, threads: int) -> dict:
@@ -167,10 +203,16 @@ def child(variant: str, scratch: Path, steps: int, warmup: int, threads: int) ->
         seconds, base, facts = our_steps(scratch / "model", rows, variant, steps)
     peak = rss_mib("VmHWM")
     timed = seconds[warmup:] or seconds
-    return {"variant": variant, "peak_rss_mib": round(peak), "above_baseline_mib": round(peak - base),
-            "baseline_rss_mib": round(base), "start_rss_mib": round(started_rss),
-            "median_step_s": round(statistics.median(timed), 3), "step_s": [round(s, 3) for s in seconds],
-            "threads": torch.get_num_threads()} | facts
+    return {
+        "variant": variant,
+        "peak_rss_mib": round(peak),
+        "above_baseline_mib": round(peak - base),
+        "baseline_rss_mib": round(base),
+        "start_rss_mib": round(started_rss),
+        "median_step_s": round(statistics.median(timed), 3),
+        "step_s": [round(s, 3) for s in seconds],
+        "threads": torch.get_num_threads(),
+    } | facts
 
 
 def prepare(scratch: Path, tiny: bool) -> dict:
@@ -185,16 +227,27 @@ def prepare(scratch: Path, tiny: bool) -> dict:
     pq.write_table(pa.Table.from_pylist([rows[i] for i in chosen]), scratch / "batch.parquet")
     (scratch / "batch.jsonl").write_text("".join(json.dumps(records[i]) + "\n" for i in chosen))
     lengths = sorted(len(r["input_ids"]) for r in rows)
-    return {"shape": scale.shape, "rows_pool": len(rows), "pool_median_tokens": lengths[len(lengths) // 2],
-            "row_ids": [records[i]["id"] for i in chosen], "row_tokens": [len(rows[i]["input_ids"]) for i in chosen],
-            "label_tokens": [sum(t != -100 for t in rows[i]["labels"]) for i in chosen],
-            "max_token_id": max(max(rows[i]["input_ids"]) for i in chosen)}
+    return {
+        "shape": scale.shape,
+        "rows_pool": len(rows),
+        "pool_median_tokens": lengths[len(lengths) // 2],
+        "row_ids": [records[i]["id"] for i in chosen],
+        "row_tokens": [len(rows[i]["input_ids"]) for i in chosen],
+        "label_tokens": [sum(t != -100 for t in rows[i]["labels"]) for i in chosen],
+        "max_token_id": max(max(rows[i]["input_ids"]) for i in chosen),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_RUN), choices=VARIANTS, metavar="VARIANT",
-                        help=f"which to run, in order, of {' '.join(VARIANTS)} (default: {' '.join(DEFAULT_RUN)})")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(DEFAULT_RUN),
+        choices=VARIANTS,
+        metavar="VARIANT",
+        help=f"which to run, in order, of {' '.join(VARIANTS)} (default: {' '.join(DEFAULT_RUN)})",
+    )
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per variant (warm-up included)")
     parser.add_argument("--warmup", type=int, default=1, help="steps left out of the median")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in every variant")
@@ -212,8 +265,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(facts), file=sys.stderr, flush=True)
         results = []
         for variant in args.variants:  # back to back, each in a fresh process
-            command = [sys.executable, __file__, "--child", variant, "--scratch", tmp, "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--threads", str(args.threads)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--scratch",
+                tmp,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(args.threads),
+            ]
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
             if done.returncode:
                 raise SystemExit(f"bench_real_shape: {variant} failed:\n{done.stderr[-3000:]}")
@@ -224,9 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         if trl:
             r["memory_ratio_to_trl"] = round(r["peak_rss_mib"] / trl["peak_rss_mib"], 3)
             r["time_ratio_to_trl"] = round(r["median_step_s"] / trl["median_step_s"], 3)
-    report = facts | {"steps": args.steps, "warmup": args.warmup, "threads": args.threads,
-                      "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in os.getloadavg()],
-                      "seconds": round(time.perf_counter() - started), "variants": results}
+    report = facts | {
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "load_before": [round(x, 2) for x in load],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "seconds": round(time.perf_counter() - started),
+        "variants": results,
+    }
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

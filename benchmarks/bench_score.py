@@ -21,8 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ENDINGS = ["\\boxed{{{n}}}", "#### {n}", "The answer is {n}.", "So she has {n:,} dollars in total.",
-           "\\boxed{{\\frac{{{n}}}{{2}}}}", "The final answer is ${n}$", "I am not sure."]
+ENDINGS = [
+    "\\boxed{{{n}}}",
+    "#### {n}",
+    "The answer is {n}.",
+    "So she has {n:,} dollars in total.",
+    "\\boxed{{\\frac{{{n}}}{{2}}}}",
+    "The final answer is ${n}$",
+    "I am not sure.",
+]
 
 
 def completions(count: int, solutions: list[str], seed: int = 0) -> list[str]:
@@ -46,14 +53,17 @@ def main() -> None:
         path.write_text("\n".join(completions(args.lines, solutions)) + "\n", encoding="utf-8")
         size_mb = path.stat().st_size / 1e6
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "stepjepa.cli", "score", str(path)], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "stepjepa.cli", "score", str(path)], check=True, capture_output=True, text=True
+        ).stdout
         elapsed = time.perf_counter() - started
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     metrics = json.loads(out)
-    print(f"stepjepa score: {args.lines:,} lines ({size_mb:.0f} MB) "
-          f"in {elapsed:.2f} s wall, {usage.ru_utime + usage.ru_stime:.2f} s CPU (n={metrics['n']}, "
-          f"unscorable={metrics['unscorable']}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    print(
+        f"stepjepa score: {args.lines:,} lines ({size_mb:.0f} MB) "
+        f"in {elapsed:.2f} s wall, {usage.ru_utime + usage.ru_stime:.2f} s CPU (n={metrics['n']}, "
+        f"unscorable={metrics['unscorable']}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ from stepjepa.vocabulary import pad_id
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (layout, k, lambda, view pair)
-    "sft": ("inline", 0, 0.0, "steps"), "inline": ("inline", 2, 0.1, "steps"), "packed": ("packed", 2, 0.1, "steps"),
-    "two_pass": ("two_pass", 2, 0.1, "steps"), "ua_packed": ("packed", 2, 0.1, "user_assistant"),
+    "sft": ("inline", 0, 0.0, "steps"),
+    "inline": ("inline", 2, 0.1, "steps"),
+    "packed": ("packed", 2, 0.1, "steps"),
+    "two_pass": ("two_pass", 2, 0.1, "steps"),
+    "ua_packed": ("packed", 2, 0.1, "user_assistant"),
     "ua_two_pass": ("two_pass", 2, 0.1, "user_assistant"),
 }
 TARGETS = {"inline": 1.08, "packed": 1.25}
@@ -59,8 +62,10 @@ def gsm8k_records(limit: int) -> list[dict]:
     if not raw.is_file():
         raise SystemExit("no data/tokenized/train.parquet and no GSM8K: run `dvc repro` or set GSM8K_DIR")
     lines = raw.read_text().splitlines()[:limit]
-    return [{"id": f"train-{i + 1:06d}"} | to_conversation(split_record(json.loads(line)), DataConfig())
-            for i, line in enumerate(lines)]
+    return [
+        {"id": f"train-{i + 1:06d}"} | to_conversation(split_record(json.loads(line)), DataConfig())
+        for i, line in enumerate(lines)
+    ]
 
 
 def build_inputs(scratch: Path, limit: int) -> tuple[Path, Path]:
@@ -86,8 +91,10 @@ def padding_report(rows: list[dict], batch_size: int, seed: int) -> dict[str, di
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
         shuffled = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        report[name] = {"grouped": padding_fraction(lengths, length_grouped_batches(lengths, batch_size, seed)),
-                        "random": padding_fraction(lengths, shuffled)}
+        report[name] = {
+            "grouped": padding_fraction(lengths, length_grouped_batches(lengths, batch_size, seed)),
+            "random": padding_fraction(lengths, shuffled),
+        }
     return report
 
 
@@ -100,8 +107,12 @@ def hf_step(model, examples: list[dict], pad: int) -> torch.Tensor:
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
         ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-    return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), labels=labels.to(model.device),
-                 use_cache=False).loss
+    return model(
+        input_ids=ids.to(model.device),
+        attention_mask=mask.to(model.device),
+        labels=labels.to(model.device),
+        use_cache=False,
+    ).loss
 
 
 def one_step(model, examples: list[dict], variant: str, predictor_ids: list[int], pad: int) -> None:
@@ -110,8 +121,14 @@ def one_step(model, examples: list[dict], variant: str, predictor_ids: list[int]
         loss = hf_step(model, examples, pad)
     else:
         layout, k, lam, views = VARIANTS[variant]
-        batch = Collator(k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad, views=views,
-                         attention=attention_for(model.config._attn_implementation))(examples)
+        batch = Collator(
+            k=k,
+            layout=layout,
+            predictor_ids=predictor_ids[:k],
+            pad_id=pad,
+            views=views,
+            attention=attention_for(model.config._attn_implementation),
+        )(examples)
         batch = {key: value.to(model.device) for key, value in batch.items()}
         loss = step_jepa_forward(model, batch, layout=layout, lam=lam).loss
     loss.backward()
@@ -147,7 +164,7 @@ def peak_memory(model, rows, batches, variant, predictor_ids, pad) -> float:
     for indices in batches:
         storages: dict[int, int] = {}
 
-        def keep(tensor: torch.Tensor) -> torch.Tensor:
+        def keep(tensor: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
             storage = tensor.untyped_storage()  # views share storage: count each once
             storages[storage.data_ptr()] = storage.nbytes()
             return tensor
@@ -172,17 +189,20 @@ def measure(model, tokenizer, rows: list[dict], args: argparse.Namespace) -> dic
     predictor_ids = add_predictor_tokens(model, tokenizer, 2)
     pad = pad_id(tokenizer)
     plain = [len(r["input_ids"]) for r in rows]
-    batches = random.Random(args.seed).sample(length_grouped_batches(plain, args.batch_size, args.seed),
-                                              args.batches + args.warmup)
+    batches = random.Random(args.seed).sample(
+        length_grouped_batches(plain, args.batch_size, args.seed), args.batches + args.warmup
+    )
     variants = [*VARIANTS, "hf_causal"]
     times = timed_steps(model, rows, batches, variants, predictor_ids, pad, args.warmup)
     return {
         "tokens_per_batch": statistics.mean(sum(plain[i] for i in b) for b in batches),
         "median_step_ms": {v: round(1000 * statistics.median(t), 2) for v, t in times.items()},
-        "ratio_to_sft": {v: round(statistics.median(a / s for a, s in zip(t, times["sft"])), 3)
-                         for v, t in times.items()},
-        "peak_memory_mb": {v: round(peak_memory(model, rows, batches[args.warmup:], v, predictor_ids, pad), 1)
-                           for v in variants},
+        "ratio_to_sft": {
+            v: round(statistics.median(a / s for a, s in zip(t, times["sft"])), 3) for v, t in times.items()
+        },
+        "peak_memory_mb": {
+            v: round(peak_memory(model, rows, batches[args.warmup :], v, predictor_ids, pad), 1) for v in variants
+        },
         "padding_fraction": padding_report(rows, args.batch_size, args.seed),
     }
 
@@ -194,8 +214,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches per variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: stable timings on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (default 1: stable timings on a shared machine)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -204,10 +225,16 @@ def main() -> None:
     model_dir, rows, model, tokenizer = load_inputs(args.model, args.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()
-    result = {"model": str(model_dir), "device": device, "threads": torch.get_num_threads(),
-              "batch_size": args.batch_size, "timed_batches": args.batches} | measure(model, tokenizer, rows, args)
+    result = {
+        "model": str(model_dir),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "timed_batches": args.batches,
+    } | measure(model, tokenizer, rows, args)
     result["targets_met"] = {v: result["ratio_to_sft"][v] <= t for v, t in TARGETS.items()} | {
-        "padding_grouped_<=5%": all(p["grouped"] <= 0.05 for p in result["padding_fraction"].values())}
+        "padding_grouped_<=5%": all(p["grouped"] <= 0.05 for p in result["padding_fraction"].values())
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

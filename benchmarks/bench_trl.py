@@ -57,8 +57,14 @@ from stepjepa.vocabulary import pad_id
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {"sft": ("inline", 0, 0.0), "jepa_inline": ("inline", 2, 0.1), "jepa_packed": ("packed", 2, 0.1)}
 # params.yaml's training settings, shared by every variant.
-TRAIN = {"learning_rate": 1e-3, "warmup_ratio": 0.05, "scheduler": "cosine", "weight_decay": 0.0,
-         "max_grad_norm": 1.0, "seed": 0}
+TRAIN = {
+    "learning_rate": 1e-3,
+    "warmup_ratio": 0.05,
+    "scheduler": "cosine",
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "seed": 0,
+}
 # The tiny model's ChatML template with TRL's assistant markers around what the model must learn.
 CHATML_MARKED = (
     "{%- for message in messages -%}"
@@ -90,9 +96,22 @@ def load_inputs(examples: int, scratch: Path) -> tuple[Path, list[dict], list[di
 
 def _config(model_dir: Path, variant: str, batch_size: int, precision: str = "fp32"):
     layout, k, lam = OURS[variant]
-    return config_from_dict({"model": {"name_or_path": str(model_dir)}, "train": TRAIN | {
-        "k": k, "lambda": lam, "layout": layout, "batch_size": batch_size, "epochs": 1, "max_steps": None,
-        "tracking": "none", "precision": precision}})
+    return config_from_dict(
+        {
+            "model": {"name_or_path": str(model_dir)},
+            "train": TRAIN
+            | {
+                "k": k,
+                "lambda": lam,
+                "layout": layout,
+                "batch_size": batch_size,
+                "epochs": 1,
+                "max_steps": None,
+                "tracking": "none",
+                "precision": precision,
+            },
+        }
+    )
 
 
 def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int, precision: str = "fp32") -> dict:
@@ -103,8 +122,14 @@ def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int, 
     accelerator = make_accelerator(tc)
     torch.manual_seed(tc.seed)
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
-    plan = step_plan([laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows], batch_size=batch_size,
-                     grad_accum_steps=1, epochs=1, max_steps=None, seed=tc.seed)
+    plan = step_plan(
+        [laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows],
+        batch_size=batch_size,
+        grad_accum_steps=1,
+        epochs=1,
+        max_steps=None,
+        seed=tc.seed,
+    )
     collator = Collator(k=tc.k, layout=tc.layout, views=tc.views, predictor_ids=predictor_ids, pad_id=pad_id(tokenizer))
     step_module = accelerator.prepare_model(StepModule.from_config(model, tc))
     optimizer = build_optimizer(model, tc)
@@ -120,8 +145,17 @@ def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int, 
     return {"ends": ends, "tokens": sum(plain), "padding": 1 - laid / padded}
 
 
-def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path, grouped: bool = False, *,
-                use_cpu: bool = True, bf16: bool = False, max_steps: int = -1):
+def trl_trainer(
+    model_dir: Path,
+    records: list[dict],
+    batch_size: int,
+    out: Path,
+    grouped: bool = False,
+    *,
+    use_cpu: bool = True,
+    bf16: bool = False,
+    max_steps: int = -1,
+):
     """TRL's SFTTrainer as its docs configure chat data with assistant-only loss; `grouped`:
     transformers' length-grouped sampler instead of its default random one. `use_cpu`
     False and `bf16` (its autocast mixed precision) for a CUDA machine (gpu_check.py).
@@ -138,12 +172,29 @@ def trl_trainer(model_dir: Path, records: list[dict], batch_size: int, out: Path
     torch.manual_seed(TRAIN["seed"])
     model = load_model(_config(model_dir, "sft", batch_size).model)
     args = SFTConfig(
-        output_dir=str(out), assistant_only_loss=True, packing=False, padding_free=False, max_length=512,
-        per_device_train_batch_size=batch_size, num_train_epochs=1, max_steps=max_steps, learning_rate=TRAIN["learning_rate"],
-        lr_scheduler_type=TRAIN["scheduler"], warmup_steps=TRAIN["warmup_ratio"],  # a float < 1 is a ratio
-        weight_decay=TRAIN["weight_decay"], max_grad_norm=TRAIN["max_grad_norm"], seed=TRAIN["seed"],
-        bf16=bf16, fp16=False, gradient_checkpointing=False, use_cpu=use_cpu, report_to="none", save_strategy="no",
-        logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(out),
+        assistant_only_loss=True,
+        packing=False,
+        padding_free=False,
+        max_length=512,
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=1,
+        max_steps=max_steps,
+        learning_rate=TRAIN["learning_rate"],
+        lr_scheduler_type=TRAIN["scheduler"],
+        warmup_steps=TRAIN["warmup_ratio"],  # a float < 1 is a ratio
+        weight_decay=TRAIN["weight_decay"],
+        max_grad_norm=TRAIN["max_grad_norm"],
+        seed=TRAIN["seed"],
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=use_cpu,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if grouped else "random",
     )
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in records])
@@ -186,20 +237,32 @@ def agreement(trainer, model_dir: Path, rows: list[dict], batch_size: int) -> di
     model.train()
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(model, batch))
-        ours = Collator(k=0, layout="inline", predictor_ids=(), pad_id=pad_id(trainer.processing_class))(rows[:batch_size])
+        ours = Collator(k=0, layout="inline", predictor_ids=(), pad_id=pad_id(trainer.processing_class))(
+            rows[:batch_size]
+        )
         our_loss = float(step_jepa_forward(model, ours, layout="inline", lam=0.0).lm_loss)
-    return {"rows": len(rows), "input_ids_equal": ids_equal, "labels_equal": labels_equal,
-            "trl_loss": trl_loss, "our_sft_loss": our_loss, "abs_diff": abs(trl_loss - our_loss),
-            "losses_agree": abs(trl_loss - our_loss) <= 1e-4 * max(1.0, abs(our_loss))}
+    return {
+        "rows": len(rows),
+        "input_ids_equal": ids_equal,
+        "labels_equal": labels_equal,
+        "trl_loss": trl_loss,
+        "our_sft_loss": our_loss,
+        "abs_diff": abs(trl_loss - our_loss),
+        "losses_agree": abs(trl_loss - our_loss) <= 1e-4 * max(1.0, abs(our_loss)),
+    }
 
 
 def summarise(runs: list[dict], warmup: int) -> dict:
     """Fastest epoch of the rounds; median steady-state step over all rounds."""
     steps = [b - a for r in runs for a, b in list(zip(r["ends"], r["ends"][1:]))[warmup:]]
     epoch = min(r["ends"][-1] - r["ends"][0] for r in runs)
-    return {"steps": len(runs[0]["ends"]) - 1, "median_step_ms": round(1000 * statistics.median(steps), 1),
-            "epoch_s": round(epoch, 2), "tokens_per_s": round(runs[0]["tokens"] / epoch, 0),
-            "padding": round(runs[0]["padding"], 4)}
+    return {
+        "steps": len(runs[0]["ends"]) - 1,
+        "median_step_ms": round(1000 * statistics.median(steps), 1),
+        "epoch_s": round(epoch, 2),
+        "tokens_per_s": round(runs[0]["tokens"] / epoch, 0),
+        "padding": round(runs[0]["padding"], 4),
+    }
 
 
 def main() -> None:
@@ -214,27 +277,36 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         model_dir, records, rows = load_inputs(args.examples, Path(scratch))
-        check = agreement(trl_trainer(model_dir, records, args.batch_size, Path(scratch) / "trl"), model_dir, rows,
-                          args.batch_size)
+        check = agreement(
+            trl_trainer(model_dir, records, args.batch_size, Path(scratch) / "trl"), model_dir, rows, args.batch_size
+        )
         names = ["trl_sft", "trl_sft_grouped", *OURS]
         runs: dict[str, list[dict]] = {n: [] for n in names}
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 if name.startswith("trl"):
-                    trainer = trl_trainer(model_dir, records, args.batch_size, Path(scratch) / "trl",
-                                          grouped=name == "trl_sft_grouped")
+                    trainer = trl_trainer(
+                        model_dir, records, args.batch_size, Path(scratch) / "trl", grouped=name == "trl_sft_grouped"
+                    )
                     runs[name].append(trl_epoch(trainer))
                 else:
                     runs[name].append(our_epoch(model_dir, rows, name, args.batch_size))
     table = {n: summarise(runs[n], args.warmup) for n in names}
     trl = table["trl_sft"]
     result = {
-        "model": str(model_dir), "examples": len(rows), "batch_size": args.batch_size, "precision": "fp32",
-        "threads": torch.get_num_threads(), "rounds": args.rounds, "agreement": check, "variants": table,
+        "model": str(model_dir),
+        "examples": len(rows),
+        "batch_size": args.batch_size,
+        "precision": "fp32",
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "agreement": check,
+        "variants": table,
         "epoch_ratio_to_trl": {n: round(t["epoch_s"] / trl["epoch_s"], 3) for n, t in table.items()},
         "step_ratio_to_trl": {n: round(t["median_step_ms"] / trl["median_step_ms"], 3) for n, t in table.items()},
-        "epoch_ratio_to_trl_grouped": {n: round(t["epoch_s"] / table["trl_sft_grouped"]["epoch_s"], 3)
-                                       for n, t in table.items()},
+        "epoch_ratio_to_trl_grouped": {
+            n: round(t["epoch_s"] / table["trl_sft_grouped"]["epoch_s"], 3) for n, t in table.items()
+        },
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     result["target_inline_epoch_<=_trl_met"] = result["epoch_ratio_to_trl"]["jepa_inline"] <= 1.0

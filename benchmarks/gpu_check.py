@@ -64,11 +64,28 @@ from stepjepa.modeling import add_predictor_tokens, load_model, load_tokenizer  
 from stepjepa.tokenization import encode_records  # noqa: E402
 from stepjepa.vocabulary import pad_id  # noqa: E402
 
-QWEN25_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-              "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
-              "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True}
-TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 4352, "max_position_embeddings": 1024, "tie_word_embeddings": True}
+QWEN25_05B = {
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1_000_000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 4352,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+}
 STEP_VARIANTS = ("sft", "inline", "packed")  # bench_step.VARIANTS: K = 2, lambda = 0.1 (SFT: K = 0, lambda = 0)
 ATTENTIONS = ("sdpa", "flex_attention")
 SECTIONS = ("steps", "trl", "generation", "sweep", "ddp")
@@ -80,14 +97,14 @@ class Scale:
 
     device: str
     shape: dict
-    rows: int = 128            # GSM8K training rows the steps and TRL sections train on
+    rows: int = 128  # GSM8K training rows the steps and TRL sections train on
     batch_size: int = 4
-    batches: int = 12          # timed batches per step variant, after `warmup`
+    batches: int = 12  # timed batches per step variant, after `warmup`
     warmup: int = 3
     prompts: int = 256
     gen_batch: int = 64
     max_new_tokens: int = 128
-    train_steps: int = 20      # per sweep run and DDP run
+    train_steps: int = 20  # per sweep run and DDP run
     run_sections: tuple[str, ...] = SECTIONS
     bf16: bool = True
     # Flex against sdpa, relative differences of the loss and of all gradients (L2): bf16
@@ -97,9 +114,21 @@ class Scale:
 
 
 GPU = Scale(device="cuda", shape=QWEN25_05B)
-CPU_SMOKE = Scale(device="cpu", shape=TINY, rows=8, batch_size=4, batches=1, warmup=1, prompts=4, gen_batch=4,
-                  max_new_tokens=4, train_steps=2, run_sections=("steps", "trl", "generation"), bf16=False,
-                  tolerance={"loss": 1e-6, "grad": 1e-5})
+CPU_SMOKE = Scale(
+    device="cpu",
+    shape=TINY,
+    rows=8,
+    batch_size=4,
+    batches=1,
+    warmup=1,
+    prompts=4,
+    gen_batch=4,
+    max_new_tokens=4,
+    train_steps=2,
+    run_sections=("steps", "trl", "generation"),
+    bf16=False,
+    tolerance={"loss": 1e-6, "grad": 1e-5},
+)
 
 
 def gsm8k_dir() -> Path:
@@ -122,8 +151,12 @@ def build_inputs(scale: Scale, scratch: Path) -> tuple[Path, list[dict], list[di
     tokenizer_dir = build_tiny_model(TinyModelConfig(), tokenizer_corpus(records), scratch / "tokenizer")
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tokenizer_dir)))
     torch.manual_seed(0)
-    config = Qwen2Config(**scale.shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        **scale.shape,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model_dir = scratch / "model"
     Qwen2ForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -143,8 +176,15 @@ def _grads(model) -> torch.Tensor:
     return torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
 
 
-def attention_agreement(model, examples: list[dict], variant: str, predictor_ids: list[int], pad: int,
-                        scale: Scale, pair: tuple[str, str] = ATTENTIONS) -> dict:
+def attention_agreement(
+    model,
+    examples: list[dict],
+    variant: str,
+    predictor_ids: list[int],
+    pad: int,
+    scale: Scale,
+    pair: tuple[str, str] = ATTENTIONS,
+) -> dict:
     """One batch through both attention implementations of `pair` (reference first): the
     relative loss difference and, where both have a backward, the relative L2 difference of
     all gradients. Flex on the CPU runs forward only (torch has no flex backward there)."""
@@ -153,8 +193,9 @@ def attention_agreement(model, examples: list[dict], variant: str, predictor_ids
     out = []
     for attn in pair:
         model.set_attn_implementation(attn)
-        collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad,
-                            attention=attention_for(attn))
+        collator = Collator(
+            k=k, layout=layout, predictor_ids=predictor_ids[:k], pad_id=pad, attention=attention_for(attn)
+        )
         batch = {key: value.to(scale.device) for key, value in collator(examples).items()}
         model.zero_grad(set_to_none=True)
         if backward:
@@ -171,8 +212,9 @@ def attention_agreement(model, examples: list[dict], variant: str, predictor_ids
     check = {"loss_rel_diff": float((loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-12))}
     if ref_grad is not None:
         check["grad_rel_diff"] = float((grad - ref_grad).norm() / ref_grad.norm())
-    check["ok"] = (check["loss_rel_diff"] <= scale.tolerance["loss"]
-                   and check.get("grad_rel_diff", 0.0) <= scale.tolerance["grad"])
+    check["ok"] = (
+        check["loss_rel_diff"] <= scale.tolerance["loss"] and check.get("grad_rel_diff", 0.0) <= scale.tolerance["grad"]
+    )
     return check
 
 
@@ -183,7 +225,7 @@ def step_section(model_dir: Path, rows: list[dict], scale: Scale) -> list[dict]:
     pad = pad_id(load_tokenizer(ModelConfig(name_or_path=str(model_dir))))
     plain = [len(r["input_ids"]) for r in rows]
     batches = length_grouped_batches(plain, scale.batch_size, seed=0)[: scale.warmup + scale.batches]
-    tokens = statistics.mean(sum(plain[i] for i in b) for b in batches[scale.warmup:])
+    tokens = statistics.mean(sum(plain[i] for i in b) for b in batches[scale.warmup :])
     table = []
     for attn in ATTENTIONS:
         model.set_attn_implementation(attn)
@@ -191,18 +233,22 @@ def step_section(model_dir: Path, rows: list[dict], scale: Scale) -> list[dict]:
             timed = {}  # no flex backward on the CPU: its check below is forward only
         else:
             with _autocast(scale):
-                timed = bench_step.timed_steps(model, rows, batches, list(STEP_VARIANTS), predictor_ids, pad,
-                                               scale.warmup)
+                timed = bench_step.timed_steps(
+                    model, rows, batches, list(STEP_VARIANTS), predictor_ids, pad, scale.warmup
+                )
         for variant in STEP_VARIANTS:
             row = {"section": "steps", "variant": variant, "attention": attn}
             if variant in timed:
                 with _autocast(scale):
-                    peak = bench_step.peak_memory(model, rows, batches[scale.warmup:], variant, predictor_ids, pad)
+                    peak = bench_step.peak_memory(model, rows, batches[scale.warmup :], variant, predictor_ids, pad)
                 row |= {"tokens_per_s": tokens / statistics.median(timed[variant]), "peak_mb": peak}
             if attn == "flex_attention":
                 check = attention_agreement(model, [rows[i] for i in batches[-1]], variant, predictor_ids, pad, scale)
-                row |= {"check": check["ok"], "note": ", ".join(f"{k} {v:.2e}" for k, v in check.items() if k != "ok")
-                        + ("" if scale.device != "cpu" else "; forward only")}
+                row |= {
+                    "check": check["ok"],
+                    "note": ", ".join(f"{k} {v:.2e}" for k, v in check.items() if k != "ok")
+                    + ("" if scale.device != "cpu" else "; forward only"),
+                }
             table.append(row)
     model.set_attn_implementation("sdpa")
     return table
@@ -217,17 +263,29 @@ def trl_section(model_dir: Path, records: list[dict], rows: list[dict], scale: S
         return [{"section": "trl", "variant": "trl_sft", "note": "skipped: trl not installed"}]
     on_cpu, precision = scale.device == "cpu", "bf16" if scale.bf16 else "fp32"
     n = scale.rows
-    runs = {"trl_sft": bench_trl.trl_epoch(bench_trl.trl_trainer(
-        model_dir, records[:n], scale.batch_size, scratch / "trl", use_cpu=on_cpu, bf16=scale.bf16))}
+    runs = {
+        "trl_sft": bench_trl.trl_epoch(
+            bench_trl.trl_trainer(
+                model_dir, records[:n], scale.batch_size, scratch / "trl", use_cpu=on_cpu, bf16=scale.bf16
+            )
+        )
+    }
     for name in bench_trl.OURS:
         runs[name] = bench_trl.our_epoch(model_dir, rows[:n], name, scale.batch_size, precision)
     warmup = min(scale.warmup, len(runs["sft"]["ends"]) - 2)
     table = []
     for name, run in runs.items():
         summary = bench_trl.summarise([run], warmup)
-        table.append({"section": "trl", "variant": name, "attention": "sdpa", "tokens_per_s": summary["tokens_per_s"],
-                      "note": f"{summary['steps']} optimizer steps, epoch {summary['epoch_s']} s, "
-                              f"padding {summary['padding']:.1%}"})
+        table.append(
+            {
+                "section": "trl",
+                "variant": name,
+                "attention": "sdpa",
+                "tokens_per_s": summary["tokens_per_s"],
+                "note": f"{summary['steps']} optimizer steps, epoch {summary['epoch_s']} s, "
+                f"padding {summary['padding']:.1%}",
+            }
+        )
     return table
 
 
@@ -254,17 +312,27 @@ def generation_section(model_dir: Path, scale: Scale) -> list[dict]:
     # In fp32 both must agree exactly; in bf16 the two implementations' kernels round
     # differently and a random model's near-tied logits then pick other tokens: reported only.
     check = same == len(prompts) if not scale.bf16 else None
-    return [{"section": "generation", "variant": name, "tokens_per_s": tokens / seconds, "check": check,
-             "note": f"{setting}, {len(prompts) / seconds:.1f} completions/s, identical {same}/{len(prompts)}"
-                     + ("" if name == "ours" else f"; ours {hf_s / ours_s:.2f}x as fast")}
-            for name, seconds in (("ours", ours_s), ("transformers generate", hf_s))]
+    return [
+        {
+            "section": "generation",
+            "variant": name,
+            "tokens_per_s": tokens / seconds,
+            "check": check,
+            "note": f"{setting}, {len(prompts) / seconds:.1f} completions/s, identical {same}/{len(prompts)}"
+            + ("" if name == "ours" else f"; ours {hf_s / ours_s:.2f}x as fast"),
+        }
+        for name, seconds in (("ours", ours_s), ("transformers generate", hf_s))
+    ]
 
 
 def _env(project: Path) -> dict[str, str]:
     """The child's environment: this checkout's code, no hub, MLflow and Prefect state in `project`."""
     return dict(os.environ) | {
-        "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(project / ".prefect"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "PREFECT_HOME": str(project / ".prefect"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
 
@@ -281,16 +349,40 @@ def sweep_project(model_dir: Path, records: list[dict], scale: Scale, project: P
         (project / f"data/prepared/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     params = {
         "model": {"name_or_path": str(model_dir)},
-        "train": {"max_steps": scale.train_steps, "batch_size": scale.batch_size, "checkpoint_every": None,
-                  "log_every": 5, "precision": "bf16" if scale.bf16 else "fp32", "eval_every": None},
+        "train": {
+            "max_steps": scale.train_steps,
+            "batch_size": scale.batch_size,
+            "checkpoint_every": None,
+            "log_every": 5,
+            "precision": "bf16" if scale.bf16 else "fp32",
+            "eval_every": None,
+        },
         "eval": {"limit": 16, "max_new_tokens": 32, "batch_size": 16},
-        "sweep": {"ks": [1], "lambdas": [0.1], "seeds": [0], "experiment": "gpu-check",
-                  "registered_model_name": "gpu-check"},
+        "sweep": {
+            "ks": [1],
+            "lambdas": [0.1],
+            "seeds": [0],
+            "experiment": "gpu-check",
+            "registered_model_name": "gpu-check",
+        },
     }
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     load_config(project / "params.yaml", [])
-    return [sys.executable, "-m", "pipelines.sweep", "--params", "params.yaml", "--tokenized", "data/tokenized",
-            "--prepared", "data/prepared", "--runs-dir", "runs/sweep", "--report-dir", "metrics/sweep"]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.sweep",
+        "--params",
+        "params.yaml",
+        "--tokenized",
+        "data/tokenized",
+        "--prepared",
+        "data/prepared",
+        "--runs-dir",
+        "runs/sweep",
+        "--report-dir",
+        "metrics/sweep",
+    ]
 
 
 def sweep_section(model_dir: Path, records: list[dict], scale: Scale, scratch: Path) -> list[dict]:
@@ -307,20 +399,51 @@ def sweep_section(model_dir: Path, records: list[dict], scale: Scale, scratch: P
     note = f"exit {done.returncode}, {wall:.0f} s, {scale.train_steps} steps per run"
     if done.returncode:
         note += "; " + (done.stderr.strip().splitlines() or ["no stderr"])[-1][:200]
-    return [{"section": "sweep", "variant": "2 configs", "check": done.returncode == 0 and len(found) >= 2,
-             "note": note + "; configs " + ", ".join(str(r.get("config")) for r in found)}]
+    return [
+        {
+            "section": "sweep",
+            "variant": "2 configs",
+            "check": done.returncode == 0 and len(found) >= 2,
+            "note": note + "; configs " + ", ".join(str(r.get("config")) for r in found),
+        }
+    ]
 
 
 def ddp_command(model_dir: Path, data: Path, out: Path, gpus: int, scale: Scale) -> list[str]:
     """`accelerate launch` of `stepjepa.train` on `gpus` processes (packed, K = 2)."""
     params = out.parent / "ddp-params.yaml"
-    params.write_text(yaml.safe_dump({"model": {"name_or_path": str(model_dir)}, "train": {
-        "k": 2, "lambda": 0.1, "layout": "packed", "max_steps": scale.train_steps, "batch_size": scale.batch_size,
-        "precision": "bf16" if scale.bf16 else "fp32", "checkpoint_every": None, "tracking": "none",
-        "log_every": 5}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(model_dir)},
+                "train": {
+                    "k": 2,
+                    "lambda": 0.1,
+                    "layout": "packed",
+                    "max_steps": scale.train_steps,
+                    "batch_size": scale.batch_size,
+                    "precision": "bf16" if scale.bf16 else "fp32",
+                    "checkpoint_every": None,
+                    "tracking": "none",
+                    "log_every": 5,
+                },
+            }
+        )
+    )
     load_config(params, [])
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(max(gpus, 1)),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(max(gpus, 1)),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     launch += ["--multi_gpu"] if gpus > 1 else (["--cpu"] if gpus == 0 else [])
     return launch + ["-m", "stepjepa.train", "--params", str(params), "--data", str(data), "--out", str(out)]
 
@@ -338,9 +461,15 @@ def ddp_section(model_dir: Path, scale: Scale, scratch: Path) -> list[dict]:
     note = f"{gpus} GPU(s), {scale.train_steps} steps of batch {scale.batch_size} per GPU, {wall:.0f} s with start-up"
     if done.returncode:
         note += "; " + (done.stderr.strip().splitlines() or ["no stderr"])[-1][:200]
-    return [{"section": "ddp", "variant": f"{gpus} GPU processes" if gpus else "1 CPU process",
-             "check": done.returncode == 0,
-             "examples_per_s": examples / wall, "note": note}]
+    return [
+        {
+            "section": "ddp",
+            "variant": f"{gpus} GPU processes" if gpus else "1 CPU process",
+            "check": done.returncode == 0,
+            "examples_per_s": examples / wall,
+            "note": note,
+        }
+    ]
 
 
 def markdown(rows: list[dict], scale: Scale, seconds: float) -> str:
@@ -349,20 +478,29 @@ def markdown(rows: list[dict], scale: Scale, seconds: float) -> str:
         machine = f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
     else:
         machine = f"{bench_generation._cpu_name()} (CPU smoke: tiny Qwen2, fp32)"
-    head = (f"`python benchmarks/gpu_check.py{' --cpu-smoke' if scale.device == 'cpu' else ''}`: {machine}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}, "
-            f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, {seconds:.0f} s in all; "
-            f"batch {scale.batch_size} of GSM8K rows, {'bf16 autocast' if scale.bf16 else 'fp32'}. Peak memory: "
-            f"{'torch.cuda.max_memory_allocated' if scale.device == 'cuda' else 'tensors saved for backward'}.\n\n")
-    lines = ["| section | variant | attention | tokens/s | peak memory | check | notes |",
-             "|---|---|---|---|---|---|---|"]
+    head = (
+        f"`python benchmarks/gpu_check.py{' --cpu-smoke' if scale.device == 'cpu' else ''}`: {machine}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, {seconds:.0f} s in all; "
+        f"batch {scale.batch_size} of GSM8K rows, {'bf16 autocast' if scale.bf16 else 'fp32'}. Peak memory: "
+        f"{'torch.cuda.max_memory_allocated' if scale.device == 'cuda' else 'tensors saved for backward'}.\n\n"
+    )
+    lines = [
+        "| section | variant | attention | tokens/s | peak memory | check | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        rate = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else (
-            f"{r['examples_per_s']:.2f} examples/s" if "examples_per_s" in r else "-")
+        rate = (
+            f"{r['tokens_per_s']:,.0f}"
+            if "tokens_per_s" in r
+            else (f"{r['examples_per_s']:.2f} examples/s" if "examples_per_s" in r else "-")
+        )
         peak = f"{r['peak_mb']:,.0f} MB" if "peak_mb" in r else "-"
         check = {True: "ok", False: "**FAILED**"}.get(r.get("check"), "-")
-        lines.append(f"| {r['section']} | {r['variant']} | {r.get('attention', '-')} | {rate} | {peak} | {check} "
-                     f"| {r.get('note', '')} |")
+        lines.append(
+            f"| {r['section']} | {r['variant']} | {r.get('attention', '-')} | {rate} | {peak} | {check} "
+            f"| {r.get('note', '')} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
@@ -395,10 +533,14 @@ def run(scale: Scale, sections: tuple[str, ...]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="the same sections, tiny and on the CPU (fp32)")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--run-all", action="store_true",
-                        help="with --cpu-smoke: also run the sweep and DDP (minutes on a CPU; the e2e test does)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--run-all",
+        action="store_true",
+        help="with --cpu-smoke: also run the sweep and DDP (minutes on a CPU; the e2e test does)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu-check.md")
     args = parser.parse_args(argv)
     sections = tuple(s for s in args.sections.split(",") if s)

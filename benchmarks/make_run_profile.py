@@ -74,7 +74,8 @@ def train_phases(run_dir: Path, model_logged: float | None) -> dict:
     last_step, saved = last(lines, "step "), first(lines, "saved the final model")
     split = model_logged if model_logged and last_step and saved and last_step <= model_logged <= saved else None
     return {
-        "processes": starts, "span": (born, max(t for t, _ in lines) if lines else None),
+        "processes": starts,
+        "span": (born, max(t for t, _ in lines) if lines else None),
         "train_startup_imports": ready - born if born and ready else None,
         "train_model_load": loaded - ready if loaded and ready else None,
         "train_mlflow_run_start": tracked - loaded if tracked and loaded else None,
@@ -101,7 +102,8 @@ def eval_phases(folder: Path, train_log: Path | None = None) -> dict:
     questions = sum(1 for _ in predictions.open()) if predictions.is_file() else 0
     generation = questions / speed if speed else None
     return {
-        "processes": starts, "span": (born, wrote),
+        "processes": starts,
+        "span": (born, wrote),
         "eval_startup_and_load": ready - born if born and ready else None,
         "generation": generation,
         "heldout_scoring_writing": wrote - ready - generation if wrote and ready and generation else None,
@@ -128,8 +130,9 @@ def mlflow_times(run_ids: list[str], uri: str) -> tuple[dict[str, float], tuple[
 def profile(runs_dir: Path, uri: str, total: float | None) -> dict:
     """Per-config phases, their sums, the flow's overhead and the non-compute share."""
     folders = sorted(p for p in runs_dir.iterdir() if (p / "train.log").is_file())
-    run_ids = {p: json.loads((p / "summary.json").read_text())["run_id"] for p in folders
-               if (p / "summary.json").is_file()}
+    run_ids = {
+        p: json.loads((p / "summary.json").read_text())["run_id"] for p in folders if (p / "summary.json").is_file()
+    }
     model_logged, parent = mlflow_times([r for r in run_ids.values() if r], uri)
     configs, spans = {}, []
     for folder in folders:
@@ -154,10 +157,18 @@ def profile(runs_dir: Path, uri: str, total: float | None) -> dict:
                 phase = key.split("_", 1)[1] if key.startswith(("validation_", "test_")) else key
                 sums[phase] = sums.get(phase, 0.0) + value
     in_processes = sum(b - a for a, b in spans if a and b)
-    unfinished = [f"{name}: {key.removesuffix('_generation')}" for name, row in configs.items()
-                  for key, value in row.items() if key.endswith("_generation") and value is None]
-    result = {"configs": configs, "totals": {k: round(v, 1) for k, v in sums.items()},
-              "start_times_known": all(a for a, _ in spans), "unfinished_evaluations": unfinished}
+    unfinished = [
+        f"{name}: {key.removesuffix('_generation')}"
+        for name, row in configs.items()
+        for key, value in row.items()
+        if key.endswith("_generation") and value is None
+    ]
+    result = {
+        "configs": configs,
+        "totals": {k: round(v, 1) for k, v in sums.items()},
+        "start_times_known": all(a for a, _ in spans),
+        "unfinished_evaluations": unfinished,
+    }
     if parent:
         sweep = parent[1] - parent[0]
         result["sweep_wall"] = round(sweep, 1)
@@ -180,7 +191,9 @@ def profile(runs_dir: Path, uri: str, total: float | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs/sweep")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}"))
+    parser.add_argument(
+        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
+    )
     parser.add_argument("--total", type=float, help="measured wall seconds of the whole `make run` / `dvc repro`")
     parser.add_argument("--json", type=Path, help="also write the profile here")
     args = parser.parse_args()

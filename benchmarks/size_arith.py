@@ -36,13 +36,25 @@ PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 # `make demo` does; then what a measurement needs: no tracking, one SFT run (a Step-JEPA
 # try sets train.k, lambda, loss and layout, which the demo's sweep sets per run).
 DEMO = [
-    "data.source=arith", "data.system_prompt='Solve step by step; answer in \\boxed{}.'",
-    "data.arith.min_steps=2", "data.arith.max_steps=2", "data.arith.max_operand=5", "data.arith.max_value=20",
-    "tiny_model.vocab_size=1024", "tiny_model.hidden_size=128", "tiny_model.intermediate_size=256",
-    "tiny_model.num_hidden_layers=3", "tiny_model.max_position_embeddings=512",
-    "train.max_steps=360", "train.batch_size=16", "train.epochs=10", "train.learning_rate=0.006",
+    "data.source=arith",
+    "data.system_prompt='Solve step by step; answer in \\boxed{}.'",
+    "data.arith.min_steps=2",
+    "data.arith.max_steps=2",
+    "data.arith.max_operand=5",
+    "data.arith.max_value=20",
+    "tiny_model.vocab_size=1024",
+    "tiny_model.hidden_size=128",
+    "tiny_model.intermediate_size=256",
+    "tiny_model.num_hidden_layers=3",
+    "tiny_model.max_position_embeddings=512",
+    "train.max_steps=360",
+    "train.batch_size=16",
+    "train.epochs=10",
+    "train.learning_rate=0.006",
     "train.checkpoint_every=null",
-    "eval.limit=500", "eval.max_new_tokens=80", "eval.batch_size=100",
+    "eval.limit=500",
+    "eval.max_new_tokens=80",
+    "eval.batch_size=100",
 ]
 MEASURE = ["train.tracking=none", "train.log_model=false", "train.eval_every=null", "train.k=0", "train.lambda=0.0"]
 
@@ -78,8 +90,13 @@ TRIES: dict[str, list[str]] = {
     "packed_nce_k2_l0.02": ["train.k=2", "train.lambda=0.02", "train.loss=infonce", "train.layout=packed"],
     "packed_nce_k1_l0.1": ["train.k=1", "train.lambda=0.1", "train.loss=infonce", "train.layout=packed"],
     "demo_seed1": ["train.seed=1"],
-    "packed_nce_k2_l0.02_seed1": ["train.k=2", "train.lambda=0.02", "train.loss=infonce", "train.layout=packed",
-                                  "train.seed=1"],
+    "packed_nce_k2_l0.02_seed1": [
+        "train.k=2",
+        "train.lambda=0.02",
+        "train.loss=infonce",
+        "train.layout=packed",
+        "train.seed=1",
+    ],
 }
 
 
@@ -96,11 +113,22 @@ def prepared_data(cfg: Config, work: Path) -> dict[str, Path]:
     from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
     from stepjepa.tokenization import encode_records, load_tokenizer
 
-    key = json.dumps([cfg.data.model_dump(mode="json"), cfg.tiny_model.model_dump(mode="json"),
-                      cfg.tokenize.model_dump(mode="json")], sort_keys=True)
+    key = json.dumps(
+        [
+            cfg.data.model_dump(mode="json"),
+            cfg.tiny_model.model_dump(mode="json"),
+            cfg.tokenize.model_dump(mode="json"),
+        ],
+        sort_keys=True,
+    )
     root = work / "data" / hashlib.sha256(key.encode()).hexdigest()[:12]
-    paths = {"root": root, "model": root / "model", "train": root / "train.parquet",
-             "validation": root / "validation.parquet", "validation_jsonl": root / "prepared" / "validation.jsonl"}
+    paths = {
+        "root": root,
+        "model": root / "model",
+        "train": root / "train.parquet",
+        "validation": root / "validation.parquet",
+        "validation_jsonl": root / "prepared" / "validation.jsonl",
+    }
     if paths["validation"].is_file():
         return paths
     fetch(cfg.data, root / "raw")
@@ -110,8 +138,7 @@ def prepared_data(cfg: Config, work: Path) -> dict[str, Path]:
     tokenizer = load_tokenizer(str(paths["model"]))
     for split, rows in splits.items():
         write_json_lines(rows, root / "prepared" / f"{split}.jsonl")
-        pq.write_table(encode_records(tokenizer, rows, cfg.tokenize.max_length, cfg.tokenize.date_string),
-                       paths[split])
+        pq.write_table(encode_records(tokenizer, rows, cfg.tokenize.max_length, cfg.tokenize.date_string), paths[split])
     return paths
 
 
@@ -133,8 +160,14 @@ def run_try(name: str, overrides: list[str], work: Path) -> dict[str, Any]:
     wall, cpu = time.perf_counter(), time.process_time()
     model, tokenizer = load_model(result.model_dir, cfg, "cpu")
     examples = load_examples(paths["validation_jsonl"], cfg.data.system_prompt, cfg.eval.limit)
-    scored = evaluate_model(model, tokenizer, examples, batch_size=cfg.eval.batch_size,
-                            max_new_tokens=cfg.eval.max_new_tokens, date_string=cfg.tokenize.date_string)
+    scored = evaluate_model(
+        model,
+        tokenizer,
+        examples,
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        date_string=cfg.tokenize.date_string,
+    )
     generate_wall, generate_cpu = time.perf_counter() - wall, time.process_time() - cpu
     wall, cpu = time.perf_counter(), time.process_time()
     held = heldout_evaluation(model, tokenizer, paths["validation"], cfg, out / "eval")
@@ -143,41 +176,65 @@ def run_try(name: str, overrides: list[str], work: Path) -> dict[str, Any]:
 
     first, last = result.history[0], result.history[-1]
     warnings = collapse_warnings(held, result.history, loss_kind=cfg.train.loss) if cfg.train.lambda_ > 0 else []
-    return {"name": name, "overrides": overrides, "parameters": sum(p.numel() for p in model.parameters()),
-            "accuracy_strict": scored.metrics["accuracy_strict"], "questions": len(examples),
-            "hit_max_new_tokens": scored.metrics["hit_max_new_tokens"],
-            "lm_loss_first": first.get("lm_loss"), "lm_loss_last": last.get("lm_loss"),
-            "jepa_loss_first": first.get("jepa_loss"), "jepa_loss_last": last.get("jepa_loss"),
-            "val_nll": held["nll"], "val_step2_nll": held["step2_nll"],
-            "mean_cos": held.get("mean_cos"), "spread_view1": held.get("spread_view1"),
-            "spread_view2": held.get("spread_view2"), "collapse_warnings": warnings,
-            "train_wall_s": train_wall, "train_cpu_s": train_cpu, "generate_wall_s": generate_wall,
-            "generate_cpu_s": generate_cpu, "heldout_wall_s": heldout_wall, "heldout_cpu_s": heldout_cpu,
-            "out": str(out)}
+    return {
+        "name": name,
+        "overrides": overrides,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "accuracy_strict": scored.metrics["accuracy_strict"],
+        "questions": len(examples),
+        "hit_max_new_tokens": scored.metrics["hit_max_new_tokens"],
+        "lm_loss_first": first.get("lm_loss"),
+        "lm_loss_last": last.get("lm_loss"),
+        "jepa_loss_first": first.get("jepa_loss"),
+        "jepa_loss_last": last.get("jepa_loss"),
+        "val_nll": held["nll"],
+        "val_step2_nll": held["step2_nll"],
+        "mean_cos": held.get("mean_cos"),
+        "spread_view1": held.get("spread_view1"),
+        "spread_view2": held.get("spread_view2"),
+        "collapse_warnings": warnings,
+        "train_wall_s": train_wall,
+        "train_cpu_s": train_cpu,
+        "generate_wall_s": generate_wall,
+        "generate_cpu_s": generate_cpu,
+        "heldout_wall_s": heldout_wall,
+        "heldout_cpu_s": heldout_cpu,
+        "out": str(out),
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of benchmarks/results/arith-sizing.md; an SFT run's view spreads in parentheses."""
-    lines = ["| try | changes to DEMO | val `accuracy_strict` (questions) | val NLL | view spread v1 / v2 "
-             "| collapse warning | train CPU-s | eval CPU-s: generate + held-out | train wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| try | changes to DEMO | val `accuracy_strict` (questions) | val NLL | view spread v1 / v2 "
+        "| collapse warning | train CPU-s | eval CPU-s: generate + held-out | train wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         jepa = any(o.startswith("train.lambda=") and o != "train.lambda=0.0" for o in r["overrides"])
         spread = f"{r['spread_view1']:.2g} / {r['spread_view2']:.2g}"
         warned = ("yes" if r["collapse_warnings"] else "no") if jepa else "-"
-        lines.append(f"| {r['name']} | {', '.join(r['overrides']) or '-'} "
-                     f"| {r['accuracy_strict']:.3f} ({r['questions']}) | {r['val_nll']:.3f} "
-                     f"| {spread if jepa else f'({spread})'} | {warned} "
-                     f"| {r['train_cpu_s']:.1f} | {r['generate_cpu_s']:.1f} + {r['heldout_cpu_s']:.1f} "
-                     f"| {r['train_wall_s']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {', '.join(r['overrides']) or '-'} "
+            f"| {r['accuracy_strict']:.3f} ({r['questions']}) | {r['val_nll']:.3f} "
+            f"| {spread if jepa else f'({spread})'} | {warned} "
+            f"| {r['train_cpu_s']:.1f} | {r['generate_cpu_s']:.1f} + {r['heldout_cpu_s']:.1f} "
+            f"| {r['train_wall_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--try", dest="tries", action="append", choices=sorted(TRIES), help="default: all")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="one ad-hoc try: DEMO with these changes (instead of TRIES)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one ad-hoc try: DEMO with these changes (instead of TRIES)",
+    )
     parser.add_argument("--name", default="adhoc", help="name of the --set try")
     parser.add_argument("--work", type=Path, default=Path("/tmp/size_arith"), help="data cache and run folders")
     parser.add_argument("--log", type=Path, help="append each try's result as a JSON line here")

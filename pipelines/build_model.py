@@ -9,12 +9,14 @@ from stepjepa.config import load_config
 from stepjepa.inputs import read_records
 from stepjepa.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
 
+
 def main() -> None:
     args = stage_args(__doc__, "prepared")
     cfg = load_config(args.params)
     records = read_records(args.prepared)
     build_tiny_model(cfg.tiny_model, tokenizer_corpus(records), args.out)
     write_json(model_summary(args.out), args.metrics)
+
 
 if __name__ == "__main__":
     raise SystemExit(run_stage("build_model", main))

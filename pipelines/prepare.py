@@ -14,6 +14,7 @@ from stepjepa.sources import SPLITS
 
 log = logging.getLogger("prepare")
 
+
 def main() -> None:
     args = stage_args(__doc__, "raw")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -24,22 +25,35 @@ def main() -> None:
         path = args.raw / f"{split}.jsonl"
         records, stats = prepare_file(path, split, cfg, on_error)
         if not records:
-            raise BadRecordError(f"{path}: no usable records ({stats.read} lines read, "
-                                 f"{sum(stats.skipped.values())} skipped, {stats.dropped_short} dropped as short)")
+            raise BadRecordError(
+                f"{path}: no usable records ({stats.read} lines read, "
+                f"{sum(stats.skipped.values())} skipped, {stats.dropped_short} dropped as short)"
+            )
         metrics[split] = stats.as_dict()
         if split == "train":
             records, validation = split_validation(records, cfg.validation_size)
             write_json_lines(validation, args.out / "validation.jsonl")
-            metrics["validation"] = {"records": len(validation), "carved_from": "train",
-                                     "rule": "the data.validation_size records with the smallest sha256 of their id"}
+            metrics["validation"] = {
+                "records": len(validation),
+                "carved_from": "train",
+                "rule": "the data.validation_size records with the smallest sha256 of their id",
+            }
             metrics[split]["training_records"] = len(records)
         write_json_lines(records, args.out / f"{split}.jsonl")
-        log.info("%s: read %d, kept %d (%d LM-only), dropped short %d, skipped %d %s",
-                 split, stats.read, stats.kept, stats.kept_lm_only, stats.dropped_short,
-                 sum(stats.skipped.values()), dict(stats.skipped) or "")
+        log.info(
+            "%s: read %d, kept %d (%d LM-only), dropped short %d, skipped %d %s",
+            split,
+            stats.read,
+            stats.kept,
+            stats.kept_lm_only,
+            stats.dropped_short,
+            sum(stats.skipped.values()),
+            dict(stats.skipped) or "",
+        )
         for message in stats.examples:
             log.warning("skipped %s", message)
     write_json(metrics, args.metrics)
+
 
 if __name__ == "__main__":
     raise SystemExit(run_stage("prepare", main))

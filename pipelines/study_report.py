@@ -16,14 +16,16 @@ import argparse
 import json
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
-FIGURES = (("effects.png", "seed-level effects: each factor's levels against the base config and against SFT"),
-           ("heatmap.png", "validation accuracy and Step-2 NLL per K and lambda (configs at the base values)"),
-           ("loss_curves.png", "training LM loss and in-training validation Step-2 NLL per run"))
+FIGURES = (
+    ("effects.png", "seed-level effects: each factor's levels against the base config and against SFT"),
+    ("heatmap.png", "validation accuracy and Step-2 NLL per K and lambda (configs at the base values)"),
+    ("loss_curves.png", "training LM loss and in-training validation Step-2 NLL per run"),
+)
 
 
 def render(params: dict, summary: dict, table: str, name: str, figures: str) -> str:
@@ -31,8 +33,9 @@ def render(params: dict, summary: dict, table: str, name: str, figures: str) -> 
     sweep = params.get("sweep", {})
     axes = "; ".join(f"{key}: {', '.join(map(str, values))}" for key, values in sweep.get("axes", {}).items())
     lines = [
-        "# Step-JEPA on the arith task: the `make study` ablation", "",
-        f"- **Run**: experiment `{name}`, page written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "# Step-JEPA on the arith task: the `make study` ablation",
+        "",
+        f"- **Run**: experiment `{name}`, page written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         f"- **Design**: {sweep.get('design', 'grid')}; K in {sweep.get('ks')}, lambda in {sweep.get('lambdas')}, "
         f"view pairs {sweep.get('views', ['steps'])}; {axes or 'no axes'}; the first value of each is the base. "
         f"Seeds {sweep.get('seeds')}: {summary.get('configs')} configs, {summary.get('failed_runs', 0)} failed run(s).",
@@ -40,8 +43,12 @@ def render(params: dict, summary: dict, table: str, name: str, figures: str) -> 
         f"({params.get('train', {}).get('max_steps')} steps of batch {params.get('train', {}).get('batch_size')}).",
         f"- **Selected on validation**: {summary.get('selected')} (verdict against SFT: {summary.get('verdict')}).",
         "- **Check a rerun**: `make study` ends with `stepjepa compare outputs/study docs/results/study`, which "
-        "says per comparison whether it reproduced (same verdict, overlapping seed-level intervals).", "",
-        "## The tables (`metrics/sweep/table.md` of the experiment)", "", table.strip(), "",
+        "says per comparison whether it reproduced (same verdict, overlapping seed-level intervals).",
+        "",
+        "## The tables (`metrics/sweep/table.md` of the experiment)",
+        "",
+        table.strip(),
+        "",
     ]
     lines += [f"![{text}]({figures}/{file})\n" for file, text in FIGURES]
     return "\n".join(lines)

@@ -43,8 +43,8 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import wait  # noqa: E402
-from prefect.utilities.annotations import allow_failure  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.utilities.annotations import allow_failure  # noqa: E402
 
 from pipelines.prefect_server import start_temporary_server  # noqa: E402
 from stepjepa import launch, plots, report, tracking  # noqa: E402
@@ -56,13 +56,22 @@ from stepjepa.vocabulary import SFT
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
 UNLOGGED = "unlogged.json"  # in the report folder: what MLflow still lacks (`_note_unlogged`)
 
+
 # Not cached by Prefect: the run folders are the cache (named by `stepjepa.sweep`'s keys,
 # whichever machine or Prefect server asks), and the device slots a task is handed (a
 # queue with its locks) cannot be hashed into a Prefect cache key.
 @task(task_run_name="train {spec[name]}", cache_policy=NO_CACHE)
-def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str | None, slots: launch.DeviceSlots,
-              eval_key: str | None = None, config: dict | None = None, cwd: str | None = None,
-              unlogged: tracking.Unlogged | None = None) -> dict:
+def train_run(
+    spec: dict,
+    run_dir: str,
+    paths: dict,
+    child_run_id: str | None,
+    slots: launch.DeviceSlots,
+    eval_key: str | None = None,
+    config: dict | None = None,
+    cwd: str | None = None,
+    unlogged: tracking.Unlogged | None = None,
+) -> dict:
     """One training run in its own process; resumes a checkpoint left by a killed sweep, and
     trains nothing when the run folder already holds the finished model. With `eval_key`
     and `config`, the same process then evaluates the model on validation (what
@@ -74,24 +83,45 @@ def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str | None, s
     if plan.is_trained(out):
         logger.info("%s: trained already (%s)", spec["name"], out)
         if child_run_id is not None:
-            data = {"training": Path(paths["train_data"]), "validation": Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet"}
-            _tracked(unlogged, f"the training of {spec['name']}",
-                     lambda: tracking.backfill_training(child_run_id, out, data=data))
+            data = {
+                "training": Path(paths["train_data"]),
+                "validation": Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet",
+            }
+            _tracked(
+                unlogged,
+                f"the training of {spec['name']}",
+                lambda: tracking.backfill_training(child_run_id, out, data=data),
+            )
         return {"run_dir": run_dir, "run_id": child_run_id}
     evaluate = None
     if eval_key is not None and config is not None:
         folder = plan.eval_folder(out, SELECT_SPLIT)
         write_config(config_from_dict(config), folder / "config.yaml")
         (folder / "metrics.json").unlink(missing_ok=True)  # a model trained anew: any old results are not its own
-        evaluate = (folder, Path(paths["prepared"]) / f"{SELECT_SPLIT}.jsonl",
-                    Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet")
+        evaluate = (
+            folder,
+            Path(paths["prepared"]) / f"{SELECT_SPLIT}.jsonl",
+            Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet",
+        )
     with slots.acquire() as gpu:
-        cmd = launch.train_command(out / "config.yaml", Path(paths["train_data"]), out, gpu, resume=True,
-                                   run_name=spec["name"], val_data=Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet",
-                                   evaluate=evaluate)
+        cmd = launch.train_command(
+            out / "config.yaml",
+            Path(paths["train_data"]),
+            out,
+            gpu,
+            resume=True,
+            run_name=spec["name"],
+            val_data=Path(paths["tokenized"]) / f"{SELECT_SPLIT}.parquet",
+            evaluate=evaluate,
+        )
         run = {"MLFLOW_RUN_ID": child_run_id} if child_run_id else {"STEPJEPA_MLFLOW_OFFLINE": "1"}
-        launch.run_logged(cmd, launch.device_env(gpu, run), out / "train.log", cwd=cwd,
-                          on_progress=lambda text: logger.info("%s %s", spec["name"], text))
+        launch.run_logged(
+            cmd,
+            launch.device_env(gpu, run),
+            out / "train.log",
+            cwd=cwd,
+            on_progress=lambda text: logger.info("%s %s", spec["name"], text),
+        )
     if evaluate and (evaluate[0] / "metrics.json").is_file():
         plan.mark_evaluated(out, SELECT_SPLIT, eval_key)
     if child_run_id is not None:
@@ -100,9 +130,19 @@ def train_run(spec: dict, run_dir: str, paths: dict, child_run_id: str | None, s
         tracking.log_run_files(child_run_id, out)
     return {"run_dir": run_dir, "run_id": child_run_id}
 
+
 @task(task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
-def evaluate_run(spec: dict, trained: dict, split: str, eval_key: str, paths: dict, config: dict,
-                 slots: launch.DeviceSlots, cwd: str | None = None, unlogged: tracking.Unlogged | None = None) -> dict:
+def evaluate_run(
+    spec: dict,
+    trained: dict,
+    split: str,
+    eval_key: str,
+    paths: dict,
+    config: dict,
+    slots: launch.DeviceSlots,
+    cwd: str | None = None,
+    unlogged: tracking.Unlogged | None = None,
+) -> dict:
     """Accuracy, held-out NLL and view diagnostics of one trained model on `split`, logged
     into its MLflow run under `split/`; nothing is generated again for a folder that has them."""
     run_dir = Path(trained["run_dir"])
@@ -110,22 +150,39 @@ def evaluate_run(spec: dict, trained: dict, split: str, eval_key: str, paths: di
     if not plan.is_evaluated(run_dir, split, eval_key):
         config_file = write_config(config_from_dict(config), out / "config.yaml")
         with slots.acquire() as gpu:
-            cmd = launch.evaluate_command(run_dir / "model", config_file, Path(paths["prepared"]) / f"{split}.jsonl",
-                                          out, heldout=Path(paths["tokenized"]) / f"{split}.parquet")
-            launch.run_logged(cmd, launch.device_env(gpu), out / "evaluate.log", cwd=cwd,
-                              on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text))
+            cmd = launch.evaluate_command(
+                run_dir / "model",
+                config_file,
+                Path(paths["prepared"]) / f"{split}.jsonl",
+                out,
+                heldout=Path(paths["tokenized"]) / f"{split}.parquet",
+            )
+            launch.run_logged(
+                cmd,
+                launch.device_env(gpu),
+                out / "evaluate.log",
+                cwd=cwd,
+                on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text),
+            )
         plan.mark_evaluated(run_dir, split, eval_key)
     if trained["run_id"] is not None:
-        _tracked(unlogged, f"the {split} results of {spec['name']}", lambda: tracking.log_split(trained["run_id"], split, out))
+        _tracked(
+            unlogged,
+            f"the {split} results of {spec['name']}",
+            lambda: tracking.log_split(trained["run_id"], split, out),
+        )
     return report.read_run_result(run_dir, split)
+
 
 def _tracked(unlogged: tracking.Unlogged | None, what: str, call):
     """`call()`, a tracking call: through `unlogged` when the sweep collects what it could not log."""
     return unlogged.attempt(what, call) if unlogged is not None else call()
 
+
 @flow(name="step-jepa-config", log_prints=True)
-def step_jepa_config(spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str,
-                     config: dict, workdir: str) -> None:
+def step_jepa_config(
+    spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict, workdir: str
+) -> None:
     """One config on a work-pool worker: trained (unless its folder holds the model) and
     evaluated on `split`; the sweep reads the results back from MLflow."""
     # Paths are relative to the sweep's folder. A worker on the same machine works there; a
@@ -134,24 +191,43 @@ def step_jepa_config(spec: dict, run_dir: str, paths: dict, child_run_id: str, s
     here = Path(workdir) if Path(workdir).is_dir() else Path.cwd()
     run_dir, paths = str(here / run_dir), {name: str(here / path) for name, path in paths.items()}
     slots = launch.DeviceSlots(launch.visible_gpus())
-    trained = train_run.fn(spec, run_dir, paths, child_run_id, slots,
-                           *((eval_key, config) if split == SELECT_SPLIT else (None, None)), cwd=str(here))
+    trained = train_run.fn(
+        spec,
+        run_dir,
+        paths,
+        child_run_id,
+        slots,
+        *((eval_key, config) if split == SELECT_SPLIT else (None, None)),
+        cwd=str(here),
+    )
     evaluate_run.fn(spec, trained, split, eval_key, paths, config, slots, cwd=str(here))
 
+
 @task(task_run_name="dispatch {spec[name]} ({split})")
-def dispatch_run(spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict,
-                 deployment: str) -> dict:
+def dispatch_run(
+    spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict, deployment: str
+) -> dict:
     """One config as a flow run on a work pool; its result comes back through MLflow, which
     the worker and this process share (their file systems need not be shared)."""
     from prefect.deployments import run_deployment
 
-    params = dict(spec=spec, run_dir=run_dir, paths=paths, child_run_id=child_run_id, split=split, eval_key=eval_key,
-                  config=config, workdir=str(Path.cwd()))
+    params = dict(
+        spec=spec,
+        run_dir=run_dir,
+        paths=paths,
+        child_run_id=child_run_id,
+        split=split,
+        eval_key=eval_key,
+        config=config,
+        workdir=str(Path.cwd()),
+    )
     flow_run = run_deployment(deployment, parameters=params, timeout=None, as_subflow=True)
     if not flow_run.state.is_completed():
-        raise launch.RunFailed(f"flow run {flow_run.name} of {deployment} ended {flow_run.state.name}: "
-                               f"{flow_run.state.message}")
+        raise launch.RunFailed(
+            f"flow run {flow_run.name} of {deployment} ended {flow_run.state.name}: {flow_run.state.message}"
+        )
     return tracking.run_result(child_run_id, split, report.read_eval_folder)
+
 
 @flow(name="step-jepa-sweep", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def step_jepa_sweep(
@@ -184,11 +260,19 @@ def step_jepa_sweep(
     sweep_config = plan.choose(base, sweep, params_file)
     specs = plan.expand_grid(sweep_config)
     configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
-    paths = {"train_data": str(Path(tokenized) / "train.parquet"), "tokenized": str(Path(tokenized)),
-             "prepared": str(Path(prepared))}
+    paths = {
+        "train_data": str(Path(tokenized) / "train.parquet"),
+        "tokenized": str(Path(tokenized)),
+        "prepared": str(Path(prepared)),
+    }
     first = configs[specs[0].name]
-    fingerprint = plan.data_fingerprint([Path(tokenized), *(Path(prepared) / f"{s}.jsonl" for s in
-                                                            (SELECT_SPLIT, TEST_SPLIT)), first.model.name_or_path])
+    fingerprint = plan.data_fingerprint(
+        [
+            Path(tokenized),
+            *(Path(prepared) / f"{s}.jsonl" for s in (SELECT_SPLIT, TEST_SPLIT)),
+            first.model.name_or_path,
+        ]
+    )
     slots = launch.DeviceSlots(launch.visible_gpus(), cpu_slots=sweep_config.max_concurrent or 1)
     logger.info("sweep of %d runs (%d at a time): %s", len(specs), slots.size, ", ".join(configs))
     tracking.init_store()
@@ -197,9 +281,15 @@ def step_jepa_sweep(
     # A flow run replaces the process's SIGTERM handler with Prefect's, which only raises in
     # this thread: the flow then waited for its runs to finish training. They hear it first,
     # checkpoint and stop (SIGINT is not Prefect's: `main`'s forwarding still has it).
-    with launch.forward_signals(signal.SIGTERM), \
-         tracking.sweep_run(sweep_config.experiment, sweep_config.model_dump(mode="json") | {"runs": len(specs)},
-                            run_name=_sweep_name(sweep_config), unlogged=unlogged) as parent:
+    with (
+        launch.forward_signals(signal.SIGTERM),
+        tracking.sweep_run(
+            sweep_config.experiment,
+            sweep_config.model_dump(mode="json") | {"runs": len(specs)},
+            run_name=_sweep_name(sweep_config),
+            unlogged=unlogged,
+        ) as parent,
+    ):
         runs = {}
         for spec in specs:
             config = configs[spec.name]
@@ -207,15 +297,26 @@ def step_jepa_sweep(
             run_dir = plan.run_folder(runs_dir, spec, key)
             if not plan.is_trained(run_dir):
                 write_config(config, run_dir / "config.yaml")
-            child = parent and unlogged.attempt(f"the run of {spec.name}", lambda spec=spec, key=key, run_dir=run_dir:
-                                                tracking.child_run(sweep_config.experiment, parent, spec.name, key, run_dir))
-            runs[spec.name] = dict(spec=spec, key=key, eval_key=plan.eval_cache_key(config, fingerprint),
-                                   run_dir=str(run_dir), child=child, config=config)
+            child = parent and unlogged.attempt(
+                f"the run of {spec.name}",
+                lambda spec=spec, key=key, run_dir=run_dir: tracking.child_run(
+                    sweep_config.experiment, parent, spec.name, key, run_dir
+                ),
+            )
+            runs[spec.name] = dict(
+                spec=spec,
+                key=key,
+                eval_key=plan.eval_cache_key(config, fingerprint),
+                run_dir=str(run_dir),
+                child=child,
+                config=config,
+            )
         validation = _train_and_evaluate(runs, specs, paths, sweep_config, slots, logger, unlogged)
         rows = report.summarize(validation)
         best = report.best_config(rows)
         tested = _test_once(runs, specs, validation, best, paths, sweep_config, slots, logger, unlogged) if best else []
         return _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir), unlogged)
+
 
 def _sweep_name(sweep: SweepConfig) -> str:
     """A parent run name that says what was swept."""
@@ -223,25 +324,46 @@ def _sweep_name(sweep: SweepConfig) -> str:
     lams = ",".join(f"{x:g}" for x in sweep.lambdas)
     axes = "".join(f" {key}={','.join(map(plan.axis_text, values))}" for key, values in sweep.axes.items())
     design = " one at a time" if sweep.design == "one_at_a_time" else ""
-    return (f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
-            f"{axes}{design}")
+    return (
+        f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
+        f"{axes}{design}"
+    )
 
-def _submit(run: dict, split: str, paths: dict, sweep: SweepConfig, slots: launch.DeviceSlots, trained=None,
-            after=None, unlogged: tracking.Unlogged | None = None) -> tuple[Any, Any]:
+
+def _submit(
+    run: dict,
+    split: str,
+    paths: dict,
+    sweep: SweepConfig,
+    slots: launch.DeviceSlots,
+    trained=None,
+    after=None,
+    unlogged: tracking.Unlogged | None = None,
+) -> tuple[Any, Any]:
     """(training future or None, evaluation future) of one run on `split`; the training (or,
     given `trained`, the evaluation) waits for the future `after` to end, however it ends."""
     spec_d, config = run["spec"].as_dict(), run["config"].model_dump(mode="json", by_alias=True)
     if sweep.launcher == "work_pool":  # the work pool's own concurrency decides what runs when
         return None, dispatch_run.with_options(retries=sweep.retries).submit(
-            spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment)
+            spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment
+        )
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process
         trained = train_run.with_options(retries=sweep.retries).submit(
-            spec_d, run["run_dir"], paths, run["child"], slots,
-            *((run["eval_key"], config) if split == SELECT_SPLIT else ()), unlogged=unlogged, **queue)
+            spec_d,
+            run["run_dir"],
+            paths,
+            run["child"],
+            slots,
+            *((run["eval_key"], config) if split == SELECT_SPLIT else ()),
+            unlogged=unlogged,
+            **queue,
+        )
         queue = {}
-    return trained, evaluate_run.submit(spec_d, trained, split, run["eval_key"], paths, config, slots,
-                                        unlogged=unlogged, **queue)
+    return trained, evaluate_run.submit(
+        spec_d, trained, split, run["eval_key"], paths, config, slots, unlogged=unlogged, **queue
+    )
+
 
 def _in_lanes(specs: list, submit, lanes: int) -> dict:
     """`submit(spec, after)` for each spec, where `after` is the future of the spec `lanes`
@@ -254,23 +376,50 @@ def _in_lanes(specs: list, submit, lanes: int) -> dict:
         ends.append(futures[spec.name][1] if isinstance(futures[spec.name], tuple) else futures[spec.name])
     return futures
 
-def _train_and_evaluate(runs: dict, specs: list, paths: dict, sweep: SweepConfig, slots: launch.DeviceSlots,
-                        logger, unlogged: tracking.Unlogged) -> list[RunResult]:
-    futures = _in_lanes(specs, lambda spec, after: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep, slots,
-                                                           after=after, unlogged=unlogged), slots.size)
+
+def _train_and_evaluate(
+    runs: dict,
+    specs: list,
+    paths: dict,
+    sweep: SweepConfig,
+    slots: launch.DeviceSlots,
+    logger,
+    unlogged: tracking.Unlogged,
+) -> list[RunResult]:
+    futures = _in_lanes(
+        specs,
+        lambda spec, after: _submit(runs[spec.name], SELECT_SPLIT, paths, sweep, slots, after=after, unlogged=unlogged),
+        slots.size,
+    )
     wait([f for pair in futures.values() for f in pair if f is not None])
     return [_collect(spec, runs[spec.name], *futures[spec.name], logger, unlogged) for spec in specs]
 
-def _test_once(runs: dict, specs: list, validation: list[RunResult], best: dict, paths: dict, sweep: SweepConfig,
-               slots: launch.DeviceSlots, logger, unlogged: tracking.Unlogged) -> list[RunResult]:
+
+def _test_once(
+    runs: dict,
+    specs: list,
+    validation: list[RunResult],
+    best: dict,
+    paths: dict,
+    sweep: SweepConfig,
+    slots: launch.DeviceSlots,
+    logger,
+    unlogged: tracking.Unlogged,
+) -> list[RunResult]:
     """The test split, read once: the champion config's runs and the SFT baseline's."""
     done = {r.spec.name for r in validation if r.completed}
     chosen = [s for s in specs if s.config_name in {best["config"], SFT} and s.name in done]
     trained = {s.name: {"run_dir": runs[s.name]["run_dir"], "run_id": runs[s.name]["child"]} for s in chosen}
-    futures = _in_lanes(chosen, lambda s, after: _submit(runs[s.name], TEST_SPLIT, paths, sweep, slots,
-                                                         trained[s.name], after=after, unlogged=unlogged)[1], slots.size)
+    futures = _in_lanes(
+        chosen,
+        lambda s, after: _submit(
+            runs[s.name], TEST_SPLIT, paths, sweep, slots, trained[s.name], after=after, unlogged=unlogged
+        )[1],
+        slots.size,
+    )
     wait(list(futures.values()))
     return [_collect(s, runs[s.name], None, futures[s.name], logger, unlogged) for s in chosen]
+
 
 def _collect(spec, run: dict, trained, evaluated, logger, unlogged: tracking.Unlogged | None = None) -> RunResult:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
@@ -290,6 +439,7 @@ def _collect(spec, run: dict, trained, evaluated, logger, unlogged: tracking.Unl
         _tracked(unlogged, f"the failure of {spec.name}", lambda: tracking.mark_failed(run["child"], message))
     return RunResult(status="failed", error=message[-2000:], **base)
 
+
 def _warn(rows: list[dict], validation: list[RunResult], unlogged: tracking.Unlogged | None = None) -> None:
     """Collapse warnings in the log and as an MLflow tag on each run of the config."""
     logger = get_run_logger()
@@ -299,38 +449,71 @@ def _warn(rows: list[dict], validation: list[RunResult], unlogged: tracking.Unlo
             logger.warning("%s: %s", row["config"], text)
             for r in validation:
                 if r.spec.config_name == row["config"] and r.completed and r.run_id:
-                    _tracked(unlogged, f"the warning on {r.spec.name}",
-                             lambda r=r, text=text: tracking.set_tags(r.run_id, {"stepjepa.warning": text}))
+                    _tracked(
+                        unlogged,
+                        f"the warning on {r.spec.name}",
+                        lambda r=r, text=text: tracking.set_tags(r.run_id, {"stepjepa.warning": text}),
+                    )
 
-def _finish(sweep: SweepConfig, parent: str | None, validation: list[RunResult], tested: list[RunResult],
-            rows: list[dict], best: dict | None, runs: dict, report_dir: Path, unlogged: tracking.Unlogged) -> dict:
+
+def _finish(
+    sweep: SweepConfig,
+    parent: str | None,
+    validation: list[RunResult],
+    tested: list[RunResult],
+    rows: list[dict],
+    best: dict | None,
+    runs: dict,
+    report_dir: Path,
+    unlogged: tracking.Unlogged,
+) -> dict:
     _warn(rows, validation, unlogged)
     test_row = report.compare_on_test(tested, best) if best else None
     table = report.markdown_table(rows, test_row)
     report_dir.mkdir(parents=True, exist_ok=True)
-    figures = [plots.plot_heatmap(rows, report_dir / "heatmap.png"),
-               plots.plot_loss_curves(validation, report_dir / "loss_curves.png"),
-               plots.plot_effects(rows, report_dir / "effects.png")]
+    figures = [
+        plots.plot_heatmap(rows, report_dir / "heatmap.png"),
+        plots.plot_loss_curves(validation, report_dir / "loss_curves.png"),
+        plots.plot_effects(rows, report_dir / "effects.png"),
+    ]
     summary = report.summary_metrics(rows, best, test_row)
     champion = None
     if best is not None:
         winner = report.champion_run(validation, best)
         if winner.run_id is not None:  # else MLflow was down at the start: the next sweep registers it
-            champion = _tracked(unlogged, "the champion's registration", lambda: tracking.register_champion(
-                sweep.registered_model_name, winner.run_id, best, test_row,
-                run_dir=Path(runs[winner.spec.name]["run_dir"])))
-        summary["champion"] = {"name": sweep.registered_model_name, "alias": "champion", "config": best["config"],
-                               "run_folder": winner.run_folder}
+            champion = _tracked(
+                unlogged,
+                "the champion's registration",
+                lambda: tracking.register_champion(
+                    sweep.registered_model_name,
+                    winner.run_id,
+                    best,
+                    test_row,
+                    run_dir=Path(runs[winner.spec.name]["run_dir"]),
+                ),
+            )
+        summary["champion"] = {
+            "name": sweep.registered_model_name,
+            "alias": "champion",
+            "config": best["config"],
+            "run_folder": winner.run_folder,
+        }
     if parent is not None:
-        _tracked(unlogged, "the sweep's summary", lambda: tracking.log_sweep_summary(parent, rows, table, figures, summary))
+        _tracked(
+            unlogged, "the sweep's summary", lambda: tracking.log_sweep_summary(parent, rows, table, figures, summary)
+        )
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (report_dir / "table.md").write_text(table + "\n")
     report.write_plot_data(rows, validation, report_dir)
     create_markdown_artifact(table, key="step-jepa-sweep", description="Validation selection, test once: the sweep")
     failed = [r.spec.name for r in validation if not r.completed]  # failed or stopped
     _note_unlogged(report_dir, unlogged.items)
-    return summary | {"failed": failed, "champion_version": champion and champion["version"],
-                      "unlogged": unlogged.items}
+    return summary | {
+        "failed": failed,
+        "champion_version": champion and champion["version"],
+        "unlogged": unlogged.items,
+    }
+
 
 def _note_unlogged(report_dir: Path, items: list[str]) -> None:
     """`report_dir/unlogged.json` lists what MLflow still lacks, so that `--reconcile` logs it even
@@ -342,6 +525,7 @@ def _note_unlogged(report_dir: Path, items: list[str]) -> None:
     else:
         note.unlink(missing_ok=True)
 
+
 def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:
     """Make this MLflow store hold the champion that `report_dir/summary.json` names, from the
     run folders: a no-op when it does; otherwise the sweep runs, trains nothing that is
@@ -351,24 +535,34 @@ def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:
     wanted = (summary.get("champion") or {}).get("run_folder")
     unlogged = (Path(report_dir) / UNLOGGED).is_file()  # a sweep that could not reach MLflow left work
     if wanted and not unlogged and tracking.champion_registered(cfg.sweep.registered_model_name, wanted):
-        print(f"champion {cfg.sweep.registered_model_name}@champion ({wanted}) is registered in {tracking.tracking_uri()}")
+        print(
+            f"champion {cfg.sweep.registered_model_name}@champion ({wanted}) is registered in {tracking.tracking_uri()}"
+        )
         return 0
-    lacks = (f"what {Path(report_dir) / UNLOGGED} lists: logging it" if unlogged
-             else f"the champion {wanted}: registering it")
+    lacks = (
+        f"what {Path(report_dir) / UNLOGGED} lists: logging it"
+        if unlogged
+        else f"the champion {wanted}: registering it"
+    )
     print(f"the MLflow store {tracking.tracking_uri()} lacks {lacks} from the run folders")
     return _exit_code(step_jepa_sweep(params_file=params_file, report_dir=report_dir, **flow_params))
+
 
 def _exit_code(summary: dict) -> int:
     """Non-zero when a config failed (after the others were reported), so that `dvc repro`
     records no success and the next run retries exactly the failed configs."""
     if summary.get("unlogged"):  # MLflow was unreachable: what it lacks is computed and kept
-        print(f"sweep: not yet logged to MLflow at {tracking.tracking_uri()}: {'; '.join(summary['unlogged'])}. "
-              "Nothing is lost (run folders, report); the next sweep or `python -m pipelines.sweep --reconcile` "
-              "logs it", file=sys.stderr)
+        print(
+            f"sweep: not yet logged to MLflow at {tracking.tracking_uri()}: {'; '.join(summary['unlogged'])}. "
+            "Nothing is lost (run folders, report); the next sweep or `python -m pipelines.sweep --reconcile` "
+            "logs it",
+            file=sys.stderr,
+        )
     if summary.get("failed"):
         print(f"sweep: {len(summary['failed'])} run(s) failed: {', '.join(summary['failed'])}", file=sys.stderr)
         return 1
     return 0 if summary.get("champion") and not summary.get("unlogged") else 1
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,14 +572,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenized", default="data/tokenized", help="the tokenize stage's {split}.parquet folder")
     parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's {split}.jsonl folder")
     parser.add_argument("--runs-dir", default="runs/sweep")
-    parser.add_argument("--report-dir", help="default: metrics/sweep (DVC's); reports/NAME with --serve, so that a "
-                        "sweep started from the UI leaves DVC's tracked outputs alone")
-    parser.add_argument("--reconcile", action="store_true",
-                        help="register the champion named by REPORT_DIR/summary.json if this MLflow store lacks it")
+    parser.add_argument(
+        "--report-dir",
+        help="default: metrics/sweep (DVC's); reports/NAME with --serve, so that a "
+        "sweep started from the UI leaves DVC's tracked outputs alone",
+    )
+    parser.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="register the champion named by REPORT_DIR/summary.json if this MLflow store lacks it",
+    )
     parser.add_argument("--serve", action="store_true", help="serve a deployment the Prefect UI can trigger")
     parser.add_argument("--name", default="gsm8k", help="deployment name (with --serve or --deploy)")
-    parser.add_argument("--deploy", metavar="POOL",
-                        help="deploy the per-config flow `step-jepa-config/NAME` to this work pool and exit")
+    parser.add_argument(
+        "--deploy", metavar="POOL", help="deploy the per-config flow `step-jepa-config/NAME` to this work pool and exit"
+    )
     args = parser.parse_args(argv)
     try:
         load_config(args.params)  # fail on a bad params file before Prefect starts
@@ -393,14 +594,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
     report_dir = args.report_dir or (f"reports/{args.name}" if args.serve else "metrics/sweep")
-    params = {"params_file": args.params, "tokenized": args.tokenized, "prepared": args.prepared,
-              "runs_dir": args.runs_dir, "report_dir": report_dir}
+    params = {
+        "params_file": args.params,
+        "tokenized": args.tokenized,
+        "prepared": args.prepared,
+        "runs_dir": args.runs_dir,
+        "report_dir": report_dir,
+    }
     if args.deploy:
         # The worker runs the flow from this checkout (a process pool); a docker or kubernetes
         # pool runs the same entrypoint inside the worker image (docs/scaling-out.md).
         checkout = str(Path(__file__).resolve().parents[1])
-        step_jepa_config.from_source(source=checkout, entrypoint="pipelines/sweep.py:step_jepa_config") \
-            .deploy(name=args.name, work_pool_name=args.deploy)
+        step_jepa_config.from_source(source=checkout, entrypoint="pipelines/sweep.py:step_jepa_config").deploy(
+            name=args.name, work_pool_name=args.deploy
+        )
         return 0
     # kill -9 of the sweep also stops its temporary Prefect server and every training child;
     # SIGTERM/SIGINT reach the runs, which checkpoint and end KILLED.
@@ -414,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             step_jepa_sweep.serve(name=args.name, parameters=params)
             return 0
         return _exit_code(step_jepa_sweep(**params))
+
 
 if __name__ == "__main__":
     launch.process_main(main, preload=("mlflow",))  # the tracker's, imported when the sweep starts

@@ -12,8 +12,8 @@ from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.inputs import read_records
 from stepjepa.prepare import PREPARED_SPLITS
-from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, summarize
-from stepjepa.tokenization import max_length_warning
+from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, max_length_warning, summarize
+
 
 def main() -> None:
     args = stage_args(__doc__, "prepared")
@@ -21,8 +21,9 @@ def main() -> None:
     try:
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
     except OSError as err:  # transformers' message may not say which model it failed to find
-        raise TokenizationError(f"{args.params}: model.name_or_path={cfg.model.name_or_path}: "
-                                f"cannot load its tokenizer ({err})") from None
+        raise TokenizationError(
+            f"{args.params}: model.name_or_path={cfg.model.name_or_path}: cannot load its tokenizer ({err})"
+        ) from None
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = {}
     for split in PREPARED_SPLITS:
@@ -37,6 +38,7 @@ def main() -> None:
         if warning := max_length_warning(metrics[split], cfg.tokenize.max_length):
             logging.getLogger("tokenize").warning("%s: %s", path, warning)
     write_json(metrics, args.metrics)
+
 
 if __name__ == "__main__":
     raise SystemExit(run_stage("tokenize", main))

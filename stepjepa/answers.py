@@ -35,10 +35,15 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TypeVar
 
 from stepjepa.latex_value import MAX_DIGITS, latex_value
+
+T = TypeVar("T")
 
 BUDGET_S = 2.0
 """Seconds one completion may spend in LaTeX evaluation before it counts as unscorable."""
@@ -47,8 +52,10 @@ BUDGET_S = 2.0
 # (thin, no-break) space, `\,` or `{,}`; `(?!\d)` keeps "1,0000" from reading as 1,000.
 # At most 12 groups: a failed try costs its length at every digit of a run, so unbounded
 # groups made "1,11,11,...x" quadratic; 36 digits are past any sane answer anyway.
-_INT = (r"\d{1,3}(?:,\d{3}){1,12}(?!\d)|\d{1,2}(?:,\d{2}){1,12},\d{3}(?!\d)"
-        r"|\d{1,3}(?:(?:[ \u00a0\u2009\u202f]|\\,|\{,\})\d{3}){1,12}(?!\d)|\d+")
+_INT = (
+    r"\d{1,3}(?:,\d{3}){1,12}(?!\d)|\d{1,2}(?:,\d{2}){1,12},\d{3}(?!\d)"
+    r"|\d{1,3}(?:(?:[ \u00a0\u2009\u202f]|\\,|\{,\})\d{3}){1,12}(?!\d)|\d+"
+)
 # Optional sign (ASCII or Unicode minus, not glued to a preceding word/digit, so "5-3" is
 # not "-3"), optional `$`, the integer part with optional decimals, or a bare ".5".
 _NUMBER = r"(?:(?<![\w)])[-\u2212]\s?)?\$?\s?(?:(?:" + _INT + r")(?:\.\d+)?|\.\d+)"
@@ -115,14 +122,18 @@ def extract_boxed(text: str) -> str | None:
     return text[last[0] : last[1]].strip() if last else None
 
 
+def _last(items: Iterable[T]) -> T | None:
+    """The last item of an iterator (None when empty), holding one item at a time."""
+    tail = deque(items, maxlen=1)
+    return tail[0] if tail else None
+
+
 def _find(pattern: re.Pattern[str], text: str, which: str) -> str | None:
     """The group of the first or last match of `pattern`, stripped."""
     if which == "first":
         match = pattern.search(text)
     else:
-        match = None
-        for match in pattern.finditer(text):
-            pass
+        match = _last(pattern.finditer(text))
     return match.group(1).strip() if match else None
 
 
@@ -146,10 +157,7 @@ def extract_final_answer(text: str) -> str | None:
 
 def extract_answer_is(text: str) -> str | None:
     """The number after the last "answer is" (lenient), e.g. "The answer is 18. Check: 2" -> "18"."""
-    found = None
-    for found in _answer_is(text, final_only=False):
-        pass
-    return found
+    return _last(_answer_is(text, final_only=False))
 
 
 def extract_last_number(text: str) -> str | None:
@@ -163,9 +171,7 @@ def extract_last_number(text: str) -> str | None:
     start = last
     while start > 0 and (text[start - 1] in _NUMBER_CHARS or text[start - 1].isspace()):
         start -= 1
-    match = None
-    for match in _NUMBER_GROUP_RE.finditer(text, start, last + 1):
-        pass
+    match = _last(_NUMBER_GROUP_RE.finditer(text, start, last + 1))
     return match.group(1).strip() if match else None
 
 
@@ -202,8 +208,9 @@ def extract(text: str, budget_s: float = BUDGET_S) -> Extraction:
     if boxed is not None and strict == boxed and strict_value is not None:
         flexible, flexible_value = strict, strict_value
     else:
-        flexible, flexible_value = reader.first(lambda: extract_hash(text, "last"), lambda: extract_answer_is(text),
-                                                lambda: extract_last_number(text))
+        flexible, flexible_value = reader.first(
+            lambda: extract_hash(text, "last"), lambda: extract_answer_is(text), lambda: extract_last_number(text)
+        )
     if reader.unscorable:  # a degenerate completion: no answer at all, not a number picked out of it
         return Extraction(None, None, None, None, unscorable=True)
     return Extraction(strict, strict_value, flexible, flexible_value)

@@ -41,8 +41,10 @@ def load_rows(path: str | Path, max_examples: int | None = None) -> list[dict[st
     try:
         table = pq.read_table(path)
     except pa.ArrowInvalid as err:
-        raise ConfigError(f"--data {path}: not a Parquet file of tokenised rows ({err}); run `dvc repro tokenize` "
-                          "and pass data/tokenized/train.parquet") from None
+        raise ConfigError(
+            f"--data {path}: not a Parquet file of tokenised rows ({err}); run `dvc repro tokenize` "
+            "and pass data/tokenized/train.parquet"
+        ) from None
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise ConfigError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
@@ -63,13 +65,17 @@ def check_rows(rows: list[dict[str, Any]], cfg: Config) -> dict[str, int]:
         raise ConfigError("--data: no rows to train on (check train.max_examples)")
     valid_key = PAIR_COLUMNS[cfg.train.views][2]
     if valid_key not in rows[0]:
-        raise ConfigError(f"--data: no {valid_key} column, which train.views={cfg.train.views} needs: the data "
-                          "was tokenised by an older version; rerun the tokenize stage")
+        raise ConfigError(
+            f"--data: no {valid_key} column, which train.views={cfg.train.views} needs: the data "
+            "was tokenised by an older version; rerun the tokenize stage"
+        )
     valid = sum(bool(r[valid_key]) for r in rows)
     if cfg.train.lambda_ > 0 and valid == 0 and valid_key == "ua_valid":
         reasons = Counter(r.get("ua_invalid_reason") for r in rows)
-        raise ConfigError(f"train.views=user_assistant with train.lambda={cfg.train.lambda_} needs user/assistant "
-                          f"pairs but none of the {len(rows)} rows has one (reasons: {dict(reasons)})")
+        raise ConfigError(
+            f"train.views=user_assistant with train.lambda={cfg.train.lambda_} needs user/assistant "
+            f"pairs but none of the {len(rows)} rows has one (reasons: {dict(reasons)})"
+        )
     if cfg.train.lambda_ > 0 and valid == 0:
         reasons = Counter(r.get("invalid_reason") for r in rows)
         raise ConfigError(
@@ -79,8 +85,11 @@ def check_rows(rows: list[dict[str, Any]], cfg: Config) -> dict[str, int]:
         )
     longest = max(len(r["input_ids"]) for r in rows)
     if longest > cfg.tokenize.max_length:
-        log.warning("rows up to %d tokens exceed tokenize.max_length=%d: data tokenised with other params?",
-                    longest, cfg.tokenize.max_length)
+        log.warning(
+            "rows up to %d tokens exceed tokenize.max_length=%d: data tokenised with other params?",
+            longest,
+            cfg.tokenize.max_length,
+        )
     return {"rows": len(rows), "jepa_valid": valid, "max_tokens": longest}
 
 
@@ -124,8 +133,15 @@ def laid_out_length(row: dict[str, Any], k: int, layout: str, views: str = "step
 
 
 def step_plan(
-    lengths: list[int], *, batch_size: int, grad_accum_steps: int, epochs: int, max_steps: int | None,
-    seed: int, num_processes: int = 1, process_index: int = 0,
+    lengths: list[int],
+    *,
+    batch_size: int,
+    grad_accum_steps: int,
+    epochs: int,
+    max_steps: int | None,
+    seed: int,
+    num_processes: int = 1,
+    process_index: int = 0,
 ) -> Plan:
     """Every optimizer step's micro-batches for this process (see `Plan`).
 
@@ -142,7 +158,12 @@ def step_plan(
         for group in (batches[i : i + per_step] for i in range(0, len(batches), per_step)):
             usable = len(group) - len(group) % num_processes
             if usable == 0:
-                log.info("epoch %d: dropping a last step of %d micro-batches (< %d processes)", epoch, len(group), num_processes)
+                log.info(
+                    "epoch %d: dropping a last step of %d micro-batches (< %d processes)",
+                    epoch,
+                    len(group),
+                    num_processes,
+                )
                 continue
             plan.append(group[:usable][process_index::num_processes])
     return plan[:max_steps] if max_steps is not None else plan

@@ -176,8 +176,9 @@ def save_checkpoint(
         files = {f"rng-{rank}.pt": write_file(tmp / f"rng-{rank}.pt", _torch_bytes(rng_state()))}
         if rank == 0:
             files |= {
-                "trainable.safetensors": write_file(tmp / "trainable.safetensors",
-                                                    dump_safetensors(trainable_state(model))),
+                "trainable.safetensors": write_file(
+                    tmp / "trainable.safetensors", dump_safetensors(trainable_state(model))
+                ),
                 "optimizer.pt": write_file(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict())),
                 "scheduler.pt": write_file(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict())),
             }
@@ -230,7 +231,9 @@ def load_checkpoint(
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != expected:
         missing, extra = sorted(expected - set(saved))[:5], sorted(set(saved) - expected)[:5]
-        raise CheckpointError(f"{path}: trainable parameters differ from the model's (missing {missing}, unexpected {extra})")
+        raise CheckpointError(
+            f"{path}: trainable parameters differ from the model's (missing {missing}, unexpected {extra})"
+        )
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, tensor in saved.items():
@@ -252,7 +255,9 @@ def _load_plain(file: Path) -> Any:
     try:
         return torch.load(file, weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"{file}: holds objects other than tensors and plain containers (a checkpoint of an "
-                         "older stepjepa, or not ours); not loaded, since unpickling can run code") from None
+        raise CheckpointError(
+            f"{file}: holds objects other than tensors and plain containers (a checkpoint of an "
+            "older stepjepa, or not ours); not loaded, since unpickling can run code"
+        ) from None
     except (OSError, RuntimeError, EOFError) as err:
         raise CheckpointError(f"{file}: unreadable ({err})") from None

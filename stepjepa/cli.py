@@ -25,8 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items())
-    return (f"usage: stepjepa COMMAND [ARGS...] | --version\n\ncommands:\n{rows}\n\n"
-            "`stepjepa COMMAND --help` for a command's arguments.")
+    return (
+        f"usage: stepjepa COMMAND [ARGS...] | --version\n\ncommands:\n{rows}\n\n"
+        "`stepjepa COMMAND --help` for a command's arguments."
+    )
 
 
 def _version() -> str:

@@ -23,7 +23,13 @@ from torch import Tensor
 
 from stepjepa.flex_masks import attention_spans
 from stepjepa.masks import (
-    causal_mask, check_k, check_layout, inline_lengths, laid_out_lengths, layout_mask, packed_lengths,
+    causal_mask,
+    check_k,
+    check_layout,
+    inline_lengths,
+    laid_out_lengths,
+    layout_mask,
+    packed_lengths,
 )
 from stepjepa.vocabulary import IGNORE_INDEX, Layout, Views, check_layout_fits_views
 
@@ -78,12 +84,18 @@ def _stack(examples: Sequence[Mapping[str, Any]], pad_id: int, views: Views = "s
     bad = valid & ~((s1 >= 0) & (s1 < s2) & (s2 < n))
     if bool(bad.any()):
         rows = bad.nonzero().flatten().tolist()
-        raise ValueError(f"{valid_key} examples {rows} need 0 <= s1_end < s2_end < len(input_ids)"
-                         f" (the ends of {first} and {second})")
+        raise ValueError(
+            f"{valid_key} examples {rows} need 0 <= s1_end < s2_end < len(input_ids) (the ends of {first} and {second})"
+        )
     pad = torch.nn.utils.rnn.pad_sequence
-    return {"ids": pad(ids, batch_first=True, padding_value=pad_id),
-            "labels": pad(labels, batch_first=True, padding_value=IGNORE_INDEX),
-            "n": n, "s1": s1, "s2": s2, "valid": valid}
+    return {
+        "ids": pad(ids, batch_first=True, padding_value=pad_id),
+        "labels": pad(labels, batch_first=True, padding_value=IGNORE_INDEX),
+        "n": n,
+        "s1": s1,
+        "s2": s2,
+        "valid": valid,
+    }
 
 
 def _source_map(layout: Layout, rows: dict[str, Tensor], k: int, total_len: int) -> dict[str, Tensor]:
@@ -111,9 +123,14 @@ def _source_map(layout: Layout, rows: dict[str, Tensor], k: int, total_len: int)
         position = pos
         labelled = ~is_pred
     real = pos < length
-    return {"src": torch.where(real & ~is_pred, src, 0), "slot": slot, "real": real,
-            "labelled": real & labelled, "position": torch.where(real, position, 0),
-            "length": length.squeeze(1)}
+    return {
+        "src": torch.where(real & ~is_pred, src, 0),
+        "slot": slot,
+        "real": real,
+        "labelled": real & labelled,
+        "position": torch.where(real, position, 0),
+        "length": length.squeeze(1),
+    }
 
 
 def _view_indices(layout: Layout, rows: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor]:
@@ -135,9 +152,12 @@ def _plain_batch(rows: dict[str, Tensor], total_len: int, pad_id: int, attention
     ids = torch.nn.functional.pad(rows["ids"], (0, grow), value=pad_id)
     labels = torch.nn.functional.pad(rows["labels"], (0, grow), value=IGNORE_INDEX)
     real = torch.arange(total_len).unsqueeze(0) < rows["n"].unsqueeze(1)
-    return {"lm_input_ids": ids, "lm_labels": labels,
-            "lm_position_ids": torch.where(real, torch.arange(total_len), 0),
-            "lm_attention_mask": _mask(attention, "causal", rows, 0, total_len)}
+    return {
+        "lm_input_ids": ids,
+        "lm_labels": labels,
+        "lm_position_ids": torch.where(real, torch.arange(total_len), 0),
+        "lm_attention_mask": _mask(attention, "causal", rows, 0, total_len),
+    }
 
 
 def _mask(attention: Attention, layout: str, rows: dict[str, Tensor], k: int, total_len: int) -> Tensor:
@@ -163,8 +183,14 @@ def count_targets(examples: Sequence[Mapping[str, Any]]) -> int:
 
 
 def collate(
-    examples: Sequence[Mapping[str, Any]], *, k: int, layout: Layout = "inline",
-    predictor_ids: Sequence[int], pad_id: int, pad_to_multiple_of: int | None = None, views: Views = "steps",
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    k: int,
+    layout: Layout = "inline",
+    predictor_ids: Sequence[int],
+    pad_id: int,
+    pad_to_multiple_of: int | None = None,
+    views: Views = "steps",
     attention: Attention = "dense",
 ) -> dict[str, Tensor]:
     """Lay out and pad a batch of tokenised rows for one Step-JEPA training step.
@@ -206,10 +232,15 @@ def collate(
     targets = torch.where(labelled, shift_targets(rows["labels"]).gather(1, geo["src"]), IGNORE_INDEX)
     view1, view2 = _view_indices(layout, rows, k)
     batch = {
-        "input_ids": torch.where(geo["real"], ids, pad_id), "labels": labels, "shift_labels": targets,
-        "position_ids": geo["position"], "lengths": geo["length"],
+        "input_ids": torch.where(geo["real"], ids, pad_id),
+        "labels": labels,
+        "shift_labels": targets,
+        "position_ids": geo["position"],
+        "lengths": geo["length"],
         "attention_mask": _mask(attention, layout, rows, k, total_len),
-        "view1_index": view1, "view2_index": view2, "jepa_valid": valid,
+        "view1_index": view1,
+        "view2_index": view2,
+        "jepa_valid": valid,
     }
     plain_len = _round_up(int(n.max()), pad_to_multiple_of)
     return batch | _plain_batch(rows, plain_len, pad_id, attention)
@@ -241,8 +272,16 @@ class Collator:
             raise ValueError(f"predictor_ids must hold k={self.k} ids; got {len(self.predictor_ids)}")
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
-        return collate(examples, k=self.k, layout=self.layout, predictor_ids=self.predictor_ids, pad_id=self.pad_id,
-                       pad_to_multiple_of=self.pad_to_multiple_of, views=self.views, attention=self.attention)
+        return collate(
+            examples,
+            k=self.k,
+            layout=self.layout,
+            predictor_ids=self.predictor_ids,
+            pad_id=self.pad_id,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            views=self.views,
+            attention=self.attention,
+        )
 
 
 def attention_for(attn_implementation: str) -> Attention:
@@ -267,8 +306,8 @@ def length_grouped_batches(
     group = batch_size * group_factor
     batches = []
     for start in range(0, len(order), group):
-        chunk = sorted(order[start:start + group], key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + group], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 

@@ -75,11 +75,17 @@ def compare(new: list[dict], committed: list[dict]) -> list[Finding]:
     those only the new result has."""
     fresh = {_key(r): r for r in new}
     old = {_key(r): r for r in committed}
-    findings = [compare_record(fresh[key], record) if key in fresh
-                else Finding(key, False, f"missing from the new result (committed: {_describe(record)})")
-                for key, record in old.items()]
-    findings += [Finding(key, False, f"not in the committed result (new: {_describe(record)})")
-                 for key, record in fresh.items() if key not in old]
+    findings = [
+        compare_record(fresh[key], record)
+        if key in fresh
+        else Finding(key, False, f"missing from the new result (committed: {_describe(record)})")
+        for key, record in old.items()
+    ]
+    findings += [
+        Finding(key, False, f"not in the committed result (new: {_describe(record)})")
+        for key, record in fresh.items()
+        if key not in old
+    ]
     return findings
 
 
@@ -90,18 +96,23 @@ def read_verdicts(path: str | Path) -> list[dict[str, Any]]:
     try:
         records = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{file}: no such file (a sweep writes {VERDICTS} beside summary.json; a result "
-                         "committed before verdicts were recorded has none: rerun it and commit its verdicts.json)") from None
+        raise ValueError(
+            f"{file}: no such file (a sweep writes {VERDICTS} beside summary.json; a result "
+            "committed before verdicts were recorded has none: rerun it and commit its verdicts.json)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{file}: not a readable JSON file ({err})") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) and {"config", "verdict"} <= r.keys() for r in records):
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and {"config", "verdict"} <= r.keys() for r in records
+    ):
         raise ValueError(f"{file}: expected a list of records with config and verdict (a sweep's {VERDICTS})")
     return records
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepjepa compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stepjepa compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("new", help=f"the rerun's {VERDICTS}, or its folder (e.g. outputs/demo)")
     parser.add_argument("committed", help=f"the committed {VERDICTS}, or its folder (e.g. docs/results/arith)")
     args = parser.parse_args(argv)

@@ -102,9 +102,7 @@ class TinyModelConfig(Section):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("tiny_model.hidden_size must be divisible by tiny_model.num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                "tiny_model.num_attention_heads must be divisible by tiny_model.num_key_value_heads"
-            )
+            raise ValueError("tiny_model.num_attention_heads must be divisible by tiny_model.num_key_value_heads")
         return self
 
 
@@ -223,18 +221,24 @@ class TrainConfig(Section):
         if self.warmup_steps is not None and self.warmup_ratio > 0:
             raise ValueError("set train.warmup_steps or train.warmup_ratio, not both")
         if self.eval_every is not None and self.eval_every % self.log_every:
-            raise ValueError(f"train.eval_every ({self.eval_every}) must be a multiple of train.log_every "
-                             f"({self.log_every}): held-out metrics are logged with a logging step")
+            raise ValueError(
+                f"train.eval_every ({self.eval_every}) must be a multiple of train.log_every "
+                f"({self.log_every}): held-out metrics are logged with a logging step"
+            )
         check_layout_fits_views(self.layout, self.views)
         return self
-
 
 
 # Set per run by the sweep's grid fields, so `sweep.overrides` may not set them.
 GRID_KEYS = ("train.k", "train.lambda", "train.seed", "train.layout", "train.loss", "train.views")
 # train.* keys a `sweep.axes` entry may not vary: the sweep's own fields set them.
-NOT_AN_AXIS = {"k": "sweep.ks", "lambda": "sweep.lambdas", "seed": "sweep.seeds", "views": "sweep.views",
-               "experiment": "sweep.experiment"}
+NOT_AN_AXIS = {
+    "k": "sweep.ks",
+    "lambda": "sweep.lambdas",
+    "seed": "sweep.seeds",
+    "views": "sweep.views",
+    "experiment": "sweep.experiment",
+}
 
 
 def _axis_values(key: str, values: list[Any]) -> list[Any]:
@@ -248,14 +252,18 @@ def _axis_values(key: str, values: list[Any]) -> list[Any]:
     if f"train.{key}" in WEIGHT_NEUTRAL_KEYS:  # its levels would be the same trained model
         raise ValueError(f"sweep.axes.{key}: train.{key} changes no trained weight, so it is no factor to compare")
     field = TrainConfig.model_fields[name]
-    typed = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation,
-                        config=ConfigDict(allow_inf_nan=False))
+    typed = TypeAdapter(
+        Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation,
+        config=ConfigDict(allow_inf_nan=False),
+    )
     out = []
     for value in values:
         try:
             out.append(typed.validate_python(value))
         except ValidationError as err:
-            raise ValueError(f"sweep.axes.{key}: {value!r} is not a valid train.{key} ({err.errors()[0]['msg']})") from None
+            raise ValueError(
+                f"sweep.axes.{key}: {value!r} is not a valid train.{key} ({err.errors()[0]['msg']})"
+            ) from None
     if len(set(map(repr, out))) < len(out):
         raise ValueError(f"sweep.axes.{key} lists a value twice: {values}")
     return out
@@ -323,14 +331,18 @@ class SweepConfig(Section):
     def _axes_fit_the_sweep(self) -> SweepConfig:
         for key in ("layout", "loss"):
             if key in self.axes and key in self.model_fields_set and getattr(self, key) != self.axes[key][0]:
-                raise ValueError(f"sweep.axes.{key} varies train.{key}: its first value ({self.axes[key][0]}) is the "
-                                 f"base, so sweep.{key} ({getattr(self, key)}) must be that value or left out")
+                raise ValueError(
+                    f"sweep.axes.{key} varies train.{key}: its first value ({self.axes[key][0]}) is the "
+                    f"base, so sweep.{key} ({getattr(self, key)}) must be that value or left out"
+                )
         for key in self.overrides:
             if key.removeprefix("train.") in self.axes:
                 raise ValueError(f"{key} is both in sweep.axes and in sweep.overrides: set it in one")
         if self.design == "one_at_a_time" and self.ks[0] == 0 and self.lambdas[0] == 0:
-            raise ValueError("sweep.design one_at_a_time: the base config (the first of sweep.ks and sweep.lambdas) "
-                             "is K 0, lambda 0, which is SFT; put a Step-JEPA K and lambda first")
+            raise ValueError(
+                "sweep.design one_at_a_time: the base config (the first of sweep.ks and sweep.lambdas) "
+                "is K 0, lambda 0, which is SFT; put a Step-JEPA K and lambda first"
+            )
         layouts = self.axes.get("layout", [self.layout])
         if self.design == "grid":
             pairs = {(v, layout) for v in self.views for layout in layouts}
@@ -379,13 +391,22 @@ class Config(Section):
 # tokens; tested). Everything else of `model`, `tokenize` and `train` decides the weights.
 # From this list: `stepjepa.train` lets a resumed run change them, and logs them as MLflow
 # tags, not params (`split_params`); `stepjepa.sweep` leaves them out of a run's cache key.
-WEIGHT_NEUTRAL_KEYS: frozenset[str] = frozenset({
-    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-    "train.eval_examples", "train.tracking", "train.experiment", "train.log_model", "eval.batch_size",
-    # Memory, not the loss (up to float summation order): a run stopped for memory may resume
-    # with smaller chunks, as may checkpoints saved before the key existed.
-    "train.lm_loss_chunk",
-})
+WEIGHT_NEUTRAL_KEYS: frozenset[str] = frozenset(
+    {
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.eval_every",
+        "train.eval_examples",
+        "train.tracking",
+        "train.experiment",
+        "train.log_model",
+        "eval.batch_size",
+        # Memory, not the loss (up to float summation order): a run stopped for memory may resume
+        # with smaller chunks, as may checkpoints saved before the key existed.
+        "train.lm_loss_chunk",
+    }
+)
 # Sections that never change the trained weights: how a model is evaluated, and the grid
 # that chose its config.
 NOT_TRAINING_SECTIONS = ("eval", "sweep")

@@ -47,7 +47,9 @@ def decode_attention_forward(
         or (dropout and module.training)
         or any(kwargs.get(name) is not None for name in _UNSUPPORTED_KWARGS)
     ):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     scale = dim**-0.5 if scaling is None else scaling

@@ -78,8 +78,15 @@ def view_diagnostics(view1, view2, *, loss_kind: str = "cosine", temperature: fl
     every value but n_pairs = 0 is nan."""
     a, b = torch.as_tensor(view1).float(), torch.as_tensor(view2).float()
     if len(a) == 0:
-        return {"mean_cos": math.nan, "rank_view1": math.nan, "rank_view2": math.nan, "spread_view1": math.nan,
-                "spread_view2": math.nan, "jepa_loss": math.nan, "n_pairs": 0}
+        return {
+            "mean_cos": math.nan,
+            "rank_view1": math.nan,
+            "rank_view2": math.nan,
+            "spread_view1": math.nan,
+            "spread_view2": math.nan,
+            "jepa_loss": math.nan,
+            "n_pairs": 0,
+        }
     return {
         "mean_cos": float(mean_cosine(a, b)),
         "rank_view1": effective_rank(a),
@@ -110,9 +117,11 @@ def _history_warnings(history: list[dict]) -> list[str]:
     first_lm = logs[0]["lm_loss"]
     for m in logs[: max(EARLY_LOGS, math.ceil(len(logs) / 4))]:
         if "jepa_loss" in m and m["jepa_loss"] < JEPA_LOSS_ZERO and m["lm_loss"] > LM_STILL_HIGH * first_lm:
-            return [f"JEPA views may have collapsed: at step {m['step']} jepa_loss is {m['jepa_loss']:.2g} "
-                    f"(< {JEPA_LOSS_ZERO}) while lm_loss {m['lm_loss']:.3g} is still above {LM_STILL_HIGH:.0%} "
-                    f"of its first value {first_lm:.3g}"]
+            return [
+                f"JEPA views may have collapsed: at step {m['step']} jepa_loss is {m['jepa_loss']:.2g} "
+                f"(< {JEPA_LOSS_ZERO}) while lm_loss {m['lm_loss']:.3g} is still above {LM_STILL_HIGH:.0%} "
+                f"of its first value {first_lm:.3g}"
+            ]
     return []
 
 
@@ -145,6 +154,8 @@ def relative_collapse_warnings(diag: dict | None, baseline: dict | None) -> list
     for key, view in (("spread_view1", "view 1"), ("spread_view2", "view 2")):
         mine, base = diag.get(key, math.nan), baseline.get(key, math.nan)
         if not (math.isnan(mine) or math.isnan(base)) and mine < RELATIVE_SPREAD * base:
-            out.append(f"JEPA views may have collapsed: {view} varies {base / max(mine, 1e-300):.0f}x less across "
-                       f"questions than under SFT (spread {mine:.1e} vs {base:.1e})")
+            out.append(
+                f"JEPA views may have collapsed: {view} varies {base / max(mine, 1e-300):.0f}x less across "
+                f"questions than under SFT (spread {mine:.1e} vs {base:.1e})"
+            )
     return out

@@ -77,11 +77,24 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     start, rate = time.perf_counter(), Rate(len(prompts))
 
     def report(done: int) -> None:
-        logger.info("%s %d/%d completions=%.3g/s eta=%s", label, done, len(prompts),
-                    done / (time.perf_counter() - start), rate.eta(done))
+        logger.info(
+            "%s %d/%d completions=%.3g/s eta=%s",
+            label,
+            done,
+            len(prompts),
+            done / (time.perf_counter() - start),
+            rate.eta(done),
+        )
 
-    completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  progress=progress, on_batch=report)
+    completions = generate_greedy(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        on_batch=report,
+    )
     seconds = time.perf_counter() - start
     rows = [
         {
@@ -119,8 +132,16 @@ def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
 TIMING_KEYS = ("completions_per_second",)
 
 
-def evaluate_to_folder(model, tokenizer, examples: list[Example], cfg: Config, out: Path, *,
-                       heldout: Path | None = None, progress: bool = False) -> tuple[EvalResult, tuple[Path, ...]]:
+def evaluate_to_folder(
+    model,
+    tokenizer,
+    examples: list[Example],
+    cfg: Config,
+    out: Path,
+    *,
+    heldout: Path | None = None,
+    progress: bool = False,
+) -> tuple[EvalResult, tuple[Path, ...]]:
     """Accuracy on `examples` (and, with `heldout` rows, held-out NLL and view diagnostics)
     written to `out`: what `stepjepa evaluate` does once it has a model, and what a sweep's
     training process does right after training, with the model it just saved."""
@@ -140,8 +161,8 @@ def heldout_evaluation(model, tokenizer, rows_path: Path, cfg: Config, out_dir: 
     from stepjepa.batching import load_rows
     from stepjepa.diagnostics import view_diagnostics
     from stepjepa.heldout import heldout_nll, view_embeddings
-    from stepjepa.vocabulary import pad_id
     from stepjepa.prompts import predictor_tokens
+    from stepjepa.vocabulary import pad_id
 
     tc = cfg.train
     # The questions accuracy is measured on (`eval.limit`): every number of a split describes
@@ -155,16 +176,20 @@ def heldout_evaluation(model, tokenizer, rows_path: Path, cfg: Config, out_dir: 
         for row_id, values in zip(ids, per_example, strict=True):
             fh.write(json.dumps({"id": row_id} | values) + "\n")
     step2 = [v["step2_nll"] for v in per_example if v["step2_nll"] is not None]
-    metrics: dict[str, Any] = {"nll": sum(v["nll"] for v in per_example) / len(per_example),
-                               "step2_nll": sum(step2) / len(step2) if step2 else None,
-                               "heldout_examples": len(per_example), "heldout_step2_examples": len(step2)}
+    metrics: dict[str, Any] = {
+        "nll": sum(v["nll"] for v in per_example) / len(per_example),
+        "step2_nll": sum(step2) / len(step2) if step2 else None,
+        "heldout_examples": len(per_example),
+        "heldout_step2_examples": len(step2),
+    }
     predictor_ids = list(tokenizer.convert_tokens_to_ids(predictor_tokens(tc.k)))
     # SFT (no JEPA pass) is measured on the steps pair through the inline layout, which
     # computes the same states a plain causal pass does before Step 2.
     views = tc.views if tc.lambda_ > 0 else "steps"
     layout = tc.layout if tc.lambda_ > 0 else "inline"
-    view1, view2 = view_embeddings(model, rows, k=tc.k, layout=layout, predictor_ids=predictor_ids, pad_id=pad,
-                                   views=views)
+    view1, view2 = view_embeddings(
+        model, rows, k=tc.k, layout=layout, predictor_ids=predictor_ids, pad_id=pad, views=views
+    )
     if len(view1) >= 2:
         metrics |= view_diagnostics(view1, view2, loss_kind=tc.loss, temperature=tc.temperature)
     return metrics
@@ -180,16 +205,24 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepjepa evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model directory, MLflow URI or hub id (default: params model.name_or_path)")
     parser.add_argument("--data", type=Path, help="prepared (or raw GSM8K) JSONL (default: data/prepared/SPLIT.jsonl)")
-    parser.add_argument("--params", type=Path, help="params file with an `eval` section (default: ./params.yaml if present)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/eval"), help="where predictions.jsonl and metrics.json go")
+    parser.add_argument(
+        "--params", type=Path, help="params file with an `eval` section (default: ./params.yaml if present)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/eval"), help="where predictions.jsonl and metrics.json go"
+    )
     for key, kind in EVAL_FLAGS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help=f"overrides eval.{key}")
     parser.add_argument("--mlflow", action="store_true", help="log to a new MLflow run in --experiment")
     parser.add_argument("--mlflow-run-id", help="log into this existing MLflow run (implies --mlflow)")
     parser.add_argument("--experiment", default="stepjepa-eval", help="MLflow experiment of a new run")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the project's sqlite mlflow.db")
-    parser.add_argument("--heldout", type=Path, metavar="ROWS.parquet",
-                        help="tokenised rows of the same split: add held-out NLL and JEPA view diagnostics")
+    parser.add_argument(
+        "--heldout",
+        type=Path,
+        metavar="ROWS.parquet",
+        help="tokenised rows of the same split: add held-out NLL and JEPA view diagnostics",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -233,15 +266,17 @@ def main(argv: list[str]) -> int:
         examples = load_examples(data, cfg.data.system_prompt, cfg.eval.limit)
         if args.mlflow_run_id:
             _check_run(tracking_uri, args.mlflow_run_id)
-        model_dir = resolve_model_dir(args.model or cfg.model.name_or_path, tracking_uri,
-                                      revision=None if args.model else cfg.model.revision)
+        model_dir = resolve_model_dir(
+            args.model or cfg.model.name_or_path, tracking_uri, revision=None if args.model else cfg.model.revision
+        )
         model, tokenizer = load_model(model_dir, cfg, cfg.eval.device)
     except (InputError, ConfigError) as err:
         print(f"stepjepa evaluate: error: {err}", file=sys.stderr)
         return 2
     logger.info("evaluating %s on %d examples of %s", model_dir, len(examples), data)
-    result, files = evaluate_to_folder(model, tokenizer, examples, cfg, args.out, heldout=args.heldout,
-                                       progress=not args.no_progress)
+    result, files = evaluate_to_folder(
+        model, tokenizer, examples, cfg, args.out, heldout=args.heldout, progress=not args.no_progress
+    )
     if args.mlflow or args.mlflow_run_id:
         tags = {"eval.model": str(args.model or cfg.model.name_or_path), "eval.data": str(data)}
         tags |= {f"eval.{key}": str(value) for key, value in cfg.eval.model_dump().items()}
@@ -250,8 +285,11 @@ def main(argv: list[str]) -> int:
                                              run_id=args.mlflow_run_id, experiment=args.experiment)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - MLflow's, requests' and sqlite's errors alike: an unreachable store
             print(json.dumps(result.metrics))
-            print(f"stepjepa evaluate: error: could not log to MLflow at {tracking_uri} ({tracking.one_line(err)}); "
-                  f"the results are in {args.out}", file=sys.stderr)
+            print(
+                f"stepjepa evaluate: error: could not log to MLflow at {tracking_uri} ({tracking.one_line(err)}); "
+                f"the results are in {args.out}",
+                file=sys.stderr,
+            )
             return 1
         logger.info("logged to MLflow run %s at %s", run_id, tracking_uri)
     print(json.dumps(result.metrics))

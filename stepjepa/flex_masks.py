@@ -43,8 +43,14 @@ PaddingSide = Literal["right", "left"]
 
 
 def attention_spans(
-    layout: str, lengths: Tensor, s1_end: Tensor, s2_end: Tensor, k: int, valid: Tensor,
-    total_len: int, padding_side: PaddingSide = "right",
+    layout: str,
+    lengths: Tensor,
+    s1_end: Tensor,
+    s2_end: Tensor,
+    k: int,
+    valid: Tensor,
+    total_len: int,
+    padding_side: PaddingSide = "right",
 ) -> Tensor:
     """The `(B, 7)` span table of `layout` (`causal`, `inline`, `two_pass`'s JEPA pass or
     `packed`) from the same `(B,)` lengths and spans `stepjepa.masks` takes.
@@ -128,10 +134,13 @@ def block_mask(spans: Tensor, total_len: int, block_size: int = 128):
     from torch.nn.attention.flex_attention import create_block_mask
 
     if spans.ndim != 2 or spans.shape[1] != SPAN_COLUMNS:
-        raise ValueError(f"flex_attention needs a (B, {SPAN_COLUMNS}) span table; got shape {tuple(spans.shape)}"
-                         " (build the Collator with attention='spans')")
-    return create_block_mask(span_mask_mod(spans), spans.shape[0], None, total_len, total_len,
-                             device=spans.device, BLOCK_SIZE=block_size)
+        raise ValueError(
+            f"flex_attention needs a (B, {SPAN_COLUMNS}) span table; got shape {tuple(spans.shape)}"
+            " (build the Collator with attention='spans')"
+        )
+    return create_block_mask(
+        span_mask_mod(spans), spans.shape[0], None, total_len, total_len, device=spans.device, BLOCK_SIZE=block_size
+    )
 
 
 def select_rows(mask: Tensor, rows: Tensor, width: int) -> Tensor:

@@ -88,9 +88,11 @@ def model_parts(model: nn.Module) -> ModelParts:
         raise TypeError(f"{type(base).__name__} has no LM head: step_jepa_forward needs a causal LM")
     config = base.config
     return ModelParts(
-        decoder=base.get_decoder(), head=head,
+        decoder=base.get_decoder(),
+        head=head,
         attn_implementation=config._attn_implementation or "eager",
-        dtype=base.dtype, softcap=getattr(config, "final_logit_softcapping", None),
+        dtype=base.dtype,
+        softcap=getattr(config, "final_logit_softcapping", None),
     )
 
 
@@ -123,8 +125,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, states: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int,
-                softcap: float | None) -> Tensor:
+    def forward(
+        ctx, states: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int, softcap: float | None
+    ) -> Tensor:
         want_states, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_bias = bias is not None and ctx.needs_input_grad[2]
         grad_states = torch.empty_like(states) if want_states else None
@@ -134,7 +137,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float64, device=states.device)
         cast = None  # the weight in the logits' dtype (autocast's), cast once
         for start in range(0, len(states), chunk):
-            part, wanted = states[start:start + chunk], targets[start:start + chunk]
+            part, wanted = states[start : start + chunk], targets[start : start + chunk]
             logits = F.linear(part, weight, bias)
             dtype = logits.dtype
             y = logits.float()
@@ -154,7 +157,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad, part = grad.to(dtype), part.to(dtype)
             if want_states:
                 cast = weight.to(dtype) if cast is None else cast
-                grad_states[start:start + chunk] = grad @ cast
+                grad_states[start : start + chunk] = grad @ cast
             if want_weight and dtype == torch.float32:  # in place: no (V, H) temporary per chunk
                 grad_weight.addmm_(grad.T, part)
             elif want_weight:  # a (V, H) product in the autocast dtype, summed in float32
@@ -180,8 +183,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_states, grad_weight, grad_bias, None, None, None
 
 
-def lm_loss_sum(parts: ModelParts, hidden: Tensor, targets: Tensor,
-                chunk: int | None = LM_CHUNK) -> tuple[Tensor, int]:
+def lm_loss_sum(parts: ModelParts, hidden: Tensor, targets: Tensor, chunk: int | None = LM_CHUNK) -> tuple[Tensor, int]:
     """Summed cross-entropy of the LM head at positions whose target is not -100, and their count.
 
     `hidden (B, T, H)`, `targets (B, T)` already shifted (targets[t] is what position t
@@ -211,9 +213,12 @@ def lm_loss_sum(parts: ModelParts, hidden: Tensor, targets: Tensor,
     recompute = torch.is_grad_enabled()  # without a graph there is nothing to recompute
     total = None
     for start in range(0, count, chunk):
-        args = (head, states[start:start + chunk], wanted[start:start + chunk], parts.softcap)
-        piece = (checkpoint(_head_loss_sum, *args, use_reentrant=False, preserve_rng_state=False) if recompute
-                 else _head_loss_sum(*args))
+        args = (head, states[start : start + chunk], wanted[start : start + chunk], parts.softcap)
+        piece = (
+            checkpoint(_head_loss_sum, *args, use_reentrant=False, preserve_rng_state=False)
+            if recompute
+            else _head_loss_sum(*args)
+        )
         total = piece.double() if total is None else total + piece.double()
     return total.float(), count
 
@@ -240,17 +245,28 @@ def _two_pass_views(parts: ModelParts, batch: dict[str, Tensor], rows: Tensor) -
     longest of them (invalid rows would be plain rows whose states nobody reads)."""
     width = int(batch["lengths"][rows].max())
     hidden = last_hidden(
-        parts, batch["input_ids"][rows, :width],
-        select_rows(batch["attention_mask"], rows, width), batch["position_ids"][rows, :width],
+        parts,
+        batch["input_ids"][rows, :width],
+        select_rows(batch["attention_mask"], rows, width),
+        batch["position_ids"][rows, :width],
     )
     local = torch.arange(len(rows), device=rows.device)
     return hidden[local, batch["view1_index"][rows]], hidden[local, batch["view2_index"][rows]]
 
 
 def step_jepa_forward(
-    model: nn.Module, batch: dict[str, Tensor], *, layout: Layout, loss_kind: LossKind = "cosine",
-    gamma: float = 1.0, lam: float = 1.0, temperature: float = 0.07, apply_jepa: bool = True,
-    target_grad: bool = True, lm_tokens: float | None = None, jepa_pairs: float | None = None,
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    *,
+    layout: Layout,
+    loss_kind: LossKind = "cosine",
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    temperature: float = 0.07,
+    apply_jepa: bool = True,
+    target_grad: bool = True,
+    lm_tokens: float | None = None,
+    jepa_pairs: float | None = None,
     lm_chunk: int | None = LM_CHUNK,
 ) -> StepOutput:
     """One training step's loss for a `collate` batch (tensors on the model's device).
@@ -274,9 +290,16 @@ def step_jepa_forward(
     if not apply_jepa or lam == 0 or len(rows) == 0:
         lm_sum, n_tokens = _plain_pass(parts, batch, lm_chunk)
         zero = torch.zeros((), device=lm_sum.device)
-        return StepOutput(loss=gamma * (lm_sum / (lm_tokens or max(n_tokens, 1))),
-                          lm_loss=lm_sum.detach() / max(n_tokens, 1), jepa_loss=zero, mean_cos=None, n_valid=0,
-                          lm_sum=lm_sum.detach(), n_tokens=n_tokens, jepa_sum=zero)
+        return StepOutput(
+            loss=gamma * (lm_sum / (lm_tokens or max(n_tokens, 1))),
+            lm_loss=lm_sum.detach() / max(n_tokens, 1),
+            jepa_loss=zero,
+            mean_cos=None,
+            n_valid=0,
+            lm_sum=lm_sum.detach(),
+            n_tokens=n_tokens,
+            jepa_sum=zero,
+        )
     if layout == "two_pass":
         lm_sum, n_tokens = _plain_pass(parts, batch, lm_chunk)
         view1, view2 = _two_pass_views(parts, batch, rows)
@@ -293,7 +316,12 @@ def step_jepa_forward(
     share = len(rows) / (jepa_pairs or len(rows))
     loss = gamma * (lm_sum / (lm_tokens or max(n_tokens, 1))) + lam * (jepa * share)
     return StepOutput(
-        loss=loss, lm_loss=lm_sum.detach() / max(n_tokens, 1), jepa_loss=jepa.detach(),
-        mean_cos=mean_cosine(view1, view2).detach(), n_valid=len(rows),
-        lm_sum=lm_sum.detach(), n_tokens=n_tokens, jepa_sum=jepa_sum.detach(),
+        loss=loss,
+        lm_loss=lm_sum.detach() / max(n_tokens, 1),
+        jepa_loss=jepa.detach(),
+        mean_cos=mean_cosine(view1, view2).detach(),
+        n_valid=len(rows),
+        lm_sum=lm_sum.detach(),
+        n_tokens=n_tokens,
+        jepa_sum=jepa_sum.detach(),
     )

@@ -21,7 +21,6 @@ from stepjepa.decode_attention import cpu_decode_attention
 from stepjepa.kv_cache import PrefixCache, supports_prefix_cache
 from stepjepa.vocabulary import pad_id
 
-
 # Rows prefilled per forward pass when prompts share a cached prefix (see `_batch_inputs`).
 PREFILL_ROWS = 8
 

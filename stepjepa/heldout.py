@@ -38,15 +38,16 @@ def _inference(model: nn.Module) -> Iterator[ModelParts]:
         model.train(was_training)
 
 
-def _batches(rows: Sequence[dict[str, Any]], batch_size: int, device: torch.device,
-             collator: Collator) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+def _batches(
+    rows: Sequence[dict[str, Any]], batch_size: int, device: torch.device, collator: Collator
+) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
     """(row indices, collated batch on `device`); rows of similar length share a batch
     (GSM8K answers vary 3x in length, so this saves most of the padding)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
+        indices = order[start : start + batch_size]
         batch = collator([rows[i] for i in indices])
         yield indices, {key: value.to(device) for key, value in batch.items()}
 
@@ -81,23 +82,37 @@ def heldout_nll(model: nn.Module, rows: list[dict], *, pad_id: int, batch_size: 
     device = next(model.parameters()).device
     results: list[dict] = [{}] * len(rows)
     with _inference(model) as parts:
-        plain = Collator(k=0, layout="inline", predictor_ids=(), pad_id=pad_id,
-                         attention=attention_for(parts.attn_implementation))
+        plain = Collator(
+            k=0, layout="inline", predictor_ids=(), pad_id=pad_id, attention=attention_for(parts.attn_implementation)
+        )
         for indices, batch in _batches(rows, batch_size, device, plain):
             hidden = last_hidden(parts, batch["lm_input_ids"], batch["lm_attention_mask"], batch["lm_position_ids"])
             targets = shift_targets(batch["lm_labels"])
             step2 = _step2_targets(targets, [rows[i] for i in indices])
             # Row by row through the LM head: logits of one row, not of the batch, are in memory at once.
             for b, i in enumerate(indices):
-                nll, tokens = _mean_nll(parts, hidden[b:b + 1], targets[b:b + 1])
-                step2_nll, step2_tokens = _mean_nll(parts, hidden[b:b + 1], step2[b:b + 1])
-                results[i] = {"nll": nll, "tokens": tokens, "step2_tokens": step2_tokens,
-                              "step2_nll": step2_nll if rows[i]["jepa_valid"] else None}
+                nll, tokens = _mean_nll(parts, hidden[b : b + 1], targets[b : b + 1])
+                step2_nll, step2_tokens = _mean_nll(parts, hidden[b : b + 1], step2[b : b + 1])
+                results[i] = {
+                    "nll": nll,
+                    "tokens": tokens,
+                    "step2_tokens": step2_tokens,
+                    "step2_nll": step2_nll if rows[i]["jepa_valid"] else None,
+                }
     return results
 
 
-def view_embeddings(model: nn.Module, rows: list[dict], *, k: int, layout: str, predictor_ids: list[int],
-                    pad_id: int, batch_size: int = 16, views: str = "steps") -> tuple[Tensor, Tensor]:
+def view_embeddings(
+    model: nn.Module,
+    rows: list[dict],
+    *,
+    k: int,
+    layout: str,
+    predictor_ids: list[int],
+    pad_id: int,
+    batch_size: int = 16,
+    views: str = "steps",
+) -> tuple[Tensor, Tensor]:
     """`(V, H)` float32 view 1 and view 2 (on the CPU) of the V rows with a valid pair.
 
     View 1 is the last predictor's last-layer state (Step 1's last token when k == 0),
@@ -108,8 +123,14 @@ def view_embeddings(model: nn.Module, rows: list[dict], *, k: int, layout: str, 
     device = next(model.parameters()).device
     views1, views2, order = [], [], []
     with _inference(model) as parts:
-        collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids, pad_id=pad_id, views=views,
-                            attention=attention_for(parts.attn_implementation))
+        collator = Collator(
+            k=k,
+            layout=layout,
+            predictor_ids=predictor_ids,
+            pad_id=pad_id,
+            views=views,
+            attention=attention_for(parts.attn_implementation),
+        )
         for indices, batch in _batches(valid, batch_size, device, collator):
             order += indices
             every = torch.arange(len(batch["jepa_valid"]), device=device)

@@ -38,8 +38,11 @@ _ABSURD_RE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*-?\d{4}|\d{4,}\s*!")
 
 def absurd(latex: str) -> bool:
     """True for text no GSM8K answer looks like and sympy could spend minutes on."""
-    return len(latex) > MAX_LATEX_CHARS or _ABSURD_RE.search(latex) is not None or re.search(
-        r"\d{%d}" % (MAX_DIGITS + 1), latex) is not None
+    return (
+        len(latex) > MAX_LATEX_CHARS
+        or _ABSURD_RE.search(latex) is not None
+        or re.search(rf"\d{{{MAX_DIGITS + 1}}}", latex) is not None
+    )
 
 
 def bounded(value: Fraction) -> Fraction | None:
@@ -64,8 +67,14 @@ class _Worker:
         """Seconds callers waited for a worker to start (once per process, and after each kill)."""
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "stepjepa.latex_value"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stepjepa.latex_value"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         self.ready = False
 
     def _wait_ready(self) -> None:

@@ -85,8 +85,14 @@ class DeviceSlots:
 
 
 def train_command(
-    params: Path, data: Path, out: Path, gpu: int | None, resume: bool,
-    accelerate_config: Path | None = None, run_name: str | None = None, val_data: Path | None = None,
+    params: Path,
+    data: Path,
+    out: Path,
+    gpu: int | None,
+    resume: bool,
+    accelerate_config: Path | None = None,
+    run_name: str | None = None,
+    val_data: Path | None = None,
     evaluate: tuple[Path, Path, Path | None] | None = None,
 ) -> list[str]:
     """`python -m accelerate.commands.launch ... -m stepjepa.train ...` for one run; with
@@ -114,10 +120,25 @@ def train_command(
     return cmd
 
 
-def evaluate_command(model_dir: Path, config_file: Path, data: Path, out: Path, heldout: Path | None = None) -> list[str]:
+def evaluate_command(
+    model_dir: Path, config_file: Path, data: Path, out: Path, heldout: Path | None = None
+) -> list[str]:
     """`stepjepa evaluate` of one trained model; every setting comes from `config_file`."""
-    cmd = [sys.executable, "-m", "stepjepa.cli", "evaluate", "--model", str(model_dir), "--params", str(config_file),
-           "--data", str(data), "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stepjepa.cli",
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--params",
+        str(config_file),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     return cmd + (["--heldout", str(heldout)] if heldout else [])
 
 
@@ -181,8 +202,11 @@ def watch_descendants(grace: float = GRACE_S) -> None:
     """
     global _WATCHDOG
     if _WATCHDOG is None or _WATCHDOG.poll() is not None:
-        _WATCHDOG = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(grace)],
-                                     start_new_session=True, stdin=subprocess.DEVNULL)
+        _WATCHDOG = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(grace)],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 _CHILDREN: set[int] = set()
@@ -232,8 +256,13 @@ def forward_signals(*signals: int) -> Iterator[None]:
 PROGRESS = re.compile(r"\bINFO ((?:step|evaluate \w+) \d+/\d+\b.*)$")
 
 
-def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
-               on_progress: Callable[[str], None] | None = None) -> None:
+def run_logged(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> None:
     """Run `cmd` with stdout and stderr appended to `log_path`; raise `RunFailed` with the
     last lines of the log when it exits non-zero (a kill or OOM included).
 
@@ -248,9 +277,17 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | 
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         # Text mode reads a progress bar's "\r" redraws as lines, so the log stays readable.
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log if on_progress is None else subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-                                process_group=0)  # its own group: a terminal's Ctrl-C reaches it once, forwarded
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=log if on_progress is None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            process_group=0,
+        )  # its own group: a terminal's Ctrl-C reaches it once, forwarded
         with _CHILDREN_LOCK:
             _CHILDREN.add(proc.pid)
         try:

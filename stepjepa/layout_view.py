@@ -33,10 +33,26 @@ from stepjepa.tokenization import TokenizationError, load_tokenizer
 from stepjepa.vocabulary import IGNORE_INDEX, LAYOUTS, check_layout_fits_views, pad_id
 
 log = logging.getLogger(__name__)
-MARKS = {"prompt": "Q", "step1": "1", "pred": "P", "step2": "2", "rest": "R", "copy": "C",
-         "user": "U", "assistant": "A"}
-SEGMENT_NAMES = {"prompt": "prompt", "step1": "Step 1", "pred": "predictors", "step2": "Step 2", "user": "user turn",
-                 "assistant": "assistant turn", "rest": "rest", "copy": "copy of Step 2 / the assistant turn (packed)"}
+MARKS = {
+    "prompt": "Q",
+    "step1": "1",
+    "pred": "P",
+    "step2": "2",
+    "rest": "R",
+    "copy": "C",
+    "user": "U",
+    "assistant": "A",
+}
+SEGMENT_NAMES = {
+    "prompt": "prompt",
+    "step1": "Step 1",
+    "pred": "predictors",
+    "step2": "Step 2",
+    "user": "user turn",
+    "assistant": "assistant turn",
+    "rest": "rest",
+    "copy": "copy of Step 2 / the assistant turn (packed)",
+}
 # Segment names of each view pair's first and second span.
 SPAN_NAMES = {"steps": ("step1", "step2"), "user_assistant": ("user", "assistant")}
 
@@ -108,7 +124,7 @@ def segments(
         copy_start = n + k
         names = plain + ["pred"] * k + ["copy"] * (length - copy_start)
         return names, [a1, e1], [copy_start + a2 - e1 - 1, copy_start + e2 - e1 - 1]
-    names = plain[: e1 + 1] + ["pred"] * k + plain[e1 + 1:]
+    names = plain[: e1 + 1] + ["pred"] * k + plain[e1 + 1 :]
     return names, [a1, e1], [a2 + k, e2 + k]
 
 
@@ -124,8 +140,9 @@ def lay_out(
     second span is its copy; None without a pair), segments (name per token),
     invalid_reason.
     """
-    collator = Collator(k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id(tokenizer),
-                        views=views)
+    collator = Collator(
+        k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id(tokenizer), views=views
+    )
     batch = collator([row])
     length = int(batch["lengths"][0])
     ids = batch["input_ids"][0, :length].tolist()
@@ -133,14 +150,21 @@ def lay_out(
     valid = bool(batch["jepa_valid"][0])
     reason_key = "invalid_reason" if views == "steps" else "ua_invalid_reason"
     return {
-        "id": row.get("id"), "views": views, "layout": layout, "k": k, "steps": steps,
-        "tokens": tokenizer.batch_decode([[i] for i in ids]), "input_ids": ids,
+        "id": row.get("id"),
+        "views": views,
+        "layout": layout,
+        "k": k,
+        "steps": steps,
+        "tokens": tokenizer.batch_decode([[i] for i in ids]),
+        "input_ids": ids,
         "labels": batch["labels"][0, :length].tolist(),
         "position_ids": batch["position_ids"][0, :length].tolist(),
         "attention": batch["attention_mask"][0, 0, :length, :length].int().tolist(),
         "view1_index": int(batch["view1_index"][0]) if valid else None,
         "view2_index": int(batch["view2_index"][0]) if valid else None,
-        "step1_span": span1, "step2_span": span2, "segments": names,
+        "step1_span": span1,
+        "step2_span": span2,
+        "segments": names,
         "invalid_reason": None if valid else row.get(reason_key),
     }
 
@@ -187,8 +211,9 @@ def render_text(rec: dict[str, Any], full_grid: bool = False) -> str:
     if full_grid:
         marks = "".join(MARKS[s] for s in rec["segments"])
         lines += ["  mask per token (rows = queries, # = may attend):", f"        {marks}"]
-        lines += [f"  {marks[i]} {i:>4} " + "".join("#" if a else "." for a in row)
-                  for i, row in enumerate(rec["attention"])]
+        lines += [
+            f"  {marks[i]} {i:>4} " + "".join("#" if a else "." for a in row) for i, row in enumerate(rec["attention"])
+        ]
     return "\n".join(lines)
 
 
@@ -211,12 +236,17 @@ def mask_figure(records: list[dict[str, Any]]) -> Any:
         ax.set_xticks(middles, names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(middles, names, fontsize=7)
         first, second = (SEGMENT_NAMES[n] for n in SPAN_NAMES[rec.get("views", "steps")])
-        for key, color, what in (("view1_index", "tab:red", "last predictor" if rec["k"] else f"end of {first}"),
-                                 ("view2_index", "tab:green", f"end of {second}")):
+        for key, color, what in (
+            ("view1_index", "tab:red", "last predictor" if rec["k"] else f"end of {first}"),
+            ("view2_index", "tab:green", f"end of {second}"),
+        ):
             if rec[key] is not None:
                 ax.axhline(rec[key], color=color, lw=1.2, label=f"view {key[4]}: {what} (query row {rec[key]})")
-        ax.set_title(f"{rec['id']}  {rec.get('views', 'steps')}  {rec['layout']}  K={rec['k']}\n"
-                     "black = may attend, white = masked", fontsize=9)
+        ax.set_title(
+            f"{rec['id']}  {rec.get('views', 'steps')}  {rec['layout']}  K={rec['k']}\n"
+            "black = may attend, white = masked",
+            fontsize=9,
+        )
         ax.set_xlabel("key (attended token)")
         ax.set_ylabel("query (attending token)")
         if ax.get_legend_handles_labels()[0]:
@@ -242,8 +272,12 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--id", help="row id, e.g. train-000001")
     p.add_argument("--k", type=int, action="append", help="predictor tokens (repeatable; default 1, 2, 3)")
     p.add_argument("--layout", choices=LAYOUTS, help="default: train.layout from --params, else inline")
-    p.add_argument("--views", action="append", choices=list(PAIR_COLUMNS),
-                   help="view pair (repeatable, e.g. both side by side; default: train.views from --params)")
+    p.add_argument(
+        "--views",
+        action="append",
+        choices=list(PAIR_COLUMNS),
+        help="view pair (repeatable, e.g. both side by side; default: train.views from --params)",
+    )
     p.add_argument("--model-dir", help="tokenizer directory; default: model.name_or_path from --params")
     p.add_argument("--full-grid", action="store_true", help="also print the mask token by token")
     p.add_argument("--png", help="also draw the masks to this PNG file")
@@ -257,8 +291,12 @@ def _defaults(params: str) -> tuple[Any, Any, str, str]:
 
     cfg = load_config(params) if Path(params).exists() else Config()
     train = getattr(cfg, "train", None)
-    return (getattr(train, "k", None), getattr(train, "layout", None), cfg.model.name_or_path,
-            getattr(train, "views", "steps"))
+    return (
+        getattr(train, "k", None),
+        getattr(train, "layout", None),
+        cfg.model.name_or_path,
+        getattr(train, "views", "steps"),
+    )
 
 
 def _pairs(requested: list[str] | None, default: str, row: dict[str, Any]) -> list[str]:

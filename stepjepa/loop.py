@@ -62,26 +62,58 @@ class StepModule(torch.nn.Module):
     both true. `model` is the plain (or PEFT) causal LM; the rest are the loss's settings.
     """
 
-    def __init__(self, model: torch.nn.Module, *, layout: Layout, loss_kind: LossKind, gamma: float, lam: float,
-                 temperature: float, target_grad: bool, bf16: bool = False, lm_chunk: int | None = LM_CHUNK):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        layout: Layout,
+        loss_kind: LossKind,
+        gamma: float,
+        lam: float,
+        temperature: float,
+        target_grad: bool,
+        bf16: bool = False,
+        lm_chunk: int | None = LM_CHUNK,
+    ):
         super().__init__()
         self.model = model
-        self.loss_args = dict(layout=layout, loss_kind=loss_kind, gamma=gamma, lam=lam, temperature=temperature,
-                              target_grad=target_grad, lm_chunk=lm_chunk)
+        self.loss_args = dict(
+            layout=layout,
+            loss_kind=loss_kind,
+            gamma=gamma,
+            lam=lam,
+            temperature=temperature,
+            target_grad=target_grad,
+            lm_chunk=lm_chunk,
+        )
         self.bf16 = bf16
 
     @classmethod
     def from_config(cls, model: torch.nn.Module, tc: TrainConfig) -> StepModule:
-        return cls(model, layout=tc.layout, loss_kind=tc.loss, gamma=tc.gamma, lam=tc.lambda_,
-                   temperature=tc.temperature, target_grad=tc.target_grad, bf16=tc.precision == "bf16",
-                   lm_chunk=tc.lm_loss_chunk)
+        return cls(
+            model,
+            layout=tc.layout,
+            loss_kind=tc.loss,
+            gamma=tc.gamma,
+            lam=tc.lambda_,
+            temperature=tc.temperature,
+            target_grad=tc.target_grad,
+            bf16=tc.precision == "bf16",
+            lm_chunk=tc.lm_loss_chunk,
+        )
 
-    def forward(self, batch: dict[str, torch.Tensor], apply_jepa: bool, lm_tokens: float | None = None,
-                jepa_pairs: float | None = None) -> StepOutput:
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        apply_jepa: bool,
+        lm_tokens: float | None = None,
+        jepa_pairs: float | None = None,
+    ) -> StepOutput:
         device_type = batch["input_ids"].device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            return step_jepa_forward(self.model, batch, apply_jepa=apply_jepa, lm_tokens=lm_tokens,
-                                     jepa_pairs=jepa_pairs, **self.loss_args)
+            return step_jepa_forward(
+                self.model, batch, apply_jepa=apply_jepa, lm_tokens=lm_tokens, jepa_pairs=jepa_pairs, **self.loss_args
+            )
 
 
 def jepa_draw(seed: int, step: int, ratio: float) -> bool:
@@ -93,8 +125,7 @@ def jepa_draw(seed: int, step: int, ratio: float) -> bool:
     return ratio <= 0 or random.Random(f"{seed}-{step}").random() < ratio
 
 
-def step_counts(accelerator: Accelerator, batches: list[list[dict]], pair_key: str,
-                jepa: bool) -> tuple[float, float]:
+def step_counts(accelerator: Accelerator, batches: list[list[dict]], pair_key: str, jepa: bool) -> tuple[float, float]:
     """The optimizer step's label tokens and JEPA pairs (0 when the step has no JEPA term),
     summed over its micro-batches (`batches`, lists of rows) and over processes."""
     local = [sum(count_targets(b) for b in batches), sum(bool(e[pair_key]) for b in batches for e in b) if jepa else 0]
@@ -102,9 +133,17 @@ def step_counts(accelerator: Accelerator, batches: list[list[dict]], pair_key: s
     return float(tokens), float(pairs)
 
 
-def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: Any, micro_batches: list[list[int]], rows: list[dict], collator: Collator,
-                   cfg: TrainConfig, step: int) -> dict[str, float]:
+def optimizer_step(
+    accelerator: Accelerator,
+    step_module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    micro_batches: list[list[int]],
+    rows: list[dict],
+    collator: Collator,
+    cfg: TrainConfig,
+    step: int,
+) -> dict[str, float]:
     """Forward/backward every micro-batch (laid out by `collator`), then clip and step.
     Returns the step's metrics.
 
@@ -117,8 +156,9 @@ def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optim
     started = time.perf_counter()
     apply_jepa = jepa_draw(cfg.seed, step, cfg.jepa_ratio)
     batches = [[rows[j] for j in indices] for indices in micro_batches]
-    n_tokens, n_pairs = step_counts(accelerator, batches, PAIR_COLUMNS[collator.views][2],
-                                    apply_jepa and cfg.lambda_ != 0)
+    n_tokens, n_pairs = step_counts(
+        accelerator, batches, PAIR_COLUMNS[collator.views][2], apply_jepa and cfg.lambda_ != 0
+    )
     sums = torch.zeros(len(STATS), dtype=torch.float64)
     for i, examples in enumerate(batches):
         batch = {key: value.to(accelerator.device) for key, value in collator(examples).items()}
@@ -131,11 +171,15 @@ def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optim
     totals = dict(zip(STATS, accelerator.reduce(sums.to(accelerator.device), "sum").tolist()))
     loss = totals["loss"]
     if not math.isfinite(loss):
-        raise TrainingError(f"step {step}: the loss is {loss} (lm_loss sum {totals['lm_sum']}, jepa_loss sum "
-                            f"{totals['jepa_sum']}); stopping. Lower train.learning_rate or check the data.")
+        raise TrainingError(
+            f"step {step}: the loss is {loss} (lm_loss sum {totals['lm_sum']}, jepa_loss sum "
+            f"{totals['jepa_sum']}); stopping. Lower train.learning_rate or check the data."
+        )
     if (totals["lm_tokens"], totals["jepa_pairs"]) != (n_tokens, n_pairs):  # the normalisers were wrong
-        raise RuntimeError(f"step {step}: counted {n_tokens:g} label tokens and {n_pairs:g} pairs before the "
-                           f"forward passes, which saw {totals['lm_tokens']:g} and {totals['jepa_pairs']:g}")
+        raise RuntimeError(
+            f"step {step}: counted {n_tokens:g} label tokens and {n_pairs:g} pairs before the "
+            f"forward passes, which saw {totals['lm_tokens']:g} and {totals['jepa_pairs']:g}"
+        )
     grad_norm = float(accelerator.clip_grad_norm_(step_module.parameters(), cfg.max_grad_norm or math.inf))
     if not math.isfinite(grad_norm):
         raise TrainingError(f"step {step}: the gradient norm is {grad_norm}; stopping before the update.")
@@ -143,9 +187,14 @@ def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optim
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {"loss": loss, "lm_loss": totals["lm_sum"] / max(totals["lm_tokens"], 1.0), "lr": lr,
-               "grad_norm": grad_norm, "tokens_per_s": totals["tokens"] / (time.perf_counter() - started),
-               "jepa_pairs": totals["jepa_pairs"]}
+    metrics = {
+        "loss": loss,
+        "lm_loss": totals["lm_sum"] / max(totals["lm_tokens"], 1.0),
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": totals["tokens"] / (time.perf_counter() - started),
+        "jepa_pairs": totals["jepa_pairs"],
+    }
     if totals["jepa_pairs"]:
         metrics["jepa_loss"] = totals["jepa_sum"] / totals["jepa_pairs"]
         metrics["mean_cos"] = totals["cos_sum"] / totals["jepa_pairs"]
@@ -155,8 +204,15 @@ def optimizer_step(accelerator: Accelerator, step_module: torch.nn.Module, optim
 def _micro_stats(out: StepOutput, tokens: int) -> list[float]:
     """One micro-batch's contribution to STATS; JEPA terms only when pairs entered the loss."""
     jepa = out.n_valid > 0 and out.mean_cos is not None
-    return [out.loss.item(), out.lm_sum.item(), float(out.n_tokens), out.jepa_sum.item() if jepa else 0.0,
-            out.mean_cos.item() * out.n_valid if jepa else 0.0, float(out.n_valid if jepa else 0), float(tokens)]
+    return [
+        out.loss.item(),
+        out.lm_sum.item(),
+        float(out.n_tokens),
+        out.jepa_sum.item() if jepa else 0.0,
+        out.mean_cos.item() * out.n_valid if jepa else 0.0,
+        float(out.n_valid if jepa else 0),
+        float(tokens),
+    ]
 
 
 def mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
@@ -179,13 +235,24 @@ def _resume_history(path: Path, start: int) -> list[dict[str, float]]:
 TIMING = ("tokens_per_s",)
 
 
-def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              scheduler: Any, plan: Plan, rows: list[dict], collator: Collator, cfg: TrainConfig, *, start: int,
-              tracker: Tracker,
-              out: Path, save: Callable[[int, list[dict[str, float]]], None],
-              window: list[dict[str, float]] | None = None,
-              should_stop: Callable[[], bool] = lambda: False,
-              probe: Callable[[], dict[str, float]] | None = None) -> list[dict[str, float]]:
+def run_steps(
+    accelerator: Accelerator,
+    step_module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    plan: Plan,
+    rows: list[dict],
+    collator: Collator,
+    cfg: TrainConfig,
+    *,
+    start: int,
+    tracker: Tracker,
+    out: Path,
+    save: Callable[[int, list[dict[str, float]]], None],
+    window: list[dict[str, float]] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    probe: Callable[[], dict[str, float]] | None = None,
+) -> list[dict[str, float]]:
     """Run optimizer steps `start + 1 .. len(plan)`; returns the logged metrics (main process).
 
     `save(step, window)` writes a checkpoint with the steps not yet logged; `window` is
@@ -201,8 +268,9 @@ def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer:
     bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not main)
     rate = Rate(len(plan), start)
     for step in range(start + 1, len(plan) + 1):
-        window.append(optimizer_step(accelerator, step_module, optimizer, scheduler, plan[step - 1], rows, collator, cfg,
-                                     step))
+        window.append(
+            optimizer_step(accelerator, step_module, optimizer, scheduler, plan[step - 1], rows, collator, cfg, step)
+        )
         bar.update()
         bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
         if step % cfg.log_every == 0 or step == len(plan):
@@ -217,8 +285,13 @@ def run_steps(accelerator: Accelerator, step_module: torch.nn.Module, optimizer:
                 history.append({"step": step, **{k: v for k, v in metrics.items() if k not in TIMING}})
                 with history_file.open("a") as f:
                     f.write(json.dumps(history[-1]) + "\n")
-                log.info("step %d/%d %s eta=%s", step, len(plan),
-                         " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), rate.eta(step))
+                log.info(
+                    "step %d/%d %s eta=%s",
+                    step,
+                    len(plan),
+                    " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                    rate.eta(step),
+                )
         stopping = step < len(plan) and should_stop()
         if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             save(step, window)

@@ -80,7 +80,9 @@ def laid_out_lengths(layout: str, lengths: Tensor, s1_end: Tensor, s2_end: Tenso
     """Length of each row after `layout`, which padding and compute scale with: n + K
     (inline, and two_pass's JEPA pass), n + K + |Step 2| (packed); n without a valid pair.
     Plain ints work as well as `(B,)` tensors (one row's length when planning batches)."""
-    return packed_lengths(lengths, s1_end, s2_end, k, valid) if layout == "packed" else inline_lengths(lengths, k, valid)
+    return (
+        packed_lengths(lengths, s1_end, s2_end, k, valid) if layout == "packed" else inline_lengths(lengths, k, valid)
+    )
 
 
 def inline_lengths(lengths: Tensor, k: int, valid: Tensor) -> Tensor:
@@ -155,7 +157,12 @@ def packed_mask(
 
 
 def layout_mask(
-    layout: Layout, lengths: Tensor, s1_end: Tensor, s2_end: Tensor, k: int, valid: Tensor,
+    layout: Layout,
+    lengths: Tensor,
+    s1_end: Tensor,
+    s2_end: Tensor,
+    k: int,
+    valid: Tensor,
     total_len: int | None = None,
 ) -> Tensor:
     """The mask of the pass that yields the views: inline for `inline` and `two_pass`
@@ -180,6 +187,5 @@ def to_model_mask(mask: Tensor, attn_implementation: str, dtype: torch.dtype) ->
         additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
         return additive.masked_fill_(~mask, torch.finfo(dtype).min)
     raise ValueError(
-        f"attn_implementation must be 'sdpa' or 'eager' for Step-JEPA's dense 4D masks; "
-        f"got {attn_implementation!r}"
+        f"attn_implementation must be 'sdpa' or 'eager' for Step-JEPA's dense 4D masks; got {attn_implementation!r}"
     )

@@ -56,7 +56,9 @@ def _hub_snapshot(model: str, revision: str | None) -> Path:
         return Path(snapshot_download(model, revision=revision, allow_patterns=HUB_FILES))
     except LocalEntryNotFoundError:
         hint = "HF_HUB_OFFLINE=1: set HF_HUB_OFFLINE=0 to download it" if constants.HF_HUB_OFFLINE else "offline?"
-        raise InputError(f"--model {model}: no such model directory, and not in the Hugging Face cache ({hint})") from None
+        raise InputError(
+            f"--model {model}: no such model directory, and not in the Hugging Face cache ({hint})"
+        ) from None
     except (RepositoryNotFoundError, HfHubHTTPError) as err:
         raise InputError(f"--model {model}: no such model directory or hub model ({err})") from None
 

@@ -35,10 +35,12 @@ def not_loadable(cfg: ModelConfig, err: OSError) -> ConfigError:
     tracebacks (a hub id with HF_HUB_OFFLINE=1 and no cached copy is the usual cause)."""
     hint = ""
     if not Path(cfg.name_or_path).exists():
-        hint = ("; it is no local folder, so it is a hub id: with HF_HUB_OFFLINE=1 it must be in the HF cache "
-                "(HF_HOME); set model.name_or_path to a local model folder, or run with HF_HUB_OFFLINE=0"
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else
-                "; it is no local folder, and the hub has no such model (or is unreachable)")
+        hint = (
+            "; it is no local folder, so it is a hub id: with HF_HUB_OFFLINE=1 it must be in the HF cache "
+            "(HF_HOME); set model.name_or_path to a local model folder, or run with HF_HUB_OFFLINE=0"
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            else "; it is no local folder, and the hub has no such model (or is unreachable)"
+        )
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ConfigError(f"model.name_or_path={cfg.name_or_path}: cannot load ({first}){hint}")
 

@@ -49,6 +49,8 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
     """Linear warmup, then `cfg.scheduler` decay over the remaining optimizer steps."""
     return get_scheduler(
-        SCHEDULES[cfg.scheduler], optimizer,
-        num_warmup_steps=warmup_steps(cfg, total_steps), num_training_steps=max(total_steps, 1),
+        SCHEDULES[cfg.scheduler],
+        optimizer,
+        num_warmup_steps=warmup_steps(cfg, total_steps),
+        num_training_steps=max(total_steps, 1),
     )

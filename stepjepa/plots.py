@@ -25,8 +25,11 @@ def _pyplot():
 
 def _grid(rows: list[dict], key: str, views: str) -> tuple[list[int], list[float], np.ndarray]:
     # Configs at every axis's base value only (`k1_lam0.1`, not `k1_lam0.1_loss-mse`): one per cell.
-    grid_rows = [r for r in rows if r["config"] != SFT
-                 and r["config"] == config_name(r["k"], r["lambda"], r.get("views", "steps"))]
+    grid_rows = [
+        r
+        for r in rows
+        if r["config"] != SFT and r["config"] == config_name(r["k"], r["lambda"], r.get("views", "steps"))
+    ]
     ks = sorted({r["k"] for r in grid_rows})
     lams = sorted({r["lambda"] for r in grid_rows})
     values = np.full((len(ks), len(lams)), np.nan)
@@ -36,8 +39,10 @@ def _grid(rows: list[dict], key: str, views: str) -> tuple[list[int], list[float
     return ks, lams, values
 
 
-PANELS = (("accuracy_strict", "validation strict accuracy", "viridis"),
-          ("step2_nll", "validation Step-2 NLL (lower is better)", "viridis_r"))
+PANELS = (
+    ("accuracy_strict", "validation strict accuracy", "viridis"),
+    ("step2_nll", "validation Step-2 NLL (lower is better)", "viridis_r"),
+)
 
 
 def plot_heatmap(rows: list[dict], path: Path) -> Path:
@@ -59,8 +64,13 @@ def heatmap_figure(rows: list[dict]):
     # Each panel wide enough for its colorbar and a title wrapped to the axes; constrained
     # layout then makes room above for the wrapped lines (tight_layout clipped long titles).
     width = max(3.4, 1.25 + 1.2 * len(lams))
-    fig, axes = plt.subplots(len(pairs), len(PANELS), squeeze=False, layout="constrained",
-                             figsize=(len(PANELS) * width, len(pairs) * (2.4 + 0.9 * max(len(ks), 1))))
+    fig, axes = plt.subplots(
+        len(pairs),
+        len(PANELS),
+        squeeze=False,
+        layout="constrained",
+        figsize=(len(PANELS) * width, len(pairs) * (2.4 + 0.9 * max(len(ks), 1))),
+    )
     cells = [(ax, pair, panel) for row, pair in zip(axes, pairs, strict=True) for ax, panel in zip(row, PANELS)]
     for ax, pair, (key, title, cmap) in cells:
         _, _, values = _grid(rows, key, pair)
@@ -122,8 +132,9 @@ def plot_effects(rows: list[dict], path: Path) -> Path:
                 _effect(right, x, level["row"], "vs_sft")
             _effect_axes(left, labels, factor, f"{factor}: against the base config")
             _effect_axes(right, labels, factor, f"{factor}: against SFT")
-    fig.suptitle("validation accuracy: mean paired difference over seeds, 95% t interval (unit: training run)",
-                 fontsize=9)
+    fig.suptitle(
+        "validation accuracy: mean paired difference over seeds, 95% t interval (unit: training run)", fontsize=9
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -134,8 +145,10 @@ def plot_loss_curves(results: list[RunResult], path: Path) -> Path:
     """Training LM loss and held-out Step-2 NLL of every completed run, one line per run."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in ((axes[0], "lm_loss", "training LM loss"),
-                           (axes[1], "val_step2_nll", "validation Step-2 NLL (in training)")):
+    for ax, key, title in (
+        (axes[0], "lm_loss", "training LM loss"),
+        (axes[1], "val_step2_nll", "validation Step-2 NLL (in training)"),
+    ):
         for r in results:
             points = [(h["step"], h[key]) for h in r.history if h.get(key) is not None]
             if r.completed and points:
@@ -186,8 +199,9 @@ def offline_page_template(node_modules: Path) -> str:
     one leaves out."""
     missing = [lib for lib in VEGA_LIBS if not (node_modules / lib).is_file()]
     if missing:
-        raise FileNotFoundError(f"{node_modules}: missing {', '.join(missing)}; run `make vega` "
-                                "(npm install vega@5 vega-lite@5 vega-embed@6)")
-    scripts = "".join(f"<script>\n{(node_modules / lib).read_text(encoding='utf-8')}\n</script>\n"
-                      for lib in VEGA_LIBS)
+        raise FileNotFoundError(
+            f"{node_modules}: missing {', '.join(missing)}; run `make vega` "
+            "(npm install vega@5 vega-lite@5 vega-embed@6)"
+        )
+    scripts = "".join(f"<script>\n{(node_modules / lib).read_text(encoding='utf-8')}\n</script>\n" for lib in VEGA_LIBS)
     return PAGE_HEAD + scripts + PAGE_TAIL

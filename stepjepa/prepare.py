@@ -22,7 +22,6 @@ from stepjepa.inputs import scan_json_lines
 from stepjepa.prompts import STEP_SEPARATOR
 from stepjepa.steps import RecordError, Solution, split_record
 
-
 # The prepared splits, in the order the stages write them: `validation` is carved out of
 # the raw `train` file, `train` and `test` are the raw files' records.
 PREPARED_SPLITS = ("train", "validation", "test")
@@ -127,8 +126,10 @@ def split_validation(records: list[dict[str, Any]], size: int) -> tuple[list[dic
     adding records to it, moves no other record between the splits. Both keep file order.
     """
     if size >= len(records):
-        raise BadRecordError(f"data.validation_size={size} would leave no training records "
-                             f"(the train file has {len(records)} usable records)")
+        raise BadRecordError(
+            f"data.validation_size={size} would leave no training records "
+            f"(the train file has {len(records)} usable records)"
+        )
     rank = sorted(records, key=lambda r: hashlib.sha256(f"validation:{r['id']}".encode()).hexdigest())
     chosen = {r["id"] for r in rank[:size]}
     return [r for r in records if r["id"] not in chosen], [r for r in records if r["id"] in chosen]

@@ -35,8 +35,17 @@ from typing import Any
 import numpy as np
 
 from stepjepa.stats import (
-    MIN_SEEDS, SELECTION_RULE, TOO_FEW_SEEDS, VERDICT_RULE, beats_sft, holm_adjust, mean_std, paired_bootstrap, paired_mean_bootstrap,
-    paired_t_interval, seed_verdicts,
+    MIN_SEEDS,
+    SELECTION_RULE,
+    TOO_FEW_SEEDS,
+    VERDICT_RULE,
+    beats_sft,
+    holm_adjust,
+    mean_std,
+    paired_bootstrap,
+    paired_mean_bootstrap,
+    paired_t_interval,
+    seed_verdicts,
 )
 from stepjepa.sweep import RunResult
 from stepjepa.vocabulary import SFT
@@ -49,13 +58,19 @@ def read_eval_folder(folder: Path) -> dict[str, Any]:
     """An evaluation folder's metrics, per-question strict correctness and per-example NLL."""
     metrics = json.loads((folder / "metrics.json").read_text())
     correct = [bool(json.loads(line)["correct_strict"]) for line in _lines(folder / "predictions.jsonl")]
-    heldout = [json.loads(line) for line in _lines(folder / "heldout.jsonl")] if (folder / "heldout.jsonl").is_file() else []
+    heldout = (
+        [json.loads(line) for line in _lines(folder / "heldout.jsonl")] if (folder / "heldout.jsonl").is_file() else []
+    )
     return {"metrics": metrics, "correct_strict": correct, "heldout": heldout}
 
 
 def read_run_result(run_dir: Path, split: str) -> dict[str, Any]:
     """What the summary needs of one run on `split`, plus its training history."""
-    history = [json.loads(line) for line in _lines(run_dir / "metrics.jsonl")] if (run_dir / "metrics.jsonl").is_file() else []
+    history = (
+        [json.loads(line) for line in _lines(run_dir / "metrics.jsonl")]
+        if (run_dir / "metrics.jsonl").is_file()
+        else []
+    )
     return read_eval_folder(run_dir / "eval" / split) | {"history": history}
 
 
@@ -109,18 +124,22 @@ def _compare(row: dict, done: list[RunResult], base: dict[int, RunResult]) -> tu
     if not seeds:
         return np.empty(0), np.empty(0)
     mine, theirs = [r for r in done if r.spec.seed in seeds], list(base.values())
-    acc = paired_bootstrap(_per_seed(mine, seeds, lambda r: r.correct_strict),
-                           _per_seed(theirs, seeds, lambda r: r.correct_strict))
+    acc = paired_bootstrap(
+        _per_seed(mine, seeds, lambda r: r.correct_strict), _per_seed(theirs, seeds, lambda r: r.correct_strict)
+    )
     row |= {f"vs_sft_{k}": v for k, v in acc.as_dict().items()}
     if all(r.heldout for r in mine + theirs):
         a, b = _per_seed(mine, seeds, _step2).mean(axis=0), _per_seed(theirs, seeds, _step2).mean(axis=0)
         keep = ~(np.isnan(a) | np.isnan(b))
         if keep.any():
             nll = paired_mean_bootstrap(a[keep], b[keep])
-            row |= {"vs_sft_step2_nll_delta": nll["delta"], "vs_sft_step2_nll_ci_low": nll["ci_low"],
-                    "vs_sft_step2_nll_ci_high": nll["ci_high"], "vs_sft_step2_nll_n": nll["n"]}
-    return (_per_seed(mine, seeds, lambda r: r.metrics[METRIC]),
-            _per_seed(theirs, seeds, lambda r: r.metrics[METRIC]))
+            row |= {
+                "vs_sft_step2_nll_delta": nll["delta"],
+                "vs_sft_step2_nll_ci_low": nll["ci_low"],
+                "vs_sft_step2_nll_ci_high": nll["ci_high"],
+                "vs_sft_step2_nll_n": nll["n"],
+            }
+    return (_per_seed(mine, seeds, lambda r: r.metrics[METRIC]), _per_seed(theirs, seeds, lambda r: r.metrics[METRIC]))
 
 
 def _verdicts(rows: list[dict], pairs: dict[tuple[str, str], tuple]) -> None:
@@ -134,8 +153,13 @@ def _verdicts(rows: list[dict], pairs: dict[tuple[str, str], tuple]) -> None:
         row |= {f"{vs}_verdict": cmp.verdict, f"{vs}_paired_seeds": cmp.n_seeds, f"{vs}_t_delta": cmp.delta}
         if cmp.n_seeds >= 2:
             low, high = paired_t_interval(*pairs[name, against])
-            row |= {f"{vs}_t": cmp.t, f"{vs}_t_p": cmp.p_value, f"{vs}_t_p_holm": cmp.p_holm,
-                    f"{vs}_t_ci_low": low, f"{vs}_t_ci_high": high}
+            row |= {
+                f"{vs}_t": cmp.t,
+                f"{vs}_t_p": cmp.p_value,
+                f"{vs}_t_p_holm": cmp.p_holm,
+                f"{vs}_t_ci_low": low,
+                f"{vs}_t_ci_high": high,
+            }
 
 
 def _setting(spec, key: str):
@@ -162,8 +186,10 @@ def _against_base(rows: list[dict], groups: dict[str, list[RunResult]], pairs: d
         row["base_config"] = base_name
         done = {r.spec.seed: r for r in groups[row["config"]] if r.completed}
         seeds = sorted(done.keys() & base.keys())
-        pairs[row["config"], "base"] = (np.array([done[s].metrics[METRIC] for s in seeds], dtype=float),
-                                        np.array([base[s].metrics[METRIC] for s in seeds], dtype=float))
+        pairs[row["config"], "base"] = (
+            np.array([done[s].metrics[METRIC] for s in seeds], dtype=float),
+            np.array([base[s].metrics[METRIC] for s in seeds], dtype=float),
+        )
 
 
 def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
@@ -174,8 +200,15 @@ def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
     for name, runs in sorted(groups.items(), key=lambda kv: (kv[0] != SFT, kv[0])):
         done = [r for r in runs if r.completed]
         spec = runs[0].spec
-        row = {"config": name, "views": spec.views, "k": spec.k, "lambda": spec.lam,
-               "runs": len(runs), "completed": len(done), "seeds": sorted(r.spec.seed for r in done)}
+        row = {
+            "config": name,
+            "views": spec.views,
+            "k": spec.k,
+            "lambda": spec.lam,
+            "runs": len(runs),
+            "completed": len(done),
+            "seeds": sorted(r.spec.seed for r in done),
+        }
         if done:
             _seed_stats(row, done)
             row["questions"] = len(done[0].correct_strict)
@@ -218,16 +251,22 @@ def compare_on_test(tested: list[RunResult], best: dict) -> dict[str, Any] | Non
     seeds = sorted(champ.keys() & sft.keys())
     if not seeds:
         return None
-    out: dict[str, Any] = {"config": best["config"], "seeds": len(seeds), "questions": len(sft[seeds[0]].correct_strict)}
+    out: dict[str, Any] = {
+        "config": best["config"],
+        "seeds": len(seeds),
+        "questions": len(sft[seeds[0]].correct_strict),
+    }
     for name, runs in (("champion", champ), (SFT, sft)):
         out[f"{name}_{METRIC}"] = float(np.mean([runs[s].metrics[METRIC] for s in seeds]))
         out[f"{name}_nll"] = float(np.mean([runs[s].metrics.get("nll", np.nan) for s in seeds]))
     if best["config"] != SFT:
-        cmp = paired_bootstrap(np.array([champ[s].correct_strict for s in seeds]),
-                               np.array([sft[s].correct_strict for s in seeds]))
+        cmp = paired_bootstrap(
+            np.array([champ[s].correct_strict for s in seeds]), np.array([sft[s].correct_strict for s in seeds])
+        )
         out |= {f"vs_sft_{k}": v for k, v in cmp.as_dict().items() if k not in ("n_questions", "n_seeds")}
-        (over_seeds,) = seed_verdicts([(np.array([champ[s].metrics[METRIC] for s in seeds]),
-                                        np.array([sft[s].metrics[METRIC] for s in seeds]))])
+        (over_seeds,) = seed_verdicts(
+            [(np.array([champ[s].metrics[METRIC] for s in seeds]), np.array([sft[s].metrics[METRIC] for s in seeds]))]
+        )
         out["vs_sft_verdict"] = over_seeds.verdict
         if len(seeds) >= 2:
             out |= {"vs_sft_t": over_seeds.t, "vs_sft_t_p": over_seeds.p_value}
@@ -254,8 +293,9 @@ def factor_table(rows: list[dict]) -> dict[str, list[dict]]:
     base = next((r for r in rows if r.get("factor") == "base"), None)
     table: dict[str, list[dict]] = {}
     fixed = ("k", "lambda", "views")
-    for row in sorted(rows, key=lambda r: (fixed.index(r["factor"]) if r.get("factor") in fixed else 3,
-                                           str(r.get("factor")))):
+    for row in sorted(
+        rows, key=lambda r: (fixed.index(r["factor"]) if r.get("factor") in fixed else 3, str(r.get("factor")))
+    ):
         if base is not None and row.get("factor") not in (None, "base"):
             levels = table.setdefault(row["factor"], [{"level": row["base_level"], "row": base, "is_base": True}])
             levels.append({"level": row["level"], "row": row, "is_base": False})
@@ -279,24 +319,32 @@ def factor_markdown(rows: list[dict]) -> str:
     if not table:
         return ""
     base = table[next(iter(table))][0]["row"]
-    lines = [f"**One factor at a time around {base['config']}**: each level against the base config and against SFT. "
-             "Deltas are mean paired differences of validation accuracy over seeds with their 95% t interval "
-             "(unit: training run); p is the two-sided paired t-test, Holm over every comparison of the study "
-             "(against SFT and against the base).", "",
-             "| factor | value | config | seeds | val acc | delta vs base [95% t interval over seeds] | p vs base (Holm) "
-             "| verdict vs base | delta vs SFT [95% t interval over seeds] | p vs SFT (Holm) | verdict vs SFT |",
-             "|" + "---|" * 11]
+    lines = [
+        f"**One factor at a time around {base['config']}**: each level against the base config and against SFT. "
+        "Deltas are mean paired differences of validation accuracy over seeds with their 95% t interval "
+        "(unit: training run); p is the two-sided paired t-test, Holm over every comparison of the study "
+        "(against SFT and against the base).",
+        "",
+        "| factor | value | config | seeds | val acc | delta vs base [95% t interval over seeds] | p vs base (Holm) "
+        "| verdict vs base | delta vs SFT [95% t interval over seeds] | p vs SFT (Holm) | verdict vs SFT |",
+        "|" + "---|" * 11,
+    ]
     for factor, levels in table.items():
         for level in levels:
             r = level["row"]
             if METRIC not in r:
                 lines.append(f"| {factor} | {level['level']} | {r['config']} | 0/{r['runs']} | failed |" + " |" * 6)
                 continue
-            vs_base = ("(base)", "", "") if level["is_base"] else (_t_interval(r, "vs_base"), _t_p(r, "vs_base"),
-                                                                   r.get("vs_base_verdict", ""))
-            lines.append(f"| {factor} | {level['level']} | {r['config']} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
-                         f"| {' | '.join(vs_base)} | {_t_interval(r, 'vs_sft')} | {_t_p(r, 'vs_sft')} "
-                         f"| {r.get('vs_sft_verdict', '')} |")
+            vs_base = (
+                ("(base)", "", "")
+                if level["is_base"]
+                else (_t_interval(r, "vs_base"), _t_p(r, "vs_base"), r.get("vs_base_verdict", ""))
+            )
+            lines.append(
+                f"| {factor} | {level['level']} | {r['config']} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
+                f"| {' | '.join(vs_base)} | {_t_interval(r, 'vs_sft')} | {_t_p(r, 'vs_sft')} "
+                f"| {r.get('vs_sft_verdict', '')} |"
+            )
     return "\n".join(lines)
 
 
@@ -304,10 +352,12 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
     """The validation table, the test row (champion vs SFT only) and a sentence on what the
     claims rest on. The verdict column is the seed-level one (unit: training run); the
     per-question columns say they hold the trained models fixed."""
-    head = ("| config | K | lambda | seeds | val acc | delta acc vs SFT [95% CI per question, models fixed] "
-            "| McNemar p (Holm), per question, models fixed | val NLL | val Step-2 NLL "
-            "| delta Step-2 NLL vs SFT [95% CI per question, models fixed] | paired t over seeds, two-sided p (Holm) "
-            "| mean cos | rank v1 / v2 | verdict (unit: training run) |")
+    head = (
+        "| config | K | lambda | seeds | val acc | delta acc vs SFT [95% CI per question, models fixed] "
+        "| McNemar p (Holm), per question, models fixed | val NLL | val Step-2 NLL "
+        "| delta Step-2 NLL vs SFT [95% CI per question, models fixed] | paired t over seeds, two-sided p (Holm) "
+        "| mean cos | rank v1 / v2 | verdict (unit: training run) |"
+    )
     pairs = any(r["views"] != "steps" for r in rows)  # a views column only when the sweep compares pairs
     if pairs:
         head = head.replace("| config |", "| config | views |")
@@ -323,26 +373,32 @@ def markdown_table(rows: list[dict], test: dict | None = None) -> str:
         verdict = "baseline" if r["config"] == SFT else r.get("vs_sft_verdict", "")
         if r.get("warnings"):
             verdict += " (warning: " + "; ".join(r["warnings"]) + ")"
-        lines.append(f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
-                     f"| {_interval(r, 'vs_sft')} | {p} | {_fmt(r, 'nll')} | {_fmt(r, 'step2_nll')} "
-                     f"| {_interval(r, 'vs_sft_step2_nll')} | {t} | {_fmt(r, 'mean_cos')} | {ranks} | {verdict} |")
+        lines.append(
+            f"| {r['config']} |{views} {r['k']} | {r['lambda']:g} | {r['completed']}/{r['runs']} | {_fmt(r, METRIC)} "
+            f"| {_interval(r, 'vs_sft')} | {p} | {_fmt(r, 'nll')} | {_fmt(r, 'step2_nll')} "
+            f"| {_interval(r, 'vs_sft_step2_nll')} | {t} | {_fmt(r, 'mean_cos')} | {ranks} | {verdict} |"
+        )
     text = "\n".join(lines)
     done = [r for r in rows if METRIC in r]
     if done:
         seeds, questions = max(len(r["seeds"]) for r in done), done[0]["questions"]
-        text += (f"\n\nValidation: {questions} questions, {seeds} seed(s) per config. Selection: {SELECTION_RULE}. "
-                 f"Verdict: {VERDICT_RULE}"
-                 + (f"; with {seeds} seed(s) it is '{TOO_FEW_SEEDS}' (set sweep.seeds)" if seeds < MIN_SEEDS else "")
-                 + ". Intervals and McNemar resample questions (paired with SFT, seeds averaged) and hold the "
-                 "trained models fixed: they leave out the variance between training runs and decide no verdict.")
+        text += (
+            f"\n\nValidation: {questions} questions, {seeds} seed(s) per config. Selection: {SELECTION_RULE}. "
+            f"Verdict: {VERDICT_RULE}"
+            + (f"; with {seeds} seed(s) it is '{TOO_FEW_SEEDS}' (set sweep.seeds)" if seeds < MIN_SEEDS else "")
+            + ". Intervals and McNemar resample questions (paired with SFT, seeds averaged) and hold the "
+            "trained models fixed: they leave out the variance between training runs and decide no verdict."
+        )
     if test:
         delta = _interval(test, "vs_sft") or "(the champion is SFT)"
         p = f", McNemar p {test['vs_sft_p_value']:.3g} (per question, models fixed)" if "vs_sft_p_value" in test else ""
         t = f"; paired t over seeds p {test['vs_sft_t_p']:.3g}" if "vs_sft_t_p" in test else ""
         verdict = f"{t}; verdict (unit: training run): {test['vs_sft_verdict']}" if "vs_sft_verdict" in test else ""
-        text += (f"\n\n**Test (read once): {test['config']} vs SFT** on {test['questions']} questions, "
-                 f"{test['seeds']} seed(s): accuracy {test['champion_accuracy_strict']:.3f} vs "
-                 f"{test['sft_accuracy_strict']:.3f}, delta {delta}{p}{verdict}.")
+        text += (
+            f"\n\n**Test (read once): {test['config']} vs SFT** on {test['questions']} questions, "
+            f"{test['seeds']} seed(s): accuracy {test['champion_accuracy_strict']:.3f} vs "
+            f"{test['sft_accuracy_strict']:.3f}, delta {delta}{p}{verdict}."
+        )
     factors = factor_markdown(rows)
     return text + (f"\n\n{factors}" if factors else "")
 
@@ -359,13 +415,19 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     if SFT in pick:
         out[SFT] = pick[SFT]
     if best is not None:
-        out |= {"selected": best["config"], "beats_sft": beats_sft(best),
-                "verdict": "baseline" if best["config"] == SFT else best.get("vs_sft_verdict", ""),
-                "validation": pick[best["config"]]}
+        out |= {
+            "selected": best["config"],
+            "beats_sft": beats_sft(best),
+            "verdict": "baseline" if best["config"] == SFT else best.get("vs_sft_verdict", ""),
+            "validation": pick[best["config"]],
+        }
     if test:
-        out["test"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()
-                       if k in ("champion_accuracy_strict", "sft_accuracy_strict", "vs_sft_delta", "vs_sft_p_value",
-                                "vs_sft_verdict")}
+        out["test"] = {
+            k: round(v, 6) if isinstance(v, float) else v
+            for k, v in test.items()
+            if k
+            in ("champion_accuracy_strict", "sft_accuracy_strict", "vs_sft_delta", "vs_sft_p_value", "vs_sft_verdict")
+        }
     return out
 
 
@@ -382,15 +444,30 @@ def verdict_records(rows: list[dict]) -> list[dict[str, Any]]:
             continue
         where = {"factor": row["factor"], "level": row["level"]} if row.get("factor") not in (None, "base") else {}
         if "vs_sft_verdict" not in row:
-            out.append({"config": row["config"], "against": SFT, "verdict": "failed" if not row.get("completed")
-                        else "no baseline to pair with"} | where)
+            out.append(
+                {
+                    "config": row["config"],
+                    "against": SFT,
+                    "verdict": "failed" if not row.get("completed") else "no baseline to pair with",
+                }
+                | where
+            )
         for vs in ("vs_sft", "vs_base"):
             if f"{vs}_verdict" not in row:
                 continue
-            record = {"config": row["config"], "against": vs.removeprefix("vs_"), "verdict": row[f"{vs}_verdict"],
-                      "paired_seeds": row[f"{vs}_paired_seeds"]}
-            for name, key in (("delta", "t_delta"), ("ci_low", "t_ci_low"), ("ci_high", "t_ci_high"), ("p", "t_p"),
-                              ("p_holm", "t_p_holm")):
+            record = {
+                "config": row["config"],
+                "against": vs.removeprefix("vs_"),
+                "verdict": row[f"{vs}_verdict"],
+                "paired_seeds": row[f"{vs}_paired_seeds"],
+            }
+            for name, key in (
+                ("delta", "t_delta"),
+                ("ci_low", "t_ci_low"),
+                ("ci_high", "t_ci_high"),
+                ("p", "t_p"),
+                ("p_holm", "t_p_holm"),
+            ):
                 value = row.get(f"{vs}_{key}")
                 if value is not None and not np.isnan(value):
                     record[name] = float(f"{value:.6g}")  # significant digits: a p-value can be 1e-9
@@ -402,12 +479,27 @@ def write_plot_data(rows: list[dict], results: list[RunResult], folder: Path) ->
     """Tabular data for `dvc plots`: validation metrics per config, the training curves and the
     seed-level verdicts (`verdict_records`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    table = [{"config": r["config"], "views": r["views"], "k": r["k"], "lambda": r["lambda"], METRIC: r[METRIC],
-              "nll": r.get("nll"), "step2_nll": r.get("step2_nll"), "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
-              "seeds": len(r["seeds"])} for r in rows if METRIC in r]
+    table = [
+        {
+            "config": r["config"],
+            "views": r["views"],
+            "k": r["k"],
+            "lambda": r["lambda"],
+            METRIC: r[METRIC],
+            "nll": r.get("nll"),
+            "step2_nll": r.get("step2_nll"),
+            "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
+            "seeds": len(r["seeds"]),
+        }
+        for r in rows
+        if METRIC in r
+    ]
     (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
     (folder / "verdicts.json").write_text(json.dumps(verdict_records(rows), indent=1) + "\n")
-    curves = [{"run": r.spec.name, "step": h["step"], "lm_loss": h.get("lm_loss"),
-               "val_step2_nll": h.get("val_step2_nll")}
-              for r in results if r.completed for h in r.history]
+    curves = [
+        {"run": r.spec.name, "step": h["step"], "lm_loss": h.get("lm_loss"), "val_step2_nll": h.get("val_step2_nll")}
+        for r in results
+        if r.completed
+        for h in r.history
+    ]
     (folder / "loss_curves.json").write_text(json.dumps(curves) + "\n")

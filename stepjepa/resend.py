@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         status = "FINISHED" if (args.out / "summary.json").is_file() else "KILLED"
         sent = resend(run_id, history, status)
     except Exception as err:  # noqa: BLE001 - MLflow's, requests' and sqlite's errors alike: one line, no traceback
-        log.error("%s: could not send to MLflow at %s (%s); nothing is lost: run this again when it is reachable",
-                  args.out, tracking_uri(), one_line(err))
+        log.error(
+            "%s: could not send to MLflow at %s (%s); nothing is lost: run this again when it is reachable",
+            args.out,
+            tracking_uri(),
+            one_line(err),
+        )
         return 1
     log.info("sent %d steps to MLflow run %s", sent, run_id)
     return 0

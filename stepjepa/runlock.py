@@ -41,8 +41,10 @@ def hold(path: str | Path, what: str, wait: float = 0.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                    raise Locked(f"{what} is in use by another process (pid {holder}, lock {path}); "
-                                 "wait for it to finish or stop it") from None
+                    raise Locked(
+                        f"{what} is in use by another process (pid {holder}, lock {path}); "
+                        "wait for it to finish or stop it"
+                    ) from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

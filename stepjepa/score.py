@@ -64,8 +64,12 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     correct_flexible = sum(r["correct_flexible"] for r in rows)
     unscorable = sum(bool(r.get("unscorable")) for r in rows)
     if unscorable:
-        log.warning("%d of %d completions held an absurd number or LaTeX that ran out of time: scored as "
-                    "no answer (metric `unscorable`)", unscorable, n)
+        log.warning(
+            "%d of %d completions held an absurd number or LaTeX that ran out of time: scored as "
+            "no answer (metric `unscorable`)",
+            unscorable,
+            n,
+        )
     return {
         "n": n,
         "accuracy_strict": correct_strict / n,

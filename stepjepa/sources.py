@@ -49,15 +49,18 @@ def _from_hub(cfg: DataConfig, split: str, dest: Path) -> None:
         raise SourceError(
             f"GSM8K: GSM8K_DIR is not set and the hub is off (HF_HUB_OFFLINE=1), so {cfg.hub_dataset} cannot be "
             "downloaded: set GSM8K_DIR to a folder with the official train.jsonl and test.jsonl (make sets it to "
-            "../shared/data/gsm8k when that exists), or allow the hub with HF_HUB_OFFLINE=0 (make run HF_HUB_OFFLINE=0)")
+            "../shared/data/gsm8k when that exists), or allow the hub with HF_HUB_OFFLINE=0 (make run HF_HUB_OFFLINE=0)"
+        )
     from datasets import load_dataset  # heavy: only on the hub path
 
     try:
         ds = load_dataset(cfg.hub_dataset, cfg.hub_config, split=split, revision=cfg.hub_revision)
     except (OSError, ConnectionError, ValueError) as err:
-        raise SourceError(f"GSM8K: GSM8K_DIR is not set and {cfg.hub_dataset} could not be loaded from the hub "
-                          f"({str(err).splitlines()[0][:200]}): set GSM8K_DIR to a folder with train.jsonl and "
-                          "test.jsonl, or check the connection") from None
+        raise SourceError(
+            f"GSM8K: GSM8K_DIR is not set and {cfg.hub_dataset} could not be loaded from the hub "
+            f"({str(err).splitlines()[0][:200]}): set GSM8K_DIR to a folder with train.jsonl and "
+            "test.jsonl, or check the connection"
+        ) from None
     with dest.open("w", encoding="utf-8") as fh:
         for row in ds:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -47,10 +47,14 @@ MIN_SEEDS = 3
 TOO_FEW_SEEDS = "too few seeds to tell"
 
 # What a sweep's table, summary.json and registry tags say about how it chose and judged.
-SELECTION_RULE = ("highest mean validation accuracy_strict over seeds (ties: lower mean validation NLL, then smaller K "
-                  "and lambda); the verdict does not change it")
-VERDICT_RULE = (f"two-sided paired t-test of accuracy over seeds (unit: training run), Holm over the sweep's configs, "
-                f"alpha {ALPHA:g}, at least {MIN_SEEDS} seeds")
+SELECTION_RULE = (
+    "highest mean validation accuracy_strict over seeds (ties: lower mean validation NLL, then smaller K "
+    "and lambda); the verdict does not change it"
+)
+VERDICT_RULE = (
+    f"two-sided paired t-test of accuracy over seeds (unit: training run), Holm over the sweep's configs, "
+    f"alpha {ALPHA:g}, at least {MIN_SEEDS} seeds"
+)
 
 
 def beats_sft(best: dict) -> bool:
@@ -305,8 +309,9 @@ def paired_mean_bootstrap(
     a = np.atleast_2d(np.asarray(config_values, dtype=float))
     b = np.atleast_2d(np.asarray(baseline_values, dtype=float))
     if a.shape != b.shape or a.size == 0 or a.ndim != 2:
-        raise ValueError(f"paired values need equal, non-empty (n,) or (n_seeds, n) shapes; "
-                         f"got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"paired values need equal, non-empty (n,) or (n_seeds, n) shapes; got {a.shape} and {b.shape}"
+        )
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("paired values must be finite (drop examples without labelled tokens first)")
     per_example = (a - b).mean(axis=0)

@@ -115,8 +115,13 @@ def _points(sweep: SweepConfig) -> list[Point]:
     other values with the rest at the base (`sweep.design`)."""
     keys, values = list(sweep.axes), list(sweep.axes.values())
     if sweep.design == "grid":
-        return [(k, float(lam), v, tuple(zip(keys, combo)), None) for v in sweep.views for k in sweep.ks
-                for lam in sweep.lambdas for combo in itertools.product(*values)]
+        return [
+            (k, float(lam), v, tuple(zip(keys, combo)), None)
+            for v in sweep.views
+            for k in sweep.ks
+            for lam in sweep.lambdas
+            for combo in itertools.product(*values)
+        ]
     k0, lam0, v0 = sweep.ks[0], float(sweep.lambdas[0]), sweep.views[0]
     base = tuple((key, vals[0]) for key, vals in zip(keys, values))
     points = [(k0, lam0, v0, base, "base")]
@@ -124,7 +129,7 @@ def _points(sweep: SweepConfig) -> list[Point]:
     points += [(k0, float(lam), v0, base, "lambda") for lam in sweep.lambdas[1:]]
     points += [(k0, lam0, v, base, "views") for v in sweep.views[1:]]
     for i, (key, vals) in enumerate(zip(keys, values)):
-        points += [(k0, lam0, v0, base[:i] + ((key, value),) + base[i + 1:], key) for value in vals[1:]]
+        points += [(k0, lam0, v0, base[:i] + ((key, value),) + base[i + 1 :], key) for value in vals[1:]]
     return points
 
 
@@ -138,8 +143,11 @@ def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
     # Training runs log into the sweep's experiment, as children of its parent run. An axis
     # of layout or loss replaces the sweep's single value (its first value is that value).
     base = {key: values[0] for key, values in sweep.axes.items()}
-    common = [("train.layout", base.get("layout", sweep.layout)), ("train.loss", base.get("loss", sweep.loss)),
-              ("train.experiment", sweep.experiment)]
+    common = [
+        ("train.layout", base.get("layout", sweep.layout)),
+        ("train.loss", base.get("loss", sweep.loss)),
+        ("train.experiment", sweep.experiment),
+    ]
     common += sorted(sweep.overrides.items())
     grid = [(0, 0.0, "steps", tuple(base.items()), None), *_points(sweep)]
     specs, seen = [], set()
@@ -152,8 +160,13 @@ def expand_grid(sweep: SweepConfig) -> list[RunSpec]:
                 continue
             seen.add((k, lam, views, differ, seed))
             per_run = dict(common) | {f"train.{key}": value for key, value in axes}
-            overrides = (("train.k", k), ("train.lambda", lam), ("train.seed", seed), ("train.views", views),
-                         *per_run.items())
+            overrides = (
+                ("train.k", k),
+                ("train.lambda", lam),
+                ("train.seed", seed),
+                ("train.views", views),
+                *per_run.items(),
+            )
             name = f"{config_name(k, lam, views, differ)}_s{seed}"
             specs.append(RunSpec(name, k, lam, seed, overrides, views, differ, factor))
     return specs
@@ -169,13 +182,20 @@ def resolve(base: dict[str, Any], spec: RunSpec) -> Config:
 
 # --- A sweep's choices from a caller (the Prefect form, `-p sweep=...`) ------------------
 
+
 def attribute_docs(cls: type) -> dict[str, str]:
     """`{field: docstring}` of a class whose fields are documented by the string below them
     (pydantic reads those only with `use_attribute_docstrings`, which `Section` leaves off)."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    return {field.target.id: inspect.cleandoc(doc.value.value) for field, doc in zip(body, body[1:])
-            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
-            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+    return {
+        field.target.id: inspect.cleandoc(doc.value.value)
+        for field, doc in zip(body, body[1:])
+        if isinstance(field, ast.AnnAssign)
+        and isinstance(field.target, ast.Name)
+        and isinstance(doc, ast.Expr)
+        and isinstance(doc.value, ast.Constant)
+        and isinstance(doc.value.value, str)
+    }
 
 
 def _unconstrained(annotation: Any) -> Any:
@@ -188,7 +208,7 @@ def _unconstrained(annotation: Any) -> Any:
     if not args or origin is Literal:
         return annotation
     if origin in (Union, types.UnionType):
-        return Union[tuple(map(_unconstrained, args))]
+        return Union[tuple(map(_unconstrained, args))]  # noqa: UP007 - `|` has no form for a computed tuple
     return origin[tuple(map(_unconstrained, args))]
 
 
@@ -210,11 +230,11 @@ def _choices_model(config: type[BaseModel]) -> type[_Choices]:
     # train.layout): where the sweep's field has no docstring of its own, that key's says it.
     docs = attribute_docs(TrainConfig) | attribute_docs(config)
     fields = {}
-    for name, field in config.model_fields.items():
-        default = json.dumps(field.get_default(call_default_factory=True))
+    for name, info in config.model_fields.items():
+        default = json.dumps(info.get_default(call_default_factory=True))
         empty = f"Empty: `sweep.{name}` of the params file (default {default})."
         text = f"{' '.join(docs[name].split())} {empty}" if name in docs else empty  # one line in the form
-        fields[name] = (_unconstrained(field.annotation) | None, Field(None, description=text))
+        fields[name] = (_unconstrained(info.annotation) | None, Field(None, description=text))
     return create_model("SweepChoices", __base__=_Choices, __doc__=_CHOICES_DOC, **fields)
 
 
@@ -252,8 +272,9 @@ def data_fingerprint(paths: list[str | Path]) -> str:
 def _identity(config: Config, sections: tuple[str, ...]) -> dict[str, Any]:
     # The weight-neutral keys change neither a run's weights nor its answers: not part of a key.
     tree = config.model_dump(mode="json", by_alias=True)
-    return {name: {k: v for k, v in tree[name].items() if f"{name}.{k}" not in WEIGHT_NEUTRAL_KEYS}
-            for name in sections}
+    return {
+        name: {k: v for k, v in tree[name].items() if f"{name}.{k}" not in WEIGHT_NEUTRAL_KEYS} for name in sections
+    }
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -276,6 +297,7 @@ def eval_cache_key(config: Config, data_fingerprint: str) -> str:
 
 
 # --- Run folders: the sweep's real products, and what says they are complete -------------
+
 
 def run_folder(runs_dir: str | Path, spec: RunSpec, key: str) -> Path:
     """`<runs_dir>/<name>-<key[:8]>`: a changed config or data never resumes or reuses an old run."""

@@ -26,15 +26,25 @@ import pyarrow as pa
 from stepjepa.prompts import STEP_SEPARATOR
 from stepjepa.vocabulary import IGNORE_INDEX
 
-
 _INT32_LIST = pa.list_(pa.int32())
 # The columns of `data/tokenized/*.parquet`, as docs/data-format.md describes them.
-SCHEMA = pa.schema({
-    "id": pa.string(), "input_ids": _INT32_LIST, "labels": _INT32_LIST, "step1_span": _INT32_LIST,
-    "step2_span": _INT32_LIST, "jepa_valid": pa.bool_(), "invalid_reason": pa.string(), "truncated": pa.bool_(),
-    "num_tokens": pa.int32(), "user_span": _INT32_LIST, "assistant_span": _INT32_LIST, "ua_valid": pa.bool_(),
-    "ua_invalid_reason": pa.string(),
-})
+SCHEMA = pa.schema(
+    {
+        "id": pa.string(),
+        "input_ids": _INT32_LIST,
+        "labels": _INT32_LIST,
+        "step1_span": _INT32_LIST,
+        "step2_span": _INT32_LIST,
+        "jepa_valid": pa.bool_(),
+        "invalid_reason": pa.string(),
+        "truncated": pa.bool_(),
+        "num_tokens": pa.int32(),
+        "user_span": _INT32_LIST,
+        "assistant_span": _INT32_LIST,
+        "ua_valid": pa.bool_(),
+        "ua_invalid_reason": pa.string(),
+    }
+)
 
 
 class TokenizationError(ValueError):
@@ -247,8 +257,10 @@ def _render_all(tokenizer, records: list[dict], date_string: str) -> list[Render
     )
     user_turns = tokenizer.apply_chat_template([m[:-1] for m in messages], tokenize=False, date_string=date_string)
     contents = [m[-1]["content"] for m in messages]
-    return [_locate_content(full, prompt, content, r["id"], user)
-            for full, prompt, content, user, r in zip(fulls, prompts, contents, user_turns, records)]
+    return [
+        _locate_content(full, prompt, content, r["id"], user)
+        for full, prompt, content, user, r in zip(fulls, prompts, contents, user_turns, records)
+    ]
 
 
 def _special_lookup(tokenizer) -> np.ndarray:
@@ -291,21 +303,24 @@ def encode_records(tokenizer, records: list[dict], max_length: int, date_string:
         lengths.append(len(ids))
     span1, span2, reasons = zip(*pairs)
     user, assistant, ua_reasons = zip(*ua_pairs)
-    return pa.table({
-        "id": [r["id"] for r in records],
-        "input_ids": _list_column(ids_col),
-        "labels": _list_column(labels_col),
-        "step1_span": list(span1),
-        "step2_span": list(span2),
-        "jepa_valid": [r is None for r in reasons],
-        "invalid_reason": list(reasons),
-        "truncated": [n > max_length for n in lengths],
-        "num_tokens": [len(a) for a in ids_col],
-        "user_span": list(user),
-        "assistant_span": list(assistant),
-        "ua_valid": [r is None for r in ua_reasons],
-        "ua_invalid_reason": list(ua_reasons),
-    }, schema=SCHEMA)
+    return pa.table(
+        {
+            "id": [r["id"] for r in records],
+            "input_ids": _list_column(ids_col),
+            "labels": _list_column(labels_col),
+            "step1_span": list(span1),
+            "step2_span": list(span2),
+            "jepa_valid": [r is None for r in reasons],
+            "invalid_reason": list(reasons),
+            "truncated": [n > max_length for n in lengths],
+            "num_tokens": [len(a) for a in ids_col],
+            "user_span": list(user),
+            "assistant_span": list(assistant),
+            "ua_valid": [r is None for r in ua_reasons],
+            "ua_invalid_reason": list(ua_reasons),
+        },
+        schema=SCHEMA,
+    )
 
 
 def summarize(table: pa.Table) -> dict[str, Any]:
@@ -336,5 +351,7 @@ def max_length_warning(summary: dict[str, Any], max_length: int, share: float = 
     lost, count = summary["invalid_by_reason"].get("truncated_in_step2", 0), summary["count"]
     if not count or lost < share * count:
         return None
-    return (f"tokenize.max_length={max_length} cuts Step 2 of {lost} of {count} rows ({lost / count:.0%}): "
-            "they lose their JEPA pair; raise tokenize.max_length")
+    return (
+        f"tokenize.max_length={max_length} cuts Step 2 of {lost} of {count} rows ({lost / count:.0%}): "
+        "they lose their JEPA pair; raise tokenize.max_length"
+    )

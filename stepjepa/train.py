@@ -37,14 +37,26 @@ from accelerate.utils import set_seed
 
 from stepjepa.batching import check_positions, check_rows, check_vocab, laid_out_length, load_rows, step_plan
 from stepjepa.checkpoint import (
-    CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
 )
 from stepjepa.collate import Collator, attention_for
 from stepjepa.config import (
-    WEIGHT_NEUTRAL_KEYS, Config, ConfigError, TrainConfig, flatten, load_config, resolved_tree, split_params, write_config,
+    WEIGHT_NEUTRAL_KEYS,
+    Config,
+    ConfigError,
+    TrainConfig,
+    flatten,
+    load_config,
+    resolved_tree,
+    split_params,
+    write_config,
 )
 from stepjepa.launch import process_main
-from stepjepa.loop import Stopped, StepModule, TrainingError, run_steps
+from stepjepa.loop import StepModule, Stopped, TrainingError, run_steps
 from stepjepa.modeling import build_model, check_attention_device, merged_model, save_model
 from stepjepa.optim import build_optimizer, build_scheduler
 from stepjepa.runlock import Locked, hold
@@ -57,7 +69,9 @@ log = logging.getLogger(__name__)
 # or swept. Within them, the weight-neutral keys may change (`config.WEIGHT_NEUTRAL_KEYS`),
 # but not train.experiment: the resumed MLflow run lives in the experiment it started in.
 RESUME_SECTIONS = ("model", "tokenize", "train")
-RESUMABLE_CHANGES = frozenset(k for k in WEIGHT_NEUTRAL_KEYS if k.split(".")[0] in RESUME_SECTIONS) - {"train.experiment"}
+RESUMABLE_CHANGES = frozenset(k for k in WEIGHT_NEUTRAL_KEYS if k.split(".")[0] in RESUME_SECTIONS) - {
+    "train.experiment"
+}
 
 
 @dataclass
@@ -86,16 +100,20 @@ def _check_same_config(saved: dict, cfg: Config, checkpoint: Path) -> None:
         return flatten({name: tree.get(name, {}) for name in RESUME_SECTIONS})
 
     before, now = training_part(saved), training_part(resolved_tree(cfg))
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(
+        k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+    )
     if changed:
         diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
         raise ConfigError(f"--resume from {checkpoint}: the config changed ({diffs}); resume with the same params")
 
 
-def _start_tracking(cfg: Config, data: Path, val_data: Path | None, out: Path, run_id: str | None,
-                    run_name: str | None, facts: dict) -> Tracker:
-    tracker = make_tracker(cfg.train.tracking, cfg.train.experiment, run_name or out.name, run_id,
-                           PartialState().is_main_process, out=out)
+def _start_tracking(
+    cfg: Config, data: Path, val_data: Path | None, out: Path, run_id: str | None, run_name: str | None, facts: dict
+) -> Tracker:
+    tracker = make_tracker(
+        cfg.train.tracking, cfg.train.experiment, run_name or out.name, run_id, PartialState().is_main_process, out=out
+    )
     # A resumed run already has its params and tags; with tracking off there is nothing to tag.
     if tracker.new_run:
         params, settings = split_params(resolved_tree(cfg))
@@ -103,11 +121,14 @@ def _start_tracking(cfg: Config, data: Path, val_data: Path | None, out: Path, r
         model_path = Path(cfg.model.name_or_path)
         # data.hub_dataset is a param whichever source was used; data.origin says which was.
         origin = recorded_source(data)
-        tracker.set_tags(git_tags() | source_tags(Path("stepjepa") / Path(__file__).name)
-                         | dvc_tags([data, *([model_path] if model_path.exists() else [])])
-                         | {k: str(v)[:5000] for k, v in settings.items()}
-                         | {"data.path": str(data.resolve()), "out": str(out.resolve())}
-                         | ({"data.origin": origin} if origin else {}))
+        tracker.set_tags(
+            git_tags()
+            | source_tags(Path("stepjepa") / Path(__file__).name)
+            | dvc_tags([data, *([model_path] if model_path.exists() else [])])
+            | {k: str(v)[:5000] for k, v in settings.items()}
+            | {"data.path": str(data.resolve()), "out": str(out.resolve())}
+            | ({"data.origin": origin} if origin else {})
+        )
         tracker.log_datasets({"training": data} | ({"validation": val_data} if val_data else {}), origin)
     return tracker
 
@@ -154,8 +175,10 @@ class StopOnSignal:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
-            log.warning("%s received: stopping after the current step with a checkpoint (Ctrl-C again stops "
-                        "at once)", signal.Signals(signum).name)
+            log.warning(
+                "%s received: stopping after the current step with a checkpoint (Ctrl-C again stops at once)",
+                signal.Signals(signum).name,
+            )
         self.signum = self.signum or signum
         signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
 
@@ -194,8 +217,16 @@ def heldout_probe(model: torch.nn.Module, val_data: Path | None, tc: TrainConfig
     return probe
 
 
-def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, run_name: str | None = None,
-          accelerator: Accelerator | None = None, val_data: str | Path | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    data: str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    run_name: str | None = None,
+    accelerator: Accelerator | None = None,
+    val_data: str | Path | None = None,
+) -> TrainResult:
     """Train `cfg.model` on the tokenised rows in `data`; write the run to `out`. With
     `val_data` and `train.eval_every`, held-out NLL curves are logged during training.
 
@@ -207,15 +238,22 @@ def train(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = Fals
     out = Path(out)
     owner = hold(out / ".lock", f"run folder {out}") if accelerator.is_main_process else contextlib.nullcontext()
     with owner, StopOnSignal() as stop:
-        result = _train(cfg, Path(data), out, resume, run_name, accelerator, stop,
-                        Path(val_data) if val_data else None)
+        result = _train(cfg, Path(data), out, resume, run_name, accelerator, stop, Path(val_data) if val_data else None)
     if owns_accelerator:  # tear down the process group: without it gloo runs sometimes abort at exit
         accelerator.end_training()
     return result
 
 
-def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | None, accelerator: Accelerator,
-           stop: StopOnSignal, val_data: Path | None) -> TrainResult:
+def _train(
+    cfg: Config,
+    data: Path,
+    out: Path,
+    resume: bool,
+    run_name: str | None,
+    accelerator: Accelerator,
+    stop: StopOnSignal,
+    val_data: Path | None,
+) -> TrainResult:
     tc = cfg.train
     check_attention_device(cfg.model, accelerator.device)
     checkpoint = _checkpoint_to_resume(out, resume)
@@ -225,11 +263,24 @@ def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | Non
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
     check_vocab(rows, len(tokenizer), predictor_ids)
     check_positions(rows, tc.k, getattr(model.config, "max_position_embeddings", None))
-    plan = step_plan([laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows], batch_size=tc.batch_size,
-                     grad_accum_steps=tc.grad_accum_steps, epochs=tc.epochs, max_steps=tc.max_steps, seed=tc.seed,
-                     num_processes=accelerator.num_processes, process_index=accelerator.process_index)
-    collator = Collator(k=tc.k, layout=tc.layout, views=tc.views, predictor_ids=predictor_ids, pad_id=pad_id(tokenizer),
-                        attention=attention_for(cfg.model.attn_implementation))
+    plan = step_plan(
+        [laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows],
+        batch_size=tc.batch_size,
+        grad_accum_steps=tc.grad_accum_steps,
+        epochs=tc.epochs,
+        max_steps=tc.max_steps,
+        seed=tc.seed,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+    )
+    collator = Collator(
+        k=tc.k,
+        layout=tc.layout,
+        views=tc.views,
+        predictor_ids=predictor_ids,
+        pad_id=pad_id(tokenizer),
+        attention=attention_for(cfg.model.attn_implementation),
+    )
     step_module = accelerator.prepare_model(StepModule.from_config(model, tc))
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, len(plan))
@@ -243,18 +294,40 @@ def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | Non
     def save(step: int, log_window: list[dict[str, float]]) -> None:
         # The open logging window travels with the checkpoint, so the first mean logged
         # after a resume still covers `log_every` steps.
-        save_checkpoint(out, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                        state={"run_id": tracker.run_id, "config": resolved_tree(cfg), "log_window": log_window},
-                        keep=tc.keep_checkpoints, rank=accelerator.process_index, barrier=accelerator.wait_for_everyone)
+        save_checkpoint(
+            out,
+            step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state={"run_id": tracker.run_id, "config": resolved_tree(cfg), "log_window": log_window},
+            keep=tc.keep_checkpoints,
+            rank=accelerator.process_index,
+            barrier=accelerator.wait_for_everyone,
+        )
 
     try:
         probe = heldout_probe(model, val_data, tc, pad_id(tokenizer))
-        history = run_steps(accelerator, step_module, optimizer, scheduler, plan, rows, collator, tc,
-                            start=restored["step"], tracker=tracker, out=out, save=save,
-                            window=restored.get("log_window", []), should_stop=lambda: stop.requested(accelerator),
-                            probe=probe)
-        result = _finish(accelerator, step_module, tokenizer, tracker, out, history, steps=len(plan),
-                         log_model=tc.log_model)
+        history = run_steps(
+            accelerator,
+            step_module,
+            optimizer,
+            scheduler,
+            plan,
+            rows,
+            collator,
+            tc,
+            start=restored["step"],
+            tracker=tracker,
+            out=out,
+            save=save,
+            window=restored.get("log_window", []),
+            should_stop=lambda: stop.requested(accelerator),
+            probe=probe,
+        )
+        result = _finish(
+            accelerator, step_module, tokenizer, tracker, out, history, steps=len(plan), log_model=tc.log_model
+        )
     except BaseException as err:
         if isinstance(err, Stopped):
             err.signum = stop.signum
@@ -264,8 +337,17 @@ def _train(cfg: Config, data: Path, out: Path, resume: bool, run_name: str | Non
     return result
 
 
-def _finish(accelerator: Accelerator, step_module: torch.nn.Module, tokenizer, tracker: Tracker, out: Path,
-            history: list[dict[str, float]], *, steps: int, log_model: bool) -> TrainResult:
+def _finish(
+    accelerator: Accelerator,
+    step_module: torch.nn.Module,
+    tokenizer,
+    tracker: Tracker,
+    out: Path,
+    history: list[dict[str, float]],
+    *,
+    steps: int,
+    log_model: bool,
+) -> TrainResult:
     """Save the merged model and tokenizer (main process); log the model to the tracker."""
     accelerator.wait_for_everyone()
     model_dir = out / "model"
@@ -289,30 +371,53 @@ def set_keys_help(width: int = 100) -> str:
     for key in flatten(resolved_tree(Config())):
         section, _, name = key.partition(".")
         sections.setdefault(section, []).append(name)
-    lines = [textwrap.fill(", ".join(names), width, initial_indent=f"  {section}: ", subsequent_indent="    ")
-             for section, names in sections.items()]
-    return ("--set accepts SECTION.KEY=VALUE (the value is read as YAML) for these keys; meanings and\n"
-            "defaults are in stepjepa/config.py:\n" + "\n".join(lines))
+    lines = [
+        textwrap.fill(", ".join(names), width, initial_indent=f"  {section}: ", subsequent_indent="    ")
+        for section, names in sections.items()
+    ]
+    return (
+        "--set accepts SECTION.KEY=VALUE (the value is read as YAML) for these keys; meanings and\n"
+        "defaults are in stepjepa/config.py:\n" + "\n".join(lines)
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stepjepa train", description=__doc__.split("\n\n")[0],
-                                     epilog=set_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stepjepa train",
+        description=__doc__.split("\n\n")[0],
+        epilog=set_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override params, e.g. --set train.k=2 train.lambda=0.5 (keys listed below)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override params, e.g. --set train.k=2 train.lambda=0.5 (keys listed below)",
+    )
     parser.add_argument("--data", required=True, help="tokenised training rows (parquet)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--val-data", help="tokenised validation rows (parquet) for held-out curves (train.eval_every)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--run-name", help="MLflow run name (default: the --out folder's name)")
-    parser.add_argument("--evaluate", type=Path, metavar="DIR",
-                        help="then evaluate the saved model in this process, as `stepjepa evaluate --out DIR "
-                             "--params DIR/config.yaml` would (a sweep's validation step, without a second "
-                             "process start and model load; single-process runs only)")
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        metavar="DIR",
+        help="then evaluate the saved model in this process, as `stepjepa evaluate --out DIR "
+        "--params DIR/config.yaml` would (a sweep's validation step, without a second "
+        "process start and model load; single-process runs only)",
+    )
     parser.add_argument("--evaluate-data", type=Path, metavar="JSONL", help="prepared questions for --evaluate")
-    parser.add_argument("--evaluate-heldout", type=Path, metavar="ROWS.parquet",
-                        help="tokenised rows of the same split for --evaluate (held-out NLL, view diagnostics)")
+    parser.add_argument(
+        "--evaluate-heldout",
+        type=Path,
+        metavar="ROWS.parquet",
+        help="tokenised rows of the same split for --evaluate (held-out NLL, view diagnostics)",
+    )
     args = parser.parse_args(argv)
     if args.evaluate and not args.evaluate_data:
         parser.error("--evaluate needs --evaluate-data")
@@ -334,8 +439,9 @@ def evaluate_after_training(model_dir: Path, out: Path, data: Path, heldout: Pat
         log.info("evaluating %s on %d examples of %s", model_dir, len(examples), data)
         evaluate_to_folder(model, tokenizer, examples, cfg, out, heldout=heldout)
     except Exception as err:  # noqa: BLE001 - see the docstring
-        log.error("evaluation after training failed (%s: %s); the model is saved in %s",
-                  type(err).__name__, err, model_dir)
+        log.error(
+            "evaluation after training failed (%s: %s); the model is saved in %s", type(err).__name__, err, model_dir
+        )
         return False
     return True
 
@@ -349,8 +455,15 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = make_accelerator(cfg.train)
         if not accelerator.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
-        result = train(cfg, args.data, args.out, resume=args.resume, run_name=args.run_name,
-                       accelerator=accelerator, val_data=args.val_data)
+        result = train(
+            cfg,
+            args.data,
+            args.out,
+            resume=args.resume,
+            run_name=args.run_name,
+            accelerator=accelerator,
+            val_data=args.val_data,
+        )
     except (ConfigError, CheckpointError, Locked) as err:
         log.error("%s", err)
         return 2
@@ -361,8 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", err.filename or args.out, err.strerror or err)
         return 1
     except Stopped as err:
-        log.warning("stopped by %s after step %d (checkpoint saved); continue with --resume",
-                    signal.Signals(err.signum).name if err.signum else "a signal", err.step)
+        log.warning(
+            "stopped by %s after step %d (checkpoint saved); continue with --resume",
+            signal.Signals(err.signum).name if err.signum else "a signal",
+            err.step,
+        )
         return 128 + (err.signum or signal.SIGTERM)
     # One process only: with several, rank 0 would evaluate while the others wait at exit
     # for a process group it is no longer serving; the sweep evaluates those runs itself.

@@ -30,8 +30,10 @@ IGNORE_INDEX = -100
 """A label (or shifted target) that no loss is computed on: PyTorch's cross-entropy default."""
 
 # The original LLM-JEPA pair isolates the whole assistant turn (docs/step-jepa.md 8).
-INLINE_UA = ("train.views=user_assistant needs train.layout packed or two_pass, not inline: its assistant "
-             "is isolated from the question, which the LM loss cannot be trained without")
+INLINE_UA = (
+    "train.views=user_assistant needs train.layout packed or two_pass, not inline: its assistant "
+    "is isolated from the question, which the LM loss cannot be trained without"
+)
 
 
 def check_layout_fits_views(layout: str, views: str) -> None:

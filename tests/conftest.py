@@ -133,8 +133,17 @@ def pytest_collection_modifyitems(items):
 
     def tier(item) -> int:
         marks = {m.name for m in item.iter_markers()}
-        return (0 if {"e2e", "server"} <= marks else 1 if "e2e" in marks else 2 if "server" in marks
-                else 3 if "cli" in marks else 4)
+        return (
+            0
+            if {"e2e", "server"} <= marks
+            else 1
+            if "e2e" in marks
+            else 2
+            if "server" in marks
+            else 3
+            if "cli" in marks
+            else 4
+        )
 
     module_tier: dict[str, int] = {}
     for item in items:

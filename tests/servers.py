@@ -62,11 +62,24 @@ def process(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = N
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log: Path, env: dict[str, str],
-                  port: int | None = None) -> Iterator[str]:
+def mlflow_server(
+    backend_uri: str, artifacts: Path, log: Path, env: dict[str, str], port: int | None = None
+) -> Iterator[str]:
     port = port or free_port()  # a given port: a restart at the address clients already use
-    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)]
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+    ]
     # As the project runs it (Makefile, docker/compose.yaml): without MLflow's job runner.
     env = env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
     with process(cmd, log, env) as proc:
@@ -89,8 +102,12 @@ def wait_for_deployment(env: dict[str, str], name: str, timeout: float = 120) ->
     """Until the Prefect API at env's PREFECT_API_URL lists deployment `name` (a served flow
     registers it asynchronously). Asked over HTTP: a `prefect deployment ls` a second costs
     a Python start-up each."""
-    request = urllib.request.Request(f"{env['PREFECT_API_URL']}/deployments/filter", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{env['PREFECT_API_URL']}/deployments/filter",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
@@ -111,9 +128,16 @@ def migrated_prefect_db(folder: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not db.exists():
             build = db.parent / "build"
-            env = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k} | {"PREFECT_HOME": str(build)}
-            out = subprocess.run([str(BIN / "prefect"), "server", "database", "upgrade", "-y"], env=env,
-                                 capture_output=True, text=True, timeout=600)
+            env = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k} | {
+                "PREFECT_HOME": str(build)
+            }
+            out = subprocess.run(
+                [str(BIN / "prefect"), "server", "database", "upgrade", "-y"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert out.returncode == 0, out.stdout + out.stderr
             (build / "prefect.db").rename(db)
     return db

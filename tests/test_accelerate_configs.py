@@ -112,12 +112,22 @@ def test_cpu_2proc_runs_two_gloo_processes(tmp_path):
     script, reports_dir = tmp_path / "ranks.py", tmp_path / "reports"
     script.write_text(RANK_SCRIPT)
     reports_dir.mkdir()
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="",
-               HF_HOME=str(tmp_path / "hf"))
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="", HF_HOME=str(tmp_path / "hf"))
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-         str(script), str(reports_dir)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(CONFIGS / "cpu_2proc.yaml"),
+            str(script),
+            str(reports_dir),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=110,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     reports = [json.loads(p.read_text()) for p in sorted(reports_dir.glob("rank*.json"))]

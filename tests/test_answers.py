@@ -92,8 +92,16 @@ def test_last_number_ignores_a_trailing_full_stop():
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1,000", 1000), ("$5", 5), ("5.00", 5), ("-3", -3), ("0.5", Fraction(1, 2)), (".5", Fraction(1, 2)),
-     ("\u22124", -4), ("3 apples and 4 pears", None)],
+    [
+        ("1,000", 1000),
+        ("$5", 5),
+        ("5.00", 5),
+        ("-3", -3),
+        ("0.5", Fraction(1, 2)),
+        (".5", Fraction(1, 2)),
+        ("\u22124", -4),
+        ("3 apples and 4 pears", None),
+    ],
 )
 def test_to_number(text, value):
     assert to_number(text) == value
@@ -123,13 +131,19 @@ def test_latex_parsing_works_off_the_main_thread():
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(Fraction(1000), "1000"), (Fraction(1, 2), "0.5"), (Fraction(-5, 4), "-1.25"), (Fraction(1, 3), "1/3"), (None, None)],
+    [
+        (Fraction(1000), "1000"),
+        (Fraction(1, 2), "0.5"),
+        (Fraction(-5, 4), "-1.25"),
+        (Fraction(1, 3), "1/3"),
+        (None, None),
+    ],
 )
 def test_format_number(value, text):
     assert format_number(value) == text
 
 
-@given(st.integers(-10**7, 10**7))
+@given(st.integers(-(10**7), 10**7))
 def test_formatted_integers_round_trip(n):
     assert extract(f"so the answer is \\boxed{{{n:,}}}").strict_value == n
     assert extract(f"she pays ${n:,}.").flexible_value == n
@@ -137,25 +151,38 @@ def test_formatted_integers_round_trip(n):
 
 # ---- degenerate completions: never a hang, never an abort (issue 19) ----------------
 
+
 def extract_in_child(text: str, timeout_s: float = 60) -> dict:
     """`extract(text)` in a child process, so that a hang fails the test instead of the session."""
-    code = ("import json, sys; from stepjepa.answers import extract, format_number; f = extract(sys.stdin.read()); "
-            "print(json.dumps({'strict': format_number(f.strict_value), 'flexible': format_number(f.flexible_value), "
-            "'unscorable': getattr(f, 'unscorable', None)}))")
-    proc = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True, text=True, timeout=timeout_s,
-                          cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    code = (
+        "import json, sys; from stepjepa.answers import extract, format_number; f = extract(sys.stdin.read()); "
+        "print(json.dumps({'strict': format_number(f.strict_value), 'flexible': format_number(f.flexible_value), "
+        "'unscorable': getattr(f, 'unscorable', None)}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("text", [
-    r"so \boxed{10^{10^{10}}}",  # a sympy power no timeout could stop
-    r"\boxed{9^{9^{9^{9}}}}",
-    r"\boxed{10^{5000}}",  # over Python's 4,300-digit int-to-string limit
-    r"\boxed{9^{9^{5}}}",
-    "The answer is 3." + "3" * 4400,  # a plain number of 4,400 digits
-    r"\boxed{3." + "3" * 4400 + "}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"so \boxed{10^{10^{10}}}",  # a sympy power no timeout could stop
+        r"\boxed{9^{9^{9^{9}}}}",
+        r"\boxed{10^{5000}}",  # over Python's 4,300-digit int-to-string limit
+        r"\boxed{9^{9^{5}}}",
+        "The answer is 3." + "3" * 4400,  # a plain number of 4,400 digits
+        r"\boxed{3." + "3" * 4400 + "}",
+    ],
+)
 @pytest.mark.cli
 def test_absurd_numbers_are_no_answer_not_a_hang(text):
     started = time.monotonic()
@@ -178,12 +205,15 @@ def test_unclosed_boxes_take_linear_time(n):
     assert time.monotonic() - started < 15  # was 19 s for 2,000 and > 300 s for 20,000
 
 
-@pytest.mark.parametrize("text", [
-    "\\boxed{1" + " " * 20_000 + "x!}",  # two `\s*` around an optional `%` backtracked quadratically
-    "It is 1" + ",11" * 30_000 + "x",  # a failed lakh grouping retried at every digit: 82 s
-    "1" + ",111" * 30_000 + "1",
-    "1" + " 111" * 30_000 + "x",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\\boxed{1" + " " * 20_000 + "x!}",  # two `\s*` around an optional `%` backtracked quadratically
+        "It is 1" + ",11" * 30_000 + "x",  # a failed lakh grouping retried at every digit: 82 s
+        "1" + ",111" * 30_000 + "1",
+        "1" + " 111" * 30_000 + "x",
+    ],
+)
 def test_long_runs_take_linear_time(text):
     started = time.monotonic()
     extract(text)
@@ -204,37 +234,41 @@ def test_slow_latex_runs_out_of_its_budget(monkeypatch):
 
 # ---- answer classes a teacher would accept (issue 19) -------------------------------
 
-@pytest.mark.parametrize(("text", "strict_value", "flexible_value"), [
-    # strict: "The final answer is N" is lm-eval's CoT strict pattern
-    ("The final answer is 42. I hope that helps, 7 times over.", 42, 42),
-    ("So the final answer is: $1,200 and then 5 more words 3", 1200, 1200),
-    ("the final answer is 3 * 4 = 12", None, 12),  # the marker's number must end the expression
-    # flexible only: "The answer is N" followed by more text
-    ("The answer is 18. Check: 9 * 2 = 18, and 3 left.", None, 18),
-    ("So the answer is **25**. We used 5 boxes.", None, 25),
-    # a later `####` line corrects an earlier one: strict keeps lm-eval's first, flexible the last
-    ("#### 5\nWait, I made an error.\n#### 7", 5, 7),
-    # a box without a number does not hide a `####` line
-    ("\\boxed{\\text{see above}}\n#### 72", 72, 72),
-    ("\\boxed{\\text{see above}} and 3 + 4 = 7", None, 7),
-    # thousands grouped by spaces, thin spaces, LaTeX `\,` and `{,}`, Indian grouping
-    ("The total is 25 000 dollars.", None, 25000),
-    ("\\boxed{25 000}", 25000, 25000),
-    ("\\boxed{276\\,000}", 276000, 276000),
-    ("#### 276\\,000", 276000, 276000),
-    ("she pays $276\\,000$ in all", None, 276000),
-    ("\\boxed{114{,}200}", 114200, 114200),
-    ("so it is 114{,}200 in total", None, 114200),
-    ("#### 1,14,200", 114200, 114200),
-    ("It costs 1,14,200 rupees.", None, 114200),
-    ("\\boxed{25\u2009000}", 25000, 25000),
-    ("The total is 25\u202f000.", None, 25000),
-    # a Unicode minus
-    ("\\boxed{\u22125}", -5, -5),
-    ("#### \u22125", -5, -5),
-    ("The temperature falls to \u22125 degrees.", None, -5),
-    ("The final answer is \u221212.", -12, -12),
-])
+
+@pytest.mark.parametrize(
+    ("text", "strict_value", "flexible_value"),
+    [
+        # strict: "The final answer is N" is lm-eval's CoT strict pattern
+        ("The final answer is 42. I hope that helps, 7 times over.", 42, 42),
+        ("So the final answer is: $1,200 and then 5 more words 3", 1200, 1200),
+        ("the final answer is 3 * 4 = 12", None, 12),  # the marker's number must end the expression
+        # flexible only: "The answer is N" followed by more text
+        ("The answer is 18. Check: 9 * 2 = 18, and 3 left.", None, 18),
+        ("So the answer is **25**. We used 5 boxes.", None, 25),
+        # a later `####` line corrects an earlier one: strict keeps lm-eval's first, flexible the last
+        ("#### 5\nWait, I made an error.\n#### 7", 5, 7),
+        # a box without a number does not hide a `####` line
+        ("\\boxed{\\text{see above}}\n#### 72", 72, 72),
+        ("\\boxed{\\text{see above}} and 3 + 4 = 7", None, 7),
+        # thousands grouped by spaces, thin spaces, LaTeX `\,` and `{,}`, Indian grouping
+        ("The total is 25 000 dollars.", None, 25000),
+        ("\\boxed{25 000}", 25000, 25000),
+        ("\\boxed{276\\,000}", 276000, 276000),
+        ("#### 276\\,000", 276000, 276000),
+        ("she pays $276\\,000$ in all", None, 276000),
+        ("\\boxed{114{,}200}", 114200, 114200),
+        ("so it is 114{,}200 in total", None, 114200),
+        ("#### 1,14,200", 114200, 114200),
+        ("It costs 1,14,200 rupees.", None, 114200),
+        ("\\boxed{25\u2009000}", 25000, 25000),
+        ("The total is 25\u202f000.", None, 25000),
+        # a Unicode minus
+        ("\\boxed{\u22125}", -5, -5),
+        ("#### \u22125", -5, -5),
+        ("The temperature falls to \u22125 degrees.", None, -5),
+        ("The final answer is \u221212.", -12, -12),
+    ],
+)
 def test_answer_classes(text, strict_value, flexible_value):
     found = extract(text)
     assert (found.strict_value, found.flexible_value) == (strict_value, flexible_value), found

@@ -147,8 +147,17 @@ def test_fetch_stage_reports_an_impossible_size_in_one_line(tmp_path):
 
     arith = {"train_size": 5, "test_size": 5, "min_steps": 3, "max_operand": 2, "max_value": 4, "operations": ["/"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "arith", "arith": arith}}))
-    cmd = [sys.executable, "-m", "pipelines.fetch", "--params", str(tmp_path / "params.yaml"),
-           "--out", str(tmp_path / "raw"), "--metrics", str(tmp_path / "fetch.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.fetch",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--out",
+        str(tmp_path / "raw"),
+        "--metrics",
+        str(tmp_path / "fetch.json"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

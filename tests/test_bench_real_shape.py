@@ -18,8 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_mode_measures_ours_and_trl_on_the_same_rows(gsm8k_dir, tmp_path) -> None:
     pytest.importorskip("trl")
     out = tmp_path / "real-shape.json"
-    command = [sys.executable, str(ROOT / "benchmarks/bench_real_shape.py"), "--tiny", "--steps", "2",
-               "--variants", "jepa_inline", "trl_sft", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks/bench_real_shape.py"),
+        "--tiny",
+        "--steps",
+        "2",
+        "--variants",
+        "jepa_inline",
+        "trl_sft",
+        "--out",
+        str(out),
+    ]
     env = os.environ | {"PYTHONPATH": str(ROOT), "GSM8K_DIR": str(gsm8k_dir), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -28,8 +28,17 @@ def test_bf16_tracks_fp32_for_50_steps(tiny_model_dir, conversations, tmp_path):
     data = write_tokenized(tiny_model_dir, conversations, tmp_path / "train.parquet")  # 200 rows: 25 steps an epoch
     runs = {}
     for precision in ("fp32", "bf16"):
-        cfg = make_config(tiny_model_dir, max_steps=50, epochs=2, log_every=1, k=2, layout="inline", loss="cosine",
-                          precision=precision, **{"lambda": 0.5})
+        cfg = make_config(
+            tiny_model_dir,
+            max_steps=50,
+            epochs=2,
+            log_every=1,
+            k=2,
+            layout="inline",
+            loss="cosine",
+            precision=precision,
+            **{"lambda": 0.5},
+        )
         runs[precision] = train(cfg, data, tmp_path / precision).history
     fp32, bf16 = runs["fp32"], runs["bf16"]
     assert len(fp32) == len(bf16) == 50

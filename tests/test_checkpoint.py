@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import random
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from stepjepa.checkpoint import (
-    latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
 )
 from stepjepa.train import train
-
 from tests.support.train import make_config, write_tokenized
 
 
@@ -30,8 +32,9 @@ def _toy():
 
 def test_round_trip_restores_parameters_optimizer_scheduler_and_rng(tmp_path):
     model, optimizer, scheduler = _toy()
-    path = save_checkpoint(tmp_path, 7, model=model, optimizer=optimizer, scheduler=scheduler,
-                           state={"run_id": "abc"}, keep=2)
+    path = save_checkpoint(
+        tmp_path, 7, model=model, optimizer=optimizer, scheduler=scheduler, state={"run_id": "abc"}, keep=2
+    )
     expected_draw = (random.random(), torch.rand(1), np.random.random(), np.random.standard_normal())
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     fresh, fresh_opt, fresh_sched = _toy()
@@ -86,8 +89,17 @@ def _weights(model_dir):
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, conversations, tmp_path, monkeypatch):
     """Crash after step 5 (checkpoint at 4), resume: same steps, bit-identical weights."""
     data = write_tokenized(tiny_model_dir, conversations[:64], tmp_path / "train.parquet")
-    cfg = make_config(tiny_model_dir, k=2, **{"lambda": 0.5}, max_steps=8, checkpoint_every=2, batch_size=8,
-                      finetune="lora", lora_r=4, jepa_ratio=0.5)
+    cfg = make_config(
+        tiny_model_dir,
+        k=2,
+        **{"lambda": 0.5},
+        max_steps=8,
+        checkpoint_every=2,
+        batch_size=8,
+        finetune="lora",
+        lora_r=4,
+        jepa_ratio=0.5,
+    )
     reference = train(cfg, data, tmp_path / "reference")
 
     import stepjepa.loop as loop

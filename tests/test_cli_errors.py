@@ -41,8 +41,16 @@ def params(path: Path, tree: dict) -> Path:
 
 
 def stage(name: str, tmp_path: Path, params_file: Path, *inputs: str) -> list[str]:
-    return [f"pipelines.{name}", "--params", str(params_file), *inputs,
-            "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
+    return [
+        f"pipelines.{name}",
+        "--params",
+        str(params_file),
+        *inputs,
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        str(tmp_path / "metrics.json"),
+    ]
 
 
 def test_unknown_params_key_names_file_and_key(tmp_path):
@@ -93,16 +101,30 @@ def test_tokenize_with_a_missing_model(tmp_path):
 def test_build_model_bad_json_line_names_file_and_line(tmp_path):
     prepared = tmp_path / "train.jsonl"
     prepared.write_text('{"messages": []}\nnot json\n')
-    proc = run(stage("build_model", tmp_path, params(tmp_path / "params.yaml", {}), "--prepared", str(prepared)),
-               tmp_path)
+    proc = run(
+        stage("build_model", tmp_path, params(tmp_path / "params.yaml", {}), "--prepared", str(prepared)), tmp_path
+    )
     assert_clean_error(proc, f"build_model: error: {prepared}:2: not valid JSON")
 
 
 def test_train_on_jsonl_says_it_is_not_parquet(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps(GOOD) + "\n")
-    proc = run(["stepjepa.cli", "train", "--params", str(params(tmp_path / "params.yaml", {})), "--data", str(data),
-                "--out", str(tmp_path / "run"), "--set", "train.tracking=none"], tmp_path)
+    proc = run(
+        [
+            "stepjepa.cli",
+            "train",
+            "--params",
+            str(params(tmp_path / "params.yaml", {})),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "train.tracking=none",
+        ],
+        tmp_path,
+    )
     assert_clean_error(proc, f"--data {data}: not a Parquet file of tokenised rows", "data/tokenized/train.parquet")
 
 
@@ -110,10 +132,19 @@ def test_train_on_jsonl_says_it_is_not_parquet(tmp_path):
 def rows(tmp_path) -> Path:
     """Two tokenised rows (docs/data-format.md), enough for inspect to pick one."""
     path = tmp_path / "train.parquet"
-    pq.write_table(pa.table({
-        "id": ["train-000001", "train-000002"], "input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, 2, 3], [-100, 5]],
-        "step1_span": [None, None], "step2_span": [None, None], "jepa_valid": [False, False],
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["train-000001", "train-000002"],
+                "input_ids": [[1, 2, 3], [4, 5]],
+                "labels": [[-100, 2, 3], [-100, 5]],
+                "step1_span": [None, None],
+                "step2_span": [None, None],
+                "jepa_valid": [False, False],
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -122,10 +153,13 @@ def test_inspect_without_tokenised_data(tmp_path):
     assert_clean_error(proc, "stepjepa inspect: error: --data data/tokenized/train.parquet: no such file")
 
 
-@pytest.mark.parametrize("which, named", [
-    (["--index", "5"], ["--index 5", "has 2 rows (valid indexes: 0 to 1)"]),
-    (["--id", "nope"], ["--id 'nope'", "ids train-000001 .. train-000002"]),
-])
+@pytest.mark.parametrize(
+    "which, named",
+    [
+        (["--index", "5"], ["--index 5", "has 2 rows (valid indexes: 0 to 1)"]),
+        (["--id", "nope"], ["--id 'nope'", "ids train-000001 .. train-000002"]),
+    ],
+)
 def test_inspect_bad_index_or_id(tmp_path, rows, which, named):
     proc = run(["stepjepa.cli", "inspect", "--data", str(rows), *which], tmp_path)
     assert_clean_error(proc, str(rows), *named)
@@ -141,8 +175,14 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text(json.dumps({"completion": "\\boxed{2}", "answer": "#### 2"}) + "\n")
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "stepjepa.cli", "score", str(predictions)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepjepa.cli", "score", str(predictions)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.stdout.close()  # the reader is gone before the command writes
     stderr = proc.stderr.read()
     assert proc.wait(timeout=60) == 141, stderr
@@ -151,11 +191,14 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
 
 # ---- issue 19: bad data and training input, each one line naming its source ---------
 
+
 def test_prepare_names_the_line_of_a_non_utf8_byte(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     for split in ("train", "test"):
-        (raw / f"{split}.jsonl").write_bytes(json.dumps(GOOD).encode() + b'\n{"question": "caf\xe9?", "answer": "#### 1"}\n')
+        (raw / f"{split}.jsonl").write_bytes(
+            json.dumps(GOOD).encode() + b'\n{"question": "caf\xe9?", "answer": "#### 1"}\n'
+        )
     strict = params(tmp_path / "params.yaml", {"data": {"on_bad_record": "error"}})
     proc = run(stage("prepare", tmp_path, strict, "--raw", str(raw)), tmp_path)
     assert_clean_error(proc, f"prepare: error: {raw / 'train.jsonl'}:2: ", "not valid UTF-8: byte 0xe9")
@@ -175,10 +218,15 @@ def test_prepare_skips_a_non_utf8_line_and_counts_it(tmp_path):
 
 
 def test_train_with_a_hub_id_offline_names_the_key(tmp_path, rows):
-    cfg = params(tmp_path / "params.yaml", {"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},
-                                            "train": {"lambda": 0, "k": 0, "tracking": "none"}})
-    proc = run(["stepjepa.cli", "train", "--params", str(cfg), "--data", str(rows), "--out", str(tmp_path / "run")],
-               tmp_path, HF_HOME=str(tmp_path / "hf"))
+    cfg = params(
+        tmp_path / "params.yaml",
+        {"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "train": {"lambda": 0, "k": 0, "tracking": "none"}},
+    )
+    proc = run(
+        ["stepjepa.cli", "train", "--params", str(cfg), "--data", str(rows), "--out", str(tmp_path / "run")],
+        tmp_path,
+        HF_HOME=str(tmp_path / "hf"),
+    )
     err = assert_clean_error(proc, "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct", "HF_HUB_OFFLINE")
     assert len([line for line in err.splitlines() if "model.name_or_path" in line]) == 1
 
@@ -188,8 +236,10 @@ def test_an_infinite_lambda_is_rejected(tmp_path, rows, how):
     tree = {"train": {"lambda": float("inf")}} if how == "file" else {}
     cfg = params(tmp_path / "params.yaml", tree)
     extra = ["--set", "train.lambda=.inf"] if how == "override" else []
-    proc = run(["stepjepa.cli", "train", "--params", str(cfg), "--data", str(rows), "--out", str(tmp_path / "run"),
-                *extra], tmp_path)
+    proc = run(
+        ["stepjepa.cli", "train", "--params", str(cfg), "--data", str(rows), "--out", str(tmp_path / "run"), *extra],
+        tmp_path,
+    )
     assert_clean_error(proc, str(cfg), "train.lambda", "finite number")
 
 
@@ -198,8 +248,9 @@ def test_tokenize_warns_when_max_length_drops_most_jepa_pairs(tmp_path, tiny_mod
     prepared.mkdir()
     for split in ("train", "validation", "test"):  # validation: where main's prepare writes one
         (prepared / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in conversations[:40]))
-    cfg = params(tmp_path / "params.yaml", {"model": {"name_or_path": str(tiny_model_dir)},
-                                            "tokenize": {"max_length": 64}})
+    cfg = params(
+        tmp_path / "params.yaml", {"model": {"name_or_path": str(tiny_model_dir)}, "tokenize": {"max_length": 64}}
+    )
     proc = run(stage("tokenize_data", tmp_path, cfg, "--prepared", str(prepared)), tmp_path)
     assert proc.returncode == 0, proc.stderr
     lost = json.loads((tmp_path / "metrics.json").read_text())["train"]["invalid_by_reason"]["truncated_in_step2"]
@@ -212,8 +263,9 @@ def test_train_rejects_k_beyond_the_models_positions(tmp_path, tiny_model_dir, c
 
     data = write_tokenized(tiny_model_dir, conversations[:8], tmp_path / "train.parquet")
     cfg = write_params(tmp_path / "params.yaml", tiny_model_dir, k=500)  # the tiny model has 512 positions
-    proc = run(["stepjepa.cli", "train", "--params", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")],
-               tmp_path)
+    proc = run(
+        ["stepjepa.cli", "train", "--params", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")], tmp_path
+    )
     assert_clean_error(proc, "train.k=500", "max_position_embeddings=512")
 
 
@@ -221,9 +273,23 @@ def test_fetch_without_gsm8k_dir_offline_says_what_to_set(tmp_path):
     """A clone without ../shared and with the hub off: one line naming GSM8K_DIR and HF_HUB_OFFLINE."""
     env = {k: v for k, v in os.environ.items() if k != "GSM8K_DIR"} | {"HF_HUB_OFFLINE": "1"}
     (tmp_path / "params.yaml").write_text("data: {}\n")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.fetch", "--params", str(tmp_path / "params.yaml"),
-                           "--out", str(tmp_path / "raw"), "--metrics", str(tmp_path / "fetch.json")],
-                          env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.fetch",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "raw"),
+            "--metrics",
+            str(tmp_path / "fetch.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("fetch: error: GSM8K: GSM8K_DIR is not set") and "HF_HUB_OFFLINE=0" in line
@@ -236,9 +302,24 @@ def test_prepare_with_an_empty_train_split_fails_naming_the_file(tmp_path):
     (raw / "train.jsonl").write_text('{"question": "broken"\n')
     (raw / "test.jsonl").write_text(json.dumps({"question": "q?", "answer": "a = 1\nb = 2\n#### 2"}) + "\n")
     (tmp_path / "params.yaml").write_text("data: {validation_size: 1}\n")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(tmp_path / "params.yaml"),
-                           "--raw", str(raw), "--out", str(tmp_path / "prepared"), "--metrics", str(tmp_path / "m.json")],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.prepare",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--raw",
+            str(raw),
+            "--out",
+            str(tmp_path / "prepared"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 2, proc.stderr
     (line,) = [line for line in proc.stderr.strip().splitlines() if line.startswith("prepare: error:")]
     assert f"{raw / 'train.jsonl'}: no usable records (1 lines read, 1 skipped" in line

@@ -27,7 +27,7 @@ def test_train_help_lists_every_key_set_accepts(capsys) -> None:
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     listed: dict[str, list[str]] = {}
-    for line in text[text.index("--set accepts"):].splitlines()[2:]:
+    for line in text[text.index("--set accepts") :].splitlines()[2:]:
         if not line.startswith("    "):  # "  section: a, b," starts a section; wrapped lines are indented more
             section, _, line = line.strip().partition(": ")
             listed[section] = []

@@ -9,9 +9,9 @@ import pytest
 from stepjepa.batching import load_rows
 from stepjepa.diagnostics import collapse_warnings, view_diagnostics
 from stepjepa.heldout import view_embeddings
-from stepjepa.vocabulary import pad_id
 from stepjepa.prompts import predictor_tokens
 from stepjepa.train import train
+from stepjepa.vocabulary import pad_id
 from tests.support.train import make_config, write_tokenized
 
 pytestmark = pytest.mark.e2e
@@ -20,8 +20,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def data(tiny_model_dir, conversations, tmp_path_factory):
     folder = tmp_path_factory.mktemp("collapse")
-    return (write_tokenized(tiny_model_dir, conversations[:96], folder / "train.parquet"),
-            write_tokenized(tiny_model_dir, conversations[150:182], folder / "validation.parquet"))
+    return (
+        write_tokenized(tiny_model_dir, conversations[:96], folder / "train.parquet"),
+        write_tokenized(tiny_model_dir, conversations[150:182], folder / "validation.parquet"),
+    )
 
 
 def diagnose(tiny_model_dir, data, tmp_path, **train_options):
@@ -33,8 +35,9 @@ def diagnose(tiny_model_dir, data, tmp_path, **train_options):
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
     ids = list(tokenizer.convert_tokens_to_ids(predictor_tokens(2)))
-    view1, view2 = view_embeddings(model, load_rows(val_path), k=2, layout="inline", predictor_ids=ids,
-                                   pad_id=pad_id(tokenizer))
+    view1, view2 = view_embeddings(
+        model, load_rows(val_path), k=2, layout="inline", predictor_ids=ids, pad_id=pad_id(tokenizer)
+    )
     history = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     return view_diagnostics(view1, view2), history
 

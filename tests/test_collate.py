@@ -22,9 +22,11 @@ def make_example(n: int, s1: int, s2: int, valid: bool, prompt: int, seed: int =
     rng = random.Random(seed)
     ids = [100 + rng.randrange(700) for _ in range(n)]
     return {
-        "input_ids": ids, "labels": [-100] * prompt + ids[prompt:],
+        "input_ids": ids,
+        "labels": [-100] * prompt + ids[prompt:],
         "step1_span": [prompt, s1] if valid else None,
-        "step2_span": [s1 + 1, s2] if valid else None, "jepa_valid": valid,
+        "step2_span": [s1 + 1, s2] if valid else None,
+        "jepa_valid": valid,
     }
 
 
@@ -38,21 +40,28 @@ def ref_layout(ex: dict, k: int, layout: str) -> dict:
     origin = list(range(n))  # original index of each laid-out token, None for appended/predictors
     if layout == "packed":
         m = s2 - s1 if valid else 0
-        out_ids = ids + PRED[:kk] + ids[s1 + 1:s2 + 1][:m]
+        out_ids = ids + PRED[:kk] + ids[s1 + 1 : s2 + 1][:m]
         out_labels = labels + [-100] * (kk + m)
         positions = list(range(n)) + [s1 + 1 + q for q in range(kk)] + [s1 + kk + 1 + q for q in range(m)]
         origin = origin + [None] * (kk + m)
         views = ((n + kk - 1) if kk else s1, n + kk + m - 1)
     else:
-        out_ids = ids[:s1 + 1] + PRED[:kk] + ids[s1 + 1:] if valid else ids
-        out_labels = labels[:s1 + 1] + [-100] * kk + labels[s1 + 1:] if valid else labels
-        origin = origin[:s1 + 1] + [None] * kk + origin[s1 + 1:] if valid else origin
+        out_ids = ids[: s1 + 1] + PRED[:kk] + ids[s1 + 1 :] if valid else ids
+        out_labels = labels[: s1 + 1] + [-100] * kk + labels[s1 + 1 :] if valid else labels
+        origin = origin[: s1 + 1] + [None] * kk + origin[s1 + 1 :] if valid else origin
         positions = list(range(len(out_ids)))
         views = (s1 + kk, s2 + kk)
     # Each original token is trained to predict the label of the next original token.
     shift = [-100 if t is None or t + 1 >= n else labels[t + 1] for t in origin]
-    return {"input_ids": out_ids, "labels": out_labels, "shift_labels": shift,
-            "position_ids": positions, "views": views if valid else (0, 0), "s1": s1, "s2": s2}
+    return {
+        "input_ids": out_ids,
+        "labels": out_labels,
+        "shift_labels": shift,
+        "position_ids": positions,
+        "views": views if valid else (0, 0),
+        "s1": s1,
+        "s2": s2,
+    }
 
 
 def check_batch(examples: list[dict], k: int, layout: str, multiple: int | None = None) -> dict:
@@ -90,9 +99,12 @@ def check_batch(examples: list[dict], k: int, layout: str, multiple: int | None 
 
 
 def small_examples(max_n: int = 6) -> list[dict]:
-    rows = [make_example(n, s1, s2, True, prompt, seed=n * 100 + s1 * 10 + s2)
-            for n in range(2, max_n + 1) for s1, s2 in itertools.combinations(range(n), 2)
-            for prompt in sorted({0, s1})]
+    rows = [
+        make_example(n, s1, s2, True, prompt, seed=n * 100 + s1 * 10 + s2)
+        for n in range(2, max_n + 1)
+        for s1, s2 in itertools.combinations(range(n), 2)
+        for prompt in sorted({0, s1})
+    ]
     return rows + [make_example(n, 0, 0, False, n // 2, seed=n) for n in range(1, max_n + 1)]
 
 
@@ -101,26 +113,42 @@ def small_examples(max_n: int = 6) -> list[dict]:
 def test_every_small_configuration(layout: str, k: int) -> None:
     examples = small_examples()
     check_batch(examples, k, layout)  # one ragged batch of all of them
-    for ex in examples[:: 7]:
+    for ex in examples[::7]:
         check_batch([ex], k, layout, multiple=8)
 
 
-example_st = st.integers(1, 16).flatmap(
-    lambda n: st.tuples(st.just(n), st.integers(0, n - 1), st.integers(0, n - 1), st.booleans(), st.integers(0, 10**6))
-).map(lambda e: make_example(e[0], min(e[1], e[2]), max(e[1], e[2]), e[3] and e[1] != e[2],
-                             prompt=min(e[1], e[2]) // 2, seed=e[4]))
+example_st = (
+    st.integers(1, 16)
+    .flatmap(
+        lambda n: st.tuples(
+            st.just(n), st.integers(0, n - 1), st.integers(0, n - 1), st.booleans(), st.integers(0, 10**6)
+        )
+    )
+    .map(
+        lambda e: make_example(
+            e[0], min(e[1], e[2]), max(e[1], e[2]), e[3] and e[1] != e[2], prompt=min(e[1], e[2]) // 2, seed=e[4]
+        )
+    )
+)
 
 
 @settings(max_examples=120, deadline=None)
-@given(examples=st.lists(example_st, min_size=1, max_size=6), k=st.integers(0, 4),
-       layout=st.sampled_from(["inline", "two_pass", "packed"]), multiple=st.sampled_from([None, 8]))
+@given(
+    examples=st.lists(example_st, min_size=1, max_size=6),
+    k=st.integers(0, 4),
+    layout=st.sampled_from(["inline", "two_pass", "packed"]),
+    multiple=st.sampled_from([None, 8]),
+)
 def test_random_ragged_batches(examples, k, layout, multiple) -> None:
     check_batch(examples, k, layout, multiple)
 
 
 @settings(max_examples=60, deadline=None)
-@given(examples=st.lists(example_st, min_size=1, max_size=6), k=st.integers(0, 4),
-       layout=st.sampled_from(["inline", "two_pass", "packed"]))
+@given(
+    examples=st.lists(example_st, min_size=1, max_size=6),
+    k=st.integers(0, 4),
+    layout=st.sampled_from(["inline", "two_pass", "packed"]),
+)
 def test_count_targets_is_what_every_pass_scores(examples, k, layout) -> None:
     """The training loop normalises by `count_targets` before collating: it must be the
     number of targets of the layout's pass and of the plain pass alike."""
@@ -143,9 +171,14 @@ def test_labels_move_with_their_tokens_and_invalid_rows_stay_plain() -> None:
 def test_accepts_numpy_rows_as_read_from_parquet() -> None:
     np = pytest.importorskip("numpy")
     ex = make_example(8, 2, 5, True, 1)
-    as_np = {**ex, "input_ids": np.array(ex["input_ids"], dtype=np.int32),
-             "labels": np.array(ex["labels"], dtype=np.int32), "step1_span": np.array(ex["step1_span"]),
-             "step2_span": np.array(ex["step2_span"]), "jepa_valid": np.bool_(True)}
+    as_np = {
+        **ex,
+        "input_ids": np.array(ex["input_ids"], dtype=np.int32),
+        "labels": np.array(ex["labels"], dtype=np.int32),
+        "step1_span": np.array(ex["step1_span"]),
+        "step2_span": np.array(ex["step2_span"]),
+        "jepa_valid": np.bool_(True),
+    }
     a = collate([as_np], k=2, predictor_ids=PRED[:2], pad_id=PAD)
     b = collate([ex], k=2, predictor_ids=PRED[:2], pad_id=PAD)
     assert all(torch.equal(a[key], b[key]) for key in b) and a["input_ids"].dtype == torch.long
@@ -175,7 +208,7 @@ def test_length_grouped_batches_partition_and_reduce_padding() -> None:
     assert batches != length_grouped_batches(lengths, batch_size=8, seed=4)
     order = list(range(1000))
     rng.shuffle(order)
-    random_batches = [order[i:i + 8] for i in range(0, 1000, 8)]
+    random_batches = [order[i : i + 8] for i in range(0, 1000, 8)]
     assert padding_fraction(lengths, batches) < 0.1 < padding_fraction(lengths, random_batches)
 
 

@@ -33,11 +33,16 @@ def make_row(n: int, u_end: int, a_end: int, valid: bool, seed: int = 0) -> dict
     labels = [ids[t] if valid and u_end < t <= a_end else -100 for t in range(n)]
     steps_ok = n >= 3
     return {
-        "input_ids": ids, "labels": labels,
-        "step1_span": [0, n - 3] if steps_ok else None, "step2_span": [n - 2, n - 2] if steps_ok else None,
-        "jepa_valid": steps_ok, "invalid_reason": None if steps_ok else "fewer_than_2_steps",
-        "user_span": [0, u_end] if valid else None, "assistant_span": [u_end + 1, a_end] if valid else None,
-        "ua_valid": valid, "ua_invalid_reason": None if valid else "truncated_in_assistant",
+        "input_ids": ids,
+        "labels": labels,
+        "step1_span": [0, n - 3] if steps_ok else None,
+        "step2_span": [n - 2, n - 2] if steps_ok else None,
+        "jepa_valid": steps_ok,
+        "invalid_reason": None if steps_ok else "fewer_than_2_steps",
+        "user_span": [0, u_end] if valid else None,
+        "assistant_span": [u_end + 1, a_end] if valid else None,
+        "ua_valid": valid,
+        "ua_invalid_reason": None if valid else "truncated_in_assistant",
     }
 
 
@@ -106,8 +111,15 @@ def ref_allowed(tokens: list[tuple[str, int]], row: dict, layout: str, i: int, j
 
 
 def check(rows: list[dict], k: int, layout: str, multiple: int | None = None) -> None:
-    batch = collate(rows, k=k, layout=layout, predictor_ids=PRED[:k], pad_id=PAD, pad_to_multiple_of=multiple,
-                    views="user_assistant")
+    batch = collate(
+        rows,
+        k=k,
+        layout=layout,
+        predictor_ids=PRED[:k],
+        pad_id=PAD,
+        pad_to_multiple_of=multiple,
+        views="user_assistant",
+    )
     refs = [ref_user_assistant(r, k, layout) for r in rows]
     width = max(len(r["input_ids"]) for r in refs)
     width = -(-width // multiple) * multiple if multiple else width
@@ -135,8 +147,11 @@ def check(rows: list[dict], k: int, layout: str, multiple: int | None = None) ->
 
 
 def small_rows(max_n: int = 6) -> list[dict]:
-    rows = [make_row(n, u, a, True, seed=n * 100 + u * 10 + a)
-            for n in range(2, max_n + 1) for u, a in itertools.combinations(range(n), 2)]
+    rows = [
+        make_row(n, u, a, True, seed=n * 100 + u * 10 + a)
+        for n in range(2, max_n + 1)
+        for u, a in itertools.combinations(range(n), 2)
+    ]
     return rows + [make_row(n, 0, 0, False, seed=n) for n in range(1, max_n + 1)]
 
 
@@ -149,14 +164,24 @@ def test_every_small_configuration(layout: str, k: int) -> None:
         check([row], k, layout, multiple=8)
 
 
-row_st = st.integers(1, 16).flatmap(
-    lambda n: st.tuples(st.just(n), st.integers(0, n - 1), st.integers(0, n - 1), st.booleans(), st.integers(0, 10**6))
-).map(lambda e: make_row(e[0], min(e[1], e[2]), max(e[1], e[2]), e[3] and e[1] != e[2], seed=e[4]))
+row_st = (
+    st.integers(1, 16)
+    .flatmap(
+        lambda n: st.tuples(
+            st.just(n), st.integers(0, n - 1), st.integers(0, n - 1), st.booleans(), st.integers(0, 10**6)
+        )
+    )
+    .map(lambda e: make_row(e[0], min(e[1], e[2]), max(e[1], e[2]), e[3] and e[1] != e[2], seed=e[4]))
+)
 
 
 @settings(max_examples=120, deadline=None)
-@given(rows=st.lists(row_st, min_size=1, max_size=6), k=st.integers(0, 4), layout=st.sampled_from(LAYOUTS),
-       multiple=st.sampled_from([None, 8]))
+@given(
+    rows=st.lists(row_st, min_size=1, max_size=6),
+    k=st.integers(0, 4),
+    layout=st.sampled_from(LAYOUTS),
+    multiple=st.sampled_from([None, 8]),
+)
 def test_random_ragged_batches(rows, k, layout, multiple) -> None:
     check(rows, k, layout, multiple)
 

@@ -10,12 +10,33 @@ from stepjepa.report import summarize, verdict_records
 from tests.support.sweep_results import fake_results, fake_study
 
 COMMITTED = [
-    {"config": "k1_lam0.1", "against": "sft", "verdict": "better", "delta": 0.12, "ci_low": 0.05, "ci_high": 0.19,
-     "paired_seeds": 5},
-    {"config": "k2_lam0.1", "against": "sft", "verdict": "no significant difference", "delta": 0.01, "ci_low": -0.03,
-     "ci_high": 0.05, "paired_seeds": 5},
-    {"config": "k2_lam0.1", "against": "base", "verdict": "no significant difference", "delta": -0.11,
-     "ci_low": -0.3, "ci_high": 0.08, "paired_seeds": 5},
+    {
+        "config": "k1_lam0.1",
+        "against": "sft",
+        "verdict": "better",
+        "delta": 0.12,
+        "ci_low": 0.05,
+        "ci_high": 0.19,
+        "paired_seeds": 5,
+    },
+    {
+        "config": "k2_lam0.1",
+        "against": "sft",
+        "verdict": "no significant difference",
+        "delta": 0.01,
+        "ci_low": -0.03,
+        "ci_high": 0.05,
+        "paired_seeds": 5,
+    },
+    {
+        "config": "k2_lam0.1",
+        "against": "base",
+        "verdict": "no significant difference",
+        "delta": -0.11,
+        "ci_low": -0.3,
+        "ci_high": 0.08,
+        "paired_seeds": 5,
+    },
     {"config": "k1_lam2", "against": "sft", "verdict": "too few seeds to tell", "delta": 0.2, "paired_seeds": 1},
 ]
 
@@ -26,19 +47,29 @@ def _changed(**changes) -> list[dict]:
 
 
 def test_the_same_verdicts_and_overlapping_intervals_reproduce():
-    rerun = _changed(r0={"delta": 0.17, "ci_low": 0.18, "ci_high": 0.25}, r1={"delta": 0.04, "ci_low": 0.0, "ci_high": 0.08},
-                     r3={"delta": -0.4})  # no interval: only the verdict counts
+    rerun = _changed(
+        r0={"delta": 0.17, "ci_low": 0.18, "ci_high": 0.25},
+        r1={"delta": 0.04, "ci_low": 0.0, "ci_high": 0.08},
+        r3={"delta": -0.4},
+    )  # no interval: only the verdict counts
     findings = compare(rerun, COMMITTED)
     assert [f.key for f in findings] == ["k1_lam0.1", "k2_lam0.1", "k2_lam0.1 vs base", "k1_lam2"]
     assert all(f.reproduced for f in findings) and findings[0].text.startswith("reproduced: better +0.170")
 
 
-@pytest.mark.parametrize("changes, key, text", [
-    ({"r0": {"verdict": "no significant difference"}}, "k1_lam0.1", "verdict changed: better +0.120 [+0.050, +0.190] -> no"),
-    ({"r1": {"ci_low": 0.06, "ci_high": 0.1}}, "k2_lam0.1", "interval no longer overlaps"),
-    ({"r2": {"ci_low": -0.5, "ci_high": -0.31}}, "k2_lam0.1 vs base", "interval no longer overlaps"),
-    ({"r3": {"verdict": "failed"}}, "k1_lam2", "verdict changed: too few seeds to tell +0.200 -> failed"),
-])
+@pytest.mark.parametrize(
+    "changes, key, text",
+    [
+        (
+            {"r0": {"verdict": "no significant difference"}},
+            "k1_lam0.1",
+            "verdict changed: better +0.120 [+0.050, +0.190] -> no",
+        ),
+        ({"r1": {"ci_low": 0.06, "ci_high": 0.1}}, "k2_lam0.1", "interval no longer overlaps"),
+        ({"r2": {"ci_low": -0.5, "ci_high": -0.31}}, "k2_lam0.1 vs base", "interval no longer overlaps"),
+        ({"r3": {"verdict": "failed"}}, "k1_lam2", "verdict changed: too few seeds to tell +0.200 -> failed"),
+    ],
+)
 def test_a_flipped_verdict_or_a_moved_interval_is_reported(changes, key, text):
     findings = {f.key: f for f in compare(_changed(**changes), COMMITTED)}
     assert not findings[key].reproduced and findings[key].text.startswith(text)
@@ -64,8 +95,10 @@ def test_the_command_prints_one_line_per_comparison_and_exits_1_on_a_change(tmp_
     assert "k1_lam0.1: verdict changed: worse" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content, message", [(None, "no such file"), ("{", "not a readable JSON"),
-                                              ('{"selected": "sft"}', "expected a list of records")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "no such file"), ("{", "not a readable JSON"), ('{"selected": "sft"}', "expected a list of records")],
+)
 def test_an_unreadable_result_is_one_line_and_exit_2(tmp_path, capsys, content, message):
     (tmp_path / "new.json").write_text(json.dumps(COMMITTED))
     if content is not None:
@@ -85,8 +118,11 @@ def test_the_help_says_what_reproduced_means_and_the_exit_codes(capsys):
 def test_a_sweeps_verdict_records_reproduce_themselves_and_hold_every_comparison():
     records = verdict_records(summarize(fake_results(seeds=(0, 1, 2, 3), fail="k1_lam2")))
     assert [(r["config"], r["verdict"]) for r in records] == [
-        ("k1_lam0.5", "no significant difference"), ("k1_lam2", "failed"), ("k2_lam0.5", "better"),
-        ("k2_lam2", "no significant difference")]
+        ("k1_lam0.5", "no significant difference"),
+        ("k1_lam2", "failed"),
+        ("k2_lam0.5", "better"),
+        ("k2_lam2", "no significant difference"),
+    ]
     better = records[2]
     assert better["ci_low"] <= better["delta"] <= better["ci_high"] and 0 < better["ci_low"]
     assert better["p"] <= better["p_holm"] <= 0.05 and better["paired_seeds"] == 4

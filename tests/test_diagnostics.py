@@ -11,7 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stepjepa.diagnostics import (
-    COLLAPSED_SPREAD, JEPA_LOSS_ZERO, collapse_warnings, effective_rank, view_diagnostics,
+    COLLAPSED_SPREAD,
+    JEPA_LOSS_ZERO,
+    collapse_warnings,
+    effective_rank,
+    view_diagnostics,
 )
 from stepjepa.losses import LOSS_KINDS, jepa_loss
 
@@ -90,8 +94,10 @@ def test_too_few_pairs_are_no_evidence_of_collapse():
 
 
 def history(jepa: list[float | None], lm: list[float]) -> list[dict]:
-    return [{"step": 10 * (i + 1), "lm_loss": m} | ({"jepa_loss": j} if j is not None else {})
-            for i, (j, m) in enumerate(zip(jepa, lm))]
+    return [
+        {"step": 10 * (i + 1), "lm_loss": m} | ({"jepa_loss": j} if j is not None else {})
+        for i, (j, m) in enumerate(zip(jepa, lm))
+    ]
 
 
 def test_history_rule():
@@ -121,8 +127,13 @@ def _train(model, rows: list[dict], predictor_ids: list[int], pad_id: int, *, ga
     model.train()
     logged = []
     for step in range(1, steps + 1):
-        batch = collate([rows[(step * 8 + i) % len(rows)] for i in range(8)], k=1, layout="inline",
-                        predictor_ids=predictor_ids, pad_id=pad_id)
+        batch = collate(
+            [rows[(step * 8 + i) % len(rows)] for i in range(8)],
+            k=1,
+            layout="inline",
+            predictor_ids=predictor_ids,
+            pad_id=pad_id,
+        )
         out = step_jepa_forward(model, batch, layout="inline", gamma=gamma, lam=1.0)
         out.loss.backward()
         optimizer.step()

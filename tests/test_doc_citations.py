@@ -136,32 +136,43 @@ def test_the_benchmark_pages_cited_in_code_and_docs_are_followed():
 
 
 def test_nothing_cites_documentation_outside_the_repository():
-    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in cited_files()
-                 for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-                 if OUTSIDE in line or UNFOLLOWABLE.search(line)]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in cited_files()
+        for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if OUTSIDE in line or UNFOLLOWABLE.search(line)
+    ]
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("(docs/step-jepa.md section 4)", ("docs/step-jepa.md", None, ["4"])),
-    ("defined in docs/step-jepa.md sections 3 and 5.", ("docs/step-jepa.md", None, ["3", "5"])),
-    ("# both share it; docs/step-jepa.md 3, 5, 8.", ("docs/step-jepa.md", None, ["3", "5", "8"])),
-    ("written from docs/step-jepa.md\n# section 8 alone", ("docs/step-jepa.md", None, ["8"])),
-    ("see docs/stack-notes.md#custom-attention-masks).", ("docs/stack-notes.md", "custom-attention-masks", [])),
-    ("(see ../docs/data-format.md)", ("docs/data-format.md", None, [])),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("(docs/step-jepa.md section 4)", ("docs/step-jepa.md", None, ["4"])),
+        ("defined in docs/step-jepa.md sections 3 and 5.", ("docs/step-jepa.md", None, ["3", "5"])),
+        ("# both share it; docs/step-jepa.md 3, 5, 8.", ("docs/step-jepa.md", None, ["3", "5", "8"])),
+        ("written from docs/step-jepa.md\n# section 8 alone", ("docs/step-jepa.md", None, ["8"])),
+        ("see docs/stack-notes.md#custom-attention-masks).", ("docs/stack-notes.md", "custom-attention-masks", [])),
+        ("(see ../docs/data-format.md)", ("docs/data-format.md", None, [])),
+    ],
+)
 def test_citations_are_read_in_every_form_the_code_writes(text, expected):
     m = CITATION.search(text)
     assert (f"docs/{m.group('file')}", m.group("anchor"), re.findall(r"\d+", m.group("sections") or "")) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("# Sizes: benchmarks/results/arith-sizing.md (size_arith.py)", ("benchmarks/results/arith-sizing.md", None)),
-    ("(benchmarks/results/test-tiers.md#why-the-suite-is-set-up-as-it-is).",
-     ("benchmarks/results/test-tiers.md", "why-the-suite-is-set-up-as-it-is")),
-    ("indexed in benchmarks/RESULTS.md.", ("benchmarks/RESULTS.md", None)),
-    ("`benchmarks/results/gpu-check-<card>.md`", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("# Sizes: benchmarks/results/arith-sizing.md (size_arith.py)", ("benchmarks/results/arith-sizing.md", None)),
+        (
+            "(benchmarks/results/test-tiers.md#why-the-suite-is-set-up-as-it-is).",
+            ("benchmarks/results/test-tiers.md", "why-the-suite-is-set-up-as-it-is"),
+        ),
+        ("indexed in benchmarks/RESULTS.md.", ("benchmarks/RESULTS.md", None)),
+        ("`benchmarks/results/gpu-check-<card>.md`", None),
+    ],
+)
 def test_benchmark_page_citations_are_read(text, expected):
     m = BENCHMARK_PAGE.search(text)
     assert (m and (m.group("file"), m.group("anchor"))) == expected
@@ -169,7 +180,9 @@ def test_benchmark_page_citations_are_read(text, expected):
 
 def test_a_missing_section_or_anchor_is_reported():
     assert problems([("x.py:1", "docs/step-jepa.md", None, ["42"])]) == ["x.py:1: docs/step-jepa.md has no section 42"]
-    assert problems([("x.py:1", "docs/stack-notes.md", "nope", [])]) == ["x.py:1: docs/stack-notes.md has no heading #nope"]
+    assert problems([("x.py:1", "docs/stack-notes.md", "nope", [])]) == [
+        "x.py:1: docs/stack-notes.md has no heading #nope"
+    ]
     gone = "docs/" + "gone.md"  # not written whole: this file's own text is walked too
     assert problems([("x.py:1", gone, None, [])]) == [f"x.py:1: {gone} is not a file of this repository"]
     page = "benchmarks/results/flex.md"
@@ -186,8 +199,10 @@ def _drawings(doc: Path) -> list[list[list[bool]]]:
     blocks = re.findall(r"```\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
     drawings = []
     for block in blocks:
-        rows = [re.findall(r"[1.]", m.group(1))
-                for m in re.finditer(r"^\s*\d+ \S+((?:\s+[1.])+)\s*$", block, flags=re.MULTILINE)]
+        rows = [
+            re.findall(r"[1.]", m.group(1))
+            for m in re.finditer(r"^\s*\d+ \S+((?:\s+[1.])+)\s*$", block, flags=re.MULTILINE)
+        ]
         if rows:
             drawings.append([[cell == "1" for cell in row] for row in rows])
     return drawings

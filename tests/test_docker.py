@@ -295,8 +295,11 @@ def test_dockerfile_installs_dependencies_before_copying_the_source():
 
 
 def test_dockerignore_keeps_secrets_and_data_out():
-    patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")}
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for required in (".git", ".venv", ".env", "**/.env", "data/", "models/", ".dvc/cache", "mlflow.db"):
         assert required in patterns, f".dockerignore lacks {required}"
 

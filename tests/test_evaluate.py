@@ -11,8 +11,8 @@ import pytest
 
 from stepjepa.cli import main as cli_main
 from stepjepa.eval_examples import load_examples
-from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
 from stepjepa.inputs import InputError
+from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
 from stepjepa.score import score_file
 
 
@@ -57,7 +57,9 @@ def test_evaluate_limit_50_writes_records_and_metrics(tiny_model_dir, test_file,
             "correct_strict", "correct_flexible", "completion_tokens", "stopped"} <= set(rows[0])  # fmt: skip
     assert rows[0]["prompt"].endswith("<|im_start|>assistant\n") and "predictor" not in rows[0]["prompt"]
     # The question alone, for tables that would otherwise show the system prompt first.
-    assert rows[0]["question"] and rows[0]["prompt"].endswith(f"{rows[0]['question']}<|im_end|>\n<|im_start|>assistant\n")
+    assert rows[0]["question"] and rows[0]["prompt"].endswith(
+        f"{rows[0]['question']}<|im_end|>\n<|im_start|>assistant\n"
+    )
     # Speed differs between machines: it lives in timing.json, the metrics file holds only results.
     timing = json.loads((out / "timing.json").read_text())
     assert json.loads((out / "metrics.json").read_text()) | timing == metrics and timing["completions_per_second"] > 0
@@ -77,8 +79,8 @@ def test_evaluate_logs_to_mlflow_and_loads_a_runs_uri(tiny_model_dir, test_file,
     experiment = client.create_experiment("train", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
     client.log_artifacts(run_id, str(tiny_model_dir), artifact_path="model")
-    code, metrics, _ = evaluate(capsys, "--model", f"runs:/{run_id}/model", "--data", test_file, "--limit", 50,
-                                "--out", tmp_path / "eval", "--tracking-uri", uri, "--mlflow-run-id", run_id)  # fmt: skip
+    args = ("--model", f"runs:/{run_id}/model", "--data", test_file, "--limit", 50, "--out", tmp_path / "eval")
+    code, metrics, _ = evaluate(capsys, *args, "--tracking-uri", uri, "--mlflow-run-id", run_id)
     assert code == 0
     run = client.get_run(run_id)
     assert run.data.metrics["eval/accuracy_strict"] == metrics["accuracy_strict"]
@@ -176,8 +178,15 @@ def test_evaluate_model_renders_prompts_with_the_pinned_date():
     from tests.support import tokenizer_families as families
 
     tok = families.byte_level_bpe()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     messages = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "What is 2+3?"}]

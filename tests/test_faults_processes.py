@@ -47,14 +47,17 @@ def _pids(path: Path, timeout: float = 60) -> list[int]:
 
 def _launcher(tmp_path: Path, forward: bool) -> subprocess.Popen:
     """A process running `run_logged(CHILD)` as a sweep task does (inside `forward_signals`)."""
-    code = (f"import sys; from pathlib import Path; from stepjepa import launch\n"
-            f"cmd = [sys.executable, '-c', {CHILD!r}, {str(tmp_path / 'pids')!r}]\n"
-            f"run = lambda: launch.run_logged(cmd, {{}}, Path({str(tmp_path / 'run.log')!r}))\n"
-            + ("with launch.forward_signals():\n    run()\n" if forward else "run()\n"))
+    code = (
+        f"import sys; from pathlib import Path; from stepjepa import launch\n"
+        f"cmd = [sys.executable, '-c', {CHILD!r}, {str(tmp_path / 'pids')!r}]\n"
+        f"run = lambda: launch.run_logged(cmd, {{}}, Path({str(tmp_path / 'run.log')!r}))\n"
+        + ("with launch.forward_signals():\n    run()\n" if forward else "run()\n")
+    )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
 
 
 # --- 5. a killed launcher leaves no run behind; its signals reach the run ------------------
+
 
 @pytest.mark.e2e
 def test_a_launcher_killed_with_sigkill_leaves_no_child_or_grandchild(tmp_path):
@@ -93,16 +96,29 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
     from mlflow import MlflowClient
 
     from stepjepa.checkpoint import latest_checkpoint
-
     from tests.support.train import write_params, write_tokenized
 
     data = write_tokenized(tiny_model_dir, conversations[:32], tmp_path / "train.parquet")
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, epochs=100,
-                          log_every=1, tracking="mlflow", experiment="sweep-signal")
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_model_dir,
+        batch_size=4,
+        max_steps=500,
+        epochs=100,
+        log_every=1,
+        tracking="mlflow",
+        experiment="sweep-signal",
+    )
     out = tmp_path / "run"
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
-    task = subprocess.Popen([sys.executable, "-c", TRAIN_LAUNCHER, str(params), str(data), str(out)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    task = subprocess.Popen(
+        [sys.executable, "-c", TRAIN_LAUNCHER, str(params), str(data), str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     for line in task.stdout:  # progress lines, forwarded by run_logged
         assert time.monotonic() < deadline, "no step 2 within 240 s"
@@ -122,8 +138,7 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
 def test_a_run_ended_by_a_signal_is_told_apart_from_a_failure(tmp_path, code, stopped):
     from stepjepa.launch import RunFailed, run_logged
 
-    script = ("import os, signal, sys; c = int(sys.argv[1])\n"
-              "os.kill(os.getpid(), -c) if c < 0 else sys.exit(c)")
+    script = "import os, signal, sys; c = int(sys.argv[1])\nos.kill(os.getpid(), -c) if c < 0 else sys.exit(c)"
     with pytest.raises(RunFailed) as raised:
         run_logged([sys.executable, "-c", script, code], dict(os.environ), tmp_path / "run.log")
     assert raised.value.code == int(code) and raised.value.stopped is stopped
@@ -131,20 +146,34 @@ def test_a_run_ended_by_a_signal_is_told_apart_from_a_failure(tmp_path, code, st
 
 # --- 8. server fixtures die with pytest, even when pytest is killed -----------------------
 
+
 @pytest.mark.cli
 @pytest.mark.skipif("STEPJEPA_FIXTURE_PIDS" not in os.environ, reason="run by the test below, inside a pytest it kills")
 def test_holds_a_fixture_process_until_killed(tmp_path):
-    with process([sys.executable, "-c", CHILD, os.environ["STEPJEPA_FIXTURE_PIDS"]], tmp_path / "p.log",
-                 dict(os.environ)):
+    with process(
+        [sys.executable, "-c", CHILD, os.environ["STEPJEPA_FIXTURE_PIDS"]], tmp_path / "p.log", dict(os.environ)
+    ):
         time.sleep(600)
 
 
 @pytest.mark.e2e
 def test_fixture_processes_die_when_pytest_is_killed(tmp_path):
     env = os.environ | {"STEPJEPA_FIXTURE_PIDS": str(tmp_path / "pids")}
-    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                              f"{__file__}::test_holds_a_fixture_process_until_killed"], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    inner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_holds_a_fixture_process_until_killed",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pids = _pids(tmp_path / "pids", timeout=120)
     inner.kill()  # a CI time-out: no fixture clean-up runs
     inner.wait()
@@ -172,8 +201,17 @@ def test_three_runs_starting_on_a_fresh_store_all_succeed(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
-    starters = [subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path / "go"), f"r{i}"], cwd=ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(3)]
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(tmp_path / "go"), f"r{i}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(3)
+    ]
     time.sleep(15)  # all three have imported MLflow and wait for the same moment
     (tmp_path / "go").touch()
     outputs = [p.communicate(timeout=180)[0] for p in starters]
@@ -185,6 +223,7 @@ def test_three_runs_starting_on_a_fresh_store_all_succeed(tmp_path):
 
 
 # --- 3. a tracking-server outage neither blocks nor fails training ------------------------
+
 
 @pytest.mark.e2e
 @pytest.mark.server
@@ -268,27 +307,56 @@ def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_m
     from mlflow import MlflowClient
 
     from stepjepa.checkpoint import list_checkpoints
-
     from tests.support.train import write_params, write_tokenized
 
     data = write_tokenized(tiny_model_dir, conversations[:32], tmp_path / "train.parquet")
     # ~4 steps/s here: training goes on for tens of seconds after the server is gone.
     steps, every = 120, 4
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=16, max_steps=steps, epochs=100,
-                          log_every=1, checkpoint_every=every, keep_checkpoints=steps, tracking="mlflow",
-                          log_model=True, experiment="outage-train")
-    backend, artifacts, port, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", free_port(), \
-        tmp_path / "run"
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_model_dir,
+        batch_size=16,
+        max_steps=steps,
+        epochs=100,
+        log_every=1,
+        checkpoint_every=every,
+        keep_checkpoints=steps,
+        tracking="mlflow",
+        log_model=True,
+        experiment="outage-train",
+    )
+    backend, artifacts, port, out = (
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        tmp_path / "artifacts",
+        free_port(),
+        tmp_path / "run",
+    )
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     with mlflow_server(backend, artifacts, tmp_path / "m1.log", env, port=port) as url:
         env["MLFLOW_TRACKING_URI"] = url
         with (tmp_path / "train.log").open("w") as log:
-            train = subprocess.Popen([sys.executable, "-m", "stepjepa.train", "--params", str(params), "--data",
-                                      str(data), "--out", str(out)], cwd=ROOT, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT)
+            train = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stepjepa.train",
+                    "--params",
+                    str(params),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(out),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         client, deadline = MlflowClient(url), time.monotonic() + 240
-        while not ((exp := client.get_experiment_by_name("outage-train"))
-                   and any(r.data.metrics for r in client.search_runs([exp.experiment_id]))):
+        while not (
+            (exp := client.get_experiment_by_name("outage-train"))
+            and any(r.data.metrics for r in client.search_runs([exp.experiment_id]))
+        ):
             assert train.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()
             time.sleep(0.2)
     assert train.wait(timeout=400) == 0, (tmp_path / "train.log").read_text()[-3000:]
@@ -312,8 +380,14 @@ def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_m
     with mlflow_server(backend, artifacts, tmp_path / "m2.log", env, port=port):
         client = MlflowClient(url)
         assert client.get_run(run_id).info.status == "RUNNING"  # the end was never heard
-        resend = subprocess.run([sys.executable, "-m", "stepjepa.resend", str(out)], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+        resend = subprocess.run(
+            [sys.executable, "-m", "stepjepa.resend", str(out)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert resend.returncode == 0, resend.stderr
         for key in set(history[0]) - {"step"}:
             assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, steps + 1)), key
@@ -322,8 +396,9 @@ def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_m
 
 @pytest.mark.e2e
 @pytest.mark.server
-def test_a_server_gone_before_the_tracker_noticed_does_not_fail_logging_the_model(tiny_model_dir, tmp_path,
-                                                                                  monkeypatch, caplog):
+def test_a_server_gone_before_the_tracker_noticed_does_not_fail_logging_the_model(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
     """A short run can end before the sender thread meets the outage: logging the model then
     meets it first, and must not turn a finished training into a failure."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -332,13 +407,17 @@ def test_a_server_gone_before_the_tracker_noticed_does_not_fail_logging_the_mode
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "m.log",
-                       dict(os.environ)) as url:
+    with mlflow_server(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "m.log", dict(os.environ)
+    ) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         tracker = MlflowTracker("model-outage", run_name="r", flush_seconds=1)
         tracker.log_metrics({"loss": 1.0}, step=1)
         assert tracker.flush(30)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
     with caplog.at_level(logging.WARNING, logger="stepjepa.tracking"):
         assert tracker.log_model(model, tokenizer) is None
     assert "could not log the model" in caplog.text and "saved in the run folder" in caplog.text

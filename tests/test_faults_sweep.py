@@ -47,22 +47,32 @@ def project(tmp_path, tiny_model_dir, conversations, migrated_prefect) -> Path:
 
 def _env(project: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
-    return env | {"PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db",
-                  "PREFECT_HOME": str(project / ".prefect")}
+    return env | {
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db",
+        "PREFECT_HOME": str(project / ".prefect"),
+    }
 
 
 def _start(project: Path) -> subprocess.Popen:
     with (project / "sweep.log").open("w") as log:
         # Its own session: a terminal's process group, which Ctrl-C and kill -9 of the group reach.
-        return subprocess.Popen([sys.executable, "-m", "pipelines.sweep", "--params", "params.yaml"], cwd=project,
-                                env=_env(project), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.sweep", "--params", "params.yaml"],
+            cwd=project,
+            env=_env(project),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_for(what: str, found, proc: subprocess.Popen, project: Path, timeout: float = 300):
     deadline = time.monotonic() + timeout
     while not (value := found()):
-        assert proc.poll() is None, f"the sweep exited ({proc.returncode}) before {what}:\n" + \
-            (project / "sweep.log").read_text()[-3000:]
+        assert proc.poll() is None, (
+            f"the sweep exited ({proc.returncode}) before {what}:\n" + (project / "sweep.log").read_text()[-3000:]
+        )
         assert time.monotonic() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.5)
     return value
@@ -88,9 +98,16 @@ def test_a_sweep_killed_with_sigkill_leaves_its_parent_run_to_the_next_sweep(pro
     from stepjepa import tracking
 
     sweep = _start(project)
-    parent = _wait_for("parent run with both config runs", lambda: [
-        p for p in _runs(project, "tags.`stepjepa.kind` = 'sweep'")
-        if len(_runs(project, f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")) == 2], sweep, project)[0]
+    parent = _wait_for(
+        "parent run with both config runs",
+        lambda: [
+            p
+            for p in _runs(project, "tags.`stepjepa.kind` = 'sweep'")
+            if len(_runs(project, f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")) == 2
+        ],
+        sweep,
+        project,
+    )[0]
     doomed = _descendants(sweep)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
@@ -115,8 +132,12 @@ def test_a_sweep_stopped_by_a_signal_leaves_final_flow_and_parent_runs(project, 
     """Ctrl-C (SIGINT to the terminal's whole process group) or SIGTERM (preemption, to the
     sweep process only) during training."""
     sweep = _start(project)
-    _wait_for("training at step 2", lambda: any("INFO step 2/" in log.read_text()
-                                                for log in project.glob("runs/sweep/*/train.log")), sweep, project)
+    _wait_for(
+        "training at step 2",
+        lambda: any("INFO step 2/" in log.read_text() for log in project.glob("runs/sweep/*/train.log")),
+        sweep,
+        project,
+    )
     doomed = _descendants(sweep)
     if ctrl_c:
         os.killpg(sweep.pid, signum)
@@ -127,14 +148,16 @@ def test_a_sweep_stopped_by_a_signal_leaves_final_flow_and_parent_runs(project, 
     assert code != 0, log[-3000:]
     assert all_gone(doomed, timeout=60), "a process of the stopped sweep survived it"
     trained = {log.parent.name: log.read_text() for log in project.glob("runs/sweep/*/train.log")}
-    assert not any("step 400/400" in text for text in trained.values()), \
+    assert not any("step 400/400" in text for text in trained.values()), (
         "the run trained to its end instead of stopping at a checkpoint"
+    )
     assert any("stopped by" in text for text in trained.values()), trained
 
     (parent,) = _runs(project, "tags.`stepjepa.kind` = 'sweep'")
     assert parent.info.status == "KILLED", log[-3000:]
-    states = subprocess.run([sys.executable, "-c", FLOW_STATES], cwd=project, env=_env(project), capture_output=True,
-                            text=True, timeout=180)
+    states = subprocess.run(
+        [sys.executable, "-c", FLOW_STATES], cwd=project, env=_env(project), capture_output=True, text=True, timeout=180
+    )
     assert states.returncode == 0, states.stderr[-3000:]
     (flow_run,) = states.stdout.splitlines()
     assert flow_run.split()[1] in {"CANCELLED", "CRASHED", "FAILED"}, f"{flow_run}\n{log[-3000:]}"

@@ -20,7 +20,6 @@ from stepjepa.checkpoint import CheckpointError, latest_checkpoint, save_checkpo
 from stepjepa.config import config_from_dict
 from stepjepa.modeling import save_model
 from stepjepa.train import main, split_params, train
-
 from tests.support.train import make_config, params_tree, write_params, write_tokenized
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +36,10 @@ def _argv(params: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 # --- 1. one process owns a run folder ----------------------------------------------------
 
-HOLD = ("import sys, time; from stepjepa.runlock import hold\n"
-        "with hold(sys.argv[1], 'x'):\n print('held', flush=True)\n time.sleep(600)")
+HOLD = (
+    "import sys, time; from stepjepa.runlock import hold\n"
+    "with hold(sys.argv[1], 'x'):\n print('held', flush=True)\n time.sleep(600)"
+)
 
 
 @pytest.mark.cli
@@ -59,15 +60,23 @@ def test_a_second_launcher_of_the_same_run_folder_is_refused(tiny_model_dir, tra
 
 # --- 2. what does not change the weights is not an immutable MLflow param ---------------
 
+
 def test_params_are_what_decides_the_weights_and_the_rest_are_tags():
-    params, tags = split_params({"train": {"k": 2, "log_every": 5, "experiment": "x"}, "eval": {"limit": 3},
-                                 "sweep": {"lambdas": [0.5]}, "model": {"name_or_path": "m"}})
+    params, tags = split_params(
+        {
+            "train": {"k": 2, "log_every": 5, "experiment": "x"},
+            "eval": {"limit": 3},
+            "sweep": {"lambdas": [0.5]},
+            "model": {"name_or_path": "m"},
+        }
+    )
     assert params == {"train.k": 2, "model.name_or_path": "m"}
     assert tags == {"eval.limit": 3, "sweep.lambdas": [0.5], "train.experiment": "x", "train.log_every": 5}
 
 
-def test_a_retry_with_other_eval_and_sweep_settings_logs_into_the_same_run(tiny_model_dir, train_data, tmp_path,
-                                                                          monkeypatch):
+def test_a_retry_with_other_eval_and_sweep_settings_logs_into_the_same_run(
+    tiny_model_dir, train_data, tmp_path, monkeypatch
+):
     """The sweep creates a config's run and passes MLFLOW_RUN_ID; a config that failed
     before its first checkpoint is retried into that run, maybe with a longer eval.limit."""
     from mlflow import MlflowClient
@@ -92,6 +101,7 @@ def test_a_retry_with_other_eval_and_sweep_settings_logs_into_the_same_run(tiny_
 
 
 # --- 4. verified checkpoints --------------------------------------------------------------
+
 
 def _toy_checkpoints(out: Path, steps: tuple[int, ...]) -> None:
     model = torch.nn.Linear(4, 2)
@@ -120,12 +130,15 @@ def _crash_at_step_5(cfg, data: Path, out: Path, monkeypatch) -> None:
             train(cfg, data, out)
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda d: (d / "optimizer.pt").write_bytes((d / "optimizer.pt").read_bytes()[:50]), "optimizer.pt: 50 bytes"),
-    (lambda d: (d / "rng-0.pt").unlink(), "rng-0.pt"),
-    (lambda d: (d / "state.json").write_text('{"step": 9}'), r"state.json: .*\(truncated\?\)"),
-    (lambda d: (d / "manifest.json").unlink(), "no manifest.json"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: (d / "optimizer.pt").write_bytes((d / "optimizer.pt").read_bytes()[:50]), "optimizer.pt: 50 bytes"),
+        (lambda d: (d / "rng-0.pt").unlink(), "rng-0.pt"),
+        (lambda d: (d / "state.json").write_text('{"step": 9}'), r"state.json: .*\(truncated\?\)"),
+        (lambda d: (d / "manifest.json").unlink(), "no manifest.json"),
+    ],
+)
 def test_resume_picks_the_newest_valid_checkpoint_and_names_the_one_it_skips(tmp_path, caplog, damage, reason):
     _toy_checkpoints(tmp_path, (2, 4))
     damage(tmp_path / "checkpoints" / "step-000004")
@@ -136,7 +149,8 @@ def test_resume_picks_the_newest_valid_checkpoint_and_names_the_one_it_skips(tmp
 
 
 def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_truncated(
-        tiny_model_dir, train_data, tmp_path, monkeypatch, caplog):
+    tiny_model_dir, train_data, tmp_path, monkeypatch, caplog
+):
     cfg = make_config(tiny_model_dir, max_steps=6, checkpoint_every=2, batch_size=4)
     _crash_at_step_5(cfg, train_data, tmp_path / "run", monkeypatch)
     weights = tmp_path / "run/checkpoints/step-000004/trainable.safetensors"
@@ -184,18 +198,35 @@ def test_a_full_disk_leaves_no_partial_checkpoint_or_model(tiny_model_dir, small
 
 # --- 5. SIGTERM / SIGINT: checkpoint, MLflow KILLED, a documented exit code ---------------
 
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_checkpoints_marks_the_run_killed_and_exits_with_its_code(tiny_model_dir, train_data, tmp_path,
-                                                                          signum, code):
+def test_a_signal_checkpoints_marks_the_run_killed_and_exits_with_its_code(
+    tiny_model_dir, train_data, tmp_path, signum, code
+):
     from mlflow import MlflowClient
 
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=500, epochs=100,
-                          log_every=1, checkpoint_every=None, tracking="mlflow", experiment="signal")
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_model_dir,
+        batch_size=4,
+        max_steps=500,
+        epochs=100,
+        log_every=1,
+        checkpoint_every=None,
+        tracking="mlflow",
+        experiment="signal",
+    )
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "stepjepa.train", *_argv(params, train_data, out)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepjepa.train", *_argv(params, train_data, out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while not ((out / "metrics.jsonl").is_file() and '"step": 2,' in (out / "metrics.jsonl").read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
@@ -211,8 +242,8 @@ def test_a_signal_checkpoints_marks_the_run_killed_and_exits_with_its_code(tiny_
 
 # --- 9. the first mean after a resume covers the whole logging window ---------------------
 
-def test_after_a_resume_the_first_logged_mean_covers_log_every_steps(tiny_model_dir, train_data, tmp_path,
-                                                                     monkeypatch):
+
+def test_after_a_resume_the_first_logged_mean_covers_log_every_steps(tiny_model_dir, train_data, tmp_path, monkeypatch):
     """log_every 3 and checkpoint_every 2: the step-4 checkpoint holds step 4's metrics,
     so step 6's mean after a crash at step 5 covers steps 4-6 as in an unbroken run."""
     cfg = make_config(tiny_model_dir, max_steps=6, checkpoint_every=2, log_every=3, batch_size=4)

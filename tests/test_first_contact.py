@@ -35,8 +35,9 @@ def test_readme_and_make_install_say_how_to_reach_the_commands():
     # As a user's shell runs it: under `make test` the inherited MAKELEVEL would make this
     # make print "Leaving directory" after the recipe.
     shell = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-    recipe = subprocess.run(["make", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True,
-                            check=True, env=shell).stdout
+    recipe = subprocess.run(
+        ["make", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True, check=True, env=shell
+    ).stdout
     assert "source .venv/bin/activate" in recipe.splitlines()[-1]
 
 
@@ -59,8 +60,20 @@ def test_the_prefect_form_describes_every_sweep_parameter():
     assert missing == []
     # The form's fields inside `sweep`: each says what it means and its default.
     fields = form.definitions["SweepChoices"]["properties"]
-    assert set(fields) >= {"ks", "lambdas", "seeds", "layout", "loss", "views", "overrides", "max_concurrent",
-                           "retries", "launcher", "axes", "design"}
+    assert set(fields) >= {
+        "ks",
+        "lambdas",
+        "seeds",
+        "layout",
+        "loss",
+        "views",
+        "overrides",
+        "max_concurrent",
+        "retries",
+        "launcher",
+        "axes",
+        "design",
+    }
     undocumented = [name for name, field in fields.items() if not field.get("description", "").split("Empty:")[0]]
     assert undocumented == []
     assert all("(default " in field["description"] for field in fields.values())

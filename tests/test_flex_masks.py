@@ -43,14 +43,17 @@ def left_padded(mask: torch.Tensor, laid_out: torch.Tensor) -> torch.Tensor:
     total = mask.shape[-1]
     out = torch.eye(total, dtype=torch.bool).repeat(mask.shape[0], 1, 1, 1)
     for b, length in enumerate(laid_out.tolist()):
-        out[b, 0, total - length:, total - length:] = mask[b, 0, :length, :length]
+        out[b, 0, total - length :, total - length :] = mask[b, 0, :length, :length]
     return out
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.lists(example_st, min_size=1, max_size=4), st.integers(0, 3),
-    st.sampled_from(("causal", *LAYOUTS)), st.integers(0, 5), st.sampled_from(("right", "left")),
+    st.lists(example_st, min_size=1, max_size=4),
+    st.integers(0, 3),
+    st.sampled_from(("causal", *LAYOUTS)),
+    st.integers(0, 5),
+    st.sampled_from(("right", "left")),
 )
 def test_mask_mod_equals_the_dense_mask(examples, k: int, layout: str, extra: int, side: str) -> None:
     """flex's own evaluation of the mask_mod over every (q, kv), padding rows included."""
@@ -72,8 +75,10 @@ def test_span_table_of_the_docstring_example() -> None:
     assert spans.tolist() == [[0, 6, 3, 4, 0, -1, -1]]
 
 
-@pytest.mark.parametrize("layout, views", [(layout, "steps") for layout in LAYOUTS]
-                         + [("two_pass", "user_assistant"), ("packed", "user_assistant")])
+@pytest.mark.parametrize(
+    "layout, views",
+    [(layout, "steps") for layout in LAYOUTS] + [("two_pass", "user_assistant"), ("packed", "user_assistant")],
+)
 def test_collated_span_tables_describe_the_collated_dense_masks(layout: str, views: str) -> None:
     from tests.test_forward_views import UA_ROWS
 
@@ -142,8 +147,16 @@ def test_training_on_cpu_refuses_flex_in_one_line() -> None:
 def test_stepjepa_train_on_cpu_with_flex_logs_one_line_naming_the_key(tmp_path, caplog) -> None:
     """Refused before data or model are loaded (neither exists here), exit status 2."""
     params = write_params(tmp_path / "params.yaml", tmp_path / "no-model")
-    argv = ["--params", str(params), "--set", "model.attn_implementation=flex_attention",
-            "--data", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "run")]
+    argv = [
+        "--params",
+        str(params),
+        "--set",
+        "model.attn_implementation=flex_attention",
+        "--data",
+        str(tmp_path / "missing.parquet"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     with caplog.at_level(logging.ERROR):
         assert main(argv) == 2
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

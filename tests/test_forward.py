@@ -27,9 +27,11 @@ def test_views_agree_across_layouts(model, k: int) -> None:
 @pytest.mark.parametrize("kind", ["cosine", "l2", "mse", "infonce"])
 def test_losses_agree_across_layouts_and_packed_lm_is_sft(model, kind: str) -> None:
     sft = sft_loss(model, ROWS)
-    outs = {layout: step_jepa_forward(model, batch_for(ROWS, 2, layout), layout=layout, loss_kind=kind,
-                                      gamma=0.7, lam=0.3) for layout in LAYOUTS}
-    for layout, out in outs.items():
+    outs = {
+        layout: step_jepa_forward(model, batch_for(ROWS, 2, layout), layout=layout, loss_kind=kind, gamma=0.7, lam=0.3)
+        for layout in LAYOUTS
+    }
+    for out in outs.values():
         assert out.n_valid == 3 and torch.isfinite(out.loss)
         torch.testing.assert_close(out.jepa_loss, outs["inline"].jepa_loss, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(out.loss.detach(), 0.7 * out.lm_loss + 0.3 * out.jepa_loss)
@@ -100,8 +102,9 @@ def test_lora_forward_backward_trains_predictor_rows(impl: str) -> None:
     peft = pytest.importorskip("peft")
     base = tiny_llama(impl).train()
     plain = step_jepa_forward(base, batch_for(ROWS, 2, "inline"), layout="inline")
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                             trainable_token_indices=PRED[:2], task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], trainable_token_indices=PRED[:2], task_type="CAUSAL_LM"
+    )
     lora = peft.get_peft_model(base, config)
     for layout in LAYOUTS:
         lora.zero_grad()

@@ -13,7 +13,12 @@ import torch
 
 from stepjepa.collate import PAIR_COLUMNS, shift_targets
 from stepjepa.forward import (
-    _two_pass_views, gather_views, last_hidden, lm_loss_from_hidden, model_parts, step_jepa_forward,
+    _two_pass_views,
+    gather_views,
+    last_hidden,
+    lm_loss_from_hidden,
+    model_parts,
+    step_jepa_forward,
 )
 from stepjepa.losses import jepa_loss
 from tests.support.tiny_llama import PRED, ROWS, batch_for, sft_loss, tiny_llama, views
@@ -29,10 +34,13 @@ def ua_row(user: list[int], assistant: list[int], rest: list[int], valid: bool =
     a_end = u_end + len(assistant)
     steps = len(assistant) >= 5
     return {
-        "input_ids": ids, "labels": [-100] * len(user) + assistant + [-100] * len(rest),
+        "input_ids": ids,
+        "labels": [-100] * len(user) + assistant + [-100] * len(rest),
         "step1_span": [u_end + 1, u_end + 2] if steps else None,
-        "step2_span": [u_end + 3, u_end + 4] if steps else None, "jepa_valid": steps,
-        "user_span": [0, u_end] if valid else None, "assistant_span": [u_end + 1, a_end] if valid else None,
+        "step2_span": [u_end + 3, u_end + 4] if steps else None,
+        "jepa_valid": steps,
+        "user_span": [0, u_end] if valid else None,
+        "assistant_span": [u_end + 1, a_end] if valid else None,
         "ua_valid": valid,
     }
 
@@ -87,6 +95,7 @@ def test_layouts_agree_and_differ_from_the_steps_pair(model) -> None:
 def embedding_grads(model, batch: dict, layout: str, target_grad: bool) -> torch.Tensor:
     """d(JEPA loss)/d(input embeddings) `(B, T, H)` of one packed pass (gamma = 0)."""
     captured = []
+
     def keep(_module, _inputs, out):
         out.retain_grad()
         captured.append(out)

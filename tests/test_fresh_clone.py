@@ -39,9 +39,13 @@ def make_run(repo: Path, env: dict) -> str:
 
 def environment(repo: Path, source: Path) -> dict:
     return os.environ | {
-        "GSM8K_DIR": str(source), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db", "PREFECT_HOME": str(repo / ".prefect"),
+        "GSM8K_DIR": str(source),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db",
+        "PREFECT_HOME": str(repo / ".prefect"),
     }
 
 
@@ -55,8 +59,14 @@ def published(tmp_path_factory):
     params = copy_project(repo, validation_size=10, extra=(".gitignore",))
     # What these tests check is DVC's and the sweep's bookkeeping: a two-run sweep of a few
     # steps will do (the default 10-config sweep made a module of this ~4 min of `make test`).
-    params["train"] |= {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2, "eval_every": 2,
-                        "eval_examples": 4}
+    params["train"] |= {
+        "max_steps": 4,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "log_every": 2,
+        "eval_every": 2,
+        "eval_examples": 4,
+    }
     params["eval"] |= {"limit": 6, "max_new_tokens": 12, "batch_size": 6}
     params["sweep"] |= {"ks": [1], "lambdas": [0.5], "experiment": "fresh", "registered_model_name": "sj-fresh"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -93,8 +103,9 @@ def clone(published, tmp_path_factory, migrated_prefect):
     folders, and its own empty MLflow store. (Its Prefect database is migrated already: the
     author's first `make run` made one from nothing.)"""
     author, source, _ = published
-    repo, env = fresh_clone(author, tmp_path_factory.mktemp("clone"), source, "fetch", "prepare", "build_model",
-                            "tokenize")
+    repo, env = fresh_clone(
+        author, tmp_path_factory.mktemp("clone"), source, "fetch", "prepare", "build_model", "tokenize"
+    )
     migrated_prefect(Path(env["PREFECT_HOME"]))
     return repo, env
 
@@ -117,8 +128,14 @@ def test_repro_builds_every_output_and_accounts_for_every_record(published):
         assert f"Running stage '{stage}'" in out
     prepare = json.loads((repo / "metrics/prepare.json").read_text())
     assert prepare["train"] | {"skip_examples": None} == {
-        "read": 61, "kept": 60, "kept_lm_only": 0, "dropped_short": 0, "skipped": 1,
-        "skipped_by_reason": {"malformed_json": 1}, "skip_examples": None, "training_records": 50,
+        "read": 61,
+        "kept": 60,
+        "kept_lm_only": 0,
+        "dropped_short": 0,
+        "skipped": 1,
+        "skipped_by_reason": {"malformed_json": 1},
+        "skip_examples": None,
+        "training_records": 50,
     }
     assert prepare["validation"]["records"] == 10
     assert "data/raw/train.jsonl:4:" in prepare["train"]["skip_examples"][0]
@@ -203,18 +220,34 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, 
     versions = [str(v.version) for v in MlflowClient(store).search_model_versions("name = 'sj-fresh'")]
     assert versions == ["1"]
     server_env = env | {"PREFECT_HOME": migrated_prefect(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
-    with prefect_server(tmp_path / "prefect.log", server_env) as api, \
-         mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", server_env) as ml:
+    with (
+        prefect_server(tmp_path / "prefect.log", server_env) as api,
+        mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", server_env) as ml,
+    ):
         client_env = server_env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}
         serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
         with process(serve, tmp_path / "serve.log", client_env, cwd=repo):
             wait_for_deployment(client_env, "gsm8k")
             triggered = subprocess.run(
-                [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k",
-                 "-p", 'sweep={"ks": [1], "lambdas": [0.5]}', "--watch", "--watch-timeout", "400"],
-                env=client_env, capture_output=True, text=True, timeout=450)
-            assert triggered.returncode == 0 and "Completed" in triggered.stdout, \
+                [
+                    str(BIN / "prefect"),
+                    "deployment",
+                    "run",
+                    "step-jepa-sweep/gsm8k",
+                    "-p",
+                    'sweep={"ks": [1], "lambdas": [0.5]}',
+                    "--watch",
+                    "--watch-timeout",
+                    "400",
+                ],
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=450,
+            )
+            assert triggered.returncode == 0 and "Completed" in triggered.stdout, (
                 triggered.stdout + triggered.stderr + (tmp_path / "serve.log").read_text()[-3000:]
+            )
         after = MlflowClient(ml).search_model_versions("name = 'sj-fresh'")
         assert [str(v.version) for v in after] == versions, "the UI sweep registered the same champion again"
     assert not list((repo / "runs/sweep").glob("*/train.log")), "the UI sweep trained a config make run had trained"

@@ -22,7 +22,6 @@ from stepjepa.kv_cache import PrefixCache, supports_prefix_cache
 from stepjepa.prompts import IM_END
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -188,8 +187,11 @@ def test_evaluation_prompt_is_the_training_prompt_for_a_dated_template():
     from tests.support import tokenizer_families as families
 
     tok = families.byte_level_bpe()
-    messages = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "What is 2+3?"},
-                {"role": "assistant", "content": "2+3 = 5.\n\nThe answer is \\boxed{5}."}]
+    messages = [
+        {"role": "system", "content": "Solve it."},
+        {"role": "user", "content": "What is 2+3?"},
+        {"role": "assistant", "content": "2+3 = 5.\n\nThe answer is \\boxed{5}."},
+    ]
     trained = render_conversation(tok, messages, "26 Jul 2024")
     expected = tok(trained.text[: trained.content_start], add_special_tokens=False)["input_ids"]
     assert chat_prompt_ids(tok, messages[:2], date_string="26 Jul 2024") == expected

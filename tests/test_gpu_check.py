@@ -38,18 +38,38 @@ def test_the_gpu_scale_is_qwen25_05b() -> None:
     gpu = gpu_check.GPU
     assert gpu.shape is gpu_check.QWEN25_05B and gpu.device == "cuda" and gpu.bf16
     assert gpu.batch_size == 4 and gpu.prompts == 256 and set(gpu.run_sections) == set(gpu_check.SECTIONS)
-    assert {key: gpu.shape[key] for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
-                                            "num_key_value_heads", "intermediate_size", "vocab_size")} == {
-        "num_hidden_layers": 24, "hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2,
-        "intermediate_size": 4864, "vocab_size": 151936}
+    assert {
+        key: gpu.shape[key]
+        for key in (
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+            "vocab_size",
+        )
+    } == {
+        "num_hidden_layers": 24,
+        "hidden_size": 896,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+        "vocab_size": 151936,
+    }
 
 
 @pytest.mark.cli
 def test_cpu_smoke_runs_every_section(gsm8k_dir, tmp_path) -> None:
     out = tmp_path / "gpu-check.md"
     env = dict(os.environ) | {"PYTHONPATH": str(ROOT), "GSM8K_DIR": str(gsm8k_dir), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
     assert table in done.stdout
@@ -66,6 +86,7 @@ def test_cpu_smoke_runs_every_section(gsm8k_dir, tmp_path) -> None:
     trl = [c for c in cells if c[0] == "trl"]
     try:
         import trl as _  # noqa: F401
+
         assert [c[1] for c in trl] == ["trl_sft", "sft", "jepa_inline", "jepa_packed"]
     except ImportError:
         assert "skipped: trl not installed" in trl[0][6]

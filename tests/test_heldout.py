@@ -29,11 +29,16 @@ def reference_nll(model, r: dict) -> dict:
     """One row alone through transformers' own forward; log-softmax by hand."""
     ids = torch.tensor([r["input_ids"]])
     logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0].double(), dim=-1)
-    token_nll = {t: -float(logp[t - 1, r["input_ids"][t]]) for t in range(1, len(r["input_ids"]))
-                 if r["labels"][t] != -100}
+    token_nll = {
+        t: -float(logp[t - 1, r["input_ids"][t]]) for t in range(1, len(r["input_ids"])) if r["labels"][t] != -100
+    }
     step2 = [t for t in token_nll if r["jepa_valid"] and r["step2_span"][0] <= t <= r["step2_span"][1]]
-    return {"nll": sum(token_nll.values()) / len(token_nll) if token_nll else math.nan, "tokens": len(token_nll),
-            "step2_nll": sum(token_nll[t] for t in step2) / len(step2) if step2 else None, "step2_tokens": len(step2)}
+    return {
+        "nll": sum(token_nll.values()) / len(token_nll) if token_nll else math.nan,
+        "tokens": len(token_nll),
+        "step2_nll": sum(token_nll[t] for t in step2) / len(step2) if step2 else None,
+        "step2_tokens": len(step2),
+    }
 
 
 def assert_same(got: list[dict], want: list[dict], tol: float = 1e-5) -> None:
@@ -99,8 +104,9 @@ def test_view_embeddings_are_the_training_views(model, k: int, layout: str) -> N
     assert v1.dtype == torch.float32 and v1.shape == w1.shape == (sum(r["jepa_valid"] for r in rows), 64)
     torch.testing.assert_close(v1, w1, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(v2, w2, atol=2e-5, rtol=1e-5)
-    out = step_jepa_forward(model, collate(rows, k=k, layout=layout, predictor_ids=PRED[:k], pad_id=0),
-                            layout=layout, lam=1.0)
+    out = step_jepa_forward(
+        model, collate(rows, k=k, layout=layout, predictor_ids=PRED[:k], pad_id=0), layout=layout, lam=1.0
+    )
     torch.testing.assert_close(jepa_loss(v1, v2), out.jepa_loss, atol=2e-5, rtol=1e-5)
 
 

@@ -16,7 +16,13 @@ PACKAGES = ("stepjepa", "pipelines")
 # What `stepjepa/tracking/` may import from the rest of the library: leaf modules that
 # import nothing above them (checked below), so tracking sits under training, the sweep
 # and the report and never the other way round.
-TRACKING_MAY_IMPORT = {"stepjepa.config", "stepjepa.vocabulary", "stepjepa.prompts", "stepjepa.runlock", "stepjepa.stats"}
+TRACKING_MAY_IMPORT = {
+    "stepjepa.config",
+    "stepjepa.vocabulary",
+    "stepjepa.prompts",
+    "stepjepa.runlock",
+    "stepjepa.stats",
+}
 
 # Orchestration and its tools stay out of the library (pipelines/ wraps it, not the reverse).
 NEVER_IN_LIBRARY = ("prefect", "dvc", "pipelines")
@@ -87,7 +93,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -121,7 +127,8 @@ def test_no_import_cycle_among_library_modules():
 def test_the_library_never_imports_orchestration():
     offenders = {
         f"{name} imports {imported}"
-        for name, path in modules().items() if name.startswith("stepjepa")
+        for name, path in modules().items()
+        if name.startswith("stepjepa")
         for imported in imported_names(name, path)
         if imported.split(".")[0] in NEVER_IN_LIBRARY
     }
@@ -132,9 +139,11 @@ def test_tracking_imports_only_leaf_modules_of_the_library():
     edges = graph()
     offenders = {
         f"{name} imports {target}"
-        for name, targets in edges.items() if name == "stepjepa.tracking" or name.startswith("stepjepa.tracking.")
+        for name, targets in edges.items()
+        if name == "stepjepa.tracking" or name.startswith("stepjepa.tracking.")
         for target in targets
-        if target.startswith("stepjepa") and not target.startswith("stepjepa.tracking")
+        if target.startswith("stepjepa")
+        and not target.startswith("stepjepa.tracking")
         and target not in TRACKING_MAY_IMPORT | {"stepjepa"}
     }
     assert not offenders, sorted(offenders)

@@ -25,8 +25,7 @@ sys.exit(int(sys.argv[1]))
 def test_log_file_holds_everything_and_progress_lines_are_forwarded(tmp_path, forward):
     seen: list[str] = []
     log = tmp_path / "run" / "train.log"
-    run_logged([sys.executable, "-c", SCRIPT, "0"], dict(os.environ), log,
-               on_progress=seen.append if forward else None)
+    run_logged([sys.executable, "-c", SCRIPT, "0"], dict(os.environ), log, on_progress=seen.append if forward else None)
     text = log.read_text()
     assert text.startswith(f"$ {sys.executable} -c")
     assert "step 4/4 loss=2.9" in text and "not a step 5/4 line" in text and "50%|#####" in text
@@ -38,14 +37,20 @@ def test_log_file_holds_everything_and_progress_lines_are_forwarded(tmp_path, fo
 def test_a_failing_run_raises_with_the_log_tail(tmp_path, forward):
     log = tmp_path / "train.log"
     with pytest.raises(RunFailed, match=r"(?s)exited with code 3; full log .*train\.log.*not a step 5/4 line"):
-        run_logged([sys.executable, "-c", SCRIPT, "3"], dict(os.environ), log,
-                   on_progress=(lambda _: None) if forward else None)
+        run_logged(
+            [sys.executable, "-c", SCRIPT, "3"],
+            dict(os.environ),
+            log,
+            on_progress=(lambda _: None) if forward else None,
+        )
 
 
 @pytest.mark.cli
 def test_evaluation_progress_lines_are_forwarded_too(tmp_path):
-    script = ('print("2026-12-01 08:00:00,000 stepjepa.evaluate INFO evaluate validation 32/200 '
-              'completions=41.2/s eta=4s")\nprint("evaluate 1/2 without a level is not a progress line")')
+    script = (
+        'print("2026-12-01 08:00:00,000 stepjepa.evaluate INFO evaluate validation 32/200 '
+        'completions=41.2/s eta=4s")\nprint("evaluate 1/2 without a level is not a progress line")'
+    )
     seen: list[str] = []
     run_logged([sys.executable, "-c", script], dict(os.environ), tmp_path / "evaluate.log", on_progress=seen.append)
     assert seen == ["evaluate validation 32/200 completions=41.2/s eta=4s"]
@@ -59,8 +64,9 @@ def test_a_run_works_in_the_folder_it_is_given(tmp_path):
 
 
 def test_a_training_run_reads_every_setting_from_its_config_file(tmp_path):
-    cmd = train_command(tmp_path / "config.yaml", tmp_path / "train.parquet", tmp_path / "run", None, resume=True,
-                        run_name="sft_s0")
+    cmd = train_command(
+        tmp_path / "config.yaml", tmp_path / "train.parquet", tmp_path / "run", None, resume=True, run_name="sft_s0"
+    )
     assert "--set" not in cmd and cmd[cmd.index("--params") + 1] == str(tmp_path / "config.yaml")
     assert cmd[-3:] == ["--resume", "--run-name", "sft_s0"] and "--cpu" in cmd
 
@@ -74,10 +80,15 @@ atexit.register(lambda: print("at exit", gc.isenabled(), gc.get_freeze_count() >
 
 
 @pytest.mark.cli
-@pytest.mark.parametrize("cmd, during_startup", [(["-m", "stepjepa.train", "--help"], False),
-                                                 (["-m", "pipelines.sweep", "--help"], False),
-                                                 (["-c", "import stepjepa.train"], True),
-                                                 (["-m", "stepjepa.cli", "--help"], True)])
+@pytest.mark.parametrize(
+    "cmd, during_startup",
+    [
+        (["-m", "stepjepa.train", "--help"], False),
+        (["-m", "pipelines.sweep", "--help"], False),
+        (["-c", "import stepjepa.train"], True),
+        (["-m", "stepjepa.cli", "--help"], True),
+    ],
+)
 def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup):
     """Only a training run's and a sweep's processes start with the cyclic collector off;
     `process_main` turns it back on with the start-up objects frozen. Any other import

@@ -16,8 +16,20 @@ from stepjepa.config import ConfigError, config_from_dict
 from stepjepa.tokenization import encode_records
 from stepjepa.vocabulary import INLINE_UA
 
-KEYS = {"layout", "k", "steps", "tokens", "input_ids", "labels", "position_ids", "attention",
-        "view1_index", "view2_index", "step1_span", "step2_span"}
+KEYS = {
+    "layout",
+    "k",
+    "steps",
+    "tokens",
+    "input_ids",
+    "labels",
+    "position_ids",
+    "attention",
+    "view1_index",
+    "view2_index",
+    "step1_span",
+    "step2_span",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +43,17 @@ def files(tmp_path_factory, tiny_model_dir, conversations):
 
 
 def args(out, model_dir, *extra: str) -> list[str]:
-    return ["--params", str(out / "none.yaml"), "--data", str(out / "train.parquet"),
-            "--prepared", str(out / "train.jsonl"), "--model-dir", str(model_dir), *extra]
+    return [
+        "--params",
+        str(out / "none.yaml"),
+        "--data",
+        str(out / "train.parquet"),
+        "--prepared",
+        str(out / "train.jsonl"),
+        "--model-dir",
+        str(model_dir),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("layout", ["inline", "packed"])
@@ -50,9 +71,9 @@ def test_json_is_the_training_batch(files, tiny_model_dir, capsys, layout) -> No
     assert rec["input_ids"][rec["view1_index"]] == ids[-1]
     a2, e2 = rec["step2_span"]
     s2 = rows[1]["step2_span"]
-    assert rec["input_ids"][a2:e2 + 1] == rows[1]["input_ids"][s2[0]:s2[1] + 1] and rec["view2_index"] == e2
+    assert rec["input_ids"][a2 : e2 + 1] == rows[1]["input_ids"][s2[0] : s2[1] + 1] and rec["view2_index"] == e2
     assert rec["steps"] == json.loads((out / "train.jsonl").read_text().splitlines()[1])["steps"]
-    assert "".join(rec["tokens"][rec["step1_span"][0]:rec["step1_span"][1] + 1]).strip() == rec["steps"][0]
+    assert "".join(rec["tokens"][rec["step1_span"][0] : rec["step1_span"][1] + 1]).strip() == rec["steps"][0]
 
 
 def test_text_grid_and_png_for_k_1_2_3(files, tiny_model_dir, capsys, tmp_path) -> None:
@@ -75,8 +96,19 @@ def test_bad_arguments(files, tiny_model_dir) -> None:
 
 def test_both_view_pairs_side_by_side_as_json_lines(files, tiny_model_dir, capsys) -> None:
     out, rows = files
-    extra = ("--index", "1", "--k", "2", "--layout", "packed", "--json", "--views", "steps", "--views",
-             "user_assistant")
+    extra = (
+        "--index",
+        "1",
+        "--k",
+        "2",
+        "--layout",
+        "packed",
+        "--json",
+        "--views",
+        "steps",
+        "--views",
+        "user_assistant",
+    )
     assert layout_view.main(args(out, tiny_model_dir, *extra)) == 0
     steps, ua = map(json.loads, capsys.readouterr().out.splitlines())
     assert (steps["views"], ua["views"]) == ("steps", "user_assistant") and steps.keys() == ua.keys() >= KEYS
@@ -88,7 +120,7 @@ def test_both_view_pairs_side_by_side_as_json_lines(files, tiny_model_dir, capsy
     assert torch.equal(torch.tensor(ua["attention"], dtype=torch.bool), batch["attention_mask"][0, 0])
     u_end, (a0, a_end) = rows[1]["user_span"][1], rows[1]["assistant_span"]
     assert ua["step1_span"] == [0, u_end] and ua["input_ids"][ua["view1_index"]] == ids[-1]
-    assert ua["input_ids"][ua["step2_span"][0]:ua["view2_index"] + 1] == rows[1]["input_ids"][a0:a_end + 1]
+    assert ua["input_ids"][ua["step2_span"][0] : ua["view2_index"] + 1] == rows[1]["input_ids"][a0 : a_end + 1]
     assert ua["tokens"][ua["view2_index"]] == "<|im_end|>", "view 2 is the end of the assistant message"
     assert {"user", "pred", "assistant", "copy"} <= set(ua["segments"]) and "step1" not in ua["segments"]
 
@@ -96,8 +128,20 @@ def test_both_view_pairs_side_by_side_as_json_lines(files, tiny_model_dir, capsy
 def test_text_and_png_of_both_pairs_side_by_side(files, tiny_model_dir, capsys, tmp_path) -> None:
     out, _ = files
     png = tmp_path / "pairs.png"
-    extra = ("--id", "train-000001", "--k", "1", "--layout", "two_pass", "--views", "steps", "--views", "user_assistant",
-             "--png", str(png))
+    extra = (
+        "--id",
+        "train-000001",
+        "--k",
+        "1",
+        "--layout",
+        "two_pass",
+        "--views",
+        "steps",
+        "--views",
+        "user_assistant",
+        "--png",
+        str(png),
+    )
     assert layout_view.main(args(out, tiny_model_dir, *extra)) == 0
     text = capsys.readouterr().out
     assert "views=steps  layout=two_pass" in text and "views=user_assistant  layout=two_pass" in text
@@ -132,7 +176,10 @@ def test_data_without_the_pair_columns_is_a_clean_error(files, tiny_model_dir, c
 def test_mask_png_names_segments_views_and_colours(files, tiny_model_dir) -> None:
     out, rows = files
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    records = [layout_view.lay_out(rows[1], tok, 2, "packed", None), layout_view.lay_out(rows[1], tok, 0, "inline", None)]
+    records = [
+        layout_view.lay_out(rows[1], tok, 2, "packed", None),
+        layout_view.lay_out(rows[1], tok, 0, "inline", None),
+    ]
     fig = layout_view.mask_figure(records)
     packed, plain = fig.axes[:2]
     ticks = [t.get_text() for t in packed.get_xticklabels()]
@@ -140,7 +187,9 @@ def test_mask_png_names_segments_views_and_colours(files, tiny_model_dir) -> Non
     assert ticks == [t.get_text() for t in packed.get_yticklabels()]
     assert len(packed.lines) == len(ticks) - 1 + len(ticks) - 1 + 2, "a boundary line per segment change, two views"
     legend = [t.get_text() for t in packed.get_legend().get_texts()]
-    assert legend == [f"view 1: last predictor (query row {records[0]['view1_index']})",
-                      f"view 2: end of Step 2 (query row {records[0]['view2_index']})"]
+    assert legend == [
+        f"view 1: last predictor (query row {records[0]['view1_index']})",
+        f"view 2: end of Step 2 (query row {records[0]['view2_index']})",
+    ]
     assert plain.get_legend().get_texts()[0].get_text().startswith("view 1: end of Step 1")
     assert all("black = may attend, white = masked" in ax.get_title() for ax in (packed, plain))

@@ -20,9 +20,16 @@ MODEL = tiny_llama("sdpa")
 
 
 def tied_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(1)
     model = LlamaForCausalLM(config).eval()
     assert model.lm_head.weight is model.get_input_embeddings().weight
@@ -47,8 +54,13 @@ def loss_and_grads(parts, hidden: torch.Tensor, targets: torch.Tensor, chunk: in
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**16), batch=st.integers(1, 4), width=st.integers(1, 40), chunk=st.integers(1, 200),
-       softcap=st.sampled_from([None, 5.0, 30.0]))
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 4),
+    width=st.integers(1, 40),
+    chunk=st.integers(1, 200),
+    softcap=st.sampled_from([None, 5.0, 30.0]),
+)
 def test_chunked_loss_and_grads_equal_the_whole_batch_head(seed, batch, width, chunk, softcap):
     parts = dataclasses.replace(model_parts(MODEL), softcap=softcap)
     hidden, targets = hidden_and_targets(seed, batch, width)
@@ -93,8 +105,9 @@ def test_chunks_under_lora_and_without_grad():
     """A LoRA-wrapped head is not a plain Linear: its chunks are checkpointed instead."""
     from peft import LoraConfig, get_peft_model
 
-    lora = get_peft_model(tiny_llama("sdpa"), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"],
-                                                         init_lora_weights=False))
+    lora = get_peft_model(
+        tiny_llama("sdpa"), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
+    )
     parts = model_parts(lora)
     assert type(parts.head) is not torch.nn.Linear
     hidden, targets = hidden_and_targets(3, 3, 30)
@@ -104,8 +117,13 @@ def test_chunks_under_lora_and_without_grad():
         leaf = hidden.clone().requires_grad_(True)
         loss = lm_loss_from_hidden(parts, leaf, targets, chunk)
         loss.backward()
-        results.append((loss.detach(), leaf.grad, {n: p.grad.clone() for n, p in lora.named_parameters()
-                                                   if p.requires_grad and "lm_head" in n}))
+        results.append(
+            (
+                loss.detach(),
+                leaf.grad,
+                {n: p.grad.clone() for n, p in lora.named_parameters() if p.requires_grad and "lm_head" in n},
+            )
+        )
     (want, want_hidden, want_head), (got, got_hidden, got_head) = results
     assert len(want_head) == 2  # lora_A, lora_B of the head
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
@@ -114,8 +132,12 @@ def test_chunks_under_lora_and_without_grad():
         torch.testing.assert_close(got_head[name], grad, atol=1e-6, rtol=0, msg=name)
     with torch.no_grad():
         for p in (parts, model_parts(MODEL)):
-            torch.testing.assert_close(lm_loss_from_hidden(p, hidden, targets, 7),
-                                       lm_loss_from_hidden(p, hidden, targets, None), atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                lm_loss_from_hidden(p, hidden, targets, 7),
+                lm_loss_from_hidden(p, hidden, targets, None),
+                atol=1e-6,
+                rtol=0,
+            )
 
 
 def test_no_target_gives_a_zero_that_carries_the_graph():

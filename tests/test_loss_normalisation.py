@@ -28,8 +28,9 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize("options", [{}, {"layout": "two_pass", "loss": "l2"}, {"layout": "packed", "loss": "mse"},
-                                     {"lm_loss_chunk": 16}])
+@pytest.mark.parametrize(
+    "options", [{}, {"layout": "two_pass", "loss": "l2"}, {"layout": "packed", "loss": "mse"}, {"lm_loss_chunk": 16}]
+)
 def test_accumulation_trains_what_one_big_batch_trains(options):
     tc = config(**options)
     whole, whole_metrics = run(WHOLE, tc)
@@ -67,11 +68,20 @@ def test_a_step_without_the_jepa_draw_has_no_jepa_term_on_any_micro_batch():
 @pytest.mark.timeout(300)
 def test_two_processes_train_what_one_big_batch_trains(tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs/accelerate/cpu_2proc.yaml"), "-m", "tests.support.loss_steps", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+        "-m",
+        "tests.support.loss_steps",
+        str(tmp_path),
+    ]
     # Its own process group, killed whole on a time-out: the launcher's workers die with the test.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=240)
     finally:

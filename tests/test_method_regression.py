@@ -19,12 +19,27 @@ from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
 from tests.support.train import FAST_TRAIN, write_tokenized
 
 # Two-step problems, as `make demo` sizes them (benchmarks/results/arith-sizing.md).
-ARITH = {"train_size": 1500, "test_size": 200, "seed": 0, "min_steps": 2, "max_steps": 2, "max_operand": 5,
-         "max_value": 20}
+ARITH = {
+    "train_size": 1500,
+    "test_size": 200,
+    "seed": 0,
+    "min_steps": 2,
+    "max_steps": 2,
+    "max_operand": 5,
+    "max_value": 20,
+}
 # A short system prompt: ~35 fewer tokens per example, a quarter of the training compute.
 DATA = {"source": "arith", "arith": ARITH, "system_prompt": "Solve step by step; answer in \\boxed{}."}
-TINY = {"vocab_size": 1024, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512, "seed": 0}
+TINY = {
+    "vocab_size": 1024,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "seed": 0,
+}
 SFT_STEPS = 360
 # Measured (2026-12-01, this exact setup, 1 torch thread, train.seed 0 / 1 / 2): after 360
 # SFT steps greedy answers are right (`accuracy_strict`, what the sweep selects on) for 0.36 /
@@ -65,8 +80,10 @@ def arith_project(tmp_path_factory) -> dict[str, Path]:
 def _train(project: dict[str, Path], name: str, **train):
     from stepjepa.train import train as run_training
 
-    tree = {"model": {"name_or_path": str(project["model"])},
-            "train": FAST_TRAIN | {"batch_size": 16, "warmup_steps": 10, "log_every": 10, "epochs": 10} | train}
+    tree = {
+        "model": {"name_or_path": str(project["model"])},
+        "train": FAST_TRAIN | {"batch_size": 16, "warmup_steps": 10, "log_every": 10, "epochs": 10} | train,
+    }
     return run_training(config_from_dict(tree), project["data"], project["root"] / name)
 
 
@@ -97,7 +114,9 @@ def _held_out_scores(model_dir: Path, test: Path) -> tuple[float, float]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = encode_records(tokenizer, [r for _, r in read_jsonl(test)], 512, "26 Jul 2024").to_pylist()
     # Byte-level BPE writes a leading space as U+0120 ("\u01202" is " 2").
-    numbers = torch.tensor([t.lstrip("\u0120").isdigit() for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))])
+    numbers = torch.tensor(
+        [t.lstrip("\u0120").isdigit() for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
+    )
     losses, hits, total = [], 0, 0
     for row in rows:
         ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
@@ -136,8 +155,10 @@ def test_sft_learns_the_arith_task(arith_project):
     result = _train(arith_project, "sft", k=0, **{"lambda": 0.0}, max_steps=SFT_STEPS)
     loss, number_accuracy = _held_out_scores(result.model_dir, arith_project["test"])
     accuracy = _greedy_accuracy(result.model_dir, arith_project["test"])
-    print(f"SFT after {SFT_STEPS} steps: held-out loss {loss:.3f}, number tokens {number_accuracy:.3f}, "
-          f"greedy accuracy_strict {accuracy:.3f}")
+    print(
+        f"SFT after {SFT_STEPS} steps: held-out loss {loss:.3f}, number tokens {number_accuracy:.3f}, "
+        f"greedy accuracy_strict {accuracy:.3f}"
+    )
     assert number_accuracy >= NUMBER_TOKEN_FLOOR, f"number tokens {number_accuracy:.3f} < floor {NUMBER_TOKEN_FLOOR}"
     assert loss <= LOSS_CEILING, f"held-out answer loss {loss:.3f} > {LOSS_CEILING}"
     assert accuracy >= GREEDY_ACCURACY_FLOOR, f"greedy accuracy_strict {accuracy:.3f} < floor {GREEDY_ACCURACY_FLOOR}"

@@ -29,8 +29,9 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
     return {f.path for f in client.list_artifacts(run_id, path)}
 
 
-def test_a_training_run_has_source_datasets_config_and_a_training_experiment(tiny_model_dir, conversations,
-                                                                            tmp_path, store):
+def test_a_training_run_has_source_datasets_config_and_a_training_experiment(
+    tiny_model_dir, conversations, tmp_path, store
+):
     from stepjepa.train import train
 
     project = tmp_path / "project"
@@ -78,15 +79,25 @@ def test_a_sweep_run_gets_its_config_and_log_once_complete(tmp_path, store):
 
 def test_the_predictions_table_shows_the_question_first(tmp_path, store):
     run_id = store.create_run(_experiment_id(store, "sweep")).info.run_id
-    rows = [{"id": f"q{i}", "question": f"How many apples, {i}?", "prompt": "<|im_start|>system\nLong system prompt...",
-             "completion": "\\boxed{3}", "answer": "3", "correct_strict": True} for i in range(2)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"How many apples, {i}?",
+            "prompt": "<|im_start|>system\nLong system prompt...",
+            "completion": "\\boxed{3}",
+            "answer": "3",
+            "correct_strict": True,
+        }
+        for i in range(2)
+    ]
     folder = tmp_path / "validation"
     folder.mkdir()
     (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "metrics.json").write_text(json.dumps({"accuracy_strict": 1.0}))
     tracking.log_split(run_id, "validation", folder)
-    table = json.loads(Path(store.download_artifacts(run_id, "validation/predictions_table.json", str(tmp_path)))
-                       .read_text())
+    table = json.loads(
+        Path(store.download_artifacts(run_id, "validation/predictions_table.json", str(tmp_path))).read_text()
+    )
     columns = table["columns"]
     assert columns[:4] == ["id", "question", "completion", "answer"] and columns[-1] == "prompt"
     assert [row[1] for row in table["data"]] == [r["question"] for r in rows]

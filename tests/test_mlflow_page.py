@@ -18,7 +18,9 @@ from tests.support.train import make_config, write_tokenized
 # Offline as for the plots page, but the local server must resolve; MLflow's UI is a JS app
 # reading the run over its REST API, so it gets (virtual) time to render.
 FLAGS = [f for f in CHROMIUM_FLAGS if not f.startswith(("--host-resolver-rules", "--virtual-time-budget"))] + [
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=20000"]
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--virtual-time-budget=20000",
+]
 
 
 def _chromium(env: dict, tmp: Path, *args: str) -> str:
@@ -36,8 +38,9 @@ def _dom(env: dict, tmp: Path, url: str, ready: str, tries: int = 4) -> str:
 
 
 @pytest.mark.server
-def test_the_run_page_shows_source_dataset_params_metrics_and_config(tiny_model_dir, conversations, tmp_path,
-                                                                    monkeypatch):
+def test_the_run_page_shows_source_dataset_params_metrics_and_config(
+    tiny_model_dir, conversations, tmp_path, monkeypatch
+):
     if shutil.which("chromium") is None:
         pytest.skip("no chromium: `apt-get install -y chromium` (.ci/run installs it)")
     from mlflow import MlflowClient
@@ -64,14 +67,15 @@ def test_the_run_page_shows_source_dataset_params_metrics_and_config(tiny_model_
         (tmp_path / f"{name}.html").write_text(dom)  # to read when an assertion fails
     assert result.run_id in overview, "the run page did not render the run"
     text = _visible_text(overview)
-    about = text[text.index("About this run"):]  # the run's fields, below the UI's side bar
-    source = about[about.index("Source"):]
+    about = text[text.index("About this run") :]  # the run's fields, below the UI's side bar
+    source = about[about.index("Source") :]
     assert source.startswith("Source train.py"), source[:80]
     if commit:  # a source tree without git has no commit to show
         assert source.startswith(f"Source train.py {run.data.tags['mlflow.source.git.branch']} {commit[:7]}")
-    datasets = about[about.index("Datasets"):]
-    assert datasets.startswith(f"Datasets {tmp_path.name}/train.parquet ({run.inputs.dataset_inputs[0].dataset.digest}) "
-                               "training"), datasets[:120]
+    datasets = about[about.index("Datasets") :]
+    assert datasets.startswith(
+        f"Datasets {tmp_path.name}/train.parquet ({run.inputs.dataset_inputs[0].dataset.digest}) training"
+    ), datasets[:120]
     assert f"train.k {run.data.params['train.k']}" in text and "lm_loss" in text  # params and metrics tables
     # Not asserted: the "Model metrics" tab's charts. They drew (one per metric) in a quiet
     # run, but on a loaded machine the UI had not asked for the metric histories within

@@ -7,7 +7,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stepjepa.config import ModelConfig, TrainConfig
 from stepjepa.modeling import (
-    add_predictor_tokens, build_model, load_model, load_tokenizer, merged_model, save_model,
+    add_predictor_tokens,
+    build_model,
+    load_model,
+    load_tokenizer,
+    merged_model,
+    save_model,
 )
 from stepjepa.prompts import predictor_tokens
 from stepjepa.vocabulary import pad_id
@@ -76,8 +81,9 @@ def test_pad_id_falls_back_to_eos(tiny_model_dir):
 
 
 def test_lora_trains_adapters_and_predictor_rows_only(tiny_model_dir):
-    model, tok, ids = build_model(ModelConfig(name_or_path=str(tiny_model_dir)),
-                                  TrainConfig(finetune="lora", k=2, lora_r=4))
+    model, tok, ids = build_model(
+        ModelConfig(name_or_path=str(tiny_model_dir)), TrainConfig(finetune="lora", k=2, lora_r=4)
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
     assert any("trainable_tokens" in n for n in trainable), "predictor embeddings must train under LoRA"
@@ -91,10 +97,11 @@ def test_lora_trains_adapters_and_predictor_rows_only(tiny_model_dir):
 
 
 def test_saved_model_is_plain_transformers_and_matches(tiny_model_dir, tmp_path):
-    model, tok, ids = build_model(ModelConfig(name_or_path=str(tiny_model_dir)),
-                                  TrainConfig(finetune="lora", k=2, lora_r=4))
+    model, tok, ids = build_model(
+        ModelConfig(name_or_path=str(tiny_model_dir)), TrainConfig(finetune="lora", k=2, lora_r=4)
+    )
     with torch.no_grad():  # make the adapters and predictor rows non-trivial
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     x = torch.tensor([[5, 6, ids[0], ids[1], 7, 8]])
@@ -109,8 +116,9 @@ def test_saved_model_is_plain_transformers_and_matches(tiny_model_dir, tmp_path)
     assert loaded_tok.convert_tokens_to_ids(predictor_tokens(2)) == ids
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=x).logits, expected, atol=1e-4)
-    prompt = loaded_tok.apply_chat_template([{"role": "user", "content": "2+2?"}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
+    prompt = loaded_tok.apply_chat_template(
+        [{"role": "user", "content": "2+2?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     generated = loaded.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
@@ -119,8 +127,10 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir):
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model, _, ids = build_model(ModelConfig(name_or_path=str(tiny_model_dir)),
-                                    TrainConfig(finetune="lora", k=1, lora_r=4, activation_checkpointing=checkpointing))
+        model, _, ids = build_model(
+            ModelConfig(name_or_path=str(tiny_model_dir)),
+            TrainConfig(finetune="lora", k=1, lora_r=4, activation_checkpointing=checkpointing),
+        )
         assert model.get_base_model().is_activation_checkpointing == checkpointing
         model.train()
         x = torch.tensor([[5, 6, ids[0], 7, 8]])

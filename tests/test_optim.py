@@ -33,8 +33,12 @@ def test_fused_steps_equal_the_loop_of_torchs_default() -> None:
     loop_model = copy.deepcopy(fused_model)
     fused = build_optimizer(fused_model, cfg)
     twin = dict(zip((id(p) for p in fused_model.parameters()), loop_model.parameters()))
-    loop = torch.optim.AdamW([{"params": [twin[id(p)] for p in g["params"]], "weight_decay": g["weight_decay"]}
-                              for g in fused.param_groups], lr=cfg.learning_rate, foreach=False, fused=False)
+    loop = torch.optim.AdamW(
+        [{"params": [twin[id(p)] for p in g["params"]], "weight_decay": g["weight_decay"]} for g in fused.param_groups],
+        lr=cfg.learning_rate,
+        foreach=False,
+        fused=False,
+    )
     tokens = torch.randint(0, 64, (4, 5))
     for _ in range(3):
         for model, optimizer in ((fused_model, fused), (loop_model, loop)):

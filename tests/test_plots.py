@@ -13,13 +13,23 @@ from stepjepa.plots import heatmap_figure
 def _rows(lambdas: list[float], pairs: list[str]) -> list[dict]:
     rows = [{"config": "sft", "k": 0, "lambda": 0.0, "views": "steps", "accuracy_strict": 0.015, "step2_nll": 2.1}]
     for views, k, lam in itertools.product(pairs, (1, 2, 3), lambdas):
-        rows.append({"config": f"{views}_k{k}_lam{lam}", "k": k, "lambda": lam, "views": views,
-                     "accuracy_strict": 0.01 * k, "step2_nll": 2.0 - lam / 10})
+        rows.append(
+            {
+                "config": f"{views}_k{k}_lam{lam}",
+                "k": k,
+                "lambda": lam,
+                "views": views,
+                "accuracy_strict": 0.01 * k,
+                "step2_nll": 2.0 - lam / 10,
+            }
+        )
     return rows
 
 
-@pytest.mark.parametrize("lambdas, pairs", [([0.5], ["steps"]), ([0.5], ["steps", "user_assistant"]),
-                                            ([0.1, 0.5, 2.0], ["steps", "user_assistant"])])
+@pytest.mark.parametrize(
+    "lambdas, pairs",
+    [([0.5], ["steps"]), ([0.5], ["steps", "user_assistant"]), ([0.1, 0.5, 2.0], ["steps", "user_assistant"])],
+)
 def test_heatmap_titles_fit_and_do_not_overlap(lambdas, pairs) -> None:
     fig = heatmap_figure(_rows(lambdas, pairs))
     try:

@@ -36,14 +36,18 @@ def test_template_inlines_vega_and_names_what_is_missing(tmp_path) -> None:
 def _sweep_repo(path: Path) -> tuple[list[dict], list[dict]]:
     """A git + DVC repo with the project's plot definitions and templates and a sweep's plot data."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    dvc_yaml = {"stages": {"sweep": {"cmd": "true", "plots": spec["stages"]["sweep"]["plots"]}},
-                "plots": spec["plots"]}
+    dvc_yaml = {"stages": {"sweep": {"cmd": "true", "plots": spec["stages"]["sweep"]["plots"]}}, "plots": spec["plots"]}
     (path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     results = fake_results()
     for i, r in enumerate(results):  # curves apart; in-training evaluations on odd steps only (null between)
-        r["history"] = [h | {"lm_loss": h["lm_loss"] + 0.1 * i,
-                             "val_step2_nll": None if h["step"] % 2 == 0 else h["val_step2_nll"] + 0.05 * i}
-                        for h in r["history"]]
+        r["history"] = [
+            h
+            | {
+                "lm_loss": h["lm_loss"] + 0.1 * i,
+                "val_step2_nll": None if h["step"] % 2 == 0 else h["val_step2_nll"] + 0.05 * i,
+            }
+            for h in r["history"]
+        ]
     rows = summarize(results)
     sweep = path / "metrics/sweep"
     write_plot_data(rows, results, sweep)
@@ -71,14 +75,18 @@ def test_plots_page_renders_offline_with_bars_and_one_line_per_run(tmp_path) -> 
         pytest.skip(f"no vega in {NODE_MODULES}: `make vega` (.ci/run runs it)")
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT),
-                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = os.environ | {
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     run_in_group(["git", "init", "-q"], repo, env)
     run_in_group(["dvc", "init", "-q"], repo, env)
     shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")
     rows, results = _sweep_repo(repo)
-    printed = run_in_group([sys.executable, "-m", "pipelines.plots_page", "--node-modules", str(NODE_MODULES),
-                    "--out", "plots"], repo, env)
+    printed = run_in_group(
+        [sys.executable, "-m", "pipelines.plots_page", "--node-modules", str(NODE_MODULES), "--out", "plots"], repo, env
+    )
     page = repo / "plots/index.html"
     assert f"file://{page}" in printed
     html = page.read_text()
@@ -90,8 +98,10 @@ def test_plots_page_renders_offline_with_bars_and_one_line_per_run(tmp_path) -> 
     widths = [float(w) for w in re.findall(r'aria-roledescription="bar"[^>]* d="M[^h]*h([\d.]+)', bars)]
     assert len(widths) == len(rows) and min(widths) > 0, "one visible bar per config"
     runs = sorted({r.spec.name for r in results if r.completed})
-    curves = {"lm_loss": divs["metrics_sweep_loss_curves_json"],
-              "val_step2_nll": next(v for k, v in divs.items() if k.startswith("validation_Step-2_NLL"))}
+    curves = {
+        "lm_loss": divs["metrics_sweep_loss_curves_json"],
+        "val_step2_nll": next(v for k, v in divs.items() if k.startswith("validation_Step-2_NLL")),
+    }
     for key, chart in curves.items():
         assert chart.count('aria-roledescription="line mark"') == len(runs), "one line per run"
         assert all(f">{run}<" in chart for run in runs), "every run in the legend"

@@ -3,11 +3,10 @@
 import json
 
 import pytest
-
-from stepjepa.config import DataConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stepjepa.config import DataConfig
 from stepjepa.prepare import BadRecordError, content_hash, prepare_file, split_validation
 from stepjepa.sources import fetch_gsm8k
 
@@ -111,7 +110,9 @@ def test_validation_split_is_disjoint_sized_and_independent_of_file_order(tmp_pa
 
 
 def test_validation_split_that_would_leave_no_training_is_an_error(tmp_path):
-    records, _ = prepare_file(write_lines(tmp_path / "t.jsonl", map(json.dumps, _raw_records(3))), "train", DataConfig())
+    records, _ = prepare_file(
+        write_lines(tmp_path / "t.jsonl", map(json.dumps, _raw_records(3))), "train", DataConfig()
+    )
     with pytest.raises(BadRecordError, match="data.validation_size=3 would leave no training records"):
         split_validation(records, 3)
 

@@ -1,7 +1,7 @@
 """The sweep summary: validation rows over seeds, paired comparisons, selection, the test row, plots."""
 
 from stepjepa.plots import plot_heatmap, plot_loss_curves
-from stepjepa.report import best_config, markdown_table, summarize, summary_metrics, compare_on_test
+from stepjepa.report import best_config, compare_on_test, markdown_table, summarize, summary_metrics
 from tests.support.sweep_results import fake_results
 
 
@@ -11,7 +11,11 @@ def test_summary_rows_and_best_config():
     best = best_config(rows)
     # Two seeds: the per-question interval lies above 0 (these models), but the verdict, whose
     # unit is the training run, needs 3 seeds (a paired t-test on 2 has 1 degree of freedom).
-    assert best["config"] == "k2_lam0.5" and best["vs_sft_verdict"] == "too few seeds to tell" and best["vs_sft_ci_low"] > 0
+    assert (
+        best["config"] == "k2_lam0.5"
+        and best["vs_sft_verdict"] == "too few seeds to tell"
+        and best["vs_sft_ci_low"] > 0
+    )
     others = [r for r in rows if r["config"] not in ("sft", "k2_lam0.5")]
     assert all(r["vs_sft_verdict"] == "too few seeds to tell" for r in others)
     table = markdown_table(rows).split("\n\n")[0]
@@ -93,11 +97,16 @@ def test_test_row_compares_only_the_champion_with_sft():
     text = markdown_table(rows, test)
     assert "**Test (read once): k2_lam0.5 vs SFT** on 300 questions, 2 seed(s)" in text
     assert "McNemar p" in text and "(per question, models fixed)" in text
-    assert "verdict (unit: training run): too few seeds to tell" in text and test["vs_sft_verdict"] == "too few seeds to tell"
+    assert (
+        "verdict (unit: training run): too few seeds to tell" in text
+        and test["vs_sft_verdict"] == "too few seeds to tell"
+    )
     summary = summary_metrics(rows, best, test)
     # The champion is 0.3 more accurate on every seed, but 2 seeds cannot tell (the seed-level rule).
     assert summary["selected"] == "k2_lam0.5" and summary["beats_sft"] is False
-    assert summary["verdict"] == "too few seeds to tell" and summary["test"]["vs_sft_verdict"] == "too few seeds to tell"
+    assert (
+        summary["verdict"] == "too few seeds to tell" and summary["test"]["vs_sft_verdict"] == "too few seeds to tell"
+    )
     assert summary["validation"]["accuracy_strict"] > summary["sft"]["accuracy_strict"]
     assert summary["test"]["champion_accuracy_strict"] == round(test["champion_accuracy_strict"], 6)
     columns = sum(len(v) if isinstance(v, dict) else 1 for v in summary.values())
@@ -111,7 +120,11 @@ def test_enough_seeds_make_the_champion_beat_sft_on_validation_and_test():
     test = compare_on_test([r for r in results if r.spec.config_name in ("sft", best["config"])], best)
     assert test["seeds"] == 4 and test["vs_sft_verdict"] == "better" and 0 < test["vs_sft_t_p"] < 0.05
     summary = summary_metrics(rows, best, test)
-    assert summary["beats_sft"] is True and summary["verdict"] == "better" and summary["test"]["vs_sft_verdict"] == "better"
+    assert (
+        summary["beats_sft"] is True
+        and summary["verdict"] == "better"
+        and summary["test"]["vs_sft_verdict"] == "better"
+    )
     assert "paired t over seeds p" in markdown_table(rows, test)
     columns = sum(len(v) if isinstance(v, dict) else 1 for v in summary.values())
     assert columns <= 16, "dvc metrics show stays one readable table"
@@ -142,12 +155,16 @@ def test_one_factor_at_a_time_compares_each_level_with_the_base_and_sft_holm_ove
     # The interval is the t interval of the per-seed paired differences with the base.
     acc = {(r.spec.config_name, r.spec.seed): r.metrics["accuracy_strict"] for r in results}
     mse = [acc["k1_lam0.1_loss-mse", s] for s in range(5)]
-    assert (rows["k1_lam0.1_loss-mse"]["vs_base_t_ci_low"], rows["k1_lam0.1_loss-mse"]["vs_base_t_ci_high"]) == \
-        paired_t_interval(mse, [acc["k1_lam0.1", s] for s in range(5)])
+    assert (
+        rows["k1_lam0.1_loss-mse"]["vs_base_t_ci_low"],
+        rows["k1_lam0.1_loss-mse"]["vs_base_t_ci_high"],
+    ) == paired_t_interval(mse, [acc["k1_lam0.1", s] for s in range(5)])
     table = factor_table(list(rows.values()))
     assert list(table) == ["k", "lambda", "loss"]
     assert [(lv["level"], lv["row"]["config"], lv["is_base"]) for lv in table["loss"]] == [
-        ("infonce", "k1_lam0.1", True), ("mse", "k1_lam0.1_loss-mse", False)]
+        ("infonce", "k1_lam0.1", True),
+        ("mse", "k1_lam0.1_loss-mse", False),
+    ]
     text = markdown_table(list(rows.values()))
     assert "**One factor at a time around k1_lam0.1**" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("| loss | mse | k1_lam0.1_loss-mse |"))

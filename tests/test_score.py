@@ -82,7 +82,10 @@ def test_rows_option_writes_rescored_rows(tmp_path, capsys):
         (['{"answer": "1"}'], r"p.jsonl:1: missing field 'completion'"),
         (['{"completion": "x"}'], r"p.jsonl:1: missing field 'answer'"),
         (['{"completion": 3, "answer": "1"}'], r"p.jsonl:1: field 'completion' must be a string"),
-        (['{"completion": "x", "answer": "#### lots"}'], r"p.jsonl:1: field 'answer': gold answer 'lots' is not a number"),
+        (
+            ['{"completion": "x", "answer": "#### lots"}'],
+            r"p.jsonl:1: field 'answer': gold answer 'lots' is not a number",
+        ),
     ],
 )
 def test_bad_files_name_file_line_and_field(tmp_path, lines, message):
@@ -109,8 +112,10 @@ def test_jsonl_lines_end_at_newline_only(tmp_path):
     a JSON string, where `str.splitlines` would cut the line in two."""
     from stepjepa.inputs import read_jsonl, read_records
 
-    records = [{"completion": "a\u2028b\x85c\u2029d\x1c\x1d\x1e\x0b\x0c", "answer": "#### 1"},
-               {"completion": "x", "answer": "#### 2"}]
+    records = [
+        {"completion": "a\u2028b\x85c\u2029d\x1c\x1d\x1e\x0b\x0c", "answer": "#### 1"},
+        {"completion": "x", "answer": "#### 2"},
+    ]
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     assert [(n, r) for n, r in read_jsonl(path)] == [(1, records[0]), (2, records[1])]
@@ -118,6 +123,7 @@ def test_jsonl_lines_end_at_newline_only(tmp_path):
 
 
 # ---- bad input to `stepjepa score` names the line; metrics survive (issue 19) -------
+
 
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "p.jsonl"
@@ -169,11 +175,14 @@ def test_an_unwritable_rows_path_keeps_the_metrics(tmp_path, capsys):
 
 
 def test_an_absurd_completion_is_counted_not_fatal(tmp_path, capsys):
-    path = write_lines(tmp_path / "p.jsonl", [
-        json.dumps({"completion": r"\boxed{10^{5000}}", "answer": "3"}),
-        json.dumps({"completion": "it is " + "9" * 4400, "answer": "3"}),
-        json.dumps({"completion": r"\boxed{3}", "answer": "3"}),
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            json.dumps({"completion": r"\boxed{10^{5000}}", "answer": "3"}),
+            json.dumps({"completion": "it is " + "9" * 4400, "answer": "3"}),
+            json.dumps({"completion": r"\boxed{3}", "answer": "3"}),
+        ],
+    )
     assert cli_main(["score", str(path)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert (metrics["n"], metrics["correct_strict"], metrics["unscorable"]) == (3, 1, 2)

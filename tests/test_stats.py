@@ -90,6 +90,7 @@ from hypothesis import assume, settings  # noqa: E402
 
 from stepjepa.stats import benjamini_hochberg, mean_std, paired_mean_bootstrap, paired_t_test  # noqa: E402
 
+
 def _scipy_stats():
     """scipy is a test-only reference (the dev extra); the library never imports it."""
     return pytest.importorskip("scipy.stats")
@@ -118,8 +119,7 @@ def _t_by_definition(a: list[float], b: list[float]) -> float:
 
 
 @settings(deadline=None)  # the first call imports scipy (seconds on a busy machine)
-@given(st.lists(st.tuples(scores, scores), min_size=2, max_size=12),
-       st.sampled_from(["greater", "less", "two-sided"]))
+@given(st.lists(st.tuples(scores, scores), min_size=2, max_size=12), st.sampled_from(["greater", "less", "two-sided"]))
 def test_paired_t_test_matches_scipy(pairs, alternative):
     a, b = [p[0] for p in pairs], [p[1] for p in pairs]
     d = np.subtract(a, b)
@@ -192,7 +192,8 @@ def test_mean_bootstrap_agrees_with_the_accuracy_bootstrap_on_booleans():
     accuracy = paired_bootstrap(a, b, n_boot=500, seed=3)
     continuous = paired_mean_bootstrap(a.astype(float), b.astype(float), n_boot=500, seed=3)
     assert (continuous["delta"], continuous["ci_low"], continuous["ci_high"]) == pytest.approx(
-        (accuracy.delta, accuracy.ci_low, accuracy.ci_high))
+        (accuracy.delta, accuracy.ci_low, accuracy.ci_high)
+    )
 
 
 def _bh_by_definition(p: list[float]) -> list[float]:
@@ -307,7 +308,11 @@ def test_verdict_known_values():
     t = 6 * math.sqrt(3)
     (one,) = seed_verdicts([([0.55, 0.56, 0.57], [0.5, 0.5, 0.5])])
     assert one.t == pytest.approx(t) and one.p_value == pytest.approx(1 - t / math.sqrt(t * t + 2))
-    assert one.p_value == pytest.approx(0.009133, rel=1e-3) and one.verdict == "better" and one.delta == pytest.approx(0.06)
+    assert (
+        one.p_value == pytest.approx(0.009133, rel=1e-3)
+        and one.verdict == "better"
+        and one.delta == pytest.approx(0.06)
+    )
     # The same config in a sweep of 9: Holm multiplies the smallest p by 9 -> 0.083, no verdict.
     nine = seed_verdicts([([0.55, 0.56, 0.57], [0.5, 0.5, 0.5])] + [([0.5, 0.6, 0.4], [0.5, 0.5, 0.5])] * 8)
     assert nine[0].p_holm == pytest.approx(9 * one.p_value) and nine[0].verdict == "no significant difference"

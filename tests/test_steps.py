@@ -62,8 +62,10 @@ def test_deepseek_splitter_same_interface():
 
 def test_deepseek_step_that_is_only_an_annotation_is_dropped_not_left_empty():
     """An empty step would make tokenisation fail for the whole file (its span cannot be found)."""
-    record = {"question": "q", "deepseek_response": "**Step 1:** <<2*3=6>>\n**Step 2:** So 6.\n"
-              "**Step 3:** total \\boxed{6}"}
+    record = {
+        "question": "q",
+        "deepseek_response": "**Step 1:** <<2*3=6>>\n**Step 2:** So 6.\n**Step 3:** total \\boxed{6}",
+    }
     assert split_record(record, "deepseek").steps == ["So 6.", "total"]
     kept = split_record(record, "deepseek", keep_annotations=True).steps
     assert kept == ["<<2*3=6>>", "So 6.", "total"]
@@ -73,8 +75,10 @@ def test_deepseek_step_that_is_only_an_annotation_is_dropped_not_left_empty():
 def test_no_splitter_returns_an_empty_step(pieces):
     answer = "\n".join(pieces) + "\n#### 2"
     response = "".join(f"**Step {i}:** {p}\n" for i, p in enumerate(pieces, 1)) + "\\boxed{2}"
-    for record, fmt in [({"question": "q", "answer": answer}, "gsm8k"),
-                        ({"question": "q", "deepseek_response": response}, "deepseek")]:
+    for record, fmt in [
+        ({"question": "q", "answer": answer}, "gsm8k"),
+        ({"question": "q", "deepseek_response": response}, "deepseek"),
+    ]:
         for keep in (False, True):
             assert all(step.strip() == step and step for step in split_record(record, fmt, keep).steps)
 

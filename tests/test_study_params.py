@@ -28,10 +28,24 @@ def test_the_study_is_the_seeds_ablation_one_factor_at_a_time_with_five_seeds():
     cfg = load_config(ROOT / "params.yaml", [s.removeprefix("++") for s in _sets("study")])
     specs = expand_grid(cfg.sweep)
     names = [s.config_name for s in specs if s.seed == 0]
-    assert names == ["sft", "k1_lam0.1", "k0_lam0.1", "k2_lam0.1", "k3_lam0.1", "k1_lam0.02", "k1_lam0.5",
-                     "ua_k1_lam0.1", "k1_lam0.1_loss-cosine", "k1_lam0.1_loss-mse", "k1_lam0.1_layout-inline",
-                     "k1_lam0.1_layout-two_pass", "k1_lam0.1_target_grad-false"]
-    assert cfg.sweep.seeds == [0, 1, 2, 3, 4] and len(specs) == 65, "docs/sweeps.md's sizing (make study) counts 65 runs"
+    assert names == [
+        "sft",
+        "k1_lam0.1",
+        "k0_lam0.1",
+        "k2_lam0.1",
+        "k3_lam0.1",
+        "k1_lam0.02",
+        "k1_lam0.5",
+        "ua_k1_lam0.1",
+        "k1_lam0.1_loss-cosine",
+        "k1_lam0.1_loss-mse",
+        "k1_lam0.1_layout-inline",
+        "k1_lam0.1_layout-two_pass",
+        "k1_lam0.1_target_grad-false",
+    ]
+    assert cfg.sweep.seeds == [0, 1, 2, 3, 4] and len(specs) == 65, (
+        "docs/sweeps.md's sizing (make study) counts 65 runs"
+    )
     assert [s.factor for s in specs[:3]] == [None, "base", "k"]
     assert cfg.data.source == "arith" and cfg.sweep.experiment == "step-jepa-arith-study"
     # The study trains what the demo trains (its task, model and steps); only the sweep differs.

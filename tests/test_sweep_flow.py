@@ -13,6 +13,7 @@ from tests.support.projects import PATHS, make_sweep_project
 
 pytestmark = pytest.mark.e2e
 
+
 # What dvc.yaml's sweep stage passes, in the project make_sweep_project lays out.
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir, conversations):
@@ -34,8 +35,9 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     accuracy = json.loads((environment / "metrics/sweep/accuracy.json").read_text())
     assert {r["config"] for r in accuracy} == {"sft", "k1_lam0.5"}
     assert _exit_code(summary) == 1, "a sweep with a failed config must not look done to DVC"
-    parent = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id],
-                                "tags.`stepjepa.kind` = 'sweep'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name("sweep-test").experiment_id], "tags.`stepjepa.kind` = 'sweep'"
+    )[0]
     assert parent.info.status == "FINISHED"  # a failed config does not fail the sweep
     assert parent.info.run_name.startswith("sweep K=1 lambda=0.5,1e+39")
     runs = {r.info.run_name: r for r in children(client, parent.info.run_id)}
@@ -43,28 +45,42 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     assert runs["k1_lam1e+39_s0"].info.status == "FAILED"
     for name in ["sft_s0", "k1_lam0.5_s0"]:
         assert runs[name].info.status == "FINISHED"
-        assert {"validation/accuracy_strict", "validation/nll", "validation/step2_nll", "lm_loss",
-                "val_nll", "val_step2_nll"} <= set(runs[name].data.metrics)
+        assert {
+            "validation/accuracy_strict",
+            "validation/nll",
+            "validation/step2_nll",
+            "lm_loss",
+            "val_nll",
+            "val_step2_nll",
+        } <= set(runs[name].data.metrics)
         assert runs[name].data.params["train.k"] == ("0" if name == "sft_s0" else "1")
         # MLflow's own lineage: Source and Dataset columns, the config and the sweep's log.
         assert runs[name].data.tags["mlflow.source.name"] == "stepjepa/train.py"
-        assert {d.dataset.name for d in runs[name].inputs.dataset_inputs} == {"tokenized/train.parquet",
-                                                                               "tokenized/validation.parquet"}
+        assert {d.dataset.name for d in runs[name].inputs.dataset_inputs} == {
+            "tokenized/train.parquet",
+            "tokenized/validation.parquet",
+        }
         artifacts = {f.path for f in client.list_artifacts(runs[name].info.run_id)}
         assert {"config.yaml", "train.log"} <= artifacts
-        assert "validation/predictions_table.json" in {f.path for f in client.list_artifacts(runs[name].info.run_id,
-                                                                                              "validation")}
+        assert "validation/predictions_table.json" in {
+            f.path for f in client.list_artifacts(runs[name].info.run_id, "validation")
+        }
     assert client.get_experiment_by_name("sweep-test").tags["mlflow.experimentKind"] == "custom_model_development"
     assert {"validation/mean_cos", "validation/rank_view1"} <= set(runs["k1_lam0.5_s0"].data.metrics)
     # Test once: the selected config and SFT, no other run, no other evaluation.
     selected = summary["selected"]
     tested = {name for name, run in runs.items() if any(k.startswith("test/") for k in run.data.metrics)}
     assert tested == {f"{selected}_s0", "sft_s0"}
-    assert {p.parent.parent.parent.name.split("-")[0] for p in environment.glob("runs/sweep/*/eval/test/predictions.jsonl")} \
-        == {f"{selected}_s0", "sft_s0"}
+    assert {
+        p.parent.parent.parent.name.split("-")[0] for p in environment.glob("runs/sweep/*/eval/test/predictions.jsonl")
+    } == {f"{selected}_s0", "sft_s0"}
     assert "sft_accuracy_strict" in summary["test"] and "champion_accuracy_strict" in summary["test"]
-    assert summary["champion"] == {"name": "sj-test", "alias": "champion", "config": selected,
-                                   "run_folder": summary["champion"]["run_folder"]}
+    assert summary["champion"] == {
+        "name": "sj-test",
+        "alias": "champion",
+        "config": selected,
+        "run_folder": summary["champion"]["run_folder"],
+    }
     version = client.get_model_version_by_alias("sj-test", "champion")
     assert version.tags["config"] == selected and version.tags["selected_on"] == "validation"
     assert version.tags["run_folder"] == summary["champion"]["run_folder"] and "beats_sft" in version.tags
@@ -73,8 +89,10 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     assert (environment / "metrics/sweep/heatmap.png").stat().st_size > 1000
     # Every config's seed-level verdict for `stepjepa compare`, and its figure; one seed: no interval.
     verdicts = json.loads((environment / "metrics/sweep/verdicts.json").read_text())
-    assert [(v["config"], v["verdict"]) for v in verdicts] == [("k1_lam0.5", "too few seeds to tell"),
-                                                               ("k1_lam1e+39", "failed")]
+    assert [(v["config"], v["verdict"]) for v in verdicts] == [
+        ("k1_lam0.5", "too few seeds to tell"),
+        ("k1_lam1e+39", "failed"),
+    ]
     assert verdicts[0]["paired_seeds"] == 1 and "ci_low" not in verdicts[0]
     assert (environment / "metrics/sweep/effects.png").stat().st_size > 1000
     table = (environment / "metrics/sweep/table.md").read_text()
@@ -89,8 +107,11 @@ def test_queued_runs_wait_in_prefect_instead_of_running(environment):
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
-        (flow_run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["step-jepa-sweep"])),
-                                            sort=FlowRunSort.START_TIME_DESC, limit=1)
+        (flow_run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["step-jepa-sweep"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     trains = sorted((t for t in task_runs if t.name.startswith("train ")), key=lambda t: t.start_time)
     assert len(trains) == 3 and all(t.start_time and t.end_time for t in trains)
@@ -104,8 +125,10 @@ def test_tracked_reports_hold_nothing_machine_specific(environment):
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run_ids = {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
     assert run_ids and not any(run_id in text for run_id in run_ids)
-    assert str(environment) not in text and "version" not in json.loads(
-        (environment / "metrics/sweep/summary.json").read_text())["champion"]
+    assert (
+        str(environment) not in text
+        and "version" not in json.loads((environment / "metrics/sweep/summary.json").read_text())["champion"]
+    )
 
 
 def test_rerun_skips_finished_configs(environment):
@@ -154,9 +177,10 @@ def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(en
         assert run.data.tags["stepjepa.backfilled_from"] == version.tags["run_folder"]
         # A run filled in from its folder has MLflow's Source and Datasets too, and its config and log.
         assert run.data.tags["mlflow.source.name"] == "stepjepa/train.py"
-        assert {(d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
-                for d in run.inputs.dataset_inputs} == {("tokenized/train.parquet", "training"),
-                                                        ("tokenized/validation.parquet", "validation")}
+        assert {
+            (d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
+            for d in run.inputs.dataset_inputs
+        } == {("tokenized/train.parquet", "training"), ("tokenized/validation.parquet", "validation")}
         assert {"config.yaml", "train.log"} <= {f.path for f in client.list_artifacts(run.info.run_id)}
         assert mlflow.transformers.load_model("models:/sj-test@champion") is not None
         assert reconcile(**PATHS) == 0, "a registered champion is a no-op"
@@ -185,7 +209,9 @@ def test_prefect_waits_longer_for_its_temporary_server():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
-    code = ("import pipelines.sweep; from prefect.settings import get_current_settings; "
-            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    code = (
+        "import pipelines.sweep; from prefect.settings import get_current_settings; "
+        "print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "120"

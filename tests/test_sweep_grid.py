@@ -45,8 +45,13 @@ def test_bad_override_names_the_run_and_key():
 
 @pytest.mark.parametrize(
     "sweep, key",
-    [({"ks": []}, "sweep.ks"), ({"ks": [-1]}, "sweep.ks.0"), ({"lambdas": ["x"]}, "sweep.lambdas.0"),
-     ({"lambdas": [float("nan")]}, "sweep.lambdas.0"), ({"seeds": []}, "sweep.seeds")],
+    [
+        ({"ks": []}, "sweep.ks"),
+        ({"ks": [-1]}, "sweep.ks.0"),
+        ({"lambdas": ["x"]}, "sweep.lambdas.0"),
+        ({"lambdas": [float("nan")]}, "sweep.lambdas.0"),
+        ({"seeds": []}, "sweep.seeds"),
+    ],
 )
 def test_bad_sweep_params_are_rejected_naming_the_key(sweep, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -69,23 +74,43 @@ def _key_pair(base: dict, changes: dict) -> tuple[str, str]:
     return cache_key(cfg, "data-a"), eval_cache_key(cfg, "data-a")
 
 
-@pytest.mark.parametrize("changes", [
-    {"sweep.ks": [2, 4]}, {"sweep.lambdas": [0.5, 5.0]}, {"sweep.max_concurrent": 2}, {"sweep.retries": 3},
-    {"sweep.registered_model_name": "other"}, {"train.log_every": 1}, {"train.checkpoint_every": 5},
-    {"train.keep_checkpoints": 9}, {"eval.batch_size": 3}, {"sweep.experiment": "elsewhere"},
-    {"sweep.overrides": {"train.eval_every": 20}}, {"sweep.overrides": {"train.log_model": False}},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"sweep.ks": [2, 4]},
+        {"sweep.lambdas": [0.5, 5.0]},
+        {"sweep.max_concurrent": 2},
+        {"sweep.retries": 3},
+        {"sweep.registered_model_name": "other"},
+        {"train.log_every": 1},
+        {"train.checkpoint_every": 5},
+        {"train.keep_checkpoints": 9},
+        {"eval.batch_size": 3},
+        {"sweep.experiment": "elsewhere"},
+        {"sweep.overrides": {"train.eval_every": 20}},
+        {"sweep.overrides": {"train.log_model": False}},
+    ],
+)
 def test_what_changes_no_result_keeps_both_keys(changes):
     """Growing the grid or tuning throughput must reuse the runs already trained and evaluated."""
     base = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"sweep": {"ks": [2], "lambdas": [0.5]}}
     assert _key_pair(base, changes) == _key_pair(base, {})
 
 
-@pytest.mark.parametrize("changes, trains_again", [
-    ({"eval.limit": 7}, False), ({"eval.max_new_tokens": 9}, False), ({"eval.split": "train"}, False),
-    ({"train.learning_rate": 0.5}, True), ({"train.max_steps": 3}, True), ({"tokenize.max_length": 64}, True),
-    ({"model.dtype": "bfloat16"}, True), ({"sweep.layout": "packed"}, True), ({"sweep.overrides": {"train.epochs": 2}}, True),
-])
+@pytest.mark.parametrize(
+    "changes, trains_again",
+    [
+        ({"eval.limit": 7}, False),
+        ({"eval.max_new_tokens": 9}, False),
+        ({"eval.split": "train"}, False),
+        ({"train.learning_rate": 0.5}, True),
+        ({"train.max_steps": 3}, True),
+        ({"tokenize.max_length": 64}, True),
+        ({"model.dtype": "bfloat16"}, True),
+        ({"sweep.layout": "packed"}, True),
+        ({"sweep.overrides": {"train.epochs": 2}}, True),
+    ],
+)
 def test_what_changes_a_result_changes_its_key(changes, trains_again):
     base = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"sweep": {"ks": [2], "lambdas": [0.5]}}
     (train_before, eval_before), (train_after, eval_after) = _key_pair(base, {}), _key_pair(base, changes)
@@ -93,8 +118,19 @@ def test_what_changes_a_result_changes_its_key(changes, trains_again):
     assert (train_after != train_before) is trains_again
 
 
-@pytest.mark.parametrize("key", ["train.k", "train.lambda", "train.seed", "train.layout", "train.loss",
-                                 "data.format", "tokenize.max_length", "model.name_or_path"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "train.k",
+        "train.lambda",
+        "train.seed",
+        "train.layout",
+        "train.loss",
+        "data.format",
+        "tokenize.max_length",
+        "model.name_or_path",
+    ],
+)
 def test_overrides_cannot_change_the_grid_or_the_upstream_stages(key):
     with pytest.raises(ConfigError, match=r"sweep\.overrides.*" + key.replace(".", r"\.")):
         config_from_dict({"sweep": {"overrides": {key: 1}}})
@@ -138,6 +174,7 @@ def test_the_view_pair_is_set_by_the_grid_and_needs_a_layout_without_inline_lm()
 
 # --- A sweep's choices from its caller (the flow's `sweep` parameter) ---------------------
 
+
 def test_the_choices_are_sweep_configs_fields_each_optional_with_its_types_and_docs():
     from typing import get_args
 
@@ -163,9 +200,12 @@ def test_choices_replace_the_files_values_and_a_bad_one_says_it_came_from_the_fl
     assert choose(base, SweepChoices(ks=[1, 4]), "p.yaml") == SweepConfig(ks=[1, 4], lambdas=[0.5], seeds=[3])
     assert choose(base, SweepChoices(), "p.yaml") == SweepConfig(ks=[2], lambdas=[0.5], seeds=[3])
     # Constraints are SweepConfig's alone: the value passes the form and fails here, named.
-    for bad, key in [({"ks": [-1]}, r"sweep\.ks\.0"), ({"ks": []}, r"sweep\.ks"),
-                     ({"lambdas": [float("nan")]}, r"sweep\.lambdas\.0"),
-                     ({"overrides": {"train.k": 1}}, r"sweep\.overrides")]:
+    for bad, key in [
+        ({"ks": [-1]}, r"sweep\.ks\.0"),
+        ({"ks": []}, r"sweep\.ks"),
+        ({"lambdas": [float("nan")]}, r"sweep\.lambdas\.0"),
+        ({"overrides": {"train.k": 1}}, r"sweep\.overrides"),
+    ]:
         choices = SweepChoices(**bad)
         with pytest.raises(ConfigError, match=rf"(?s)^p\.yaml with flow parameters {next(iter(bad))}=.*{key}"):
             choose(base, choices, "p.yaml")
@@ -184,6 +224,7 @@ def test_choices_of_the_wrong_type_or_name_are_rejected_by_the_model(bad):
 
 
 # --- The flow's plumbing, without a Prefect run --------------------------------------------
+
 
 def test_lanes_queue_each_run_behind_the_one_lanes_places_earlier():
     from pipelines.sweep import _in_lanes
@@ -227,8 +268,16 @@ def test_a_work_pool_config_runs_in_the_sweeps_folder_without_leaving_this_one(t
     paths = {"train_data": "data/tokenized/train.parquet", "tokenized": "data/tokenized", "prepared": "data/prepared"}
     here = os.getcwd()
     for workdir, root in [(tmp_path, tmp_path), (tmp_path / "elsewhere", Path(here))]:  # no such folder: this one
-        flow.step_jepa_config.fn(spec={"name": "sft_s0"}, run_dir="runs/sweep/sft_s0-ab", paths=paths, child_run_id="r",
-                                 split="validation", eval_key="e", config={}, workdir=str(workdir))
+        flow.step_jepa_config.fn(
+            spec={"name": "sft_s0"},
+            run_dir="runs/sweep/sft_s0-ab",
+            paths=paths,
+            child_run_id="r",
+            split="validation",
+            eval_key="e",
+            config={},
+            workdir=str(workdir),
+        )
         assert os.getcwd() == here
         (train_args, train_kwargs), (eval_args, eval_kwargs) = calls["train"], calls["evaluate"]
         assert train_args[1] == str(root / "runs/sweep/sft_s0-ab")
@@ -239,54 +288,111 @@ def test_a_work_pool_config_runs_in_the_sweeps_folder_without_leaving_this_one(t
 
 # --- Axes: any training key, as a grid or one factor at a time ----------------------------
 
+
 def test_the_default_grid_keeps_its_names_and_overrides():
     """Names and resolved configs of a sweep without axes are what they were before axes:
     every cached run folder and the committed dvc.lock stay valid."""
-    sweep = SweepConfig(ks=[2], lambdas=[0.5], views=["steps", "user_assistant"], layout="packed",
-                        overrides={"train.max_steps": 7})
-    common = (("train.layout", "packed"), ("train.loss", "cosine"), ("train.experiment", "step-jepa-sweep"),
-              ("train.max_steps", 7))
+    sweep = SweepConfig(
+        ks=[2], lambdas=[0.5], views=["steps", "user_assistant"], layout="packed", overrides={"train.max_steps": 7}
+    )
+    common = (
+        ("train.layout", "packed"),
+        ("train.loss", "cosine"),
+        ("train.experiment", "step-jepa-sweep"),
+        ("train.max_steps", 7),
+    )
     assert expand_grid(sweep) == [
-        RunSpec("sft_s0", 0, 0.0, 0, (("train.k", 0), ("train.lambda", 0.0), ("train.seed", 0), ("train.views", "steps"),
-                                      *common), "steps"),
-        RunSpec("k2_lam0.5_s0", 2, 0.5, 0, (("train.k", 2), ("train.lambda", 0.5), ("train.seed", 0),
-                                            ("train.views", "steps"), *common), "steps"),
-        RunSpec("ua_k2_lam0.5_s0", 2, 0.5, 0, (("train.k", 2), ("train.lambda", 0.5), ("train.seed", 0),
-                                               ("train.views", "user_assistant"), *common), "user_assistant"),
+        RunSpec(
+            "sft_s0",
+            0,
+            0.0,
+            0,
+            (("train.k", 0), ("train.lambda", 0.0), ("train.seed", 0), ("train.views", "steps"), *common),
+            "steps",
+        ),
+        RunSpec(
+            "k2_lam0.5_s0",
+            2,
+            0.5,
+            0,
+            (("train.k", 2), ("train.lambda", 0.5), ("train.seed", 0), ("train.views", "steps"), *common),
+            "steps",
+        ),
+        RunSpec(
+            "ua_k2_lam0.5_s0",
+            2,
+            0.5,
+            0,
+            (("train.k", 2), ("train.lambda", 0.5), ("train.seed", 0), ("train.views", "user_assistant"), *common),
+            "user_assistant",
+        ),
     ]
 
 
 def test_axes_grid_names_each_value_that_differs_from_the_base():
-    sweep = SweepConfig(ks=[1], lambdas=[0.1, 0.5], axes={"loss": ["infonce", "mse"], "target_grad": [True, False]},
-                        layout="packed")
+    sweep = SweepConfig(
+        ks=[1], lambdas=[0.1, 0.5], axes={"loss": ["infonce", "mse"], "target_grad": [True, False]}, layout="packed"
+    )
     specs = expand_grid(sweep)
     assert [s.config_name for s in specs] == [
-        "sft", "k1_lam0.1", "k1_lam0.1_target_grad-false", "k1_lam0.1_loss-mse", "k1_lam0.1_loss-mse_target_grad-false",
-        "k1_lam0.5", "k1_lam0.5_target_grad-false", "k1_lam0.5_loss-mse", "k1_lam0.5_loss-mse_target_grad-false"]
+        "sft",
+        "k1_lam0.1",
+        "k1_lam0.1_target_grad-false",
+        "k1_lam0.1_loss-mse",
+        "k1_lam0.1_loss-mse_target_grad-false",
+        "k1_lam0.5",
+        "k1_lam0.5_target_grad-false",
+        "k1_lam0.5_loss-mse",
+        "k1_lam0.5_loss-mse_target_grad-false",
+    ]
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     configs = {s.config_name: resolve(base, s).train for s in specs}
     assert (configs["sft"].loss, configs["sft"].target_grad) == ("infonce", True), "SFT at the base values"
-    assert (configs["k1_lam0.5_loss-mse_target_grad-false"].loss, configs["k1_lam0.5_loss-mse_target_grad-false"].target_grad,
-            configs["k1_lam0.5_loss-mse_target_grad-false"].lambda_) == ("mse", False, 0.5)
+    assert (
+        configs["k1_lam0.5_loss-mse_target_grad-false"].loss,
+        configs["k1_lam0.5_loss-mse_target_grad-false"].target_grad,
+        configs["k1_lam0.5_loss-mse_target_grad-false"].lambda_,
+    ) == ("mse", False, 0.5)
     assert all(s.factor is None for s in specs)
-    assert expand_grid(SweepConfig(ks=[1], lambdas=[0.1], axes={"learning_rate": [1e-3, "6e-3"]}))[2].name == \
-        "k1_lam0.1_learning_rate-0.006_s0"
+    assert (
+        expand_grid(SweepConfig(ks=[1], lambdas=[0.1], axes={"learning_rate": [1e-3, "6e-3"]}))[2].name
+        == "k1_lam0.1_learning_rate-0.006_s0"
+    )
 
 
 def test_one_at_a_time_varies_each_factor_alone_around_the_base():
-    sweep = SweepConfig(ks=[1, 0, 2], lambdas=[0.1, 0.5], seeds=[0, 1], views=["steps", "user_assistant"],
-                        design="one_at_a_time", layout="packed",
-                        axes={"layout": ["packed", "two_pass"], "target_grad": [True, False], "gamma": [1.0, 0.5]})
+    sweep = SweepConfig(
+        ks=[1, 0, 2],
+        lambdas=[0.1, 0.5],
+        seeds=[0, 1],
+        views=["steps", "user_assistant"],
+        design="one_at_a_time",
+        layout="packed",
+        axes={"layout": ["packed", "two_pass"], "target_grad": [True, False], "gamma": [1.0, 0.5]},
+    )
     specs = expand_grid(sweep)
     first = [(s.config_name, s.factor) for s in specs if s.seed == 0]
-    assert first == [("sft", None), ("k1_lam0.1", "base"), ("k0_lam0.1", "k"), ("k2_lam0.1", "k"),
-                     ("k1_lam0.5", "lambda"), ("ua_k1_lam0.1", "views"), ("k1_lam0.1_layout-two_pass", "layout"),
-                     ("k1_lam0.1_target_grad-false", "target_grad"), ("k1_lam0.1_gamma-0.5", "gamma")]
+    assert first == [
+        ("sft", None),
+        ("k1_lam0.1", "base"),
+        ("k0_lam0.1", "k"),
+        ("k2_lam0.1", "k"),
+        ("k1_lam0.5", "lambda"),
+        ("ua_k1_lam0.1", "views"),
+        ("k1_lam0.1_layout-two_pass", "layout"),
+        ("k1_lam0.1_target_grad-false", "target_grad"),
+        ("k1_lam0.1_gamma-0.5", "gamma"),
+    ]
     assert len(specs) == 2 * len(first) and specs[len(first)].name == "sft_s1"
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     tc = {s.config_name: resolve(base, s).train for s in specs if s.seed == 1}
-    assert (tc["k1_lam0.1_gamma-0.5"].gamma, tc["k1_lam0.1_gamma-0.5"].layout, tc["k1_lam0.1_gamma-0.5"].target_grad,
-            tc["k1_lam0.1_gamma-0.5"].k, tc["k1_lam0.1_gamma-0.5"].seed) == (0.5, "packed", True, 1, 1)
+    assert (
+        tc["k1_lam0.1_gamma-0.5"].gamma,
+        tc["k1_lam0.1_gamma-0.5"].layout,
+        tc["k1_lam0.1_gamma-0.5"].target_grad,
+        tc["k1_lam0.1_gamma-0.5"].k,
+        tc["k1_lam0.1_gamma-0.5"].seed,
+    ) == (0.5, "packed", True, 1, 1)
     assert (tc["ua_k1_lam0.1"].views, tc["ua_k1_lam0.1"].layout) == ("user_assistant", "packed")
     assert tc["k1_lam0.1_layout-two_pass"].layout == "two_pass" and tc["k0_lam0.1"].k == 0
 
@@ -297,35 +403,54 @@ def test_an_axis_run_is_cached_as_the_same_config_set_another_way():
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
 
     def keys(**sweep):
-        return {s.name: cache_key(resolve(base, s), "d") for s in expand_grid(SweepConfig(ks=[1], lambdas=[0.1], **sweep))}
+        return {
+            s.name: cache_key(resolve(base, s), "d") for s in expand_grid(SweepConfig(ks=[1], lambdas=[0.1], **sweep))
+        }
 
     plain = keys(loss="mse", layout="packed")
     axis = keys(axes={"loss": ["infonce", "mse"]}, layout="packed")
     assert axis["k1_lam0.1_loss-mse_s0"] == plain["k1_lam0.1_s0"]
-    assert axis["k1_lam0.1_s0"] != plain["k1_lam0.1_s0"] and axis["sft_s0"] != plain["sft_s0"]  # loss infonce: another run
+    assert (
+        axis["k1_lam0.1_s0"] != plain["k1_lam0.1_s0"] and axis["sft_s0"] != plain["sft_s0"]
+    )  # loss infonce: another run
     grown = keys(axes={"loss": ["infonce", "mse", "cosine"]}, layout="packed")
     assert grown.items() >= axis.items() and set(grown) - set(axis) == {"k1_lam0.1_loss-cosine_s0"}
     assert keys(axes={"gamma": [1.0]})["k1_lam0.1_s0"] == keys()["k1_lam0.1_s0"], "a one-value axis at the default"
 
 
-@pytest.mark.parametrize("sweep, message", [
-    ({"axes": {"los": ["mse"]}}, r"sweep\.axes\.los: train\.los is not a training key"),
-    ({"axes": {"loss": ["l3"]}}, r"sweep\.axes\.loss: 'l3' is not a valid train\.loss"),
-    ({"axes": {"gamma": [-1]}}, r"sweep\.axes\.gamma: -1 is not a valid train\.gamma"),
-    ({"axes": {"learning_rate": [float("nan")]}}, r"sweep\.axes\.learning_rate: nan is not a valid"),
-    ({"axes": {"loss": []}}, r"sweep\.axes\.loss"),
-    ({"axes": {"loss": ["mse", "mse"]}}, r"sweep\.axes\.loss lists a value twice"),
-    ({"axes": {"k": [1, 2]}}, r"sweep\.axes\.k: train\.k is set by sweep\.ks"),
-    ({"axes": {"lambda": [1.0]}}, r"sweep\.axes\.lambda: train\.lambda is set by sweep\.lambdas"),
-    ({"axes": {"seed": [1]}}, r"sweep\.axes\.seed: train\.seed is set by sweep\.seeds"),
-    ({"axes": {"views": ["steps"]}}, r"sweep\.axes\.views: train\.views is set by sweep\.views"),
-    ({"axes": {"log_every": [1, 5]}}, r"sweep\.axes\.log_every: train\.log_every changes no trained weight"),
-    ({"axes": {"loss": ["mse"]}, "loss": "cosine"}, r"sweep\.axes\.loss varies train\.loss.*sweep\.loss \(cosine\)"),
-    ({"axes": {"gamma": [0.5]}, "overrides": {"train.gamma": 1}}, r"train\.gamma is both in sweep\.axes and in sweep\.overrides"),
-    ({"axes": {"layout": ["packed", "inline"]}, "views": ["steps", "user_assistant"]}, r"sweep\.axes\.layout would train it inline"),
-    ({"design": "sideways"}, r"sweep\.design"),
-    ({"design": "one_at_a_time", "ks": [0, 1], "lambdas": [0.0, 0.5]}, r"the base config .* is K 0, lambda 0, which is SFT"),
-])
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        ({"axes": {"los": ["mse"]}}, r"sweep\.axes\.los: train\.los is not a training key"),
+        ({"axes": {"loss": ["l3"]}}, r"sweep\.axes\.loss: 'l3' is not a valid train\.loss"),
+        ({"axes": {"gamma": [-1]}}, r"sweep\.axes\.gamma: -1 is not a valid train\.gamma"),
+        ({"axes": {"learning_rate": [float("nan")]}}, r"sweep\.axes\.learning_rate: nan is not a valid"),
+        ({"axes": {"loss": []}}, r"sweep\.axes\.loss"),
+        ({"axes": {"loss": ["mse", "mse"]}}, r"sweep\.axes\.loss lists a value twice"),
+        ({"axes": {"k": [1, 2]}}, r"sweep\.axes\.k: train\.k is set by sweep\.ks"),
+        ({"axes": {"lambda": [1.0]}}, r"sweep\.axes\.lambda: train\.lambda is set by sweep\.lambdas"),
+        ({"axes": {"seed": [1]}}, r"sweep\.axes\.seed: train\.seed is set by sweep\.seeds"),
+        ({"axes": {"views": ["steps"]}}, r"sweep\.axes\.views: train\.views is set by sweep\.views"),
+        ({"axes": {"log_every": [1, 5]}}, r"sweep\.axes\.log_every: train\.log_every changes no trained weight"),
+        (
+            {"axes": {"loss": ["mse"]}, "loss": "cosine"},
+            r"sweep\.axes\.loss varies train\.loss.*sweep\.loss \(cosine\)",
+        ),
+        (
+            {"axes": {"gamma": [0.5]}, "overrides": {"train.gamma": 1}},
+            r"train\.gamma is both in sweep\.axes and in sweep\.overrides",
+        ),
+        (
+            {"axes": {"layout": ["packed", "inline"]}, "views": ["steps", "user_assistant"]},
+            r"sweep\.axes\.layout would train it inline",
+        ),
+        ({"design": "sideways"}, r"sweep\.design"),
+        (
+            {"design": "one_at_a_time", "ks": [0, 1], "lambdas": [0.0, 0.5]},
+            r"the base config .* is K 0, lambda 0, which is SFT",
+        ),
+    ],
+)
 def test_bad_axes_are_rejected_naming_the_dotted_key(sweep, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"sweep": sweep})
@@ -336,8 +461,15 @@ def test_one_at_a_time_checks_only_the_view_pairs_and_layouts_it_trains():
     axes = {"layout": ["packed", "inline"]}
     config_from_dict({"sweep": {"axes": axes, "views": ["steps", "user_assistant"], "design": "one_at_a_time"}})
     with pytest.raises(ConfigError, match=r"user_assistant"):
-        config_from_dict({"sweep": {"axes": {"layout": ["inline", "packed"]}, "views": ["steps", "user_assistant"],
-                                    "design": "one_at_a_time"}})
+        config_from_dict(
+            {
+                "sweep": {
+                    "axes": {"layout": ["inline", "packed"]},
+                    "views": ["steps", "user_assistant"],
+                    "design": "one_at_a_time",
+                }
+            }
+        )
 
 
 def test_the_choices_form_has_the_axes_and_the_design_and_checks_them():
@@ -362,8 +494,9 @@ def test_the_choices_form_has_the_axes_and_the_design_and_checks_them():
 def test_dvc_yaml_reruns_the_sweep_when_any_sweep_field_changes():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["sweep"]
     params = set(stage["params"])
-    uncovered = [f"sweep.{name}" for name in SweepConfig.model_fields
-                 if "sweep" not in params and f"sweep.{name}" not in params]
+    uncovered = [
+        f"sweep.{name}" for name in SweepConfig.model_fields if "sweep" not in params and f"sweep.{name}" not in params
+    ]
     assert uncovered == [] and "train" in params
 
 
@@ -374,8 +507,13 @@ def test_dvc_set_params_and_the_config_read_axes_the_same_way(tmp_path):
 
     from stepjepa.config import load_config
 
-    sets = ["++sweep.axes.loss=[infonce,mse]", "++sweep.axes.target_grad=[true,false]",
-            "++sweep.axes.learning_rate=[0.006,1e-3]", "++sweep.design=one_at_a_time", "sweep.loss=infonce"]
+    sets = [
+        "++sweep.axes.loss=[infonce,mse]",
+        "++sweep.axes.target_grad=[true,false]",
+        "++sweep.axes.learning_rate=[0.006,1e-3]",
+        "++sweep.design=one_at_a_time",
+        "sweep.loss=infonce",
+    ]
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
     apply_overrides(params, sets)
@@ -387,8 +525,10 @@ def test_dvc_set_params_and_the_config_read_axes_the_same_way(tmp_path):
 def test_the_parent_run_name_says_the_axes_and_the_design():
     from pipelines.sweep import _sweep_name
 
-    sweep = SweepConfig(ks=[1], lambdas=[0.1], axes={"loss": ["cosine", "mse"], "target_grad": [True, False]},
-                        design="one_at_a_time")
-    assert _sweep_name(sweep) == ("sweep K=1 lambda=0.1 seeds=1 steps inline/cosine loss=cosine,mse "
-                                  "target_grad=true,false one at a time")
+    sweep = SweepConfig(
+        ks=[1], lambdas=[0.1], axes={"loss": ["cosine", "mse"], "target_grad": [True, False]}, design="one_at_a_time"
+    )
+    assert _sweep_name(sweep) == (
+        "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine loss=cosine,mse target_grad=true,false one at a time"
+    )
     assert _sweep_name(SweepConfig(ks=[1], lambdas=[0.1])) == "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine"

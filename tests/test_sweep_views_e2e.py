@@ -21,8 +21,14 @@ CONFIGS = {"sft": "steps", "k1_lam0.5": "steps", "ua_k1_lam0.5": "user_assistant
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir, conversations):
-    sweep = {"ks": [1], "lambdas": [0.5], "views": ["steps", "user_assistant"], "layout": "packed",
-             "experiment": "views-test", "registered_model_name": "sj-views"}
+    sweep = {
+        "ks": [1],
+        "lambdas": [0.5],
+        "views": ["steps", "user_assistant"],
+        "layout": "packed",
+        "experiment": "views-test",
+        "registered_model_name": "sj-views",
+    }
     return make_sweep_project(tmp_path_factory.mktemp("views"), tiny_model_dir, conversations, sweep)
 
 
@@ -40,7 +46,9 @@ def test_one_sweep_holds_sft_step_jepa_and_llm_jepa(environment):
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("views-test")
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep-config'")}
+    runs = {
+        r.info.run_name: r for r in client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep-config'")
+    }
     assert set(runs) == {f"{name}_s0" for name in CONFIGS}
     for name, views in CONFIGS.items():
         run = runs[f"{name}_s0"]

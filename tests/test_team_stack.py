@@ -12,8 +12,8 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from tests.support.projects import make_sweep_project
 from tests.servers import BIN, mlflow_server, prefect_server, process
+from tests.support.projects import make_sweep_project
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e]
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -43,21 +43,30 @@ def database(name: str):
 
 
 def cli(args, env, cwd=None, timeout=300):
-    out = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, cwd=cwd, capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, f"{' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
 
 def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_dir, conversations):
     postgres_or_skip()
-    sweep = {"ks": [1, 2], "lambdas": [0.5], "experiment": "team", "registered_model_name": "sj-team",
-             "launcher": "work_pool", "config_deployment": "step-jepa-config/team"}
+    sweep = {
+        "ks": [1, 2],
+        "lambdas": [0.5],
+        "experiment": "team",
+        "registered_model_name": "sj-team",
+        "launcher": "work_pool",
+        "config_deployment": "step-jepa-config/team",
+    }
     project = make_sweep_project(tmp_path / "project", tiny_model_dir, conversations, sweep)
     suffix = uuid.uuid4().hex[:8]
     env = dict(os.environ) | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
     with database(f"stepjepa_prefect_{suffix}") as prefect_db, database(f"stepjepa_mlflow_{suffix}") as mlflow_db:
-        server_env = env | {"PREFECT_API_DATABASE_CONNECTION_URL": prefect_db.replace("postgresql:", "postgresql+asyncpg:")}
+        server_env = env | {
+            "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db.replace("postgresql:", "postgresql+asyncpg:")
+        }
         mlflow_db = mlflow_db.replace("postgresql:", "postgresql+psycopg2:")  # SQLAlchemy 2.1 defaults to psycopg 3
         with prefect_server(tmp_path / "prefect.log", server_env) as api:
             artifacts = tmp_path / "artifacts"
@@ -70,7 +79,8 @@ def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_
                     cli(["python", "-m", "pipelines.sweep", "--params", "params.yaml"], client_env, project, 600)
                 runs = MlflowClient(ml).search_runs(
                     [MlflowClient(ml).get_experiment_by_name("team").experiment_id],
-                    "tags.`stepjepa.kind` = 'sweep-config'")
+                    "tags.`stepjepa.kind` = 'sweep-config'",
+                )
                 assert {r.info.run_name for r in runs} == {"sft_s0", "k1_lam0.5_s0", "k2_lam0.5_s0"}
                 assert all(r.info.status == "FINISHED" and "validation/accuracy_strict" in r.data.metrics for r in runs)
                 before = MlflowClient(ml).get_model_version_by_alias("sj-team", "champion")

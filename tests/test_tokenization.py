@@ -25,7 +25,15 @@ from stepjepa.tokenization import (
 )
 from tests.support import tokenizer_families as families
 from tests.support.tokenization import (
-    DATE, DECODES_EXACTLY, END_OF_TURN, FINAL, NO_LIMIT, copy_with_template, make_record, offsets_of, step_text,
+    DATE,
+    DECODES_EXACTLY,
+    END_OF_TURN,
+    FINAL,
+    NO_LIMIT,
+    copy_with_template,
+    make_record,
+    offsets_of,
+    step_text,
 )
 
 

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from stepjepa.tokenization import IGNORE_INDEX, encode_records, render_conversation, summarize
 from tests.support import tokenizer_families as families
 from tests.support.tokenization import (
-    DATE, DECODES_EXACTLY, END_OF_TURN, NO_LIMIT, copy_with_template, make_record, offsets_of, step_text,
+    DATE,
+    DECODES_EXACTLY,
+    END_OF_TURN,
+    NO_LIMIT,
+    copy_with_template,
+    make_record,
+    offsets_of,
+    step_text,
 )
 
 
@@ -30,7 +37,7 @@ def check_user_assistant(name: str, record: dict, max_length: int) -> str:
     assert ids[: u_end + 1] == offsets_of(tok, user_text)[0], "the user span is the user turn, exactly"
     assert tok.convert_ids_to_tokens(ids[a_end]) == END_OF_TURN[name]
     labels = full["labels"]
-    assert labels[a_end] != IGNORE_INDEX and all(x == IGNORE_INDEX for x in labels[a_end + 1:])
+    assert labels[a_end] != IGNORE_INDEX and all(x == IGNORE_INDEX for x in labels[a_end + 1 :])
     assert all(x == IGNORE_INDEX for x in labels[: u_end + 1]), "no label in the user turn"
     if name in DECODES_EXACTLY:
         text = render_conversation(tok, record["messages"], DATE).text

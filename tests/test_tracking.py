@@ -12,7 +12,13 @@ import yaml
 
 from stepjepa import tracking
 from stepjepa.tracking import (
-    MlflowTracker, NoopTracker, artifact_location, dvc_tags, flatten, make_tracker, tracking_uri,
+    MlflowTracker,
+    NoopTracker,
+    artifact_location,
+    dvc_tags,
+    flatten,
+    make_tracker,
+    tracking_uri,
 )
 
 LIBRARY = Path(tracking.__file__).parents[1]
@@ -21,8 +27,9 @@ LIBRARY = Path(tracking.__file__).parents[1]
 def test_the_library_reaches_mlflow_only_through_the_tracking_package():
     modules = sorted(LIBRARY.rglob("*.py"))
     assert len(modules) > 20 and LIBRARY / "evaluate.py" in modules
-    importers = [path.relative_to(LIBRARY) for path in modules
-                 if re.search(r"^\s*(import|from) mlflow", path.read_text(), re.M)]
+    importers = [
+        path.relative_to(LIBRARY) for path in modules if re.search(r"^\s*(import|from) mlflow", path.read_text(), re.M)
+    ]
     assert importers and {path.parts[0] for path in importers} == {"tracking"}
 
 
@@ -62,7 +69,10 @@ def test_default_store_is_absolute_in_the_project_root(monkeypatch, tmp_path):
 
 def test_flatten_gives_dotted_keys():
     assert flatten({"train": {"k": 2, "lambda": 0.1}, "model": {"name": "x"}}) == {
-        "train.k": 2, "train.lambda": 0.1, "model.name": "x"}
+        "train.k": 2,
+        "train.lambda": 0.1,
+        "model.name": "x",
+    }
 
 
 def test_noop_tracker_when_off_or_not_main():
@@ -75,9 +85,17 @@ def test_noop_tracker_when_off_or_not_main():
 
 
 def test_dvc_tags_name_the_outputs_holding_the_data(tmp_path):
-    lock = {"schema": "2.0", "stages": {"tokenize": {"outs": [
-        {"path": "data/tokenized", "hash": "md5", "md5": "abc.dir"},
-        {"path": "metrics/tokenize.json", "hash": "md5", "md5": "def"}]}}}
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "tokenize": {
+                "outs": [
+                    {"path": "data/tokenized", "hash": "md5", "md5": "abc.dir"},
+                    {"path": "metrics/tokenize.json", "hash": "md5", "md5": "def"},
+                ]
+            }
+        },
+    }
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     (tmp_path / "data" / "tokenized").mkdir(parents=True)
     tags = dvc_tags([tmp_path / "data" / "tokenized" / "train.parquet", "/elsewhere/file"], root=tmp_path)
@@ -204,24 +222,39 @@ def test_a_sweep_ends_the_running_parents_whose_owner_is_provably_gone(monkeypat
         "elsewhere": me | {tracking.OWNER_HOST: "not-" + socket.gethostname(), tracking.OWNER_PID: str(dead)},
         "unnamed": {},
     }
-    parents = {name: client.create_run(exp, run_name=name, tags={"stepjepa.kind": "sweep"} | tags).info.run_id
-               for name, tags in owners.items()}
+    parents = {
+        name: client.create_run(exp, run_name=name, tags={"stepjepa.kind": "sweep"} | tags).info.run_id
+        for name, tags in owners.items()
+    }
     # Config runs of the dead sweep: one its training never reached, one a live training owns
     # (a retried config), one whose training died too.
-    child = {name: client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parents["dead"]} | tags
-                                     ).info.run_id
-             for name, tags in {"unstarted": {}, "training-live": tracking.owner_tags(os.getppid()),
-                                "training-dead": me | {tracking.OWNER_PID: str(dead)}}.items()}
+    child = {
+        name: client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parents["dead"]} | tags).info.run_id
+        for name, tags in {
+            "unstarted": {},
+            "training-live": tracking.owner_tags(os.getppid()),
+            "training-dead": me | {tracking.OWNER_PID: str(dead)},
+        }.items()
+    }
 
     with tracking.sweep_run("stale", {"ks": [1]}) as new:
         pass
 
     status = {name: client.get_run(run_id).info.status for name, run_id in (parents | child).items()}
-    assert status == {"live": "RUNNING", "dead": "KILLED", "reused": "KILLED", "elsewhere": "RUNNING",
-                      "unnamed": "RUNNING", "unstarted": "KILLED", "training-live": "RUNNING",
-                      "training-dead": "KILLED"}
+    assert status == {
+        "live": "RUNNING",
+        "dead": "KILLED",
+        "reused": "KILLED",
+        "elsewhere": "RUNNING",
+        "unnamed": "RUNNING",
+        "unstarted": "KILLED",
+        "training-live": "RUNNING",
+        "training-dead": "KILLED",
+    }
     host = socket.gethostname()
-    assert client.get_run(parents["dead"]).data.tags["stepjepa.ended_by"] == f"next sweep: owner pid {dead} on {host} gone"
+    assert (
+        client.get_run(parents["dead"]).data.tags["stepjepa.ended_by"] == f"next sweep: owner pid {dead} on {host} gone"
+    )
     assert "later process" in client.get_run(parents["reused"]).data.tags["stepjepa.ended_by"]
     assert client.get_run(child["unstarted"]).data.tags["stepjepa.ended_by"].startswith("next sweep: owner pid")
     assert "stepjepa.ended_by" not in client.get_run(parents["live"]).data.tags

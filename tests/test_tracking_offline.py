@@ -113,38 +113,75 @@ def test_training_with_the_server_down_from_the_start_is_sent_by_resend(tiny_mod
     from tests.support.train import write_params, write_tokenized
 
     data = write_tokenized(tiny_model_dir, conversations[:8], tmp_path / "train.parquet")
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=4, epochs=10,
-                          log_every=1, checkpoint_every=2, tracking="mlflow", log_model=True, experiment="offline")
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_model_dir,
+        batch_size=4,
+        max_steps=4,
+        epochs=10,
+        log_every=1,
+        checkpoint_every=2,
+        tracking="mlflow",
+        log_model=True,
+        experiment="offline",
+    )
     port, out = free_port(), tmp_path / "run"
     env = os.environ | {"PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
-    train = subprocess.run([sys.executable, "-m", "stepjepa.cli", "train", "--params", str(params), "--data", str(data),
-                            "--out", str(out)], cwd=ROOT, env=env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
-                           capture_output=True, text=True, timeout=300)
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepjepa.cli",
+            "train",
+            "--params",
+            str(params),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     warnings = [line for line in train.stderr.splitlines() if "is unreachable" in line]
     assert len(warnings) == 1 and f"http://127.0.0.1:{port}" in warnings[0], train.stderr[-3000:]
     assert "Traceback" not in train.stderr
-    assert (out / "model" / "config.json").is_file() and json.loads((out / "summary.json").read_text())["run_id"] is None
+    assert (out / "model" / "config.json").is_file() and json.loads((out / "summary.json").read_text())[
+        "run_id"
+    ] is None
     started = json.loads((out / "mlflow-offline.jsonl").read_text().splitlines()[0])["start"]["time"]
 
-    with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "m.log", env,
-                       port=port) as url:
-        resend = subprocess.run([sys.executable, "-m", "stepjepa.cli", "resend", str(out)], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
+    with mlflow_server(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "m.log", env, port=port
+    ) as url:
+        resend = subprocess.run(
+            [sys.executable, "-m", "stepjepa.cli", "resend", str(out)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert resend.returncode == 0, resend.stderr[-3000:]
         client = MlflowClient(url)
         [run] = client.search_runs([client.get_experiment_by_name("offline").experiment_id])
         assert run.info.status == "FINISHED" and run.info.start_time == started
         assert run.data.params["train.k"] and run.data.params["run.total_steps"] == "4"
         assert run.data.tags["model_uri"].startswith("models:/") and run.data.tags["out"] == str(out.resolve())
-        assert [(d.dataset.name.split("/")[-1], d.tags[0].value) for d in run.inputs.dataset_inputs] == \
-            [("train.parquet", "training")]
+        assert [(d.dataset.name.split("/")[-1], d.tags[0].value) for d in run.inputs.dataset_inputs] == [
+            ("train.parquet", "training")
+        ]
         for key in ("loss", "lm_loss", "tokens_per_s"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3, 4], key
         assert "config.yaml" in {f.path for f in client.list_artifacts(run.info.run_id)}
 
 
 # --- a sweep whose MLflow server is down at its start, or goes away before its end -------------
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir, conversations):
@@ -206,14 +243,21 @@ def test_a_sweep_started_with_the_server_down_trains_reports_and_is_logged_by_re
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     summary = step_jepa_sweep(**paths)
     assert summary["champion"]["run_folder"] and summary["failed"] == []
-    assert _exit_code_and_message(summary, _exit_code) == \
-        (1, f"sweep: not yet logged to MLflow at http://127.0.0.1:{port}"), "MLflow lacks it: not done for DVC"
+    assert _exit_code_and_message(summary, _exit_code) == (
+        1,
+        f"sweep: not yet logged to MLflow at http://127.0.0.1:{port}",
+    ), "MLflow lacks it: not done for DVC"
     assert json.loads((environment / paths["report_dir"] / "unlogged.json").read_text())["unlogged"]
     [record] = environment.glob(f"{paths['runs_dir']}/*/mlflow-offline.jsonl")
     started = json.loads(record.read_text().splitlines()[0])["start"]["time"]
 
-    with mlflow_server(f"sqlite:///{environment / 'down-at-start.db'}", environment / "artifacts-a",
-                       environment / "mlflow-a.log", dict(os.environ), port=port) as url:
+    with mlflow_server(
+        f"sqlite:///{environment / 'down-at-start.db'}",
+        environment / "artifacts-a",
+        environment / "mlflow-a.log",
+        dict(os.environ),
+        port=port,
+    ) as url:
         assert reconcile(**paths) == 0
         _check_logged(url, paths, started)
 
@@ -231,8 +275,9 @@ def test_a_sweep_whose_server_goes_away_before_its_end_is_completed_by_reconcile
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     paths, port, server = _sweep_paths("down-at-end"), free_port(), ExitStack()
     backend = f"sqlite:///{environment / 'down-at-end.db'}"
-    url = server.enter_context(mlflow_server(backend, environment / "artifacts-b", environment / "mlflow-b1.log",
-                                             dict(os.environ), port=port))
+    url = server.enter_context(
+        mlflow_server(backend, environment / "artifacts-b", environment / "mlflow-b1.log", dict(os.environ), port=port)
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     summarize = report.summarize
 
@@ -245,9 +290,13 @@ def test_a_sweep_whose_server_goes_away_before_its_end_is_completed_by_reconcile
     monkeypatch.setattr(report, "summarize", summarize)
     assert _exit_code_and_message(summary, _exit_code) == (1, f"sweep: not yet logged to MLflow at {url}")
     assert summary["champion"]["run_folder"]
-    assert {"the test results of sft_s0", "the champion's registration", "the sweep's summary"} <= set(summary["unlogged"])
+    assert {"the test results of sft_s0", "the champion's registration", "the sweep's summary"} <= set(
+        summary["unlogged"]
+    )
     assert (environment / paths["report_dir"] / "summary.json").is_file()
 
-    with mlflow_server(backend, environment / "artifacts-b", environment / "mlflow-b2.log", dict(os.environ), port=port):
+    with mlflow_server(
+        backend, environment / "artifacts-b", environment / "mlflow-b2.log", dict(os.environ), port=port
+    ):
         assert reconcile(**paths) == 0
         _check_logged(url, paths)

@@ -24,7 +24,6 @@ from stepjepa.batching import step_plan
 from stepjepa.config import ConfigError
 from stepjepa.loop import TrainingError, jepa_draw
 from stepjepa.train import main, train
-
 from tests.support.train import make_config, write_params, write_tokenized
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +36,20 @@ def train_data(tiny_model_dir, conversations, tmp_path_factory) -> Path:
 
 # --- (c) bad configs and data fail before training, naming the param -------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("train.k=-1", "train.k"), ("train.lambda=-0.5", "train.lambda"), ("train.layout=diagonal", "train.layout"),
-    ("train.jepa_ratio=1.5", "train.jepa_ratio"), ("train.batch_size=0", "train.batch_size"),
-    ("train.scheduler=step", "train.scheduler"), ("train.precision=fp8", "train.precision"),
-    ("train.lamda=1", "train.lamda"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.k=-1", "train.k"),
+        ("train.lambda=-0.5", "train.lambda"),
+        ("train.layout=diagonal", "train.layout"),
+        ("train.jepa_ratio=1.5", "train.jepa_ratio"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.scheduler=step", "train.scheduler"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.lamda=1", "train.lamda"),
+    ],
+)
 def test_bad_config_is_rejected_naming_the_param(tiny_model_dir, train_data, tmp_path, caplog, override, key):
     params = write_params(tmp_path / "params.yaml", tiny_model_dir)
     argv = ["--params", str(params), "--set", override, "--data", str(train_data), "--out", str(tmp_path / "run")]
@@ -70,6 +77,7 @@ def test_data_of_another_tokenizer_is_rejected(tiny_model_dir, train_data, tmp_p
 
 # --- the step plan and the JEPA-ratio draw ---------------------------------------------
 
+
 def test_step_plan_splits_steps_over_processes_without_overlap():
     lengths = [10 + i % 7 for i in range(50)]
     kwargs = dict(batch_size=4, grad_accum_steps=2, epochs=2, max_steps=None, seed=3, num_processes=2)
@@ -94,13 +102,24 @@ def test_jepa_draw_is_seeded_per_step():
 
 # --- every layout and option runs -----------------------------------------------------
 
-@pytest.mark.parametrize("options", [
-    {"layout": "inline", "k": 2, "finetune": "full"},
-    {"layout": "packed", "k": 1, "finetune": "lora", "lora_r": 4, "loss": "infonce"},
-    {"layout": "two_pass", "k": 3, "finetune": "full", "loss": "mse", "precision": "bf16"},
-    {"layout": "inline", "k": 0, "lambda": 0.0, "grad_accum_steps": 2, "activation_checkpointing": True,
-     "scheduler": "constant", "max_grad_norm": None},
-])
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"layout": "inline", "k": 2, "finetune": "full"},
+        {"layout": "packed", "k": 1, "finetune": "lora", "lora_r": 4, "loss": "infonce"},
+        {"layout": "two_pass", "k": 3, "finetune": "full", "loss": "mse", "precision": "bf16"},
+        {
+            "layout": "inline",
+            "k": 0,
+            "lambda": 0.0,
+            "grad_accum_steps": 2,
+            "activation_checkpointing": True,
+            "scheduler": "constant",
+            "max_grad_norm": None,
+        },
+    ],
+)
 def test_each_layout_and_option_trains(tiny_model_dir, train_data, tmp_path, options):
     cfg = make_config(tiny_model_dir, max_steps=3, **({"lambda": 0.5} | options))
     result = train(cfg, train_data, tmp_path / "run")
@@ -129,6 +148,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tiny_model_dir, train_dat
 
 # --- (a) end to end: learning, MLflow, a loadable model --------------------------------
 
+
 @pytest.mark.e2e
 def test_run_learns_and_is_tracked(tiny_model_dir, conversations, tmp_path, monkeypatch):
     import mlflow
@@ -136,8 +156,9 @@ def test_run_learns_and_is_tracked(tiny_model_dir, conversations, tmp_path, monk
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     data = write_tokenized(tiny_model_dir, conversations, tmp_path / "train.parquet")
-    cfg = make_config(tiny_model_dir, k=2, **{"lambda": 0.5}, tracking="mlflow", log_model=True, log_every=5,
-                      experiment="e2e")
+    cfg = make_config(
+        tiny_model_dir, k=2, **{"lambda": 0.5}, tracking="mlflow", log_model=True, log_every=5, experiment="e2e"
+    )
     result = train(cfg, data, tmp_path / "run")
     first, last = result.history[0], result.history[-1]
     assert result.steps == 25
@@ -154,17 +175,32 @@ def test_run_learns_and_is_tracked(tiny_model_dir, conversations, tmp_path, monk
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
     tok = AutoTokenizer.from_pretrained(result.model_dir)
     assert "<|predictor_2|>" in tok.get_vocab()
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Tina has 5 apples."}], add_generation_prompt=True,
-                                     return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Tina has 5 apples."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
 
 
 # --- (b) kill -9 after the first checkpoint, then --resume -----------------------------
 
+
 def _launch(params: Path, data: Path, out: Path, env: dict, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "stepjepa.train", "--params", str(params), "--data", str(data), "--out", str(out),
-           *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stepjepa.train",
+        "--params",
+        str(params),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -182,8 +218,16 @@ def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_
     import mlflow
 
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, batch_size=4, max_steps=12,
-                          checkpoint_every=3, tracking="mlflow", log_model=False, experiment="resume")
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_model_dir,
+        batch_size=4,
+        max_steps=12,
+        checkpoint_every=3,
+        tracking="mlflow",
+        log_model=False,
+        experiment="resume",
+    )
     out = tmp_path / "run"
     killed = _launch(params, train_data, out, env)
     deadline = time.monotonic() + 120
@@ -207,7 +251,8 @@ def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 12 and summary["run_id"] == state["run_id"]
     runs = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
-        [mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("resume").experiment_id])
+        [mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("resume").experiment_id]
+    )
     assert [r.info.run_id for r in runs] == [state["run_id"]]
     assert runs[0].info.status == "FINISHED"
     history = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_metric_history(state["run_id"], "loss")
@@ -219,6 +264,7 @@ def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_
 
 # --- several processes: DDP over two CPU processes equals gradient accumulation --------
 
+
 @pytest.mark.e2e
 def test_two_processes_match_one_process_with_accumulation(tiny_model_dir, train_data, tmp_path):
     """World 2 x 1 micro-batch and world 1 x 2 micro-batches see the same micro-batches
@@ -228,29 +274,47 @@ def test_two_processes_match_one_process_with_accumulation(tiny_model_dir, train
     options = dict(k=2, **{"lambda": 0.5}, max_steps=4, batch_size=4, finetune="lora", lora_r=4)
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, **options)
     env = os.environ | {"ACCELERATE_USE_CPU": "true"}  # see cpu_2proc.yaml
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs/accelerate/cpu_2proc.yaml"), "-m", "stepjepa.train", "--params", str(params),
-           "--data", str(train_data), "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+        "-m",
+        "stepjepa.train",
+        "--params",
+        str(params),
+        "--data",
+        str(train_data),
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     single = train(make_config(tiny_model_dir, **options, grad_accum_steps=2), train_data, tmp_path / "single")
     ddp_history = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [m["jepa_pairs"] for m in ddp_history] == [m["jepa_pairs"] for m in single.history]
     assert [m["lm_loss"] for m in ddp_history] == pytest.approx([m["lm_loss"] for m in single.history], rel=1e-5)
-    expected, got = load_file(str(single.model_dir / "model.safetensors")), load_file(
-        str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    expected, got = (
+        load_file(str(single.model_dir / "model.safetensors")),
+        load_file(str(tmp_path / "ddp" / "model" / "model.safetensors")),
+    )
     assert all(torch.allclose(expected[k], got[k], atol=1e-5) for k in expected)
 
 
 def test_resume_needs_the_same_training_config_only(tmp_path):
     """Evaluation and sweep settings may change between a kill and its resume; what trains may not."""
-    from stepjepa.config import config_from_dict
-    from stepjepa.config import resolved_tree
+    from stepjepa.config import config_from_dict, resolved_tree
     from stepjepa.train import _check_same_config
 
     saved = resolved_tree(config_from_dict({"train": {"k": 2, "learning_rate": 1e-3}}))
-    fine = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "log_every": 1},
-                             "eval": {"limit": None, "batch_size": 4}, "sweep": {"max_concurrent": 2, "ks": [5]}})
+    fine = config_from_dict(
+        {
+            "train": {"k": 2, "learning_rate": 1e-3, "log_every": 1},
+            "eval": {"limit": None, "batch_size": 4},
+            "sweep": {"max_concurrent": 2, "ks": [5]},
+        }
+    )
     _check_same_config(saved, fine, tmp_path / "step-000003")
     smaller_chunks = config_from_dict({"train": {"k": 2, "learning_rate": 1e-3, "lm_loss_chunk": 64}})
     _check_same_config(saved, smaller_chunks, tmp_path / "step-000003")  # memory only, not what trains
@@ -269,17 +333,24 @@ def test_a_resume_may_change_every_weight_neutral_training_key_but_the_experimen
     assert RESUMABLE_CHANGES == {k for k in WEIGHT_NEUTRAL_KEYS if k.startswith("train.")} - {"train.experiment"}
     saved = resolved_tree(config_from_dict({}))
     tree: dict = {}
-    for key, value in {"train.log_every": 5, "train.eval_every": 5, "train.checkpoint_every": 7,
-                       "train.keep_checkpoints": 3, "train.eval_examples": 9, "train.tracking": "none",
-                       "train.log_model": False}.items():
+    for key, value in {
+        "train.log_every": 5,
+        "train.eval_every": 5,
+        "train.checkpoint_every": 7,
+        "train.keep_checkpoints": 3,
+        "train.eval_examples": 9,
+        "train.tracking": "none",
+        "train.log_model": False,
+    }.items():
         set_dotted(tree, key, value)
     _check_same_config(saved, config_from_dict(tree), tmp_path / "step-000003")
     with pytest.raises(ConfigError, match=r"train\.experiment"):
         _check_same_config(saved, config_from_dict({"train": {"experiment": "elsewhere"}}), tmp_path / "step-000003")
 
 
-def test_evaluate_after_training_writes_what_the_evaluate_command_writes(tiny_model_dir, conversations, train_data,
-                                                                         tmp_path, caplog):
+def test_evaluate_after_training_writes_what_the_evaluate_command_writes(
+    tiny_model_dir, conversations, train_data, tmp_path, caplog
+):
     """`stepjepa train --evaluate` (a sweep's validation step, in the training process) gives
     byte for byte the files a separate `stepjepa evaluate` of the saved model gives."""
     import yaml
@@ -288,8 +359,9 @@ def test_evaluate_after_training_writes_what_the_evaluate_command_writes(tiny_mo
 
     questions = tmp_path / "validation.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in conversations[:8]), encoding="utf-8")
-    tree = yaml.safe_load(write_params(tmp_path / "params.yaml", tiny_model_dir, max_steps=3, k=2,
-                                       **{"lambda": 0.5}).read_text())
+    tree = yaml.safe_load(
+        write_params(tmp_path / "params.yaml", tiny_model_dir, max_steps=3, k=2, **{"lambda": 0.5}).read_text()
+    )
     tree["eval"] = {"limit": 6, "batch_size": 4, "max_new_tokens": 8}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tree))
@@ -297,15 +369,47 @@ def test_evaluate_after_training_writes_what_the_evaluate_command_writes(tiny_mo
     inside.mkdir(parents=True)
     (inside / "config.yaml").write_text(params.read_text())
     with caplog.at_level(logging.INFO):
-        assert main(["--params", str(params), "--data", str(train_data), "--out", str(tmp_path / "run"),
-                     "--evaluate", str(inside), "--evaluate-data", str(questions),
-                     "--evaluate-heldout", str(train_data)]) == 0
+        assert (
+            main(
+                [
+                    "--params",
+                    str(params),
+                    "--data",
+                    str(train_data),
+                    "--out",
+                    str(tmp_path / "run"),
+                    "--evaluate",
+                    str(inside),
+                    "--evaluate-data",
+                    str(questions),
+                    "--evaluate-heldout",
+                    str(train_data),
+                ]
+            )
+            == 0
+        )
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate validation ")]
     assert progress[-1].startswith("evaluate validation 6/6 ") and progress[-1].endswith("eta=0s")
     apart = tmp_path / "apart"
-    assert cli_main(["evaluate", "--no-progress", "--model", str(tmp_path / "run" / "model"), "--params",
-                     str(inside / "config.yaml"), "--data", str(questions), "--out", str(apart),
-                     "--heldout", str(train_data)]) == 0
+    assert (
+        cli_main(
+            [
+                "evaluate",
+                "--no-progress",
+                "--model",
+                str(tmp_path / "run" / "model"),
+                "--params",
+                str(inside / "config.yaml"),
+                "--data",
+                str(questions),
+                "--out",
+                str(apart),
+                "--heldout",
+                str(train_data),
+            ]
+        )
+        == 0
+    )
     for name in ["predictions.jsonl", "metrics.json", "heldout.jsonl"]:
         assert (inside / name).read_bytes() == (apart / name).read_bytes(), name
     assert json.loads((inside / "metrics.json").read_text())["n"] == 6
@@ -319,9 +423,26 @@ def test_a_failed_evaluation_after_training_keeps_the_run(tiny_model_dir, train_
     inside.mkdir(parents=True)
     (inside / "config.yaml").write_text(params.read_text())
     with caplog.at_level(logging.INFO):
-        assert main(["--params", str(params), "--data", str(train_data), "--out", str(tmp_path / "run"),
-                     "--evaluate", str(inside), "--evaluate-data", str(tmp_path / "missing.jsonl")]) == 0
+        assert (
+            main(
+                [
+                    "--params",
+                    str(params),
+                    "--data",
+                    str(train_data),
+                    "--out",
+                    str(tmp_path / "run"),
+                    "--evaluate",
+                    str(inside),
+                    "--evaluate-data",
+                    str(tmp_path / "missing.jsonl"),
+                ]
+            )
+            == 0
+        )
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert not (inside / "metrics.json").exists()
-    assert any("evaluation after training failed" in r.getMessage() and "missing.jsonl" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "evaluation after training failed" in r.getMessage() and "missing.jsonl" in r.getMessage()
+        for r in caplog.records
+    )

@@ -35,8 +35,10 @@ def simulate_null_sweep(rng: np.random.Generator) -> list[RunResult]:
     seed_shift = rng.normal(0, seed_sd, n_seeds)
     shift = np.array([seed_shift[s.seed] for s in specs]) + rng.normal(0, run_sd, len(specs))
     correct = rng.random((len(specs), n_questions)) < np.clip(difficulty + shift[:, None], 0, 1)
-    return [RunResult(spec, "completed", correct_strict=row, metrics={"accuracy_strict": float(row.mean())})
-            for spec, row in zip(specs, correct, strict=True)]
+    return [
+        RunResult(spec, "completed", correct_strict=row, metrics={"accuracy_strict": float(row.mean())})
+        for spec, row in zip(specs, correct, strict=True)
+    ]
 
 
 def false_verdict_rates(n_sweeps: int, seed: int) -> tuple[float, float]:

@@ -25,32 +25,78 @@ from stepjepa.tracking.offline import recorded_run_id as offline_run_id
 from stepjepa.tracking.owner import OWNER_HOST, OWNER_PID, OWNER_STARTED, owner_gone, owner_tags
 from stepjepa.tracking.registry import champion_registered, register_champion
 from stepjepa.tracking.run import (
-    MlflowTracker, NoopTracker, Tracker, log_hf_model, log_model_from_folder, one_line, resend,
+    MlflowTracker,
+    NoopTracker,
+    Tracker,
+    log_hf_model,
+    log_model_from_folder,
+    one_line,
+    resend,
 )
 from stepjepa.tracking.start import make_tracker
 from stepjepa.tracking.store import PROJECT_ROOT, artifact_location, init_store, tracking_uri
 from stepjepa.tracking.sweep import (
-    Unlogged, child_run, end_stale_sweeps, log_sweep_summary, mark_failed, set_tags, sweep_run,
+    Unlogged,
+    child_run,
+    end_stale_sweeps,
+    log_sweep_summary,
+    mark_failed,
+    set_tags,
+    sweep_run,
 )
 
 __all__ = [
     # store
-    "PROJECT_ROOT", "artifact_location", "init_store", "tracking_uri",
+    "PROJECT_ROOT",
+    "artifact_location",
+    "init_store",
+    "tracking_uri",
     # run
-    "MlflowTracker", "NoopTracker", "Tracker", "log_hf_model", "log_model_from_folder", "make_tracker", "one_line",
+    "MlflowTracker",
+    "NoopTracker",
+    "Tracker",
+    "log_hf_model",
+    "log_model_from_folder",
+    "make_tracker",
+    "one_line",
     "resend",
     # offline
-    "OfflineTracker", "offline_pending", "offline_run_id", "send_pending",
+    "OfflineTracker",
+    "offline_pending",
+    "offline_run_id",
+    "send_pending",
     # lineage
-    "dvc_tags", "file_dataset", "flatten", "git_tags", "recorded_source", "source_tags",
+    "dvc_tags",
+    "file_dataset",
+    "flatten",
+    "git_tags",
+    "recorded_source",
+    "source_tags",
     # owner
-    "OWNER_HOST", "OWNER_PID", "OWNER_STARTED", "owner_gone", "owner_tags",
+    "OWNER_HOST",
+    "OWNER_PID",
+    "OWNER_STARTED",
+    "owner_gone",
+    "owner_tags",
     # sweep
-    "Unlogged", "child_run", "end_stale_sweeps", "log_sweep_summary", "mark_failed", "set_tags", "sweep_run",
+    "Unlogged",
+    "child_run",
+    "end_stale_sweeps",
+    "log_sweep_summary",
+    "mark_failed",
+    "set_tags",
+    "sweep_run",
     # registry
-    "champion_registered", "register_champion",
+    "champion_registered",
+    "register_champion",
     # folders
-    "backfill_training", "log_run_files",
+    "backfill_training",
+    "log_run_files",
     # evaluation
-    "download", "log_evaluation", "log_split", "predictions_table", "run_problem", "run_result",
+    "download",
+    "log_evaluation",
+    "log_split",
+    "predictions_table",
+    "run_problem",
+    "run_result",
 ]

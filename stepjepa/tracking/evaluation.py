@@ -106,7 +106,9 @@ def predictions_table(rows: list[dict[str, Any]]) -> dict[str, list]:
     """Per-example rows as table columns, the question first: the full `prompt` (system
     prompt and chat template around the question) goes last, where it does not hide it."""
     first = [k for k in ("id", "question", "completion", "answer") if k in rows[0]]
-    order = first + [k for k in rows[0] if k not in first and k != "prompt"] + (["prompt"] if "prompt" in rows[0] else [])
+    order = (
+        first + [k for k in rows[0] if k not in first and k != "prompt"] + (["prompt"] if "prompt" in rows[0] else [])
+    )
     return {key: [row.get(key) for row in rows] for key in order}
 
 
@@ -118,8 +120,11 @@ def log_split(run_id: str, split: str, folder: Path) -> None:
     client = _client()
     logged = client.get_run(run_id).data.metrics
     metrics = json.loads((folder / "metrics.json").read_text())
-    fresh = {f"{split}/{k}": float(v) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and logged.get(f"{split}/{k}") != float(v)}
+    fresh = {
+        f"{split}/{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and logged.get(f"{split}/{k}") != float(v)
+    }
     stamp = int(time.time() * 1000)
     for name, value in fresh.items():
         client.log_metric(run_id, name, value, timestamp=stamp)
@@ -128,5 +133,7 @@ def log_split(run_id: str, split: str, folder: Path) -> None:
             if (folder / name).is_file():
                 client.log_artifact(run_id, str(folder / name), artifact_path=split)
         predictions = folder / "predictions.jsonl"
-        if predictions.is_file() and (rows := [json.loads(line) for line in predictions.read_text().splitlines() if line]):
+        if predictions.is_file() and (
+            rows := [json.loads(line) for line in predictions.read_text().splitlines() if line]
+        ):
             client.log_table(run_id, data=predictions_table(rows), artifact_file=f"{split}/predictions_table.json")

@@ -45,9 +45,9 @@ def backfill_training(run_id: str, run_dir: Path, data: dict[str, Path] | None =
     stamp = int(time.time() * 1000)
     points = [Metric(k, float(v), stamp, int(m["step"])) for m in lines for k, v in m.items() if k != "step"]
     for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i:i + 100])
+        client.log_batch(run_id, params=params[i : i + 100])
     for i in range(0, len(points), 1000):
-        client.log_batch(run_id, metrics=points[i:i + 1000])
+        client.log_batch(run_id, metrics=points[i : i + 1000])
     for key, value in settings.items():
         client.set_tag(run_id, key, str(value)[:5000])
     client.set_tag(run_id, "stepjepa.backfilled_from", run_dir.name)
@@ -83,5 +83,10 @@ def log_run_files(run_id: str, run_dir: Path, names: tuple[str, ...] = ("config.
             if (Path(run_dir) / name).is_file():
                 client.log_artifact(run_id, str(Path(run_dir) / name))
     except Exception as err:  # noqa: BLE001 - the run itself is done; only the copy is lost
-        log.warning("could not log %s of %s to MLflow run %s (%s); they are in the run folder",
-                    ", ".join(names), run_dir, run_id, str(err).splitlines()[0][:200])
+        log.warning(
+            "could not log %s of %s to MLflow run %s (%s); they are in the run folder",
+            ", ".join(names),
+            run_dir,
+            run_id,
+            str(err).splitlines()[0][:200],
+        )

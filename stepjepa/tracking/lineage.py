@@ -30,6 +30,7 @@ def recorded_source(data: Path) -> str | None:
 
 def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """The commit the code came from, and whether the working tree had local changes."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -45,7 +46,11 @@ def source_tags(entry: Path, root: Path = PROJECT_ROOT) -> dict[str, str]:
     by a sweep gets none of these from MLflow itself."""
     from mlflow.entities import SourceType
     from mlflow.utils.mlflow_tags import (
-        MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE,
+        MLFLOW_GIT_BRANCH,
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_GIT_REPO_URL,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
     )
 
     tags = {MLFLOW_SOURCE_NAME: str(entry), MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
@@ -53,8 +58,11 @@ def source_tags(entry: Path, root: Path = PROJECT_ROOT) -> dict[str, str]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
-    for key, args in ((MLFLOW_GIT_COMMIT, ("rev-parse", "HEAD")), (MLFLOW_GIT_BRANCH, ("rev-parse", "--abbrev-ref", "HEAD")),
-                      (MLFLOW_GIT_REPO_URL, ("config", "--get", "remote.origin.url"))):
+    for key, args in (
+        (MLFLOW_GIT_COMMIT, ("rev-parse", "HEAD")),
+        (MLFLOW_GIT_BRANCH, ("rev-parse", "--abbrev-ref", "HEAD")),
+        (MLFLOW_GIT_REPO_URL, ("config", "--get", "remote.origin.url")),
+    ):
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
             if value := git(*args):
                 tags[key] = value
@@ -76,8 +84,7 @@ def file_dataset(path: Path):
             digest.update(chunk)
     # MLflow makes its local-file source class at import time (no importable name).
     local = next(cls for cls in get_registered_sources() if cls._get_source_type() == "local")
-    return MetaDataset(local(str(path)), name=f"{path.parent.name}/{path.name}",
-                       digest=digest.hexdigest())
+    return MetaDataset(local(str(path)), name=f"{path.parent.name}/{path.name}", digest=digest.hexdigest())
 
 
 def dvc_tags(paths: list[str | Path], root: Path = PROJECT_ROOT) -> dict[str, str]:

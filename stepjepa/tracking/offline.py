@@ -43,8 +43,17 @@ class OfflineTracker:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id or recorded_run_id(out)
         self.new_run = new_run and not any("params" in e for e in read_record(out))
-        self._write({"start": {"experiment": experiment, "run_name": run_name, "run_id": self.run_id,
-                               "time": _now_ms(), "owner": owner_tags()}})
+        self._write(
+            {
+                "start": {
+                    "experiment": experiment,
+                    "run_name": run_name,
+                    "run_id": self.run_id,
+                    "time": _now_ms(),
+                    "owner": owner_tags(),
+                }
+            }
+        )
 
     def _write(self, event: dict[str, Any]) -> None:
         with self._path.open("a") as f:
@@ -63,9 +72,18 @@ class OfflineTracker:
         # Fingerprinted now: the file may change or go before the record is sent.
         from stepjepa.tracking.lineage import file_dataset
 
-        self._write({"datasets": [{"context": context, "origin": origin,
-                                   "dataset": file_dataset(path)._to_mlflow_entity().to_dictionary()}
-                                  for context, path in files.items()]})
+        self._write(
+            {
+                "datasets": [
+                    {
+                        "context": context,
+                        "origin": origin,
+                        "dataset": file_dataset(path)._to_mlflow_entity().to_dictionary(),
+                    }
+                    for context, path in files.items()
+                ]
+            }
+        )
 
     def log_artifact(self, path: Path) -> None:
         self._write({"artifact": str(Path(path).resolve())})
@@ -145,8 +163,11 @@ def replay(out: Path, run_id: str | None = None, end: bool = True) -> str | None
     for path in dict.fromkeys(e["artifact"] for e in events if "artifact" in e):
         if Path(path).is_file():
             client.log_artifact(run_id, path)
-    if any("model" in e for e in events) and not client.get_run(run_id).data.tags.get("model_uri") \
-            and (out / "model" / "config.json").is_file():
+    if (
+        any("model" in e for e in events)
+        and not client.get_run(run_id).data.tags.get("model_uri")
+        and (out / "model" / "config.json").is_file()
+    ):
         from stepjepa.tracking.run import log_model_from_folder
 
         log_model_from_folder(run_id, out / "model")
@@ -159,8 +180,13 @@ def replay(out: Path, run_id: str | None = None, end: bool = True) -> str | None
     if not end or status is not None:  # nothing left to send: a tracker continuing the run sends the rest
         with (out / RECORD).open("a") as f:
             f.write(json.dumps({"sent": run_id}) + "\n")
-    log.info("sent the record of %s to MLflow run %s (%d steps%s)", out, run_id, sent,
-             f", ended {status}" if end and status else "")
+    log.info(
+        "sent the record of %s to MLflow run %s (%d steps%s)",
+        out,
+        run_id,
+        sent,
+        f", ended {status}" if end and status else "",
+    )
     return run_id
 
 
@@ -171,17 +197,23 @@ def _send_params_and_tags(client, run, events: list[dict], owner: dict[str, str]
     tags = {k: v for e in events for k, v in e.get("tags", {}).items()} | owner
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i:i + 100])
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
     items = [RunTag(k, v) for k, v in tags.items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, tags=items[i:i + 100])
+        client.log_batch(run.info.run_id, tags=items[i : i + 100])
 
 
 def _send_datasets(client, run_id: str, datasets: list[dict]) -> None:
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    inputs = [DatasetInput(Dataset.from_dictionary(d["dataset"]), tags=[InputTag("mlflow.data.context", d["context"])]
-                           + ([InputTag("origin", d["origin"])] if d.get("origin") else [])) for d in datasets]
+    inputs = [
+        DatasetInput(
+            Dataset.from_dictionary(d["dataset"]),
+            tags=[InputTag("mlflow.data.context", d["context"])]
+            + ([InputTag("origin", d["origin"])] if d.get("origin") else []),
+        )
+        for d in datasets
+    ]
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
 

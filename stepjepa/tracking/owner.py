@@ -16,8 +16,11 @@ def owner_tags(pid: int | None = None) -> dict[str, str]:
     import psutil
 
     pid = pid or os.getpid()
-    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(pid),
-            OWNER_STARTED: f"{psutil.Process(pid).create_time():.2f}"}
+    return {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_PID: str(pid),
+        OWNER_STARTED: f"{psutil.Process(pid).create_time():.2f}",
+    }
 
 
 def owner_gone(tags: dict[str, str], host: str | None = None) -> str | None:

@@ -12,8 +12,14 @@ from stepjepa.tracking.store import _client
 from stepjepa.vocabulary import SFT
 
 
-def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[str, Any] | None = None,
-                      alias: str = "champion", run_dir: Path | None = None) -> dict[str, Any]:
+def register_champion(
+    name: str,
+    run_id: str,
+    best: dict[str, Any],
+    test: dict[str, Any] | None = None,
+    alias: str = "champion",
+    run_dir: Path | None = None,
+) -> dict[str, Any]:
     """Register the model logged by `run_id` under `name` and point `alias` at it; the version
     is tagged with its config, validation accuracy, the test comparison with the SFT baseline
     and whether the selected config (highest mean validation accuracy) beats SFT by the
@@ -30,13 +36,27 @@ def register_champion(name: str, run_id: str, best: dict[str, Any], test: dict[s
     version = _current_version(client, name, alias, run_id) or mlflow.register_model(model_uri, name).version
     client.set_registered_model_alias(name, alias, version)
     verdict = "baseline" if best["config"] == SFT else best.get("vs_sft_verdict", "")
-    tags = {"config": best["config"], "views": best.get("views", "steps"), "k": best["k"], "lambda": best["lambda"],
-            "run_id": run_id, "run_folder": run_dir.name if run_dir else "", "selected_on": "validation",
-            "selected_by": SELECTION_RULE,
-            "validation_accuracy_strict": best.get("accuracy_strict"),
-            "delta_vs_sft": best.get("vs_sft_delta", 0.0), "vs_sft_verdict": verdict, "verdict_rule": VERDICT_RULE,
-            "beats_sft": "yes" if beats_sft(best) else ("no: SFT itself was selected" if best["config"] == SFT else
-                                                         f"no: the selected config's verdict vs SFT on validation is {verdict}")}
+    tags = {
+        "config": best["config"],
+        "views": best.get("views", "steps"),
+        "k": best["k"],
+        "lambda": best["lambda"],
+        "run_id": run_id,
+        "run_folder": run_dir.name if run_dir else "",
+        "selected_on": "validation",
+        "selected_by": SELECTION_RULE,
+        "validation_accuracy_strict": best.get("accuracy_strict"),
+        "delta_vs_sft": best.get("vs_sft_delta", 0.0),
+        "vs_sft_verdict": verdict,
+        "verdict_rule": VERDICT_RULE,
+        "beats_sft": "yes"
+        if beats_sft(best)
+        else (
+            "no: SFT itself was selected"
+            if best["config"] == SFT
+            else f"no: the selected config's verdict vs SFT on validation is {verdict}"
+        ),
+    }
     if test:
         tags |= {f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float, str))}
     for key, value in tags.items():

@@ -84,8 +84,14 @@ class MlflowTracker:
     waits up to `flush_seconds` for it, then leaves the rest to `stepjepa.resend`.
     """
 
-    def __init__(self, experiment: str, run_name: str | None = None, run_id: str | None = None,
-                 queue_size: int = 10_000, flush_seconds: float = 60.0):
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        queue_size: int = 10_000,
+        flush_seconds: float = 60.0,
+    ):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         # MLflow's own defaults (7 retries, 120 s timeouts) hold a call for minutes when the
         # server is down; metrics retry in the sender thread, the rest should fail in seconds.
@@ -105,7 +111,9 @@ class MlflowTracker:
         self.new_run = run_id is None
         # A sweep started after this process died ends the run it left RUNNING (end_stale_sweeps).
         mlflow.set_tags(owner_tags())
-        log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, "resumed" if run_id else "new", experiment, uri)
+        log.info(
+            "MLflow run %s (%s) in experiment %r at %s", self.run_id, "resumed" if run_id else "new", experiment, uri
+        )
         self._client = mlflow.MlflowClient(uri)
         self._logged_through = _last_logged_step(self._client, run)
         self._skipped = 0
@@ -127,16 +135,22 @@ class MlflowTracker:
         # in the run is kept once, as first logged (the replay trains the same batches).
         if step <= self._logged_through:
             if not self._skipped:
-                log.info("steps up to %d are already logged in MLflow run %s (an earlier attempt); "
-                         "not logging them again", self._logged_through, self.run_id)
+                log.info(
+                    "steps up to %d are already logged in MLflow run %s (an earlier attempt); not logging them again",
+                    self._logged_through,
+                    self.run_id,
+                )
             self._skipped += 1
             return
         try:
             self._queue.put_nowait((metrics, step, int(time.time() * 1000)))
         except queue.Full:
             if not self._dropped:
-                log.warning("MLflow queue full (%d points unsent): later steps stay in metrics.jsonl only; "
-                            "send them with `python -m stepjepa.resend OUT`", self._queue.maxsize)
+                log.warning(
+                    "MLflow queue full (%d points unsent): later steps stay in metrics.jsonl only; "
+                    "send them with `python -m stepjepa.resend OUT`",
+                    self._queue.maxsize,
+                )
             self._dropped += 1
 
     def _send_all(self) -> None:
@@ -157,12 +171,19 @@ class MlflowTracker:
         except Exception as err:  # noqa: BLE001 - any failure of the server is an outage to ride out
             if self._down_since is None:
                 self._down_since = time.monotonic()
-                log.warning("MLflow at %s is unreachable (%s); training goes on, metrics stay in metrics.jsonl "
-                            "and are sent when it is back", self._uri, str(err).splitlines()[0][:200])
+                log.warning(
+                    "MLflow at %s is unreachable (%s); training goes on, metrics stay in metrics.jsonl "
+                    "and are sent when it is back",
+                    self._uri,
+                    str(err).splitlines()[0][:200],
+                )
             return False
         if self._down_since is not None:
-            log.info("MLflow at %s is back after %.0f s; sending the queued metrics", self._uri,
-                     time.monotonic() - self._down_since)
+            log.info(
+                "MLflow at %s is back after %.0f s; sending the queued metrics",
+                self._uri,
+                time.monotonic() - self._down_since,
+            )
             self._down_since = None
         return True
 
@@ -183,8 +204,7 @@ class MlflowTracker:
         """Each file as an MLflow dataset input of this run, `{context: path}`: the runs
         table's Dataset column. See `file_dataset`."""
         for context, path in files.items():
-            self._mlflow.log_input(file_dataset(path), context=context,
-                                   tags={"origin": origin} if origin else None)
+            self._mlflow.log_input(file_dataset(path), context=context, tags={"origin": origin} if origin else None)
 
     def log_artifact(self, path: Path) -> None:
         self._mlflow.log_artifact(str(path))
@@ -195,16 +215,23 @@ class MlflowTracker:
         from mlflow.exceptions import MlflowException
 
         if self._down_since is not None:
-            log.warning("MLflow at %s is unreachable: the model is not logged to run %s (it is saved in the run "
-                        "folder)", self._uri, self.run_id)
+            log.warning(
+                "MLflow at %s is unreachable: the model is not logged to run %s (it is saved in the run folder)",
+                self._uri,
+                self.run_id,
+            )
             return None
         try:
             return log_hf_model(model, tokenizer, self.run_id, name)
         except (MlflowException, OSError) as err:
             # A server that went down since the sender last tried (a short run can end
             # before it notices): the run's work is done and its model saved.
-            log.warning("could not log the model to MLflow run %s at %s (%s): it is saved in the run folder",
-                        self.run_id, self._uri, str(err).splitlines()[0][:200])
+            log.warning(
+                "could not log the model to MLflow run %s at %s (%s): it is saved in the run folder",
+                self.run_id,
+                self._uri,
+                str(err).splitlines()[0][:200],
+            )
             return None
 
     def end(self, status: str = "FINISHED") -> None:
@@ -214,8 +241,13 @@ class MlflowTracker:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         if unsent:
-            log.warning("%d logged steps were not sent to MLflow run %s at %s; they are in metrics.jsonl: send them "
-                        "with `python -m stepjepa.resend OUT`", unsent, self.run_id, self._uri)
+            log.warning(
+                "%d logged steps were not sent to MLflow run %s at %s; they are in metrics.jsonl: send them "
+                "with `python -m stepjepa.resend OUT`",
+                unsent,
+                self.run_id,
+                self._uri,
+            )
         if not sent:
             # The server is down: MLflow's own retries would hold this process for minutes,
             # here and again in its exit handler.
@@ -224,8 +256,12 @@ class MlflowTracker:
         try:
             self._mlflow.end_run(status=status)
         except Exception as err:  # noqa: BLE001 - the run's work is done and saved; only its status is lost
-            log.warning("could not mark MLflow run %s %s (%s); `python -m stepjepa.resend OUT` does it later",
-                        self.run_id, status, str(err).splitlines()[0][:200])
+            log.warning(
+                "could not mark MLflow run %s %s (%s); `python -m stepjepa.resend OUT` does it later",
+                self.run_id,
+                status,
+                str(err).splitlines()[0][:200],
+            )
 
 
 def log_hf_model(model: Any, tokenizer: Any, run_id: str, name: str = "model") -> str:
@@ -274,8 +310,9 @@ def resend(run_id: str, history: list[dict[str, float]], status: str) -> int:
     missing = [m for m in history if m["step"] > done]
     timestamp = int(time.time() * 1000)
     for m in missing:
-        client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, int(m["step"]))
-                                          for k, v in m.items() if k != "step"])
+        client.log_batch(
+            run_id, metrics=[Metric(k, float(v), timestamp, int(m["step"])) for k, v in m.items() if k != "step"]
+        )
     if run.info.status == "RUNNING":
         client.set_terminated(run_id, status=status)
     return len(missing)

@@ -14,8 +14,9 @@ from stepjepa.tracking.store import tracking_uri
 log = logging.getLogger(__package__)  # the tracking package's one logger, as run.py's
 
 
-def make_tracker(kind: str, experiment: str, run_name: str | None, run_id: str | None, is_main: bool,
-                 out: Path | None = None) -> Tracker:
+def make_tracker(
+    kind: str, experiment: str, run_name: str | None, run_id: str | None, is_main: bool, out: Path | None = None
+) -> Tracker:
     """The tracker for this process: MLflow on the main process when `kind == "mlflow"`.
 
     With the run folder `out`, a store that cannot be reached (or `STEPJEPA_MLFLOW_OFFLINE=1`,
@@ -41,7 +42,14 @@ def make_tracker(kind: str, experiment: str, run_name: str | None, run_id: str |
             reason = one_line(err)
         finally:
             retries.setLevel(level)
-    log.warning("MLflow at %s is unreachable (%s): training goes on offline, recorded in %s; "
-                "`stepjepa resend %s` sends it when MLflow is back", uri, reason, out / offline.RECORD, out)
-    return offline.OfflineTracker(out, experiment, run_name, run_id or os.environ.get("MLFLOW_RUN_ID"),
-                                  new_run=run_id is None)
+    log.warning(
+        "MLflow at %s is unreachable (%s): training goes on offline, recorded in %s; "
+        "`stepjepa resend %s` sends it when MLflow is back",
+        uri,
+        reason,
+        out / offline.RECORD,
+        out,
+    )
+    return offline.OfflineTracker(
+        out, experiment, run_name, run_id or os.environ.get("MLFLOW_RUN_ID"), new_run=run_id is None
+    )

@@ -72,8 +72,9 @@ def _experiment_id(client, name: str, uri: str | None = None) -> str:
     version of the project gets the kind tag too."""
     found = client.get_experiment_by_name(name)
     if found is None:
-        return client.create_experiment(name, artifact_location=artifact_location(uri or tracking_uri()),
-                                        tags=EXPERIMENT_KIND)
+        return client.create_experiment(
+            name, artifact_location=artifact_location(uri or tracking_uri()), tags=EXPERIMENT_KIND
+        )
     for key, value in EXPERIMENT_KIND.items():
         if found.tags.get(key) != value:
             client.set_experiment_tag(found.experiment_id, key, value)

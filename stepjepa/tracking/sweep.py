@@ -36,8 +36,9 @@ def end_stale_sweeps(client, experiment_id: str) -> list[str]:
         why = owner_gone(parent.data.tags)
         if why is None:
             continue
-        children = client.search_runs([experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and {running}")
+        children = client.search_runs(
+            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and {running}"
+        )
         for child in children:
             child_why = owner_gone(child.data.tags) if OWNER_PID in child.data.tags else why
             if child_why:
@@ -77,15 +78,21 @@ class Unlogged:
             return None
 
     def add(self, what: str, reason: str) -> None:
-        log.warning("could not log %s to MLflow at %s (%s); it is kept, and the next sweep or "
-                    "`python -m pipelines.sweep --reconcile` logs it", what, tracking_uri(), reason)
+        log.warning(
+            "could not log %s to MLflow at %s (%s); it is kept, and the next sweep or "
+            "`python -m pipelines.sweep --reconcile` logs it",
+            what,
+            tracking_uri(),
+            reason,
+        )
         with self._lock:
             self.items.append(what)
 
 
 @contextmanager
-def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep",
-              unlogged: Unlogged | None = None) -> Iterator[str | None]:
+def sweep_run(
+    experiment: str, params: dict[str, Any], run_name: str = "sweep", unlogged: Unlogged | None = None
+) -> Iterator[str | None]:
     """The sweep's parent run (sweep params, code version, owner) for the `with` block; yields its id.
 
     It ends FINISHED when the block does, FAILED on an error and KILLED on an interrupt
@@ -100,8 +107,9 @@ def sweep_run(experiment: str, params: dict[str, Any], run_name: str = "sweep",
         client = _client()
         experiment_id = _experiment_id(client, experiment)
         end_stale_sweeps(client, experiment_id)
-        run_id = client.create_run(experiment_id, run_name=run_name,
-                                   tags={"stepjepa.kind": "sweep"} | git_tags() | owner_tags()).info.run_id
+        run_id = client.create_run(
+            experiment_id, run_name=run_name, tags={"stepjepa.kind": "sweep"} | git_tags() | owner_tags()
+        ).info.run_id
         client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
         return run_id
 
@@ -133,8 +141,12 @@ def child_run(experiment: str, parent_id: str, name: str, cache_key: str, run_di
     one starts when the run in `run_dir` did, if it was trained without MLflow (its record)."""
     client = _client()
     exp_id = _experiment_id(client, experiment)
-    found = client.search_runs([exp_id], filter_string=f"tags.`stepjepa.cache_key` = '{cache_key}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`stepjepa.cache_key` = '{cache_key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if found:
         # The UI nests a run under one parent: the newest sweep shows it, and the tag
         # `stepjepa.sweeps` keeps every sweep it belongs to, oldest first.
@@ -144,10 +156,15 @@ def child_run(experiment: str, parent_id: str, name: str, cache_key: str, run_di
             client.set_tag(run_id, "stepjepa.sweeps", ",".join(filter(None, [sweeps, parent_id])))
         client.set_tag(run_id, "mlflow.parentRunId", parent_id)
         return run_id
-    tags = {"mlflow.parentRunId": parent_id, "stepjepa.cache_key": cache_key, "stepjepa.kind": "sweep-config",
-            "stepjepa.sweeps": parent_id}
-    return client.create_run(exp_id, run_name=name, tags=tags,
-                             start_time=started_offline(run_dir) if run_dir else None).info.run_id
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        "stepjepa.cache_key": cache_key,
+        "stepjepa.kind": "sweep-config",
+        "stepjepa.sweeps": parent_id,
+    }
+    return client.create_run(
+        exp_id, run_name=name, tags=tags, start_time=started_offline(run_dir) if run_dir else None
+    ).info.run_id
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
@@ -162,8 +179,9 @@ def mark_failed(run_id: str, message: str) -> None:
     client.set_terminated(run_id, status="FAILED")
 
 
-def log_sweep_summary(parent_id: str, rows: list[dict], table_md: str, plots: list[Path],
-                      summary: dict[str, Any]) -> None:
+def log_sweep_summary(
+    parent_id: str, rows: list[dict], table_md: str, plots: list[Path], summary: dict[str, Any]
+) -> None:
     """The sweep's table (markdown and an MLflow table), plots and metrics on the parent run."""
     import mlflow
 

@@ -9,15 +9,24 @@ import subprocess
 from pathlib import Path
 
 # Headless, offline (every host name fails to resolve) and with a profile of its own.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND",
-                  "--virtual-time-budget=30000", "--window-size=1100,2600"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--virtual-time-budget=30000",
+    "--window-size=1100,2600",
+]
 
 
 def run_in_group(cmd: list[str], cwd: Path, env: dict, timeout: float = 180) -> str:
     """Run a command in its own process group, killed with everything it started."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:

@@ -39,8 +39,14 @@ def step_rows(step: int) -> list[dict]:
         second = [80 + (3 * i + step + j) % 60 for j in range(3 + i % 2)]
         rest = [150 + (5 * i + 7 * step + j) % 140 for j in range(body)]
         valid = i != 1
-        rows.append(row([10 + i, 11, 12 + step], first if valid else [], second if valid else [],
-                        rest if valid else first + second + rest))
+        rows.append(
+            row(
+                [10 + i, 11, 12 + step],
+                first if valid else [],
+                second if valid else [],
+                rest if valid else first + second + rest,
+            )
+        )
     return rows
 
 
@@ -57,8 +63,10 @@ def run(splits: list[list[int]], tc: TrainConfig, *, lr: float = 0.5) -> tuple[d
     step_module = accelerator.prepare_model(StepModule.from_config(model, tc))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    metrics = [optimizer_step(accelerator, step_module, optimizer, scheduler, splits, step_rows(s), collator, tc, s)
-               for s in range(1, STEPS + 1)]
+    metrics = [
+        optimizer_step(accelerator, step_module, optimizer, scheduler, splits, step_rows(s), collator, tc, s)
+        for s in range(1, STEPS + 1)
+    ]
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, metrics
 
 

@@ -52,8 +52,15 @@ def make_sweep_project(root: Path, model_dir: Path, conversations: list[dict], s
                 fh.write(json.dumps(record) + "\n")
     params = {
         "model": {"name_or_path": str(model_dir)},
-        "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "learning_rate": 1e-3,
-                  "eval_every": 2, "eval_examples": 4},
+        "train": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "learning_rate": 1e-3,
+            "eval_every": 2,
+            "eval_examples": 4,
+        },
         "eval": {"limit": 6, "max_new_tokens": 16, "batch_size": 6},
         "sweep": sweep,
     }
@@ -62,5 +69,10 @@ def make_sweep_project(root: Path, model_dir: Path, conversations: list[dict], s
 
 
 # The flow's paths in a project made by `make_sweep_project` (what dvc.yaml passes it).
-PATHS = {"params_file": "params.yaml", "tokenized": "data/tokenized", "prepared": "data/prepared",
-         "runs_dir": "runs/sweep", "report_dir": "metrics/sweep"}
+PATHS = {
+    "params_file": "params.yaml",
+    "tokenized": "data/tokenized",
+    "prepared": "data/prepared",
+    "runs_dir": "runs/sweep",
+    "report_dir": "metrics/sweep",
+}

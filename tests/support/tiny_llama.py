@@ -13,9 +13,16 @@ PRED = [296, 297, 298, 299]
 
 
 def tiny_llama(impl: str, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         attn_implementation=impl)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attn_implementation=impl,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(dtype).eval()
 
@@ -25,9 +32,13 @@ def row(prompt: list[int], step1: list[int], step2: list[int], rest: list[int]) 
     ids = prompt + step1 + step2 + rest
     a1, e1 = len(prompt), len(prompt) + len(step1) - 1
     valid = bool(step1 and step2)
-    return {"input_ids": ids, "labels": [-100] * len(prompt) + ids[len(prompt):],
-            "step1_span": [a1, e1] if valid else None, "step2_span": [e1 + 1, e1 + len(step2)] if valid else None,
-            "jepa_valid": valid}
+    return {
+        "input_ids": ids,
+        "labels": [-100] * len(prompt) + ids[len(prompt) :],
+        "step1_span": [a1, e1] if valid else None,
+        "step2_span": [e1 + 1, e1 + len(step2)] if valid else None,
+        "jepa_valid": valid,
+    }
 
 
 ROWS = [
@@ -58,5 +69,6 @@ def sft_loss(model, rows: list[dict]) -> torch.Tensor:
     batch = batch_for(rows, 0, "inline")
     lengths = torch.tensor([len(r["input_ids"]) for r in rows])
     padding = torch.arange(batch["lm_input_ids"].shape[1]) < lengths[:, None]
-    return model(input_ids=batch["lm_input_ids"], attention_mask=padding.long(), labels=batch["lm_labels"],
-                 use_cache=False).loss
+    return model(
+        input_ids=batch["lm_input_ids"], attention_mask=padding.long(), labels=batch["lm_labels"], use_cache=False
+    ).loss

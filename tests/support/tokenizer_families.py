@@ -56,8 +56,30 @@ GEMMA_TEMPLATE = (
 )
 
 _NAMES = ["Janet", "Tom", "The", "She", "He", "Each", "A", "Mark", "Weng", "Betty"]
-_WORDS = ["has", "eggs", "sells", "for", "each", "day", "dollars", "the", "total", "is", "and",
-          "buys", "more", "than", "half", "of", "per", "hour", "earns", "so", "she", "makes"]
+_WORDS = [
+    "has",
+    "eggs",
+    "sells",
+    "for",
+    "each",
+    "day",
+    "dollars",
+    "the",
+    "total",
+    "is",
+    "and",
+    "buys",
+    "more",
+    "than",
+    "half",
+    "of",
+    "per",
+    "hour",
+    "earns",
+    "so",
+    "she",
+    "makes",
+]
 
 
 def gsm8k_like_step(rng: random.Random) -> str:
@@ -93,7 +115,9 @@ def byte_level_bpe() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=600,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
@@ -108,7 +132,10 @@ def metaspace_unigram() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.UnigramTrainer(
-        vocab_size=500, special_tokens=specials, unk_token="<unk>", initial_alphabet=list(ALPHABET),
+        vocab_size=500,
+        special_tokens=specials,
+        unk_token="<unk>",
+        initial_alphabet=list(ALPHABET),
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
