@@ -3,6 +3,7 @@ temporary git + DVC repo, opened offline in headless Chromium (Debian's `chromiu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import yaml
 
 from stepjepa.plots import VEGA_LIBS, offline_page_template, plot_effects, plot_heatmap, plot_loss_curves
 from stepjepa.report import summarize, write_plot_data
+from stepjepa.sweep import RunResult
 from tests.support.chromium import CHROMIUM_FLAGS, chromium, run_in_group
 from tests.support.sweep_results import fake_results
 
@@ -33,21 +35,26 @@ def test_template_inlines_vega_and_names_what_is_missing(tmp_path) -> None:
     assert [page.index(f"/* {lib} */") for lib in VEGA_LIBS] == sorted(page.index(f"/* {lib} */") for lib in VEGA_LIBS)
 
 
-def _sweep_repo(path: Path) -> tuple[list[dict], list[dict]]:
+def _sweep_repo(path: Path) -> tuple[list[dict], list[RunResult]]:
     """A git + DVC repo with the project's plot definitions and templates and a sweep's plot data."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     dvc_yaml = {"stages": {"sweep": {"cmd": "true", "plots": spec["stages"]["sweep"]["plots"]}}, "plots": spec["plots"]}
     (path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
-    results = fake_results()
-    for i, r in enumerate(results):  # curves apart; in-training evaluations on odd steps only (null between)
-        r["history"] = [
-            h
-            | {
-                "lm_loss": h["lm_loss"] + 0.1 * i,
-                "val_step2_nll": None if h["step"] % 2 == 0 else h["val_step2_nll"] + 0.05 * i,
-            }
-            for h in r["history"]
-        ]
+    # curves apart; in-training evaluations on odd steps only (null between)
+    results = [
+        dataclasses.replace(
+            r,
+            history=[
+                h
+                | {
+                    "lm_loss": h["lm_loss"] + 0.1 * i,
+                    "val_step2_nll": None if h["step"] % 2 == 0 else h["val_step2_nll"] + 0.05 * i,
+                }
+                for h in r.history
+            ],
+        )
+        for i, r in enumerate(fake_results())
+    ]
     rows = summarize(results)
     sweep = path / "metrics/sweep"
     write_plot_data(rows, results, sweep)
