@@ -49,7 +49,7 @@ run: install
 
 # `make demo`: the pipeline on the generated arith task, as a DVC experiment in a temporary
 # workspace (docs/sweeps.md). Sizes: benchmarks/results/arith-sizing.md (benchmarks/size_arith.py;
-# tests/test_demo_params.py keeps them equal): two-step problems, packed layout, infonce loss.
+# tests/project/test_demo_params.py keeps them equal): two-step problems, packed layout, infonce loss.
 DEMO_NAME := arith-demo-$(shell date -u +%Y%m%d-%H%M%S)
 DEMO_STEPS ?= 360
 DEMO_BATCH ?= 16

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from stepjepa.config import DataConfig, TokenizeConfig
-from stepjepa.prepare import prepare_file
-from stepjepa.sources import SPLITS
-from stepjepa.tokenization import encode_records, load_tokenizer
+from stepjepa.data.prepare import prepare_file
+from stepjepa.data.sources import SPLITS
+from stepjepa.data.tokenization import encode_records, load_tokenizer
 
 
 def reference_style_boundaries(tokenizer, record, date_string):

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from gpu_check import CPU_SMOKE, build_inputs
 
-from stepjepa.collate import Collator
 from stepjepa.config import ModelConfig
-from stepjepa.flex_masks import uncompiled_flex
-from stepjepa.forward import last_hidden, model_parts, step_jepa_forward
-from stepjepa.modeling import add_predictor_tokens, load_model, load_tokenizer
+from stepjepa.method.collate import Collator
+from stepjepa.method.flex_masks import uncompiled_flex
+from stepjepa.method.forward import last_hidden, model_parts, step_jepa_forward
+from stepjepa.model.modeling import add_predictor_tokens, load_model, load_tokenizer
 from stepjepa.vocabulary import pad_id
 
 SHAPE = {

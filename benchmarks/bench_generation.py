@@ -31,12 +31,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from stepjepa.config import TinyModelConfig
-from stepjepa.eval_examples import load_examples
-from stepjepa.generation import Completion, chat_prompt_ids, generate_greedy, left_pad, stop_token_ids
+from stepjepa.evaluation.eval_examples import load_examples
+from stepjepa.evaluation.generation import Completion, chat_prompt_ids, generate_greedy, left_pad, stop_token_ids
 
 # The one place generated ids become a Completion (cut at the first stop id, decoded):
 # transformers' output goes through it too, so that "identical" compares like with like.
-from stepjepa.generation import _completion as to_completion
+from stepjepa.evaluation.generation import _completion as to_completion
 from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def _model_dir(arg: Path | None, texts: list[str], scratch: Path) -> Path:
         return arg
     if (ROOT / "models/tiny/config.json").is_file():
         return ROOT / "models/tiny"
-    from stepjepa.tiny_model import build_tiny_model
+    from stepjepa.model.tiny_model import build_tiny_model
 
     return build_tiny_model(TinyModelConfig(), texts, scratch / "tiny")
 

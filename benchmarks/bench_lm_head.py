@@ -1,5 +1,5 @@
 """Peak memory and time of the LM loss with and without chunking the LM head
-(stepjepa/forward.py, `lm_loss_sum`; `train.lm_loss_chunk`).
+(stepjepa/method/forward.py, `lm_loss_sum`; `train.lm_loss_chunk`).
 
 One forward and backward of the LM loss alone: `(N, H)` labelled hidden states through a
 float32 `Linear(H, V)` head at Qwen2.5-0.5B's shape (V = 151,936, H = 896), N = 2,000
@@ -36,7 +36,7 @@ def rss_mib() -> float:
 
 def measure(chunk: int | None, positions: int, threads: int) -> dict:
     """One forward + backward of the LM loss in this process: peak RSS above the baseline, seconds."""
-    from stepjepa.forward import ModelParts, lm_loss_from_hidden
+    from stepjepa.method.forward import ModelParts, lm_loss_from_hidden
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ on GSM8K (gpu_check.build_inputs; Qwen's tokenizer would need the hub), so every
 < 4,352 < 151,936: the token ids differ from Qwen's, the model's shape and so the LM head's
 (rows x 151,936) logits do not. Variants:
 
-  sft, jepa_inline, jepa_packed, jepa_two_pass   ours (stepjepa.loop.optimizer_step; K = 2,
+  sft, jepa_inline, jepa_packed, jepa_two_pass   ours (stepjepa.training.loop.optimizer_step; K = 2,
                                                  lambda = 0.1), LM head chunked (the default
                                                  train.lm_loss_chunk)
   *_unchunked, sft_chunk1024                     the same with train.lm_loss_chunk null / 1024
@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_trl  # noqa: E402
 import gpu_check  # noqa: E402
 
-from stepjepa.batching import load_rows  # noqa: E402
+from stepjepa.method.batching import load_rows  # noqa: E402
 
 DEFAULT = "default"  # train.lm_loss_chunk as TrainConfig sets it (128 labelled positions)
 OURS = {  # name: (layout, k, lambda, train.lm_loss_chunk)
@@ -101,12 +101,12 @@ def typical_rows(rows: list[dict], n: int = BATCH) -> list[int]:
 
 def our_steps(model_dir: Path, rows: list[dict], variant: str, steps: int) -> tuple[list[float], float, dict]:
     """`steps` optimizer steps of ours on one batch of `rows`: step seconds, baseline RSS, facts."""
-    from stepjepa.collate import Collator
     from stepjepa.config import config_from_dict
-    from stepjepa.loop import StepModule, optimizer_step
-    from stepjepa.modeling import build_model
-    from stepjepa.optim import build_optimizer, build_scheduler
-    from stepjepa.train import make_accelerator
+    from stepjepa.method.collate import Collator
+    from stepjepa.model.modeling import build_model
+    from stepjepa.training.loop import StepModule, optimizer_step
+    from stepjepa.training.optim import build_optimizer, build_scheduler
+    from stepjepa.training.train import make_accelerator
     from stepjepa.vocabulary import pad_id
 
     layout, k, lam, chunk = OURS[variant]

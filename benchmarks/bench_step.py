@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from stepjepa.batching import laid_out_length, load_rows
-from stepjepa.collate import Collator, attention_for, length_grouped_batches, padding_fraction
 from stepjepa.config import ModelConfig
-from stepjepa.forward import step_jepa_forward
-from stepjepa.modeling import add_predictor_tokens, load_model, load_tokenizer
+from stepjepa.method.batching import laid_out_length, load_rows
+from stepjepa.method.collate import Collator, attention_for, length_grouped_batches, padding_fraction
+from stepjepa.method.forward import step_jepa_forward
+from stepjepa.model.modeling import add_predictor_tokens, load_model, load_tokenizer
 from stepjepa.vocabulary import pad_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,8 @@ TARGETS = {"inline": 1.08, "packed": 1.25}
 def gsm8k_records(limit: int) -> list[dict]:
     """The first `limit` raw GSM8K training records as prepared conversations (id, messages, steps)."""
     from stepjepa.config import DataConfig
-    from stepjepa.prepare import to_conversation
-    from stepjepa.steps import split_record
+    from stepjepa.data.prepare import to_conversation
+    from stepjepa.data.steps import split_record
 
     raw = Path(os.environ.get("GSM8K_DIR", ROOT.parent / "shared/data/gsm8k")) / "train.jsonl"
     if not raw.is_file():
@@ -73,8 +73,8 @@ def build_inputs(scratch: Path, limit: int) -> tuple[Path, Path]:
     import pyarrow.parquet as pq
 
     from stepjepa.config import TinyModelConfig
-    from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
-    from stepjepa.tokenization import encode_records
+    from stepjepa.data.tokenization import encode_records
+    from stepjepa.model.tiny_model import build_tiny_model, tokenizer_corpus
 
     records = gsm8k_records(limit)
     model_dir = build_tiny_model(TinyModelConfig(), tokenizer_corpus(records), scratch / "tiny")

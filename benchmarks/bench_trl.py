@@ -5,7 +5,7 @@ TRL gets the conversations as `messages` and tokenises them itself, with its doc
 configuration for chat data: `assistant_only_loss=True` (which needs `{% generation %}`
 markers: the tiny model's ChatML template with them, rendering the same text), dynamic
 padding to the longest row of each batch, no packing, `padding_free=False`. Ours gets
-the rows `stepjepa.tokenization` makes from the same conversations; the script checks
+the rows `stepjepa.data.tokenization` makes from the same conversations; the script checks
 that TRL's token ids and labels equal ours, and that TRL's loss
 and our SFT loss agree on the same batch with the same weights.
 
@@ -41,17 +41,17 @@ import pyarrow.parquet as pq
 import torch
 from bench_step import gsm8k_records
 
-from stepjepa.batching import laid_out_length, load_rows, step_plan
-from stepjepa.collate import Collator
 from stepjepa.config import TinyModelConfig, config_from_dict
-from stepjepa.forward import step_jepa_forward
-from stepjepa.loop import StepModule, optimizer_step
-from stepjepa.modeling import build_model, load_model, load_tokenizer
-from stepjepa.optim import build_optimizer, build_scheduler
+from stepjepa.data.tokenization import encode_records
+from stepjepa.method.batching import laid_out_length, load_rows, step_plan
+from stepjepa.method.collate import Collator
+from stepjepa.method.forward import step_jepa_forward
+from stepjepa.model.modeling import build_model, load_model, load_tokenizer
+from stepjepa.model.tiny_model import build_tiny_model, tokenizer_corpus
 from stepjepa.prompts import CHATML_TEMPLATE
-from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
-from stepjepa.tokenization import encode_records
-from stepjepa.train import make_accelerator
+from stepjepa.training.loop import StepModule, optimizer_step
+from stepjepa.training.optim import build_optimizer, build_scheduler
+from stepjepa.training.train import make_accelerator
 from stepjepa.vocabulary import pad_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def _config(model_dir: Path, variant: str, batch_size: int, precision: str = "fp
 
 
 def our_epoch(model_dir: Path, rows: list[dict], variant: str, batch_size: int, precision: str = "fp32") -> dict:
-    """One epoch of `stepjepa.loop.optimizer_step` (collate, forward, backward, clip, AdamW);
+    """One epoch of `stepjepa.training.loop.optimizer_step` (collate, forward, backward, clip, AdamW);
     `precision` bf16: autocast, as `train.precision: bf16` trains (gpu_check.py on CUDA)."""
     cfg = _config(model_dir, variant, batch_size, precision)
     tc = cfg.train

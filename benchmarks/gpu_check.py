@@ -3,7 +3,7 @@
 On one machine with CUDA it runs, on a model built from Qwen2.5-0.5B's configuration (24
 layers, hidden 896, 14 heads, 2 KV heads, intermediate 4,864, vocab 151,936; random weights,
 transformers' Qwen2Config, no hub download) and GSM8K rows tokenised by the project's own
-pipeline (`stepjepa.tokenization.encode_records`, with the embedded tiny tokenizer trained on
+pipeline (`stepjepa.data.tokenization.encode_records`, with the embedded tiny tokenizer trained on
 GSM8K; Qwen's tokenizer would need the hub), these sections:
 
   steps       forward + backward of batch 4 under bf16 autocast: tokens/s and peak memory of
@@ -14,13 +14,13 @@ GSM8K; Qwen's tokenizer would need the hub), these sections:
               test prompts (bench_generation.py)
   sweep       a two-config sweep (SFT and K = 1, lambda = 0.1) through the real flow
               (`python -m pipelines.sweep`: accelerate launch, evaluation, MLflow, Prefect)
-  ddp         `accelerate launch` of `stepjepa.train` over every visible GPU
+  ddp         `accelerate launch` of `stepjepa.training.train` over every visible GPU
 
 and writes one markdown table (stdout and --out, default benchmarks/results/gpu-check.md);
 docs/gpu-check.md says how to record it (a page of benchmarks/RESULTS.md). Without CUDA it prints
 one line and exits 0. `--cpu-smoke` runs the same section functions at toy size on the
 CPU in fp32 (tiny Qwen2, a few rows; flex forward only: torch has no flex backward on
-the CPU), so that tests/test_gpu_check.py keeps this script from rotting; the sweep and
+the CPU), so that tests/project/test_gpu_check.py keeps this script from rotting; the sweep and
 DDP sections there only build their project and command (a run takes minutes of CPU).
 
     python benchmarks/gpu_check.py                  # needs CUDA; make gpu-check
@@ -55,13 +55,13 @@ import bench_trl  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
-from stepjepa.batching import load_rows  # noqa: E402
-from stepjepa.collate import Collator, attention_for, length_grouped_batches  # noqa: E402
 from stepjepa.config import ModelConfig, TinyModelConfig, load_config  # noqa: E402
-from stepjepa.flex_masks import uncompiled_flex  # noqa: E402
-from stepjepa.forward import step_jepa_forward  # noqa: E402
-from stepjepa.modeling import add_predictor_tokens, load_model, load_tokenizer  # noqa: E402
-from stepjepa.tokenization import encode_records  # noqa: E402
+from stepjepa.data.tokenization import encode_records  # noqa: E402
+from stepjepa.method.batching import load_rows  # noqa: E402
+from stepjepa.method.collate import Collator, attention_for, length_grouped_batches  # noqa: E402
+from stepjepa.method.flex_masks import uncompiled_flex  # noqa: E402
+from stepjepa.method.forward import step_jepa_forward  # noqa: E402
+from stepjepa.model.modeling import add_predictor_tokens, load_model, load_tokenizer  # noqa: E402
 from stepjepa.vocabulary import pad_id  # noqa: E402
 
 QWEN25_05B = {
@@ -109,7 +109,7 @@ class Scale:
     bf16: bool = True
     # Flex against sdpa, relative differences of the loss and of all gradients (L2): bf16
     # autocast kernels round differently (bf16's epsilon is 7.8e-3); a mask error shows as
-    # O(1). The masks themselves are proven equal cell by cell in tests/test_flex_masks.py.
+    # O(1). The masks themselves are proven equal cell by cell in tests/method/test_flex_masks.py.
     tolerance: dict = field(default_factory=lambda: {"loss": 1e-2, "grad": 1e-1})
 
 
@@ -144,7 +144,7 @@ def build_inputs(scale: Scale, scratch: Path) -> tuple[Path, list[dict], list[di
     prepared conversations and their tokenised rows (the project's tokenize stage)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
+    from stepjepa.model.tiny_model import build_tiny_model, tokenizer_corpus
 
     os.environ["GSM8K_DIR"] = str(gsm8k_dir())
     records = bench_step.gsm8k_records(max(scale.rows, 64) + 64)  # the last 64: the sweep's validation/test
@@ -293,8 +293,8 @@ def generation_section(model_dir: Path, scale: Scale) -> list[dict]:
     """Our batched greedy generation against transformers' `generate`, same prompts and batches."""
     from transformers import AutoModelForCausalLM
 
-    from stepjepa.eval_examples import load_examples
-    from stepjepa.generation import chat_prompt_ids
+    from stepjepa.evaluation.eval_examples import load_examples
+    from stepjepa.evaluation.generation import chat_prompt_ids
     from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(model_dir)))
@@ -410,7 +410,7 @@ def sweep_section(model_dir: Path, records: list[dict], scale: Scale, scratch: P
 
 
 def ddp_command(model_dir: Path, data: Path, out: Path, gpus: int, scale: Scale) -> list[str]:
-    """`accelerate launch` of `stepjepa.train` on `gpus` processes (packed, K = 2)."""
+    """`accelerate launch` of `stepjepa.training.train` on `gpus` processes (packed, K = 2)."""
     params = out.parent / "ddp-params.yaml"
     params.write_text(
         yaml.safe_dump(
@@ -445,7 +445,7 @@ def ddp_command(model_dir: Path, data: Path, out: Path, gpus: int, scale: Scale)
         "no",
     ]
     launch += ["--multi_gpu"] if gpus > 1 else (["--cpu"] if gpus == 0 else [])
-    return launch + ["-m", "stepjepa.train", "--params", str(params), "--data", str(data), "--out", str(out)]
+    return launch + ["-m", "stepjepa.training.train", "--params", str(params), "--data", str(data), "--out", str(out)]
 
 
 def ddp_section(model_dir: Path, scale: Scale, scratch: Path) -> list[dict]:

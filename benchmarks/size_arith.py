@@ -108,10 +108,10 @@ def prepared_data(cfg: Config, work: Path) -> dict[str, Path]:
     """fetch -> prepare -> build_model -> tokenize, cached by the settings they read."""
     import pyarrow.parquet as pq
 
-    from stepjepa.prepare import prepare_file, split_validation, write_json_lines
-    from stepjepa.sources import fetch
-    from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
-    from stepjepa.tokenization import encode_records, load_tokenizer
+    from stepjepa.data.prepare import prepare_file, split_validation, write_json_lines
+    from stepjepa.data.sources import fetch
+    from stepjepa.data.tokenization import encode_records, load_tokenizer
+    from stepjepa.model.tiny_model import build_tiny_model, tokenizer_corpus
 
     key = json.dumps(
         [
@@ -143,11 +143,11 @@ def prepared_data(cfg: Config, work: Path) -> dict[str, Path]:
 
 
 def run_try(name: str, overrides: list[str], work: Path) -> dict[str, Any]:
-    from stepjepa.diagnostics import collapse_warnings
-    from stepjepa.eval_examples import load_examples
-    from stepjepa.evaluate import evaluate_model, heldout_evaluation
-    from stepjepa.model_source import load_model
-    from stepjepa.train import train
+    from stepjepa.evaluation.eval_examples import load_examples
+    from stepjepa.evaluation.evaluate import evaluate_model, heldout_evaluation
+    from stepjepa.method.diagnostics import collapse_warnings
+    from stepjepa.model.model_source import load_model
+    from stepjepa.training.train import train
 
     cfg = build_config(overrides)
     paths = prepared_data(cfg, work)

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stepjepa.config import ConfigError
+from stepjepa.data.prepare import BadRecordError
+from stepjepa.data.tokenization import TokenizationError
 from stepjepa.inputs import InputError
-from stepjepa.prepare import BadRecordError
-from stepjepa.tokenization import TokenizationError
 
 # What the library raises for bad input (params, files, records). Anything else is a bug
 # and keeps its traceback.

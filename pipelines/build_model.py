@@ -7,7 +7,7 @@
 from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.inputs import read_records
-from stepjepa.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
+from stepjepa.model.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ python -m pipelines.fetch --params params.yaml --out data/raw --metrics metrics/
 
 from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
-from stepjepa.sources import fetch
+from stepjepa.data.sources import fetch
 
 
 def main() -> None:

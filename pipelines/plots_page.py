@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stepjepa.plots import offline_page_template
+from stepjepa.sweep.plots import offline_page_template
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ import logging
 
 from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
-from stepjepa.prepare import BadRecordError, prepare_file, split_validation, write_json_lines
-from stepjepa.sources import SPLITS
+from stepjepa.data.prepare import BadRecordError, prepare_file, split_validation, write_json_lines
+from stepjepa.data.sources import SPLITS
 
 log = logging.getLogger("prepare")
 

@@ -18,8 +18,8 @@ out: a config whose folder holds a finished model (and evaluation) is not traine
 evaluated) again, whichever machine, tracking store or Prefect server asks. MLflow is
 brought up to date from the folders when it lacks a run (a new store, another server).
 
-Only orchestration lives here: what to run (`stepjepa.sweep`), how to launch it
-(`stepjepa.launch`), the statistics and plots (`stepjepa.report`) and MLflow
+Only orchestration lives here: what to run (`stepjepa.sweep.specs`), how to launch it
+(`stepjepa.training.launch`), the statistics and plots (`stepjepa.sweep.report`) and MLflow
 (`stepjepa.tracking`) are library code.
 """
 
@@ -47,17 +47,19 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import allow_failure  # noqa: E402
 
 from pipelines.prefect_server import start_temporary_server  # noqa: E402
-from stepjepa import launch, plots, report, tracking  # noqa: E402
-from stepjepa import sweep as plan  # noqa: E402
+from stepjepa import tracking
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
-from stepjepa.sweep import RunResult, SweepChoices
+from stepjepa.sweep import plots, report
+from stepjepa.sweep import specs as plan  # noqa: E402
+from stepjepa.sweep.specs import RunResult, SweepChoices
+from stepjepa.training import launch  # noqa: E402
 from stepjepa.vocabulary import SFT
 
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
 UNLOGGED = "unlogged.json"  # in the report folder: what MLflow still lacks (`_note_unlogged`)
 
 
-# Not cached by Prefect: the run folders are the cache (named by `stepjepa.sweep`'s keys,
+# Not cached by Prefect: the run folders are the cache (named by `stepjepa.sweep.specs`'s keys,
 # whichever machine or Prefect server asks), and the device slots a task is handed (a
 # queue with its locks) cannot be hashed into a Prefect cache key.
 @task(task_run_name="train {spec[name]}", cache_policy=NO_CACHE)

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 
 from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
+from stepjepa.data.prepare import PREPARED_SPLITS
+from stepjepa.data.tokenization import TokenizationError, encode_records, load_tokenizer, max_length_warning, summarize
 from stepjepa.inputs import read_records
-from stepjepa.prepare import PREPARED_SPLITS
-from stepjepa.tokenization import TokenizationError, encode_records, load_tokenizer, max_length_warning, summarize
 
 
 def main() -> None:

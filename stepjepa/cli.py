@@ -13,12 +13,15 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("stepjepa.train", "Train one Step-JEPA (or SFT) run"),
-    "inspect": ("stepjepa.layout_view", "Show layout, mask and view positions of an example"),
-    "evaluate": ("stepjepa.evaluate", "GSM8K accuracy of a model directory"),
-    "score": ("stepjepa.score", "Re-score saved completions without a model"),
-    "resend": ("stepjepa.resend", "Send to MLflow what a run folder holds and MLflow lacks"),
-    "compare": ("stepjepa.compare", "Check a sweep's verdicts against a committed result (exit 1 if any changed)"),
+    "train": ("stepjepa.training.train", "Train one Step-JEPA (or SFT) run"),
+    "inspect": ("stepjepa.method.layout_view", "Show layout, mask and view positions of an example"),
+    "evaluate": ("stepjepa.evaluation.evaluate", "GSM8K accuracy of a model directory"),
+    "score": ("stepjepa.evaluation.score", "Re-score saved completions without a model"),
+    "resend": ("stepjepa.training.resend", "Send to MLflow what a run folder holds and MLflow lacks"),
+    "compare": (
+        "stepjepa.sweep.compare",
+        "Check a sweep's verdicts against a committed result (exit 1 if any changed)",
+    ),
 }
 
 

@@ -27,7 +27,7 @@ class Section(BaseModel):
 
 
 class ArithConfig(Section):
-    """The embedded arith task (stepjepa/tasks/arith.py): seeded multi-step word problems
+    """The embedded arith task (stepjepa/data/arith.py): seeded multi-step word problems
     in GSM8K's format that the tiny model can learn on a CPU."""
 
     train_size: int = Field(4000, ge=1)
@@ -116,7 +116,7 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flex_attention"] = "sdpa"
     """`flex_attention` (CUDA only) attends through a block-sparse mask built from each row's
-    spans (stepjepa.flex_masks); `sdpa` and `eager` take dense 4D masks."""
+    spans (stepjepa.method.flex_masks); `sdpa` and `eager` take dense 4D masks."""
 
 
 class TokenizeConfig(Section):
@@ -191,7 +191,7 @@ class TrainConfig(Section):
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
     lm_loss_chunk: int | None = Field(128, ge=1)
     """Labelled positions the LM head scores at once: memory holds one chunk's float32
-    (chunk, vocab) logits, not the micro-batch's (stepjepa.forward.lm_loss_sum; at vocab
+    (chunk, vocab) logits, not the micro-batch's (stepjepa.method.forward.lm_loss_sum; at vocab
     151,936 and 2,000 positions 1.7 GB instead of 3.5 GB at peak at chunk 1024). 128: about
     the memory of TRL's vocabulary tiles (benchmarks/results/real-shape.md). null: all at once."""
     seed: int = 0
@@ -389,8 +389,8 @@ class Config(Section):
 # run logs, checkpoints and measures held-out loss, where it logs, whether it logs the
 # model, and how many prompts an evaluation generates together (batching never changes the
 # tokens; tested). Everything else of `model`, `tokenize` and `train` decides the weights.
-# From this list: `stepjepa.train` lets a resumed run change them, and logs them as MLflow
-# tags, not params (`split_params`); `stepjepa.sweep` leaves them out of a run's cache key.
+# From this list: `stepjepa.training.train` lets a resumed run change them, and logs them as MLflow
+# tags, not params (`split_params`); `stepjepa.sweep.specs` leaves them out of a run's cache key.
 WEIGHT_NEUTRAL_KEYS: frozenset[str] = frozenset(
     {
         "train.log_every",

@@ -3,7 +3,7 @@
 `read_jsonl` is strict (the first bad line is an `InputError` naming file and line), for
 files that must be right: predictions to score, prepared splits, evaluation examples.
 `scan_json_lines` is tolerant (a bad line comes back as its decode error), for raw data
-where a bad record is a counted, reported skip (`stepjepa.prepare`).
+where a bad record is a counted, reported skip (`stepjepa.data.prepare`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A sweep reads its runs' logs, not their terminals (tqdm's bars redraw in place and say
 nothing in a file), so training and evaluation also log `step 40/150 ... eta=1m05s` and
-`evaluate validation 64/200 ... eta=12s` lines; `stepjepa.launch.PROGRESS` picks them up.
+`evaluate validation 64/200 ... eta=12s` lines; `stepjepa.training.launch.PROGRESS` picks them up.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 # One intra-op thread in this process and every process a test starts (accelerate launch
 # passes OMP_NUM_THREADS on): the tiny models gain nothing from more, and on 2 cores shared by
 # pytest-xdist workers, OpenMP threads spin-waiting on each other made the same training
-# ~3x slower (tests/test_method_regression.py's SFT test beside other workers: 147 s with
+# ~3x slower (tests/e2e/test_method_regression.py's SFT test beside other workers: 147 s with
 # two threads, 55 s with one).
 # Set before torch is first imported, which reads it once.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -28,7 +28,7 @@ gc.disable()
 
 import pytest  # noqa: E402
 
-from stepjepa.launch import watch_descendants  # noqa: E402
+from stepjepa.training.launch import watch_descendants  # noqa: E402
 from tests.support.projects import ROOT  # noqa: E402
 from tests.support.synthetic import TINY_TEST_MODEL, synthetic_conversations  # noqa: E402
 
@@ -38,7 +38,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect keeps task caches under PREFECT_HOME: a test session must never see an earlier one.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="stepjepa-test-prefect-")
-# tests/test_faults_sweep.py sends Ctrl-C to a sweep it starts: started from a shell's
+# tests/e2e/test_faults_sweep.py sends Ctrl-C to a sweep it starts: started from a shell's
 # background job (`make test &`), pytest and all it starts would ignore SIGINT instead.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -55,7 +55,7 @@ def conversations() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, conversations) -> Path:
     """A tiny Llama + byte-level BPE tokenizer with the ChatML template, saved as an HF dir."""
-    from stepjepa.tiny_model import build_tiny_model, tokenizer_corpus
+    from stepjepa.model.tiny_model import build_tiny_model, tokenizer_corpus
 
     return build_tiny_model(TINY_TEST_MODEL, tokenizer_corpus(conversations), tmp_path_factory.mktemp("tiny"))
 
@@ -83,7 +83,7 @@ def migrated_prefect(tmp_path_factory):
     """`migrated(home)`: `home` as a `PREFECT_HOME` with a migrated database, for the tests
     whose Prefect server (or a sweep's temporary one) is not what they test. The first start
     on a new home, migrations included, stays covered: the fresh-clone author's `make run`."""
-    from tests.servers import migrated_prefect_db, prefect_home
+    from tests.support.servers import migrated_prefect_db, prefect_home
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -51,7 +51,7 @@ def backfill_training(run_id: str, run_dir: Path, data: dict[str, Path] | None =
     for key, value in settings.items():
         client.set_tag(run_id, key, str(value)[:5000])
     client.set_tag(run_id, "stepjepa.backfilled_from", run_dir.name)
-    for key, value in source_tags(Path("stepjepa/train.py")).items():
+    for key, value in source_tags(Path("stepjepa/training/train.py")).items():
         if not key.startswith("mlflow.source.git."):
             client.set_tag(run_id, key, value)
     if data:

@@ -8,7 +8,7 @@ When the store cannot be reached as the run starts, it warns once and returns an
 Tracking is off training's critical path: `MlflowTracker.log_metrics` only queues (the
 loop has written `metrics.jsonl` already) and a background thread sends. When the server
 is unreachable the thread says so once, keeps retrying and sends the backlog when it is
-back; points it never sent can be sent later with `python -m stepjepa.resend OUT`.
+back; points it never sent can be sent later with `python -m stepjepa.training.resend OUT`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class MlflowTracker:
 
     The run is started (or resumed) synchronously: its id goes into every checkpoint.
     Metrics are sent by a background thread through a queue of `queue_size` points; `end`
-    waits up to `flush_seconds` for it, then leaves the rest to `stepjepa.resend`.
+    waits up to `flush_seconds` for it, then leaves the rest to `stepjepa.training.resend`.
     """
 
     def __init__(
@@ -148,7 +148,7 @@ class MlflowTracker:
             if not self._dropped:
                 log.warning(
                     "MLflow queue full (%d points unsent): later steps stay in metrics.jsonl only; "
-                    "send them with `python -m stepjepa.resend OUT`",
+                    "send them with `python -m stepjepa.training.resend OUT`",
                     self._queue.maxsize,
                 )
             self._dropped += 1
@@ -243,7 +243,7 @@ class MlflowTracker:
         if unsent:
             log.warning(
                 "%d logged steps were not sent to MLflow run %s at %s; they are in metrics.jsonl: send them "
-                "with `python -m stepjepa.resend OUT`",
+                "with `python -m stepjepa.training.resend OUT`",
                 unsent,
                 self.run_id,
                 self._uri,
@@ -257,7 +257,7 @@ class MlflowTracker:
             self._mlflow.end_run(status=status)
         except Exception as err:  # noqa: BLE001 - the run's work is done and saved; only its status is lost
             log.warning(
-                "could not mark MLflow run %s %s (%s); `python -m stepjepa.resend OUT` does it later",
+                "could not mark MLflow run %s %s (%s); `python -m stepjepa.training.resend OUT` does it later",
                 self.run_id,
                 status,
                 str(err).splitlines()[0][:200],

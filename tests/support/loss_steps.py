@@ -1,9 +1,9 @@
-"""A few optimizer steps of `stepjepa.loop.optimizer_step` on fixed rows, split into
+"""A few optimizer steps of `stepjepa.training.loop.optimizer_step` on fixed rows, split into
 micro-batches and processes as a test says: for the loss-normalisation tests.
 
 Rows of very different lengths (and JEPA pairs) make the micro-batches' label-token and
 pair counts unequal, so averaging per-micro-batch means would train another objective.
-Run as a module under `accelerate launch` (tests/test_loss_normalisation.py), each process
+Run as a module under `accelerate launch` (tests/training/test_loss_normalisation.py), each process
 takes its share of every step and the main process saves the weights to `argv[1]`:
 
     ACCELERATE_USE_CPU=true python -m accelerate.commands.launch \
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from stepjepa.collate import Collator
 from stepjepa.config import TrainConfig, config_from_dict
-from stepjepa.loop import StepModule, optimizer_step
-from stepjepa.train import make_accelerator
+from stepjepa.method.collate import Collator
+from stepjepa.training.loop import StepModule, optimizer_step
+from stepjepa.training.train import make_accelerator
 from tests.support.tiny_llama import PRED, row, tiny_llama
 
 STEPS = 3

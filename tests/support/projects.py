@@ -39,7 +39,7 @@ def make_sweep_project(root: Path, model_dir: Path, conversations: list[dict], s
     and test splits, and a params.yaml sized for seconds-long runs of the tiny model."""
     # Imported here: conftest imports this module before it sets HF_HUB_OFFLINE, which
     # huggingface_hub reads once, when transformers is first imported.
-    from stepjepa.tokenization import encode_records, load_tokenizer
+    from stepjepa.data.tokenization import encode_records, load_tokenizer
 
     (root / "data/tokenized").mkdir(parents=True)
     (root / "data/prepared").mkdir(parents=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from stepjepa.config import SweepConfig
-from stepjepa.sweep import RunResult, expand_grid
+from stepjepa.sweep.specs import RunResult, expand_grid
 
 HEALTHY = {
     "mean_cos": 0.3,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 from stepjepa.config import DataConfig, TinyModelConfig
-from stepjepa.prepare import to_conversation
-from stepjepa.steps import Solution, split_record
+from stepjepa.data.prepare import to_conversation
+from stepjepa.data.steps import Solution, split_record
 
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Mark", "Tina"]
 ITEMS = ["clips", "apples", "pages", "dollars", "marbles", "cookies"]

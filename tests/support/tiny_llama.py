@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from stepjepa.collate import collate
-from stepjepa.forward import _two_pass_views, gather_views, last_hidden, model_parts
+from stepjepa.method.collate import collate
+from stepjepa.method.forward import _two_pass_views, gather_views, last_hidden, model_parts
 
 PRED = [296, 297, 298, 299]
 
@@ -46,6 +46,31 @@ ROWS = [
     row([14, 15, 16], [], [], [43, 44, 45, 46, 47, 48]),  # no JEPA pair
     row([17, 18], [23, 24], [34, 35, 36, 37], [49, 50]),
     row([19], [25, 26], [38, 39, 51, 52, 53], []),  # Step 2 ends the row
+]
+
+
+def ua_row(user: list[int], assistant: list[int], rest: list[int], valid: bool = True) -> dict:
+    """A row whose labels are the assistant turn; its steps pair sits inside the assistant."""
+    ids, u_end = user + assistant + rest, len(user) - 1
+    a_end = u_end + len(assistant)
+    steps = len(assistant) >= 5
+    return {
+        "input_ids": ids,
+        "labels": [-100] * len(user) + assistant + [-100] * len(rest),
+        "step1_span": [u_end + 1, u_end + 2] if steps else None,
+        "step2_span": [u_end + 3, u_end + 4] if steps else None,
+        "jepa_valid": steps,
+        "user_span": [0, u_end] if valid else None,
+        "assistant_span": [u_end + 1, a_end] if valid else None,
+        "ua_valid": valid,
+    }
+
+
+UA_ROWS = [
+    ua_row([10, 11, 12, 13, 14], [30, 31, 32, 33, 34, 35], [5]),
+    ua_row([15, 16], [36, 37, 38], [5], valid=False),  # e.g. truncated inside the assistant
+    ua_row([17, 18, 19], [39, 40, 41, 42, 43, 44, 45, 46], []),  # the assistant ends the row
+    ua_row([20, 21, 22, 23, 24, 25, 26], [47, 48], [5]),
 ]
 
 

@@ -1,6 +1,6 @@
 """Helpers for the training tests: tokenised rows of the tiny model and params files.
 
-Rows are tokenised here with `stepjepa.tokenization` (the same code the DVC stage runs),
+Rows are tokenised here with `stepjepa.data.tokenization` (the same code the DVC stage runs),
 so the training tests do not depend on `dvc repro`.
 """
 
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from stepjepa.config import Config, config_from_dict
-from stepjepa.tokenization import encode_records, load_tokenizer
+from stepjepa.data.tokenization import encode_records, load_tokenizer
 
 # Small and quick: a tiny model learns visibly in a few dozen steps at this rate.
 FAST_TRAIN = {

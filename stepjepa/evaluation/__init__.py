@@ -1,0 +1,1 @@
+"""Evaluation: batched greedy generation, answer scoring, held-out Step-2 NLL."""

@@ -1,1 +1,0 @@
-"""Generated tasks in GSM8K's format, selected by `data.source` (one module per task)."""

@@ -1,0 +1,1 @@
+"""Training: one run (`stepjepa train`), its optimizer-step loop, checkpoints and launcher."""

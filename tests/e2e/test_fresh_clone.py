@@ -1,0 +1,271 @@
+"""One project under real git and DVC, from its author to fresh clones (issue 17).
+
+The author's first `dvc repro` builds every output and accounts for every record (a
+malformed source line is skipped and counted); `dvc metrics show` is the sweep's table; a
+second repro is a no-op; a param change reruns only what it affects (last: the clones are
+made from the author's commit before it). A fresh clone whose data stages are up to date
+but that has no run folders and an empty MLflow store must train the sweep and register its
+champion; the committed `dvc.lock` and metrics must not change when the results are the
+same; a second run is a no-op. Real git, DVC, Prefect and MLflow, the tiny model. (The DVC
+tests and the fresh-clone tests shared one kind of project, each its own `dvc repro` with a
+two-run sweep; now they share the author's: ~60 CPU-s of `make test` fewer.)"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.projects import copy_project
+from tests.support.synthetic import synthetic_raw_record
+
+pytestmark = pytest.mark.e2e
+
+
+def run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def make_run(repo: Path, env: dict) -> str:
+    """What `make run` runs (the Makefile's `run` target without the venv step)."""
+    return run(["dvc", "repro"], repo, env) + run([sys.executable, "-m", "pipelines.sweep", "--reconcile"], repo, env)
+
+
+def environment(repo: Path, source: Path) -> dict:
+    return os.environ | {
+        "GSM8K_DIR": str(source),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db",
+        "PREFECT_HOME": str(repo / ".prefect"),
+    }
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A project whose author ran the pipeline (`make run`) and committed dvc.lock and
+    metrics/: (repo, GSM8K source, what its first `dvc repro` printed). The source holds a
+    malformed line in each split."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    repo, source = tmp / "author", tmp / "gsm8k"
+    params = copy_project(repo, validation_size=10, extra=(".gitignore",))
+    # What these tests check is DVC's and the sweep's bookkeeping: a two-run sweep of a few
+    # steps will do (the default 10-config sweep made a module of this ~4 min of `make test`).
+    params["train"] |= {
+        "max_steps": 4,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "log_every": 2,
+        "eval_every": 2,
+        "eval_examples": 4,
+    }
+    params["eval"] |= {"limit": 6, "max_new_tokens": 12, "batch_size": 6}
+    params["sweep"] |= {"ks": [1], "lambdas": [0.5], "experiment": "fresh", "registered_model_name": "sj-fresh"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    rng = random.Random(1)
+    source.mkdir()
+    for split, n in [("train", 60), ("test", 20)]:
+        lines = [json.dumps(synthetic_raw_record(rng)) for _ in range(n)]
+        lines.insert(3, '{"question": "cut off')
+        (source / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    env = environment(repo, source)
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    run(["dvc", "remote", "add", "-d", "store", str(tmp / "dvc-remote")], repo, env)
+    first_repro = run(["dvc", "repro"], repo, env)
+    run([sys.executable, "-m", "pipelines.sweep", "--reconcile"], repo, env)  # the rest of `make run`
+    run(["dvc", "push", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], repo, env)
+    return repo, source, first_repro
+
+
+def fresh_clone(author: Path, folder: Path, source: Path, *pull: str) -> tuple[Path, dict]:
+    repo = folder / "repo"
+    run(["git", "clone", "-q", str(author), str(repo)], folder, os.environ)
+    env = environment(repo, source)
+    if pull:
+        run(["dvc", "pull", "-q", *pull], repo, env)
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def clone(published, tmp_path_factory, migrated_prefect):
+    """A fresh clone with the data stages' outputs pulled from the DVC remote, no run
+    folders, and its own empty MLflow store. (Its Prefect database is migrated already: the
+    author's first `make run` made one from nothing.)"""
+    author, source, _ = published
+    repo, env = fresh_clone(
+        author, tmp_path_factory.mktemp("clone"), source, "fetch", "prepare", "build_model", "tokenize"
+    )
+    migrated_prefect(Path(env["PREFECT_HOME"]))
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def pulled(published, tmp_path_factory, migrated_prefect):
+    """A fresh clone that pulled everything from the DVC remote, run folders included, then
+    ran `make run`: (repo, env, what `make run` printed, the train logs the pull brought)."""
+    author, source, _ = published
+    repo, env = fresh_clone(author, tmp_path_factory.mktemp("pulled"), source)
+    migrated_prefect(Path(env["PREFECT_HOME"]))
+    run(["dvc", "pull", "-q"], repo, env)
+    pulled_logs = list((repo / "runs/sweep").glob("*/train.log"))
+    return repo, env, make_run(repo, env), pulled_logs
+
+
+def test_repro_builds_every_output_and_accounts_for_every_record(published):
+    repo, _, out = published
+    for stage in ["fetch", "prepare", "build_model", "tokenize", "sweep"]:
+        assert f"Running stage '{stage}'" in out
+    prepare = json.loads((repo / "metrics/prepare.json").read_text())
+    assert prepare["train"] | {"skip_examples": None} == {
+        "read": 61,
+        "kept": 60,
+        "kept_lm_only": 0,
+        "dropped_short": 0,
+        "skipped": 1,
+        "skipped_by_reason": {"malformed_json": 1},
+        "skip_examples": None,
+        "training_records": 50,
+    }
+    assert prepare["validation"]["records"] == 10
+    assert "data/raw/train.jsonl:4:" in prepare["train"]["skip_examples"][0]
+    tokenize = json.loads((repo / "metrics/tokenize.json").read_text())
+    assert tokenize["test"]["count"] == 20 and tokenize["validation"]["count"] == 10
+    assert (repo / "models/tiny/model.safetensors").is_file()
+    assert (repo / "data/tokenized/train.parquet").is_file()
+
+
+def test_metrics_show_is_the_sweeps_table_and_data_statistics_stay_readable(published):
+    """`dvc metrics show` holds the experiment's results only (issue 18: the data stages'
+    statistics made it one 1,483-character table of ~66 mostly empty columns); the
+    statistics are committed outs, shown on request with `dvc metrics show FILE`."""
+    repo, source, _ = published
+    env = environment(repo, source)
+    listed = run(["dvc", "metrics", "show"], repo, env)
+    for stage in ["fetch", "prepare", "build_model", "tokenize"]:
+        assert f"metrics/{stage}.json" not in listed
+    asked = run(["dvc", "metrics", "show", "metrics/tokenize.json"], repo, env)
+    assert "metrics/tokenize.json" in asked and "test.count" in asked
+
+
+def test_second_repro_is_a_noop(published):
+    repo, source, _ = published
+    out = run(["dvc", "repro"], repo, environment(repo, source))
+    assert "Running stage" not in out
+
+
+def test_fresh_clone_trains_the_sweep_and_registers_the_champion(clone):
+    import mlflow
+
+    repo, env = clone
+    assert not (repo / "runs").exists() and not (repo / "mlflow.db").exists()
+    out = make_run(repo, env)
+    assert "Running stage 'sweep'" in out
+    for stage in ["fetch", "prepare", "build_model", "tokenize"]:
+        assert f"Running stage '{stage}'" not in out, "the data stages were up to date"
+    models = sorted(p.parent.name for p in (repo / "runs/sweep").glob("*/model"))
+    assert [m.split("-")[0] for m in models] == ["k1_lam0.5_s0", "sft_s0"]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    assert mlflow.transformers.load_model("models:/sj-fresh@champion") is not None
+    status = run(["git", "status", "--porcelain"], repo, env)
+    assert status == "", f"the same results must leave dvc.lock and metrics/ unchanged:\n{status}"
+
+
+def test_second_run_is_a_noop_and_leaves_everything_clean(clone):
+    repo, env = clone
+    out = make_run(repo, env)
+    assert "Running stage" not in out and "is registered in" in out
+    assert "up to date" in run(["dvc", "status"], repo, env) or run(["dvc", "status"], repo, env).strip() == ""
+    assert run(["git", "status", "--porcelain"], repo, env) == ""
+
+
+def test_a_clone_that_pulls_the_run_folders_retrains_nothing(pulled):
+    """With a DVC remote, `dvc pull` brings the run folders; `make run` trains nothing and
+    registers the champion in the clone's own MLflow store from them."""
+    import mlflow
+
+    repo, env, out, pulled_logs = pulled
+    assert not pulled_logs, "logs are not part of the DVC out"
+    assert "Running stage" not in out and "registering it from the run folders" in out
+    assert not list((repo / "runs/sweep").glob("*/train.log")), "nothing was trained"
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    assert mlflow.transformers.load_model("models:/sj-fresh@champion") is not None
+    assert run(["git", "status", "--porcelain"], repo, env) == ""
+
+
+@pytest.mark.server
+def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, migrated_prefect):
+    """Issue 18: `make run`, then docs/sweeps.md's Prefect UI sweep with the same grid (a served
+    deployment, real `prefect server` and `mlflow server` on the project's own store):
+    nothing is trained, no model version is added, and `dvc status` and `git status` stay
+    clean (its report goes to `reports/NAME`, which neither DVC nor git tracks). On the
+    pulled clone of the test above: one clone, pull and `make run` fewer (~30 CPU-s)."""
+    from mlflow import MlflowClient
+
+    from tests.support.servers import BIN, mlflow_server, prefect_server, process, wait_for_deployment
+
+    repo, env, _, _ = pulled
+    store = env["MLFLOW_TRACKING_URI"]
+    # (the sqlite store answers versions as int, the REST client as str)
+    versions = [str(v.version) for v in MlflowClient(store).search_model_versions("name = 'sj-fresh'")]
+    assert versions == ["1"]
+    server_env = env | {"PREFECT_HOME": migrated_prefect(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
+    with (
+        prefect_server(tmp_path / "prefect.log", server_env) as api,
+        mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", server_env) as ml,
+    ):
+        client_env = server_env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}
+        serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
+        with process(serve, tmp_path / "serve.log", client_env, cwd=repo):
+            wait_for_deployment(client_env, "gsm8k")
+            triggered = subprocess.run(
+                [
+                    str(BIN / "prefect"),
+                    "deployment",
+                    "run",
+                    "step-jepa-sweep/gsm8k",
+                    "-p",
+                    'sweep={"ks": [1], "lambdas": [0.5]}',
+                    "--watch",
+                    "--watch-timeout",
+                    "400",
+                ],
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=450,
+            )
+            assert triggered.returncode == 0 and "Completed" in triggered.stdout, (
+                triggered.stdout + triggered.stderr + (tmp_path / "serve.log").read_text()[-3000:]
+            )
+        after = MlflowClient(ml).search_model_versions("name = 'sj-fresh'")
+        assert [str(v.version) for v in after] == versions, "the UI sweep registered the same champion again"
+    assert not list((repo / "runs/sweep").glob("*/train.log")), "the UI sweep trained a config make run had trained"
+    assert (repo / "reports/gsm8k/table.md").is_file()
+    status = run(["dvc", "status"], repo, env)
+    assert "up to date" in status or status.strip() == "", status
+    assert run(["git", "status", "--porcelain"], repo, env) == ""
+
+
+def test_param_change_reruns_only_what_it_affects(published):
+    """On the author, last: the clones above were made from its commit."""
+    repo, source, _ = published
+    env = environment(repo, source)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tokenize"]["max_length"] = 128
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'tokenize'" in out
+    for stage in ["fetch", "prepare", "build_model"]:
+        assert f"Running stage '{stage}'" not in out
+    assert json.loads((repo / "metrics/tokenize.json").read_text())["train"]["truncated"] > 0

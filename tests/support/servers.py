@@ -1,0 +1,151 @@
+"""Starting and stopping real servers (mlflow, prefect) on 127.0.0.1 for integration tests.
+
+Every process is started in its own process group and killed with it, so a server's own
+children (uvicorn workers, gunicorn) go too; if pytest itself is killed, the watchdog
+conftest.py starts (`stepjepa.training.launch.watch_descendants`) stops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """A background process whose output goes to `log`; its whole group is stopped on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    backend_uri: str, artifacts: Path, log: Path, env: dict[str, str], port: int | None = None
+) -> Iterator[str]:
+    port = port or free_port()  # a given port: a restart at the address clients already use
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+    ]
+    # As the project runs it (Makefile, docker/compose.yaml): without MLflow's job runner.
+    env = env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    with process(cmd, log, env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, log)
+        yield url
+
+
+@contextlib.contextmanager
+def prefect_server(log: Path, env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with process(cmd, log, env) as proc:
+        url = f"http://127.0.0.1:{port}/api"
+        wait_http(f"{url}/health", proc, log)
+        yield url
+
+
+def wait_for_deployment(env: dict[str, str], name: str, timeout: float = 120) -> None:
+    """Until the Prefect API at env's PREFECT_API_URL lists deployment `name` (a served flow
+    registers it asynchronously). Asked over HTTP: a `prefect deployment ls` a second costs
+    a Python start-up each."""
+    request = urllib.request.Request(
+        f"{env['PREFECT_API_URL']}/deployments/filter",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if name in {d["name"] for d in json.load(response)}:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"deployment {name} never appeared")
+
+
+def migrated_prefect_db(folder: Path) -> Path:
+    """A Prefect database migrated once (`prefect server database upgrade`) in `folder`, which
+    pytest-xdist's workers share: the first to ask makes it, the others wait on its lock.
+    A server's first start on a new database spends ~16 CPU-s on the migrations."""
+    db = folder / "prefect-template" / "prefect.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with (db.parent / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.exists():
+            build = db.parent / "build"
+            env = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k} | {
+                "PREFECT_HOME": str(build)
+            }
+            out = subprocess.run(
+                [str(BIN / "prefect"), "server", "database", "upgrade", "-y"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            (build / "prefect.db").rename(db)
+    return db
+
+
+def prefect_home(home: Path, template: Path) -> str:
+    """`home` as a `PREFECT_HOME` whose database is a copy of `template` (`migrated_prefect_db`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "prefect.db").exists():
+        shutil.copy(template, home / "prefect.db")
+    return str(home)

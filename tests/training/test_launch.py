@@ -1,0 +1,107 @@
+"""Running one sweep run as a process: its log file, progress lines and failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from stepjepa.training.launch import RunFailed, run_logged, train_command
+
+# What a training process writes: tqdm redraws ("\r"), log lines, a progress line per log_every steps.
+SCRIPT = r"""
+import sys
+sys.stdout.write("train:   0%|          | 0/4\rtrain:  50%|#####     | 2/4\r")
+print("2026-11-25 10:00:00,000 stepjepa.training.loop INFO step 2/4 loss=3.1 lm_loss=3.1")
+print("2026-11-25 10:00:01,000 stepjepa.training.loop INFO step 4/4 loss=2.9 lm_loss=2.9")
+print("not a step 5/4 line", file=sys.stderr)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("forward", [False, True])
+def test_log_file_holds_everything_and_progress_lines_are_forwarded(tmp_path, forward):
+    seen: list[str] = []
+    log = tmp_path / "run" / "train.log"
+    run_logged([sys.executable, "-c", SCRIPT, "0"], dict(os.environ), log, on_progress=seen.append if forward else None)
+    text = log.read_text()
+    assert text.startswith(f"$ {sys.executable} -c")
+    assert "step 4/4 loss=2.9" in text and "not a step 5/4 line" in text and "50%|#####" in text
+    assert seen == (["step 2/4 loss=3.1 lm_loss=3.1", "step 4/4 loss=2.9 lm_loss=2.9"] if forward else [])
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("forward", [False, True])
+def test_a_failing_run_raises_with_the_log_tail(tmp_path, forward):
+    log = tmp_path / "train.log"
+    with pytest.raises(RunFailed, match=r"(?s)exited with code 3; full log .*train\.log.*not a step 5/4 line"):
+        run_logged(
+            [sys.executable, "-c", SCRIPT, "3"],
+            dict(os.environ),
+            log,
+            on_progress=(lambda _: None) if forward else None,
+        )
+
+
+@pytest.mark.cli
+def test_evaluation_progress_lines_are_forwarded_too(tmp_path):
+    script = (
+        'print("2026-12-01 08:00:00,000 stepjepa.evaluation.evaluate INFO evaluate validation 32/200 '
+        'completions=41.2/s eta=4s")\nprint("evaluate 1/2 without a level is not a progress line")'
+    )
+    seen: list[str] = []
+    run_logged([sys.executable, "-c", script], dict(os.environ), tmp_path / "evaluate.log", on_progress=seen.append)
+    assert seen == ["evaluate validation 32/200 completions=41.2/s eta=4s"]
+
+
+@pytest.mark.cli
+def test_a_run_works_in_the_folder_it_is_given(tmp_path):
+    log = tmp_path / "logs" / "train.log"
+    run_logged([sys.executable, "-c", "import os; print('in', os.getcwd())"], dict(os.environ), log, cwd=tmp_path)
+    assert f"in {tmp_path}\n" in log.read_text()
+
+
+def test_a_training_run_reads_every_setting_from_its_config_file(tmp_path):
+    cmd = train_command(
+        tmp_path / "config.yaml", tmp_path / "train.parquet", tmp_path / "run", None, resume=True, run_name="sft_s0"
+    )
+    assert "--set" not in cmd and cmd[cmd.index("--params") + 1] == str(tmp_path / "config.yaml")
+    assert cmd[-3:] == ["--resume", "--run-name", "sft_s0"] and "--cpu" in cmd
+
+
+# Imported by the interpreter at start-up (PYTHONPATH): what the collector does around it.
+PROBE = """
+import atexit, gc, stepjepa
+print("after import", gc.isenabled(), flush=True)
+atexit.register(lambda: print("at exit", gc.isenabled(), gc.get_freeze_count() > 100_000, flush=True))
+"""
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize(
+    "cmd, during_startup",
+    [
+        (["-m", "stepjepa.training.train", "--help"], False),
+        (["-m", "pipelines.sweep", "--help"], False),
+        (["-c", "import stepjepa.training.train"], True),
+        (["-m", "stepjepa.cli", "--help"], True),
+    ],
+)
+def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup):
+    """Only a training run's and a sweep's processes start with the cyclic collector off;
+    `process_main` turns it back on with the start-up objects frozen. Any other import
+    leaves it alone."""
+    import subprocess
+
+    (tmp_path / "sitecustomize.py").write_text(PROBE)
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("after import", "at exit"))]
+    assert lines[0] == f"after import {during_startup}"
+    if not during_startup:
+        assert lines[1] == "at exit True True"
+    else:
+        assert lines[1].startswith("at exit True")
