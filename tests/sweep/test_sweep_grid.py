@@ -532,3 +532,31 @@ def test_the_parent_run_name_says_the_axes_and_the_design():
         "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine loss=cosine,mse target_grad=true,false one at a time"
     )
     assert _sweep_name(SweepConfig(ks=[1], lambdas=[0.1])) == "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine"
+
+
+def test_the_library_fingerprint_covers_every_stage_but_tracking():
+    from stepjepa.sweep import specs
+
+    sources = {str(p.relative_to(specs.LIBRARY)) for p in specs.library_sources()}
+    for stage in ("data", "method", "model", "evaluation", "training", "sweep"):
+        stage_files = {str(p.relative_to(specs.LIBRARY)) for p in (specs.LIBRARY / stage).glob("*.py")}
+        assert stage_files and stage_files <= sources, stage
+    assert {"config.py", "vocabulary.py", "data/arith.py", "method/forward.py"} <= sources
+    assert not {s for s in sources if s.startswith("tracking/")}  # reporting only: no retraining for it
+
+
+def test_a_change_in_a_stage_module_changes_the_fingerprint(tmp_path, monkeypatch):
+    from stepjepa.sweep import specs
+
+    library = tmp_path / "stepjepa"
+    for rel in ("config.py", "method/forward.py", "tracking/run.py"):
+        (library / rel).parent.mkdir(parents=True, exist_ok=True)
+        (library / rel).write_text(f"# {rel}\n")
+    monkeypatch.setattr(specs, "LIBRARY", library)
+    data = tmp_path / "data.parquet"
+    data.write_bytes(b"rows")
+    before = specs.data_fingerprint([data])
+    (library / "tracking/run.py").write_text("# a reporting fix\n")
+    assert specs.data_fingerprint([data]) == before
+    (library / "method/forward.py").write_text("# a method change\n")
+    assert specs.data_fingerprint([data]) != before
