@@ -63,8 +63,9 @@ DEMO_TASK := data.source=arith \
 	train.max_steps=$(DEMO_STEPS) train.batch_size=$(DEMO_BATCH) train.epochs=10 \
 	train.learning_rate=0.006 train.checkpoint_every=null \
 	eval.limit=500 eval.max_new_tokens=80 eval.batch_size=100
+DEMO_SEEDS ?= [0,1,2,3,4]
 DEMO_PARAMS ?= $(DEMO_TASK) \
-	'sweep.ks=[1,2]' 'sweep.lambdas=$(DEMO_LAMBDAS)' 'sweep.seeds=[0,1]' \
+	'sweep.ks=[1,2]' 'sweep.lambdas=$(DEMO_LAMBDAS)' 'sweep.seeds=$(DEMO_SEEDS)' sweep.max_concurrent=2 \
 	sweep.loss=infonce sweep.layout=packed \
 	sweep.experiment=step-jepa-arith sweep.registered_model_name=step-jepa-arith
 
@@ -92,7 +93,7 @@ demo: install
 STUDY_NAME := arith-study-$(shell date -u +%Y%m%d-%H%M%S)
 STUDY_SEEDS ?= [0,1,2,3,4]
 STUDY_PARAMS ?= $(DEMO_TASK) \
-	'sweep.ks=[1,0,2,3]' 'sweep.lambdas=[0.1,0.02,0.5]' 'sweep.seeds=$(STUDY_SEEDS)' \
+	'sweep.ks=[1,0,2,3]' 'sweep.lambdas=[0.1,0.02,0.5]' 'sweep.seeds=$(STUDY_SEEDS)' sweep.max_concurrent=2 \
 	sweep.loss=infonce sweep.layout=packed '++sweep.views=[steps,user_assistant]' ++sweep.design=one_at_a_time \
 	'++sweep.axes.loss=[infonce,cosine,mse]' '++sweep.axes.layout=[packed,inline,two_pass]' \
 	'++sweep.axes.target_grad=[true,false]' \
@@ -134,6 +135,7 @@ bench: install
 	python benchmarks/bench_step.py --batches 10 > $(BENCH_OUT)/step.txt && cat $(BENCH_OUT)/step.txt
 	python benchmarks/bench_generation.py --repeats 2 > $(BENCH_OUT)/generation.txt && cat $(BENCH_OUT)/generation.txt
 	python benchmarks/bench_trl.py --examples 128 > $(BENCH_OUT)/trl.txt && cat $(BENCH_OUT)/trl.txt
+	python benchmarks/bench_cpu_lanes.py --runs 2 > $(BENCH_OUT)/cpu-lanes.txt && cat $(BENCH_OUT)/cpu-lanes.txt
 	python benchmarks/bench_flex.py --repeats 3 > $(BENCH_OUT)/flex.txt && cat $(BENCH_OUT)/flex.txt
 	python benchmarks/bench_lm_head.py > $(BENCH_OUT)/lm_head.txt && cat $(BENCH_OUT)/lm_head.txt
 	python benchmarks/bench_real_shape.py --variants sft jepa_inline trl_sft --steps 2 > $(BENCH_OUT)/real_shape.txt \

@@ -119,7 +119,7 @@ def train_run(
         run = {"MLFLOW_RUN_ID": child_run_id} if child_run_id else {"STEPJEPA_MLFLOW_OFFLINE": "1"}
         launch.run_logged(
             cmd,
-            launch.device_env(gpu, run),
+            slots.env(gpu, run),
             out / "train.log",
             cwd=cwd,
             on_progress=lambda text: logger.info("%s %s", spec["name"], text),
@@ -161,7 +161,7 @@ def evaluate_run(
             )
             launch.run_logged(
                 cmd,
-                launch.device_env(gpu),
+                slots.env(gpu),
                 out / "evaluate.log",
                 cwd=cwd,
                 on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text),

@@ -295,7 +295,8 @@ class SweepConfig(Section):
     """`grid`: every combination of ks, lambdas, views and axes; `one_at_a_time`: the base
     config (the first K, lambda, view pair and axis value) and each factor varied alone."""
     max_concurrent: int | None = Field(None, ge=1)
-    """Training runs at once; null = 1 on CPU, one per visible GPU."""
+    """Training runs at once; null = 1 on CPU, one per visible GPU. On CPU the cores are split
+    between the runs (OMP_NUM_THREADS, unless set): small models train faster two at a time."""
     retries: int = Field(0, ge=0)
     """Prefect retries of a failed training run."""
     registered_model_name: str = Field("step-jepa-gsm8k", min_length=1)

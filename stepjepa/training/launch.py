@@ -66,14 +66,36 @@ def visible_gpus() -> list[int]:
         return []
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or `taskset`'s share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
 class DeviceSlots:
-    """A thread-safe pool of devices: `None` stands for a CPU slot."""
+    """A thread-safe pool of devices: `None` stands for a CPU slot.
+
+    CPU slots share the cores: each run gets `cpu_threads` torch threads (the cores split
+    evenly between the slots), so that two runs side by side do not each start one thread per
+    core and spin-wait on each other. A small model gains more from two single-thread runs
+    than from one two-thread run (benchmarks/results/cpu-lanes.md)."""
 
     def __init__(self, gpus: list[int], cpu_slots: int = 1):
         self._free: queue.Queue[int | None] = queue.Queue()
         for slot in gpus or [None] * cpu_slots:
             self._free.put(slot)
         self.size = self._free.qsize()
+        self.cpu_threads = None if gpus or cpu_slots == 1 else max(1, usable_cores() // cpu_slots)
+
+    def env(self, slot: int | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of a run on `slot`: `device_env`, with this pool's thread share on a
+        CPU slot unless the user set OMP_NUM_THREADS."""
+        env = device_env(slot, extra)
+        if slot is None and self.cpu_threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(self.cpu_threads)
+        return env
 
     @contextlib.contextmanager
     def acquire(self) -> Iterator[int | None]:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from stepjepa.training import launch
 from stepjepa.training.launch import RunFailed, run_logged, train_command
 
 # What a training process writes: tqdm redraws ("\r"), log lines, a progress line per log_every steps.
@@ -105,3 +106,22 @@ def test_a_training_process_imports_without_the_collector_and_then_freezes_them(
         assert lines[1] == "at exit True True"
     else:
         assert lines[1].startswith("at exit True")
+
+
+def test_cpu_slots_split_the_cores_between_runs(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch, "usable_cores", lambda: 4)
+    two = launch.DeviceSlots([], cpu_slots=2)
+    with two.acquire() as slot:
+        env = two.env(slot, {"MLFLOW_RUN_ID": "abc"})
+    assert env["OMP_NUM_THREADS"] == "2" and env["CUDA_VISIBLE_DEVICES"] == "" and env["MLFLOW_RUN_ID"] == "abc"
+    assert launch.DeviceSlots([], cpu_slots=8).env(None)["OMP_NUM_THREADS"] == "1"  # never 0
+    # One run alone keeps torch's own default (every core); a GPU run is not a CPU share.
+    assert "OMP_NUM_THREADS" not in launch.DeviceSlots([], cpu_slots=1).env(None)
+    assert "OMP_NUM_THREADS" not in launch.DeviceSlots([0, 1]).env(0)
+
+
+def test_a_thread_count_the_user_set_wins(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(launch, "usable_cores", lambda: 4)
+    assert launch.DeviceSlots([], cpu_slots=2).env(None)["OMP_NUM_THREADS"] == "3"
