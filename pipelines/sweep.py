@@ -167,6 +167,8 @@ def evaluate_run(
                 on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text),
             )
         plan.mark_evaluated(run_dir, split, eval_key)
+    else:
+        get_run_logger().info("%s: %s evaluated already with these settings (%s): reused", spec["name"], split, out)
     if trained["run_id"] is not None:
         _tracked(
             unlogged,
@@ -288,8 +290,9 @@ def step_jepa_sweep(
         tracking.sweep_run(
             sweep_config.experiment,
             sweep_config.model_dump(mode="json") | {"runs": len(specs)},
-            run_name=_sweep_name(sweep_config),
+            run_name=_sweep_name(sweep_config, _file_sweep(base, params_file), params_file),
             unlogged=unlogged,
+            identity=[plan.eval_cache_key(c, fingerprint) for c in configs.values()],
         ) as parent,
     ):
         runs = {}
@@ -309,6 +312,7 @@ def step_jepa_sweep(
                 spec=spec,
                 key=key,
                 eval_key=plan.eval_cache_key(config, fingerprint),
+                config_key=plan.config_key(config, fingerprint),
                 run_dir=str(run_dir),
                 child=child,
                 config=config,
@@ -320,16 +324,34 @@ def step_jepa_sweep(
         return _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir), unlogged)
 
 
-def _sweep_name(sweep: SweepConfig) -> str:
-    """A parent run name that says what was swept."""
+NAMED = ("ks", "lambdas", "seeds", "views", "layout", "loss", "axes", "design")  # what a parent's name shows
+
+
+def _sweep_name(sweep: SweepConfig, file_sweep: SweepConfig | None = None, source: str = "params.yaml") -> str:
+    """A parent run name that tells sweeps apart: the grid, the seeds themselves, and what
+    differs from the params file's sweep section (`file_sweep`, read from `source`): the
+    choices of a UI sweep or `-p sweep=...`."""
     ks = ",".join(map(str, sweep.ks))
     lams = ",".join(f"{x:g}" for x in sweep.lambdas)
+    seeds = ",".join(map(str, sweep.seeds))
     axes = "".join(f" {key}={','.join(map(plan.axis_text, values))}" for key, values in sweep.axes.items())
     design = " one at a time" if sweep.design == "one_at_a_time" else ""
-    return (
-        f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
-        f"{axes}{design}"
+    name = f"sweep K={ks} lambda={lams} seeds={seeds} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}{axes}{design}"
+    if file_sweep is None:
+        return name
+    changed = [f for f in type(sweep).model_fields if getattr(sweep, f) != getattr(file_sweep, f)]
+    said = ", ".join(
+        f if f in NAMED else f"{f}={json.dumps(getattr(sweep, f), sort_keys=True, default=str)}" for f in changed
     )
+    return f"{name} ({Path(source).name}{' but ' + said if said else ''})"[:250]  # MLflow's limit: 250
+
+
+def _file_sweep(base: dict, params_file: str) -> SweepConfig | None:
+    """The params file's own sweep section (None if only the flow's choices make it valid)."""
+    try:
+        return plan.choose(base, SweepChoices(), params_file)
+    except ConfigError:
+        return None
 
 
 def _submit(
@@ -486,13 +508,7 @@ def _finish(
             champion = _tracked(
                 unlogged,
                 "the champion's registration",
-                lambda: tracking.register_champion(
-                    sweep.registered_model_name,
-                    winner.run_id,
-                    best,
-                    test_row,
-                    run_dir=Path(runs[winner.spec.name]["run_dir"]),
-                ),
+                lambda: _register(sweep, parent, validation, best, test_row, winner, runs),
             )
         summary["champion"] = {
             "name": sweep.registered_model_name,
@@ -500,21 +516,73 @@ def _finish(
             "config": best["config"],
             "run_folder": winner.run_folder,
         }
+    registry = _registry_outcome(best, champion)
+    get_run_logger().info("registry: %s", registry)
     if parent is not None:
         _tracked(
-            unlogged, "the sweep's summary", lambda: tracking.log_sweep_summary(parent, rows, table, figures, summary)
+            unlogged,
+            "the sweep's summary",
+            lambda: tracking.log_sweep_summary(parent, rows, table, figures, summary | {"registry": registry}),
         )
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (report_dir / "table.md").write_text(table + "\n")
     report.write_plot_data(rows, validation, report_dir)
-    create_markdown_artifact(table, key="step-jepa-sweep", description="Validation selection, test once: the sweep")
+    create_markdown_artifact(
+        f"{table}\n\n**Registry:** {registry}\n",
+        key="step-jepa-sweep",
+        description="Validation selection, test once: the sweep",
+    )
     failed = [r.spec.name for r in validation if not r.completed]  # failed or stopped
     _note_unlogged(report_dir, unlogged.items)
     return summary | {
         "failed": failed,
         "champion_version": champion and champion["version"],
+        "registry": registry,
         "unlogged": unlogged.items,
     }
+
+
+def _register(
+    sweep: SweepConfig,
+    parent: str | None,
+    validation: list[RunResult],
+    best: dict,
+    test_row: dict | None,
+    winner: RunResult,
+    runs: dict,
+) -> dict:
+    """Register the sweep's best run; the champion alias moves only on evidence: the best
+    against the champion's config where this sweep trained and evaluated it too
+    (`report.versus_champion`), or when `sweep.promote` asks (`tracking.registry.decide`)."""
+    current = tracking.current_champion(sweep.registered_model_name)
+    held = current and next(
+        (
+            r["spec"].config_name
+            for r in runs.values()
+            if r.get("config_key") == current.get("config_key") or Path(r["run_dir"]).name == current.get("run_folder")
+        ),
+        None,
+    )
+    return tracking.register_champion(
+        sweep.registered_model_name,
+        winner.run_id,
+        best,
+        test_row,
+        run_dir=Path(runs[winner.spec.name]["run_dir"]),
+        versus=report.versus_champion(validation, best["config"], held) if held else None,
+        promote=sweep.promote,
+        config_key=runs[winner.spec.name].get("config_key", ""),
+        sweep=parent or "",
+    )
+
+
+def _registry_outcome(best: dict | None, champion: dict | None) -> str:
+    """What happened to the registry, in one line."""
+    if best is None:
+        return "nothing registered: no config completed"
+    if champion is None:
+        return "not registered: MLflow could not be reached; the next sweep or --reconcile registers the best"
+    return champion["outcome"]
 
 
 def _note_unlogged(report_dir: Path, items: list[str]) -> None:
