@@ -42,7 +42,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.futures import wait  # noqa: E402
+from prefect.futures import PrefectFuture, wait  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import allow_failure  # noqa: E402
 
@@ -131,6 +131,20 @@ def train_run(
             unlogged.add(f"the training of {spec['name']}", f"recorded in {out / 'mlflow-offline.jsonl'}")
         tracking.log_run_files(child_run_id, out)
     return {"run_dir": run_dir, "run_id": child_run_id}
+
+
+@task(task_run_name="start {spec[name]} in MLflow", cache_policy=NO_CACHE)  # as train_run
+def start_child(
+    spec: dict, experiment: str, parent: str, key: str, run_dir: str, unlogged: tracking.Unlogged | None = None
+) -> str | None:
+    """The config's MLflow run, created just before its training starts, so that its start
+    time and duration are its own (not the wait for a device); None when MLflow cannot be
+    reached: the run then records itself in its folder (`train_run`)."""
+    return _tracked(
+        unlogged,
+        f"the run of {spec['name']}",
+        lambda: tracking.child_run(experiment, parent, spec["name"], key, Path(run_dir)),
+    )
 
 
 @task(task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
@@ -302,10 +316,13 @@ def step_jepa_sweep(
             run_dir = plan.run_folder(runs_dir, spec, key)
             if not plan.is_trained(run_dir):
                 write_config(config, run_dir / "config.yaml")
+            # A config still to train gets its MLflow run when its training starts (`start_child`):
+            # its duration is its own, not the queue's. One trained before is found now.
+            later = parent is not None and sweep_config.launcher == "local" and not plan.is_trained(run_dir)
             child = parent and unlogged.attempt(
                 f"the run of {spec.name}",
-                lambda spec=spec, key=key, run_dir=run_dir: tracking.child_run(
-                    sweep_config.experiment, parent, spec.name, key, run_dir
+                lambda spec=spec, key=key, run_dir=run_dir, later=later: tracking.child_run(
+                    sweep_config.experiment, parent, spec.name, key, run_dir, create=not later
                 ),
             )
             runs[spec.name] = dict(
@@ -315,6 +332,7 @@ def step_jepa_sweep(
                 config_key=plan.config_key(config, fingerprint),
                 run_dir=str(run_dir),
                 child=child,
+                parent=parent if later else None,
                 config=config,
             )
         validation = _train_and_evaluate(runs, specs, paths, sweep_config, slots, logger, unlogged)
@@ -372,6 +390,11 @@ def _submit(
             spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment
         )
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
+    if trained is None and run["child"] is None and run.get("parent"):  # its MLflow run starts with it
+        run["child"] = start_child.submit(
+            spec_d, sweep.experiment, run["parent"], run["key"], run["run_dir"], unlogged, **queue
+        )
+        queue = {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process
         trained = train_run.with_options(retries=sweep.retries).submit(
             spec_d,
@@ -447,6 +470,9 @@ def _test_once(
 
 def _collect(spec, run: dict, trained, evaluated, logger, unlogged: tracking.Unlogged | None = None) -> RunResult:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
+    if isinstance(run["child"], PrefectFuture):  # created when its training started
+        child = run["child"].result(raise_on_failure=False) if run["child"].state.is_completed() else None
+        run["child"] = child if isinstance(child, str) else None
     base = {"spec": spec, "run_id": run["child"], "run_folder": Path(run["run_dir"]).name}
     if evaluated.state.is_completed():
         return RunResult(status="completed", **base, **evaluated.result())

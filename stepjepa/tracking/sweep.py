@@ -189,12 +189,15 @@ def _point_to_holders(client, run_id: str) -> None:
     client.set_tag(run_id, "mlflow.note.content", (f"{note}\n\n" if note else "") + f"**Reused runs:** {text}"[:5000])
 
 
-def child_run(experiment: str, parent_id: str, name: str, cache_key: str, run_dir: Path | None = None) -> str:
+def child_run(
+    experiment: str, parent_id: str, name: str, cache_key: str, run_dir: Path | None = None, create: bool = True
+) -> str | None:
     """The child run of one config. A run left by an earlier sweep for the same config and
     data (same cache key) is reused, never duplicated: it stays under the parent that trained
     it (which the new parent names, `_point_to_holders`) unless that one is gone, and its tag
     `stepjepa.sweeps` lists every sweep it belongs to, oldest first. A new one starts when
-    the run in `run_dir` did, if it was trained without MLflow (its record)."""
+    the run in `run_dir` did, if it was trained without MLflow (its record); with `create`
+    False, none starts (None): the sweep creates it when the config's training starts."""
     client = _client()
     exp_id = _experiment_id(client, experiment)
     found = client.search_runs(
@@ -211,6 +214,8 @@ def child_run(experiment: str, parent_id: str, name: str, cache_key: str, run_di
         if not _alive(client, tags.get("mlflow.parentRunId")):
             client.set_tag(run_id, "mlflow.parentRunId", parent_id)
         return run_id
+    if not create:
+        return None
     tags = {
         "mlflow.parentRunId": parent_id,
         "stepjepa.cache_key": cache_key,

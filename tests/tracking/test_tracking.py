@@ -280,6 +280,10 @@ def _sweep(name: str, keys: list[str], identity: list[str] | None = None) -> tup
     return parent, children
 
 
+def _experiment(client) -> str:
+    return client.get_experiment_by_name("sweeps").experiment_id
+
+
 def test_the_same_sweep_again_reuses_its_parent_and_a_partly_reused_one_names_the_holder(tmp_path, monkeypatch):
     """Issue 32: `make run` twice and a UI sweep over finished configs left parents without
     children (every reused child moved to the newest parent)."""
@@ -290,6 +294,9 @@ def test_the_same_sweep_again_reuses_its_parent_and_a_partly_reused_one_names_th
     first, children = _sweep("sweep seeds=0 (params.yaml)", ["a", "b"], identity=["ea", "eb"])
     again, same = _sweep("sweep seeds=0 (params.yaml)", ["a", "b"], identity=["eb", "ea"])
     assert again == first and same == children
+    # A config still to train gets no run until its training starts (the sweep then creates it).
+    assert tracking.child_run("sweeps", first, "run-later", "later", create=False) is None
+    assert not client.search_runs([_experiment(client)], "tags.`stepjepa.cache_key` = 'later'")
     run = client.get_run(first)
     assert run.info.status == "FINISHED" and run.data.tags["stepjepa.reruns"] == "1"
 
