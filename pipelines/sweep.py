@@ -632,13 +632,14 @@ def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:
     unlogged = (Path(report_dir) / UNLOGGED).is_file()  # a sweep that could not reach MLflow left work
     if wanted and not unlogged and tracking.champion_registered(cfg.sweep.registered_model_name, wanted):
         print(
-            f"champion {cfg.sweep.registered_model_name}@champion ({wanted}) is registered in {tracking.tracking_uri()}"
+            f"the sweep's selected model ({wanted}) is registered in {tracking.tracking_uri()} "
+            f"(a version of {cfg.sweep.registered_model_name})"
         )
         return 0
     lacks = (
         f"what {Path(report_dir) / UNLOGGED} lists: logging it"
         if unlogged
-        else f"the champion {wanted}: registering it"
+        else f"the sweep's selected model {wanted}: registering it"
     )
     print(f"the MLflow store {tracking.tracking_uri()} lacks {lacks} from the run folders")
     return _exit_code(step_jepa_sweep(params_file=params_file, report_dir=report_dir, **flow_params))

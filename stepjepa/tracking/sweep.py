@@ -38,9 +38,15 @@ def end_stale_sweeps(client, experiment_id: str) -> list[str]:
         why = owner_gone(parent.data.tags)
         if why is None:
             continue
-        children = client.search_runs(
-            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and {running}"
-        )
+        # Its runs: those nested under it, and those of earlier sweeps it reused (`child_run`).
+        children = {
+            run.info.run_id: run
+            for where in (
+                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                f"tags.`stepjepa.sweeps` LIKE '%{parent.info.run_id}%'",
+            )
+            for run in client.search_runs([experiment_id], f"{where} and {running}")
+        }.values()
         for child in children:
             child_why = owner_gone(child.data.tags) if OWNER_PID in child.data.tags else why
             if child_why:

@@ -335,3 +335,29 @@ def test_the_parent_says_the_selected_config_why_and_the_registry(tmp_path, monk
         f"**Selected:** k1_lam0.5 ({SELECTION_RULE}); vs SFT: too few seeds to tell\n\n"
         "**Registry:** first champion: version 1"
     )
+
+
+def test_a_dead_sweep_ends_the_runs_it_reused_from_an_earlier_sweep(monkeypatch, tmp_path):
+    """A reused run stays nested under the sweep that trained it (issue 32); a dead sweep that
+    was resuming it still leaves it to the next sweep to end."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri())
+    exp = client.create_experiment("stale")
+    earlier = client.create_run(exp, run_name="earlier", tags={"stepjepa.kind": "sweep"}).info.run_id
+    client.set_terminated(earlier, status="FINISHED")
+    dead = client.create_run(
+        exp,
+        run_name="dead",
+        tags={"stepjepa.kind": "sweep"} | tracking.owner_tags() | {tracking.OWNER_PID: str(_dead_pid())},
+    ).info.run_id
+    reused = client.create_run(
+        exp, run_name="reused", tags={"mlflow.parentRunId": earlier, "stepjepa.sweeps": f"{earlier},{dead}"}
+    ).info.run_id
+
+    with tracking.sweep_run("stale", {"ks": [1]}):
+        pass
+
+    assert client.get_run(dead).info.status == "KILLED" and client.get_run(reused).info.status == "KILLED"
+    assert client.get_run(earlier).info.status == "FINISHED"
