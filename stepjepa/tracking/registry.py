@@ -16,13 +16,16 @@ CHAMPION, CANDIDATE = "champion", "candidate"
 
 
 def current_champion(name: str, alias: str = CHAMPION) -> dict[str, str] | None:
-    """The tags of `name@alias` with its `version`, or None when the model or alias is missing."""
+    """The tags of `name@alias` with its `version`, or None when the model or alias is missing
+    (a store that cannot be reached raises: "no champion" would move the alias)."""
     from mlflow.exceptions import MlflowException
 
     try:
         found = _client().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no model, no alias
+            return None
+        raise
     return dict(found.tags) | {"version": str(found.version)}
 
 
@@ -161,13 +164,9 @@ def champion_registered(name: str, run_folder: str, alias: str = CHAMPION) -> bo
 
 def _existing_version(client, name: str, run_id: str, run_folder: str) -> str | None:
     """The version that already holds `run_id`'s model, or `run_folder`'s (the same run logged
-    to another MLflow run, e.g. from the DVC cache): a sweep that names it again reuses it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        if not found and run_folder:
-            found = client.search_model_versions(f"name = '{name}' and tags.run_folder = '{run_folder}'")
-    except MlflowException:  # no such model yet
-        return None
+    to another MLflow run, e.g. from the DVC cache): a sweep that names it again reuses it. A
+    store that cannot be reached raises: no version is added because one could not be seen."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not found and run_folder:
+        found = client.search_model_versions(f"name = '{name}' and tags.run_folder = '{run_folder}'")
     return str(min(int(v.version) for v in found)) if found else None
