@@ -151,3 +151,39 @@ def test_versus_champion_pairs_seeds_and_holds_the_family_of_the_sweep():
     # A champion config whose seeds all failed: nothing to compare on.
     failed = [dataclasses.replace(r, status="failed") if r.spec.config_name == "sft" else r for r in results]
     assert versus_champion(failed, "k2_lam0.5", "sft") is None
+
+
+def _sweep_registers(store, results, keys: dict[str, str], promote: bool = False) -> dict:
+    """What the sweep flow's `_register` does with `results`, each config's runs named by
+    `keys[config]` (its seedless config key) and given an MLflow run with a model."""
+    from pipelines.sweep import _register
+    from stepjepa.config import SweepConfig
+    from stepjepa.sweep.report import champion_run
+
+    results = [dataclasses.replace(r, run_id=_run_with_model(store)) for r in results]
+    runs = {
+        r.spec.name: {
+            "spec": r.spec,
+            "run_dir": f"runs/{r.spec.name}-{keys[r.spec.config_name]}",
+            "config_key": keys[r.spec.config_name],
+        }
+        for r in results
+    }
+    best = best_config(summarize(results))
+    sweep = SweepConfig(registered_model_name="m", promote=promote)
+    return _register(sweep, "parent", results, best, None, champion_run(results, best), runs)
+
+
+def test_the_sweep_compares_its_best_with_the_champions_config_found_by_its_config_key(store):
+    keys = {"sft": "s", "k1_lam0.5": "a", "k1_lam2": "b", "k2_lam0.5": "c", "k2_lam2": "d"}
+    # The champion: k1_lam0.5 from a sweep of that config alone.
+    first = _sweep_registers(store, [r for r in fake_results(seeds=(0,)) if r.spec.config_name == "k1_lam0.5"], keys)
+    assert first["outcome"] == "first champion: version 1 (k1_lam0.5)"
+    assert _tags(store)["config_key"] == "a" and _tags(store)["sweep"] == "parent"
+    # A sweep without it (other keys: another data or config) cannot move it ...
+    other = {name: key + "-other" for name, key in keys.items()}
+    out = _sweep_registers(store, fake_results(seeds=(0, 1, 2, 3)), other)
+    assert not out["moved"] and "its config was not evaluated in this sweep" in out["outcome"]
+    # ... one that trained it on the same seeds and beats it does.
+    out = _sweep_registers(store, fake_results(seeds=(0, 1, 2, 3)), keys)
+    assert out["moved"] and _alias(store) == out["version"] and "vs k1_lam0.5" in out["outcome"]
