@@ -42,7 +42,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.futures import PrefectFuture, wait  # noqa: E402
+from prefect.futures import wait  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import allow_failure  # noqa: E402
 
@@ -133,20 +133,6 @@ def train_run(
     return {"run_dir": run_dir, "run_id": child_run_id}
 
 
-@task(task_run_name="start {spec[name]} in MLflow", cache_policy=NO_CACHE)  # as train_run
-def start_child(
-    spec: dict, experiment: str, parent: str, key: str, run_dir: str, unlogged: tracking.Unlogged | None = None
-) -> str | None:
-    """The config's MLflow run, created just before its training starts, so that its start
-    time and duration are its own (not the wait for a device); None when MLflow cannot be
-    reached: the run then records itself in its folder (`train_run`)."""
-    return _tracked(
-        unlogged,
-        f"the run of {spec['name']}",
-        lambda: tracking.child_run(experiment, parent, spec["name"], key, Path(run_dir)),
-    )
-
-
 @task(task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
 def evaluate_run(
     spec: dict,
@@ -195,6 +181,20 @@ def evaluate_run(
 def _tracked(unlogged: tracking.Unlogged | None, what: str, call):
     """`call()`, a tracking call: through `unlogged` when the sweep collects what it could not log."""
     return unlogged.attempt(what, call) if unlogged is not None else call()
+
+
+@task(name="start", task_run_name="start {spec[name]} in MLflow", cache_policy=NO_CACHE)  # as train_run
+def start_child(
+    spec: dict, experiment: str, parent: str, key: str, run_dir: str, unlogged: tracking.Unlogged | None = None
+) -> str | None:
+    """The config's MLflow run, created just before its training starts, so that its start
+    time and duration are its own (not the wait for a device); None when MLflow cannot be
+    reached: the run then records itself in its folder (`train_run`)."""
+    return _tracked(
+        unlogged,
+        f"the run of {spec['name']}",
+        lambda: tracking.child_run(experiment, parent, spec["name"], key, Path(run_dir)),
+    )
 
 
 @flow(name="step-jepa-config", log_prints=True)
@@ -329,10 +329,10 @@ def step_jepa_sweep(
                 spec=spec,
                 key=key,
                 eval_key=plan.eval_cache_key(config, fingerprint),
-                config_key=plan.config_key(config, fingerprint),
                 run_dir=str(run_dir),
                 child=child,
                 parent=parent if later else None,
+                config_key=plan.config_key(config, fingerprint),
                 config=config,
             )
         validation = _train_and_evaluate(runs, specs, paths, sweep_config, slots, logger, unlogged)
@@ -391,7 +391,7 @@ def _submit(
         )
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
     if trained is None and run["child"] is None and run.get("parent"):  # its MLflow run starts with it
-        run["child"] = start_child.submit(
+        run["child"] = start_child.with_options(name=f"start {spec_d['name']} in MLflow").submit(
             spec_d, sweep.experiment, run["parent"], run["key"], run["run_dir"], unlogged, **queue
         )
         queue = {}
@@ -470,7 +470,7 @@ def _test_once(
 
 def _collect(spec, run: dict, trained, evaluated, logger, unlogged: tracking.Unlogged | None = None) -> RunResult:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
-    if isinstance(run["child"], PrefectFuture):  # created when its training started
+    if run["child"] is not None and not isinstance(run["child"], str):  # a future: created when its training started
         child = run["child"].result(raise_on_failure=False) if run["child"].state.is_completed() else None
         run["child"] = child if isinstance(child, str) else None
     base = {"spec": spec, "run_id": run["child"], "run_folder": Path(run["run_dir"]).name}
