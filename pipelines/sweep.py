@@ -167,6 +167,8 @@ def evaluate_run(
                 on_progress=lambda text: get_run_logger().info("%s %s", spec["name"], text),
             )
         plan.mark_evaluated(run_dir, split, eval_key)
+    else:
+        get_run_logger().info("%s: %s evaluated already with these settings (%s): reused", spec["name"], split, out)
     if trained["run_id"] is not None:
         _tracked(
             unlogged,
@@ -179,6 +181,20 @@ def evaluate_run(
 def _tracked(unlogged: tracking.Unlogged | None, what: str, call):
     """`call()`, a tracking call: through `unlogged` when the sweep collects what it could not log."""
     return unlogged.attempt(what, call) if unlogged is not None else call()
+
+
+@task(name="start", task_run_name="start {spec[name]} in MLflow", cache_policy=NO_CACHE)  # as train_run
+def start_child(
+    spec: dict, experiment: str, parent: str, key: str, run_dir: str, unlogged: tracking.Unlogged | None = None
+) -> str | None:
+    """The config's MLflow run, created just before its training starts, so that its start
+    time and duration are its own (not the wait for a device); None when MLflow cannot be
+    reached: the run then records itself in its folder (`train_run`)."""
+    return _tracked(
+        unlogged,
+        f"the run of {spec['name']}",
+        lambda: tracking.child_run(experiment, parent, spec["name"], key, Path(run_dir)),
+    )
 
 
 @flow(name="step-jepa-config", log_prints=True)
@@ -288,8 +304,9 @@ def step_jepa_sweep(
         tracking.sweep_run(
             sweep_config.experiment,
             sweep_config.model_dump(mode="json") | {"runs": len(specs)},
-            run_name=_sweep_name(sweep_config),
+            run_name=_sweep_name(sweep_config, _file_sweep(base, params_file), params_file),
             unlogged=unlogged,
+            identity=[plan.eval_cache_key(c, fingerprint) for c in configs.values()],
         ) as parent,
     ):
         runs = {}
@@ -299,10 +316,13 @@ def step_jepa_sweep(
             run_dir = plan.run_folder(runs_dir, spec, key)
             if not plan.is_trained(run_dir):
                 write_config(config, run_dir / "config.yaml")
+            # A config still to train gets its MLflow run when its training starts (`start_child`):
+            # its duration is its own, not the queue's. One trained before is found now.
+            later = parent is not None and sweep_config.launcher == "local" and not plan.is_trained(run_dir)
             child = parent and unlogged.attempt(
                 f"the run of {spec.name}",
-                lambda spec=spec, key=key, run_dir=run_dir: tracking.child_run(
-                    sweep_config.experiment, parent, spec.name, key, run_dir
+                lambda spec=spec, key=key, run_dir=run_dir, later=later: tracking.child_run(
+                    sweep_config.experiment, parent, spec.name, key, run_dir, create=not later
                 ),
             )
             runs[spec.name] = dict(
@@ -311,6 +331,8 @@ def step_jepa_sweep(
                 eval_key=plan.eval_cache_key(config, fingerprint),
                 run_dir=str(run_dir),
                 child=child,
+                parent=parent if later else None,
+                config_key=plan.config_key(config, fingerprint),
                 config=config,
             )
         validation = _train_and_evaluate(runs, specs, paths, sweep_config, slots, logger, unlogged)
@@ -320,16 +342,34 @@ def step_jepa_sweep(
         return _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir), unlogged)
 
 
-def _sweep_name(sweep: SweepConfig) -> str:
-    """A parent run name that says what was swept."""
+NAMED = ("ks", "lambdas", "seeds", "views", "layout", "loss", "axes", "design")  # what a parent's name shows
+
+
+def _sweep_name(sweep: SweepConfig, file_sweep: SweepConfig | None = None, source: str = "params.yaml") -> str:
+    """A parent run name that tells sweeps apart: the grid, the seeds themselves, and what
+    differs from the params file's sweep section (`file_sweep`, read from `source`): the
+    choices of a UI sweep or `-p sweep=...`."""
     ks = ",".join(map(str, sweep.ks))
     lams = ",".join(f"{x:g}" for x in sweep.lambdas)
+    seeds = ",".join(map(str, sweep.seeds))
     axes = "".join(f" {key}={','.join(map(plan.axis_text, values))}" for key, values in sweep.axes.items())
     design = " one at a time" if sweep.design == "one_at_a_time" else ""
-    return (
-        f"sweep K={ks} lambda={lams} seeds={len(sweep.seeds)} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}"
-        f"{axes}{design}"
+    name = f"sweep K={ks} lambda={lams} seeds={seeds} {'+'.join(sweep.views)} {sweep.layout}/{sweep.loss}{axes}{design}"
+    if file_sweep is None:
+        return name
+    changed = [f for f in type(sweep).model_fields if getattr(sweep, f) != getattr(file_sweep, f)]
+    said = ", ".join(
+        f if f in NAMED else f"{f}={json.dumps(getattr(sweep, f), sort_keys=True, default=str)}" for f in changed
     )
+    return f"{name} ({Path(source).name}{' but ' + said if said else ''})"[:250]  # MLflow's limit: 250
+
+
+def _file_sweep(base: dict, params_file: str) -> SweepConfig | None:
+    """The params file's own sweep section (None if only the flow's choices make it valid)."""
+    try:
+        return plan.choose(base, SweepChoices(), params_file)
+    except ConfigError:
+        return None
 
 
 def _submit(
@@ -350,6 +390,11 @@ def _submit(
             spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment
         )
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
+    if trained is None and run["child"] is None and run.get("parent"):  # its MLflow run starts with it
+        run["child"] = start_child.with_options(name=f"start {spec_d['name']} in MLflow").submit(
+            spec_d, sweep.experiment, run["parent"], run["key"], run["run_dir"], unlogged, **queue
+        )
+        queue = {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process
         trained = train_run.with_options(retries=sweep.retries).submit(
             spec_d,
@@ -425,6 +470,9 @@ def _test_once(
 
 def _collect(spec, run: dict, trained, evaluated, logger, unlogged: tracking.Unlogged | None = None) -> RunResult:
     """The run's result, or a FAILED record (in Prefect and MLflow) that keeps the sweep going."""
+    if run["child"] is not None and not isinstance(run["child"], str):  # a future: created when its training started
+        child = run["child"].result(raise_on_failure=False) if run["child"].state.is_completed() else None
+        run["child"] = child if isinstance(child, str) else None
     base = {"spec": spec, "run_id": run["child"], "run_folder": Path(run["run_dir"]).name}
     if evaluated.state.is_completed():
         return RunResult(status="completed", **base, **evaluated.result())
@@ -486,13 +534,7 @@ def _finish(
             champion = _tracked(
                 unlogged,
                 "the champion's registration",
-                lambda: tracking.register_champion(
-                    sweep.registered_model_name,
-                    winner.run_id,
-                    best,
-                    test_row,
-                    run_dir=Path(runs[winner.spec.name]["run_dir"]),
-                ),
+                lambda: _register(sweep, parent, validation, best, test_row, winner, runs),
             )
         summary["champion"] = {
             "name": sweep.registered_model_name,
@@ -500,21 +542,73 @@ def _finish(
             "config": best["config"],
             "run_folder": winner.run_folder,
         }
+    registry = _registry_outcome(best, champion)
+    get_run_logger().info("registry: %s", registry)
     if parent is not None:
         _tracked(
-            unlogged, "the sweep's summary", lambda: tracking.log_sweep_summary(parent, rows, table, figures, summary)
+            unlogged,
+            "the sweep's summary",
+            lambda: tracking.log_sweep_summary(parent, rows, table, figures, summary | {"registry": registry}),
         )
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (report_dir / "table.md").write_text(table + "\n")
     report.write_plot_data(rows, validation, report_dir)
-    create_markdown_artifact(table, key="step-jepa-sweep", description="Validation selection, test once: the sweep")
+    create_markdown_artifact(
+        f"{table}\n\n**Registry:** {registry}\n",
+        key="step-jepa-sweep",
+        description="Validation selection, test once: the sweep",
+    )
     failed = [r.spec.name for r in validation if not r.completed]  # failed or stopped
     _note_unlogged(report_dir, unlogged.items)
     return summary | {
         "failed": failed,
         "champion_version": champion and champion["version"],
+        "registry": registry,
         "unlogged": unlogged.items,
     }
+
+
+def _register(
+    sweep: SweepConfig,
+    parent: str | None,
+    validation: list[RunResult],
+    best: dict,
+    test_row: dict | None,
+    winner: RunResult,
+    runs: dict,
+) -> dict:
+    """Register the sweep's best run; the champion alias moves only on evidence: the best
+    against the champion's config where this sweep trained and evaluated it too
+    (`report.versus_champion`), or when `sweep.promote` asks (`tracking.registry.decide`)."""
+    current = tracking.current_champion(sweep.registered_model_name)
+    held = current and next(
+        (
+            r["spec"].config_name
+            for r in runs.values()
+            if r.get("config_key") == current.get("config_key") or Path(r["run_dir"]).name == current.get("run_folder")
+        ),
+        None,
+    )
+    return tracking.register_champion(
+        sweep.registered_model_name,
+        winner.run_id,
+        best,
+        test_row,
+        run_dir=Path(runs[winner.spec.name]["run_dir"]),
+        versus=report.versus_champion(validation, best["config"], held) if held else None,
+        promote=sweep.promote,
+        config_key=runs[winner.spec.name].get("config_key", ""),
+        sweep=parent or "",
+    )
+
+
+def _registry_outcome(best: dict | None, champion: dict | None) -> str:
+    """What happened to the registry, in one line."""
+    if best is None:
+        return "nothing registered: no config completed"
+    if champion is None:
+        return "not registered: MLflow could not be reached; the next sweep or --reconcile registers the best"
+    return champion["outcome"]
 
 
 def _note_unlogged(report_dir: Path, items: list[str]) -> None:
@@ -538,13 +632,14 @@ def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:
     unlogged = (Path(report_dir) / UNLOGGED).is_file()  # a sweep that could not reach MLflow left work
     if wanted and not unlogged and tracking.champion_registered(cfg.sweep.registered_model_name, wanted):
         print(
-            f"champion {cfg.sweep.registered_model_name}@champion ({wanted}) is registered in {tracking.tracking_uri()}"
+            f"the sweep's selected model ({wanted}) is registered in {tracking.tracking_uri()} "
+            f"(a version of {cfg.sweep.registered_model_name})"
         )
         return 0
     lacks = (
         f"what {Path(report_dir) / UNLOGGED} lists: logging it"
         if unlogged
-        else f"the champion {wanted}: registering it"
+        else f"the sweep's selected model {wanted}: registering it"
     )
     print(f"the MLflow store {tracking.tracking_uri()} lacks {lacks} from the run folders")
     return _exit_code(step_jepa_sweep(params_file=params_file, report_dir=report_dir, **flow_params))

@@ -300,9 +300,15 @@ class SweepConfig(Section):
     retries: int = Field(0, ge=0)
     """Prefect retries of a failed training run."""
     registered_model_name: str = Field("step-jepa-gsm8k", min_length=1)
-    """MLflow registry name the best config's model is registered under (alias `champion`)."""
+    """MLflow registry name the best config's model is registered under (alias `champion`
+    or `candidate`: see `promote`)."""
     experiment: str = Field("step-jepa-sweep", min_length=1)
     """MLflow experiment of the sweep's parent and child runs."""
+    promote: bool = False
+    """Move the registry's `champion` alias to this sweep's best even without evidence. By
+    default it moves only when the model has no champion yet, or when the best beats the
+    champion's config by the seed-level verdict on the same validation questions and seeds
+    of this sweep; otherwise the best is registered with alias `candidate`."""
     launcher: Literal["local", "work_pool"] = "local"
     """`local`: each config is a task of the sweep's own process; `work_pool`: each config
     is a flow run of `config_deployment` on a Prefect work pool (a cluster)."""

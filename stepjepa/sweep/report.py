@@ -240,6 +240,42 @@ def champion_run(results: list[RunResult], best: dict) -> RunResult:
     return min(runs, key=lambda r: (-r.metrics[METRIC], r.metrics.get("nll", np.inf), r.spec.seed))
 
 
+def versus_champion(results: list[RunResult], candidate: str, champion: str) -> dict[str, Any] | None:
+    """The sweep's selected config against the registered champion's config, both trained and
+    evaluated in this sweep (so on the same validation questions), per-seed accuracy paired by
+    seed: the seed-level verdict of `stats.seed_verdicts`. The candidate was chosen among the
+    sweep's configs after seeing these numbers, so the family Holm adjusts over is every config
+    against the champion's, as the verdicts against SFT are. None when the champion's config
+    completed no seed here (nothing to compare on)."""
+    groups = _by_config(results)
+    base = {r.spec.seed: r for r in groups.get(champion, []) if r.completed}
+    if not base or candidate == champion:
+        return None
+    pairs, seeds = {}, {}
+    for name, runs in groups.items():
+        if name == champion:
+            continue
+        done = {r.spec.seed: r for r in runs if r.completed}
+        seeds[name] = sorted(done.keys() & base.keys())
+        pairs[name] = (
+            np.array([done[s].metrics[METRIC] for s in seeds[name]], dtype=float),
+            np.array([base[s].metrics[METRIC] for s in seeds[name]], dtype=float),
+        )
+    cmp = dict(zip(pairs, seed_verdicts(list(pairs.values())), strict=True))[candidate]
+    return {
+        "candidate": candidate,
+        "champion_config": champion,
+        "split": "validation",
+        "seeds": seeds[candidate],
+        "questions": len(next(iter(base.values())).correct_strict),
+        "delta": cmp.delta,
+        "p_value": cmp.p_value,
+        "p_holm": cmp.p_holm,
+        "family": len(pairs),
+        "verdict": cmp.verdict,
+    }
+
+
 def compare_on_test(tested: list[RunResult], best: dict) -> dict[str, Any] | None:
     """The champion against SFT on the test split (the only test numbers a sweep reports):
     the per-question interval and McNemar (these trained models fixed) and the verdict with

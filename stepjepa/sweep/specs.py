@@ -298,6 +298,14 @@ def cache_key(config: Config, data_fingerprint: str) -> str:
     return _digest({"config": _identity(config, sections), "data": data_fingerprint})
 
 
+def config_key(config: Config, data_fingerprint: str) -> str:
+    """The config's identity over its seeds: the trained model's key with the seed left out.
+    The registry names the champion's config by it, so that a later sweep that trains the
+    same config (any seeds) can compare its own best with it."""
+    unseeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": 0})})
+    return cache_key(unseeded, data_fingerprint)
+
+
 def eval_cache_key(config: Config, data_fingerprint: str) -> str:
     """The evaluation's identity: the trained model's key plus the `eval` settings."""
     return _digest({"model": cache_key(config, data_fingerprint), "eval": _identity(config, ("eval",))})

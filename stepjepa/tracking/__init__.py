@@ -23,7 +23,7 @@ from stepjepa.tracking.offline import OfflineTracker, send_pending
 from stepjepa.tracking.offline import pending as offline_pending
 from stepjepa.tracking.offline import recorded_run_id as offline_run_id
 from stepjepa.tracking.owner import OWNER_HOST, OWNER_PID, OWNER_STARTED, owner_gone, owner_tags
-from stepjepa.tracking.registry import champion_registered, register_champion
+from stepjepa.tracking.registry import champion_registered, current_champion, register_champion
 from stepjepa.tracking.run import (
     MlflowTracker,
     NoopTracker,
@@ -88,6 +88,7 @@ __all__ = [
     "sweep_run",
     # registry
     "champion_registered",
+    "current_champion",
     "register_champion",
     # folders
     "backfill_training",

@@ -280,7 +280,7 @@ def log_hf_model(model: Any, tokenizer: Any, run_id: str, name: str = "model") -
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},
             name=name,
-            task="text-generation",
+            task="llm/v1/chat",  # messages in, the tokenizer's chat template applied, an answer out
             model_card=card,
             # Without explicit requirements MLflow infers them by importing torchvision.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],

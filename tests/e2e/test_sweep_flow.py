@@ -39,7 +39,7 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
         [client.get_experiment_by_name("sweep-test").experiment_id], "tags.`stepjepa.kind` = 'sweep'"
     )[0]
     assert parent.info.status == "FINISHED"  # a failed config does not fail the sweep
-    assert parent.info.run_name.startswith("sweep K=1 lambda=0.5,1e+39")
+    assert parent.info.run_name == "sweep K=1 lambda=0.5,1e+39 seeds=0 steps inline/cosine (params.yaml)"
     runs = {r.info.run_name: r for r in children(client, parent.info.run_id)}
     assert set(runs) == {"sft_s0", "k1_lam0.5_s0", "k1_lam1e+39_s0"}
     assert runs["k1_lam1e+39_s0"].info.status == "FAILED"
@@ -84,6 +84,8 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     version = client.get_model_version_by_alias("sj-test", "champion")
     assert version.tags["config"] == selected and version.tags["selected_on"] == "validation"
     assert version.tags["run_folder"] == summary["champion"]["run_folder"] and "beats_sft" in version.tags
+    assert summary["registry"] == version.tags["registry_outcome"] == f"first champion: version 1 ({selected})"
+    assert parent.data.tags["stepjepa.selected"] == selected
     pipe = mlflow.transformers.load_model("models:/sj-test@champion")
     assert isinstance(pipe("Betty has 5 apples.", max_new_tokens=4)[0]["generated_text"], str)
     assert (environment / "metrics/sweep/heatmap.png").stat().st_size > 1000
@@ -117,6 +119,14 @@ def test_queued_runs_wait_in_prefect_instead_of_running(environment):
     assert len(trains) == 3 and all(t.start_time and t.end_time for t in trains)
     for earlier, later in zip(trains, trains[1:]):
         assert later.start_time >= earlier.end_time, f"{later.name} was Running while {earlier.name} was"
+    # Issue 32: a config's MLflow run starts when its training does, not when the sweep does.
+    mlflow_client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = mlflow_client.get_experiment_by_name("sweep-test")
+    configs = mlflow_client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep-config'")
+    started = {r.info.run_name: r.info.start_time for r in configs}
+    for earlier, later in zip(trains, trains[1:]):
+        name = later.name.removeprefix("train ")
+        assert started[name] >= earlier.end_time.timestamp() * 1000 - 1000, f"{name}'s MLflow run started queued"
 
 
 def test_tracked_reports_hold_nothing_machine_specific(environment):
@@ -152,12 +162,16 @@ def test_rerun_skips_finished_configs(environment):
     configs = client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep-config'")
     assert len(configs) == 3, "child runs are reused, not duplicated"
     parents = client.search_runs([exp.experiment_id], "tags.`stepjepa.kind` = 'sweep'", order_by=["start_time ASC"])
-    assert len(parents) == 2
-    for run in configs:  # nested under the newest sweep, and both sweeps are remembered
-        assert run.data.tags["mlflow.parentRunId"] == parents[1].info.run_id
-        assert run.data.tags["stepjepa.sweeps"] == ",".join(p.info.run_id for p in parents)
+    # Issue 32: the same sweep again reuses its parent (no parent left without its runs).
+    (parent,) = parents
+    assert parent.data.tags["stepjepa.reruns"] == "1" and parent.info.status == "FINISHED"
+    for run in configs:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["stepjepa.sweeps"] == parent.info.run_id
     versions = client.search_model_versions("name = 'sj-test'")
     assert len(versions) == 1 and summary["champion_version"] == "1", "the same champion is not registered twice"
+    assert summary["registry"].startswith("champion unchanged: the sweep's best is the champion itself, version 1")
+    assert parent.data.tags["stepjepa.registry"] == summary["registry"]
 
 
 def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(environment):

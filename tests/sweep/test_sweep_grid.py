@@ -529,9 +529,26 @@ def test_the_parent_run_name_says_the_axes_and_the_design():
         ks=[1], lambdas=[0.1], axes={"loss": ["cosine", "mse"], "target_grad": [True, False]}, design="one_at_a_time"
     )
     assert _sweep_name(sweep) == (
-        "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine loss=cosine,mse target_grad=true,false one at a time"
+        "sweep K=1 lambda=0.1 seeds=0 steps inline/cosine loss=cosine,mse target_grad=true,false one at a time"
     )
-    assert _sweep_name(SweepConfig(ks=[1], lambdas=[0.1])) == "sweep K=1 lambda=0.1 seeds=1 steps inline/cosine"
+    assert _sweep_name(SweepConfig(ks=[1], lambdas=[0.1])) == "sweep K=1 lambda=0.1 seeds=0 steps inline/cosine"
+
+
+def test_parent_run_names_tell_sweeps_apart_by_their_seeds_and_what_differs_from_the_params_file():
+    """Issue 32: a seed-0 and a seed-1 sweep were both named `seeds=1` (the count)."""
+    from pipelines.sweep import _sweep_name
+
+    file = SweepConfig(ks=[1, 2], lambdas=[0.5], seeds=[0, 1])
+    assert (
+        _sweep_name(file, file, "conf/params.yaml")
+        == "sweep K=1,2 lambda=0.5 seeds=0,1 steps inline/cosine (params.yaml)"
+    )
+    ui = file.model_copy(update={"ks": [1], "seeds": [1], "overrides": {"eval.limit": 200}, "promote": True})
+    assert _sweep_name(ui, file) == (
+        'sweep K=1 lambda=0.5 seeds=1 steps inline/cosine (params.yaml but ks, seeds, overrides={"eval.limit": 200}, '
+        "promote=true)"
+    )
+    assert _sweep_name(ui, file) != _sweep_name(file.model_copy(update={"ks": [1], "seeds": [0]}), file)
 
 
 def test_the_library_fingerprint_covers_every_stage_but_tracking():

@@ -271,3 +271,93 @@ def test_owner_gone_reads_the_pid_and_its_start_time():
     assert tracking.owner_gone(me) is None
     assert tracking.owner_gone(me | {tracking.OWNER_PID: str(_dead_pid())}).endswith("gone")
     assert tracking.owner_gone(me, host="another-host") is None
+
+
+def _sweep(name: str, keys: list[str], identity: list[str] | None = None) -> tuple[str, list[str]]:
+    """A parent run named `name` with one child per cache key, as the sweep flow makes them."""
+    with tracking.sweep_run("sweeps", {"ks": [1]}, run_name=name, identity=identity) as parent:
+        children = [tracking.child_run("sweeps", parent, f"run-{key}", key) for key in keys]
+    return parent, children
+
+
+def _experiment(client) -> str:
+    return client.get_experiment_by_name("sweeps").experiment_id
+
+
+def test_the_same_sweep_again_reuses_its_parent_and_a_partly_reused_one_names_the_holder(tmp_path, monkeypatch):
+    """Issue 32: `make run` twice and a UI sweep over finished configs left parents without
+    children (every reused child moved to the newest parent)."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri())
+    first, children = _sweep("sweep seeds=0 (params.yaml)", ["a", "b"], identity=["ea", "eb"])
+    again, same = _sweep("sweep seeds=0 (params.yaml)", ["a", "b"], identity=["eb", "ea"])
+    assert again == first and same == children
+    # A config still to train gets no run until its training starts (the sweep then creates it).
+    assert tracking.child_run("sweeps", first, "run-later", "later", create=False) is None
+    assert not client.search_runs([_experiment(client)], "tags.`stepjepa.cache_key` = 'later'")
+    run = client.get_run(first)
+    assert run.info.status == "FINISHED" and run.data.tags["stepjepa.reruns"] == "1"
+
+    # A smaller sweep of one finished config and one new one: the finished child stays under
+    # the parent that trained it, which the new parent names.
+    other, (reused, new) = _sweep("sweep seeds=0 (params.yaml but ks)", ["a", "c"], identity=["ea", "ec"])
+    assert other != first and reused == children[0]
+    assert client.get_run(reused).data.tags["mlflow.parentRunId"] == first
+    assert client.get_run(reused).data.tags["stepjepa.sweeps"] == f"{first},{other}"
+    assert client.get_run(new).data.tags["mlflow.parentRunId"] == other
+    tags = client.get_run(other).data.tags
+    assert tags["stepjepa.children_in"] == first
+    assert "1 of this sweep's 2 runs were reused" in tags["mlflow.note.content"]
+    assert f"sweep seeds=0 (params.yaml) ({first})" in tags["mlflow.note.content"]
+
+    # A holder that was deleted no longer shows the run: the next sweep does.
+    client.delete_run(first)
+    last, (moved,) = _sweep("sweep seeds=0 ks=2", ["b"])
+    assert client.get_run(moved).data.tags["mlflow.parentRunId"] == last
+    assert "stepjepa.children_in" not in client.get_run(last).data.tags
+
+
+def test_the_parent_says_the_selected_config_why_and_the_registry(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from stepjepa.stats import SELECTION_RULE
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    summary = {"selected": "k1_lam0.5", "verdict": "too few seeds to tell", "registry": "first champion: version 1"}
+    with tracking.sweep_run("sweeps", {"ks": [1]}) as parent:
+        tracking.log_sweep_summary(parent, [{"config": "k1_lam0.5", "accuracy_strict": 0.5}], "| t |", [], summary)
+    tags = MlflowClient(tracking_uri()).get_run(parent).data.tags
+    assert tags["stepjepa.selected"] == "k1_lam0.5" and tags["stepjepa.selected_by"] == SELECTION_RULE
+    assert tags["stepjepa.registry"] == "first champion: version 1"
+    assert tags["mlflow.note.content"] == (
+        f"**Selected:** k1_lam0.5 ({SELECTION_RULE}); vs SFT: too few seeds to tell\n\n"
+        "**Registry:** first champion: version 1"
+    )
+
+
+def test_a_dead_sweep_ends_the_runs_it_reused_from_an_earlier_sweep(monkeypatch, tmp_path):
+    """A reused run stays nested under the sweep that trained it (issue 32); a dead sweep that
+    was resuming it still leaves it to the next sweep to end."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri())
+    exp = client.create_experiment("stale")
+    earlier = client.create_run(exp, run_name="earlier", tags={"stepjepa.kind": "sweep"}).info.run_id
+    client.set_terminated(earlier, status="FINISHED")
+    dead = client.create_run(
+        exp,
+        run_name="dead",
+        tags={"stepjepa.kind": "sweep"} | tracking.owner_tags() | {tracking.OWNER_PID: str(_dead_pid())},
+    ).info.run_id
+    reused = client.create_run(
+        exp, run_name="reused", tags={"mlflow.parentRunId": earlier, "stepjepa.sweeps": f"{earlier},{dead}"}
+    ).info.run_id
+
+    with tracking.sweep_run("stale", {"ks": [1]}):
+        pass
+
+    assert client.get_run(dead).info.status == "KILLED" and client.get_run(reused).info.status == "KILLED"
+    assert client.get_run(earlier).info.status == "FINISHED"
