@@ -28,6 +28,7 @@ Only orchestration lives here: what to run (`stepjepa.sweep.specs`), how to laun
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -97,9 +98,9 @@ def train_run(
         return {"run_dir": run_dir, "run_id": child_run_id}
     evaluate = None
     if eval_key is not None and config is not None:
-        folder = plan.eval_folder(out, SELECT_SPLIT)
+        shutil.rmtree(out / "eval", ignore_errors=True)  # a model trained anew: any old results are not its own
+        folder = plan.eval_folder(out, SELECT_SPLIT, eval_key)
         write_config(config_from_dict(config), folder / "config.yaml")
-        (folder / "metrics.json").unlink(missing_ok=True)  # a model trained anew: any old results are not its own
         evaluate = (
             folder,
             Path(paths["prepared"]) / f"{SELECT_SPLIT}.jsonl",
@@ -148,7 +149,7 @@ def evaluate_run(
     """Accuracy, held-out NLL and view diagnostics of one trained model on `split`, logged
     into its MLflow run under `split/`; nothing is generated again for a folder that has them."""
     run_dir = Path(trained["run_dir"])
-    out = plan.eval_folder(run_dir, split)
+    out = plan.eval_folder(run_dir, split, eval_key)
     if not plan.is_evaluated(run_dir, split, eval_key):
         config_file = write_config(config_from_dict(config), out / "config.yaml")
         with slots.acquire() as gpu:
@@ -173,7 +174,7 @@ def evaluate_run(
             f"the {split} results of {spec['name']}",
             lambda: tracking.log_split(trained["run_id"], split, out),
         )
-    return report.read_run_result(run_dir, split)
+    return report.read_run_result(run_dir, out)
 
 
 def _tracked(unlogged: tracking.Unlogged | None, what: str, call):

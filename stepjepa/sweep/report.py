@@ -64,14 +64,15 @@ def read_eval_folder(folder: Path) -> dict[str, Any]:
     return {"metrics": metrics, "correct_strict": correct, "heldout": heldout}
 
 
-def read_run_result(run_dir: Path, split: str) -> dict[str, Any]:
-    """What the summary needs of one run on `split`, plus its training history."""
+def read_run_result(run_dir: Path, eval_dir: Path) -> dict[str, Any]:
+    """What the summary needs of one run's evaluation in `eval_dir` (`specs.eval_folder`: one
+    split with one setting), plus the run's training history."""
     history = (
         [json.loads(line) for line in _lines(run_dir / "metrics.jsonl")]
         if (run_dir / "metrics.jsonl").is_file()
         else []
     )
-    return read_eval_folder(run_dir / "eval" / split) | {"history": history}
+    return read_eval_folder(eval_dir) | {"history": history}
 
 
 def _lines(path: Path) -> list[str]:

@@ -316,15 +316,33 @@ def is_trained(run_dir: Path) -> bool:
     return (run_dir / "model" / "config.json").is_file() and (run_dir / "metrics.jsonl").is_file()
 
 
-def eval_folder(run_dir: Path, split: str) -> Path:
-    return run_dir / "eval" / split
+def eval_folder(run_dir: Path, split: str, eval_key: str) -> Path:
+    """Where the evaluation of `split` with the settings `eval_key` stands for is, or goes:
+    `eval/<split>-<key[:8]>/`, one folder per setting side by side, so that switching
+    `eval.limit` back and forth evaluates each setting once. An evaluation of the old layout
+    (`eval/<split>/`, one per run folder: run folders already on disk or in a DVC cache)
+    with the same settings is read where it is."""
+    legacy = run_dir / "eval" / split
+    if _marker_is(legacy, eval_key):
+        return legacy
+    return run_dir / "eval" / f"{split}-{eval_key[:8]}"
+
+
+def _marker_is(folder: Path, eval_key: str) -> bool:
+    marker = folder / "eval_key"
+    return marker.is_file() and marker.read_text().strip() == eval_key
 
 
 def is_evaluated(run_dir: Path, split: str, eval_key: str) -> bool:
     """`split` was evaluated with the settings `eval_key` stands for (marker written last)."""
-    marker = eval_folder(run_dir, split) / "eval_key"
-    return marker.is_file() and marker.read_text().strip() == eval_key
+    return _marker_is(eval_folder(run_dir, split, eval_key), eval_key)
 
 
 def mark_evaluated(run_dir: Path, split: str, eval_key: str) -> None:
-    (eval_folder(run_dir, split) / "eval_key").write_text(eval_key + "\n")
+    (eval_folder(run_dir, split, eval_key) / "eval_key").write_text(eval_key + "\n")
+
+
+def evaluation_key(folder: Path) -> str | None:
+    """The settings key of a complete evaluation folder (either layout), None if incomplete."""
+    marker = folder / "eval_key"
+    return marker.read_text().strip() if marker.is_file() else None

@@ -4,9 +4,11 @@ tiny model trained by real `accelerate launch` processes. One config is made to 
 
 import json
 import os
+from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.support.projects import PATHS, make_sweep_project
@@ -72,7 +74,8 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     tested = {name for name, run in runs.items() if any(k.startswith("test/") for k in run.data.metrics)}
     assert tested == {f"{selected}_s0", "sft_s0"}
     assert {
-        p.parent.parent.parent.name.split("-")[0] for p in environment.glob("runs/sweep/*/eval/test/predictions.jsonl")
+        p.parent.parent.parent.name.split("-")[0]
+        for p in environment.glob("runs/sweep/*/eval/test-*/predictions.jsonl")
     } == {f"{selected}_s0", "sft_s0"}
     assert "sft_accuracy_strict" in summary["test"] and "champion_accuracy_strict" in summary["test"]
     assert summary["champion"] == {
@@ -138,8 +141,8 @@ def test_rerun_skips_finished_configs(environment):
     # Validation is evaluated by the training process, with the model it just saved: no
     # second process; only the test split (read once) gets an evaluation process.
     assert log.read_text().count("evaluating ") == 1 and " evaluate validation " in log.read_text()
-    assert not list(environment.glob("runs/sweep/*/eval/validation/evaluate.log"))
-    (eval_log,) = environment.glob("runs/sweep/sft_s0-*/eval/test/evaluate.log")
+    assert not list(environment.glob("runs/sweep/*/eval/validation*/evaluate.log"))
+    (eval_log,) = environment.glob("runs/sweep/sft_s0-*/eval/test-*/evaluate.log")
     launches, evals = log.read_text().count("$ "), eval_log.read_text().count("$ ")
     before = (environment / "metrics/sweep/summary.json").read_text()
     summary = step_jepa_sweep(**PATHS)
@@ -215,3 +218,46 @@ def test_prefect_waits_longer_for_its_temporary_server():
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "120"
+
+
+def evaluations(project) -> dict[str, int]:
+    """Evaluation processes started so far, per evaluation folder (`$ ` opens each command in
+    its log), and the validation evaluations training processes ran in-process."""
+    counts = {
+        str(p.parent.relative_to(project)): p.read_text().count("$ ")
+        for p in project.glob("runs/*/*/eval/*/evaluate.log")
+    }
+    counts["in training"] = sum(p.read_text().count("evaluating ") for p in project.glob("runs/*/*/train.log"))
+    return counts
+
+
+def test_each_evaluation_setting_is_evaluated_once_side_by_side(environment):
+    """Issue 32: eval.limit 6 -> 3 -> 6 -> 3 evaluates each setting once, in folders side by side."""
+    from pipelines.sweep import step_jepa_sweep
+
+    params = environment / "params.yaml"
+    original = params.read_text()
+    only = {"lambdas": [0.5]}  # the configs that train (the overflowing one would retrain each time)
+    try:
+        step_jepa_sweep(sweep=only, **PATHS)  # limit 6: evaluated by the sweeps above
+        before = evaluations(environment)
+        tree = yaml.safe_load(original)
+        tree["eval"]["limit"] = 3
+        params.write_text(yaml.safe_dump(tree))
+        step_jepa_sweep(sweep=only, **PATHS)
+        after_first_switch = evaluations(environment)
+        new = {k: v for k, v in after_first_switch.items() if before.get(k) != v}
+        # validation of sft and k1_lam0.5, test of the selected config and of sft (one if it is sft)
+        assert len(new) in (3, 4) and all(v == 1 for v in new.values()), new
+        assert all("-" in Path(k).name for k in new), "a new setting gets a folder of its own"
+        params.write_text(original)
+        step_jepa_sweep(sweep=only, **PATHS)
+        tree["eval"]["limit"] = 3
+        params.write_text(yaml.safe_dump(tree))
+        summary = step_jepa_sweep(sweep=only, **PATHS)
+        assert evaluations(environment) == after_first_switch, "a setting evaluated before was evaluated again"
+        assert summary["test"] and summary["validation"]
+        for run in environment.glob("runs/sweep/sft_s0-*"):
+            assert len(list(run.glob("eval/validation*/eval_key"))) == 2, "both settings side by side"
+    finally:
+        params.write_text(original)

@@ -560,3 +560,28 @@ def test_a_change_in_a_stage_module_changes_the_fingerprint(tmp_path, monkeypatc
     assert specs.data_fingerprint([data]) == before
     (library / "method/forward.py").write_text("# a method change\n")
     assert specs.data_fingerprint([data]) != before
+
+
+# --- Evaluations: one folder per split and setting, the old layout still read -------------
+
+
+def test_each_evaluation_setting_has_its_own_folder_and_the_old_layout_is_still_read(tmp_path):
+    from stepjepa.sweep.specs import eval_folder, evaluation_key, is_evaluated, mark_evaluated
+
+    run = tmp_path / "k1_lam0.5_s0-abcdef12"
+    first, second = "1" * 32, "2" * 32
+    assert eval_folder(run, "validation", first) == run / "eval" / "validation-11111111"
+    for key in (first, second):
+        assert not is_evaluated(run, "validation", key)
+        eval_folder(run, "validation", key).mkdir(parents=True)
+        mark_evaluated(run, "validation", key)
+    assert is_evaluated(run, "validation", first) and is_evaluated(run, "validation", second)
+    assert not is_evaluated(run, "test", first), "a split is its own evaluation"
+    # A run folder from before (on disk, in a DVC cache): eval/<split>/ with its marker.
+    old = tmp_path / "sft_s0-12345678"
+    (old / "eval" / "test").mkdir(parents=True)
+    (old / "eval" / "test" / "eval_key").write_text(first + "\n")
+    assert is_evaluated(old, "test", first) and eval_folder(old, "test", first) == old / "eval" / "test"
+    assert evaluation_key(old / "eval" / "test") == first
+    assert not is_evaluated(old, "test", second)
+    assert eval_folder(old, "test", second) == old / "eval" / "test-22222222", "another setting beside it"
