@@ -263,6 +263,8 @@ def step_jepa_sweep(
     sweep_config = plan.choose(base, sweep, params_file)
     specs = plan.expand_grid(sweep_config)
     configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
+    for line in plan.replaced_settings(base, sweep_config, specs, params_file):
+        logger.warning(line)
     paths = {
         "train_data": str(Path(tokenized) / "train.parquet"),
         "tokenized": str(Path(tokenized)),

@@ -585,3 +585,49 @@ def test_each_evaluation_setting_has_its_own_folder_and_the_old_layout_is_still_
     assert evaluation_key(old / "eval" / "test") == first
     assert not is_evaluated(old, "test", second)
     assert eval_folder(old, "test", second) == old / "eval" / "test-22222222", "another setting beside it"
+
+
+# --- Train keys the sweep replaces: one warning each, naming the sweep key ---------------
+
+
+def _replaced(train: dict, sweep: dict | None = None) -> list[str]:
+    from stepjepa.sweep.specs import replaced_settings
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base["train"] |= train
+    base["sweep"] |= sweep or {}
+    config = config_from_dict(base).sweep
+    return replaced_settings(base, config, expand_grid(config), "params.yaml")
+
+
+def test_the_shipped_params_file_spells_out_defaults_and_warns_of_nothing():
+    assert _replaced({}) == []
+
+
+@pytest.mark.parametrize(
+    ("train", "sweep_key"),
+    [
+        ({"k": 1}, "sweep.ks"),
+        ({"lambda": 0.5}, "sweep.lambdas"),
+        ({"seed": 3}, "sweep.seeds"),
+        ({"loss": "mse"}, "sweep.loss"),
+        ({"layout": "two_pass"}, "sweep.layout"),
+        ({"views": "user_assistant", "layout": "packed"}, "sweep.views"),
+        ({"experiment": "mine"}, "sweep.experiment"),
+    ],
+)
+def test_a_train_key_the_sweep_replaces_is_one_line_naming_the_sweep_key(train, sweep_key):
+    key = next(iter(train))
+    lines = [line for line in _replaced(train) if line.startswith(f"train.{key}:")]
+    assert len(lines) == 1, _replaced(train)
+    assert "params.yaml" in lines[0] and f"set {sweep_key} instead" in lines[0] and "\n" not in lines[0]
+
+
+def test_no_warning_when_every_run_gets_the_value_or_an_axis_names_its_own_key():
+    assert _replaced({"k": 1}, {"ks": [1]}) == [], "SFT's K = 0 is not a replaced value"
+    assert _replaced({"seed": 3, "loss": "mse"}, {"seeds": [3], "loss": "mse"}) == []
+    (line,) = _replaced({"loss": "mse"}, {"axes": {"loss": ["cosine", "infonce"]}})
+    assert line.startswith('train.loss: "mse"') and "set sweep.axes.loss instead" in line
+    (line,) = _replaced({"target_grad": False}, {"axes": {"target_grad": [True]}})
+    assert "sweep.axes.target_grad" in line
+    assert _replaced({"max_steps": 3, "learning_rate": 0.5}) == [], "keys the sweep leaves alone are the runs'"
