@@ -50,13 +50,15 @@ from prefect.utilities.annotations import allow_failure  # noqa: E402
 from pipelines.prefect_server import start_temporary_server  # noqa: E402
 from stepjepa import tracking
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
-from stepjepa.sweep import plots, report
+from stepjepa.sweep import plots, report, runstore
 from stepjepa.sweep import specs as plan  # noqa: E402
 from stepjepa.sweep.specs import RunResult, SweepChoices
 from stepjepa.training import launch  # noqa: E402
 from stepjepa.vocabulary import SFT
 
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
+# The sweep stage's DVC out (dvc.yaml), and the run store of every other sweep (docs/sweeps.md).
+STAGE_RUNS, STORE = "runs/sweep", "runs/store"
 UNLOGGED = "unlogged.json"  # in the report folder: what MLflow still lacks (`_note_unlogged`)
 
 
@@ -145,10 +147,23 @@ def evaluate_run(
     slots: launch.DeviceSlots,
     cwd: str | None = None,
     unlogged: tracking.Unlogged | None = None,
+    home: str | None = None,
+    elsewhere: tuple[str, ...] = (),
 ) -> dict:
     """Accuracy, held-out NLL and view diagnostics of one trained model on `split`, logged
-    into its MLflow run under `split/`; nothing is generated again for a folder that has them."""
-    run_dir = Path(trained["run_dir"])
+    into its MLflow run under `split/`; nothing is generated again for a folder that has them.
+
+    `home` is where this sweep may write (default: the trained run folder) and `elsewhere`
+    other sweeps' folders of the same run, read only: an evaluation found in any of them is
+    reused; a new one of a run trained elsewhere is made on a linked copy in `home`."""
+    places = list(dict.fromkeys(Path(p) for p in (trained["run_dir"], home or trained["run_dir"], *elsewhere)))
+    run_dir = next((p for p in places if plan.is_evaluated(p, split, eval_key)), None)
+    if run_dir is None:
+        run_dir = Path(home or trained["run_dir"])
+        if run_dir != Path(trained["run_dir"]) and not plan.is_trained(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            runstore.linked_copy(Path(trained["run_dir"]), run_dir)
+            get_run_logger().info("%s: evaluating a linked copy in %s", spec["name"], run_dir)
     out = plan.eval_folder(run_dir, split, eval_key)
     if not plan.is_evaluated(run_dir, split, eval_key):
         config_file = write_config(config_from_dict(config), out / "config.yaml")
@@ -241,6 +256,8 @@ def step_jepa_sweep(
     prepared: str,
     runs_dir: str,
     report_dir: str,
+    store: str | None = None,
+    reuse: list[str] | None = None,
 ) -> dict:
     """The sweep of `params_file`'s `sweep` section, with the fields of `sweep` that are set
     in place of the file's.
@@ -254,11 +271,23 @@ def step_jepa_sweep(
             validation and test give held-out NLL.
         prepared: The prepare stage's folder of {split}.jsonl questions: validation selects
             the champion; test is read once.
-        runs_dir: Folder of the run folders; a finished run there is reused, not trained again.
+        runs_dir: Folder of the run folders this sweep trains and evaluates in; a finished run
+            there is reused, not trained again. The DVC stage's is runs/sweep (its out); every
+            other sweep's, a served deployment's included, the run store runs/store.
         report_dir: Where the table, summary and plots go (metrics/sweep is DVC's; a served
             deployment uses reports/NAME).
+        store: The DVC stage only (runs_dir runs/sweep): the run store, from which finished runs
+            are taken instead of trained, and to which the run folders and evaluations this
+            sweep does not use are moved once it ends, so that runs_dir holds exactly this
+            sweep. Empty: none.
+        reuse: Other sweeps' folders of run folders (a served deployment: runs/sweep), whose
+            finished runs and evaluations are reused without writing into them: a new
+            evaluation of one is made on a linked copy in runs_dir.
     """
     logger = get_run_logger()
+    if store and Path(store).resolve() == Path(runs_dir).resolve():
+        store = None  # a sweep in the store itself: nothing to take in or move out
+    reuse = [folder for folder in reuse or () if Path(folder).resolve() != Path(runs_dir).resolve()]
     base = yaml.safe_load(Path(params_file).read_text())
     sweep_config = plan.choose(base, sweep, params_file)
     specs = plan.expand_grid(sweep_config)
@@ -298,8 +327,12 @@ def step_jepa_sweep(
         runs = {}
         for spec in specs:
             config = configs[spec.name]
-            key = plan.cache_key(config, fingerprint)
-            run_dir = plan.run_folder(runs_dir, spec, key)
+            key, eval_key = plan.cache_key(config, fingerprint), plan.eval_cache_key(config, fingerprint)
+            home = plan.run_folder(runs_dir, spec, key)
+            if store and (taken := runstore.take_in(home, Path(store) / home.name, eval_key)):
+                logger.info("taken from the run store: %s", taken)
+            elsewhere = [Path(folder) / home.name for folder in reuse or ()]
+            run_dir = next((p for p in (home, *elsewhere) if plan.is_trained(p)), home)
             if not plan.is_trained(run_dir):
                 write_config(config, run_dir / "config.yaml")
             child = parent and unlogged.attempt(
@@ -311,8 +344,10 @@ def step_jepa_sweep(
             runs[spec.name] = dict(
                 spec=spec,
                 key=key,
-                eval_key=plan.eval_cache_key(config, fingerprint),
+                eval_key=eval_key,
                 run_dir=str(run_dir),
+                home=str(home),
+                elsewhere=tuple(map(str, elsewhere)),
                 child=child,
                 config=config,
             )
@@ -320,7 +355,16 @@ def step_jepa_sweep(
         rows = report.summarize(validation)
         best = report.best_config(rows)
         tested = _test_once(runs, specs, validation, best, paths, sweep_config, slots, logger, unlogged) if best else []
-        return _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir), unlogged)
+        summary = _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir), unlogged)
+    if store:
+        read = {(r.spec.name, TEST_SPLIT) for r in tested} | {(name, SELECT_SPLIT) for name in runs}
+        keep = {
+            Path(run["home"]).name: {(split, run["eval_key"]) for name, split in read if name == spec_name}
+            for spec_name, run in runs.items()
+        }
+        for line in runstore.move_out(Path(runs_dir), Path(store), keep):
+            logger.info("moved to the run store %s: %s", store, line)
+    return summary
 
 
 def _sweep_name(sweep: SweepConfig) -> str:
@@ -366,7 +410,17 @@ def _submit(
         )
         queue = {}
     return trained, evaluate_run.submit(
-        spec_d, trained, split, run["eval_key"], paths, config, slots, unlogged=unlogged, **queue
+        spec_d,
+        trained,
+        split,
+        run["eval_key"],
+        paths,
+        config,
+        slots,
+        unlogged=unlogged,
+        home=run["home"],
+        elsewhere=run["elsewhere"],
+        **queue,
     )
 
 
@@ -569,6 +623,13 @@ def _exit_code(summary: dict) -> int:
     return 0 if summary.get("champion") and not summary.get("unlogged") else 1
 
 
+def _run_places(runs_dir: str, store: str) -> dict:
+    """The DVC stage's sweep is assembled from the store; any other reuses both places."""
+    if Path(runs_dir) == Path(STAGE_RUNS):
+        return {"store": store, "reuse": []}
+    return {"store": None, "reuse": [d for d in (STAGE_RUNS, store) if Path(d) != Path(runs_dir)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The defaults are the paths dvc.yaml's sweep stage passes: `make run`'s --reconcile and a
@@ -576,7 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--tokenized", default="data/tokenized", help="the tokenize stage's {split}.parquet folder")
     parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's {split}.jsonl folder")
-    parser.add_argument("--runs-dir", default="runs/sweep")
+    parser.add_argument(
+        "--runs-dir",
+        help=f"default: {STAGE_RUNS} (the DVC stage's out); {STORE} with --serve. The stage's folder is "
+        "assembled from the store (finished runs taken, others moved there); any other folder reuses "
+        "the stage's and the store's finished runs without writing into them",
+    )
+    parser.add_argument("--store", default=STORE, help="the run store shared by every sweep that is not the DVC stage")
     parser.add_argument(
         "--report-dir",
         help="default: metrics/sweep (DVC's); reports/NAME with --serve, so that a "
@@ -599,13 +666,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
     report_dir = args.report_dir or (f"reports/{args.name}" if args.serve else "metrics/sweep")
+    runs_dir = args.runs_dir or (STORE if args.serve else STAGE_RUNS)
     params = {
         "params_file": args.params,
         "tokenized": args.tokenized,
         "prepared": args.prepared,
-        "runs_dir": args.runs_dir,
+        "runs_dir": runs_dir,
         "report_dir": report_dir,
-    }
+    } | _run_places(runs_dir, args.store)
     if args.deploy:
         # The worker runs the flow from this checkout (a process pool); a docker or kubernetes
         # pool runs the same entrypoint inside the worker image (docs/scaling-out.md).

@@ -257,6 +257,56 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, 
     assert run(["git", "status", "--porcelain"], repo, env) == ""
 
 
+# A sweep that is not the DVC stage, as a served deployment runs it (its runs in the store,
+# the stage's reused), with the Prefect form's `sweep` choices.
+OTHER_SWEEP = """
+from pipelines.prefect_server import start_temporary_server
+from pipelines.sweep import STORE, _run_places, step_jepa_sweep
+start_temporary_server()
+step_jepa_sweep(sweep={"seeds": [1]}, params_file="params.yaml", tokenized="data/tokenized",
+                prepared="data/prepared", runs_dir=STORE, report_dir="reports/other", **_run_places(STORE, STORE))
+"""
+
+
+def launches(repo: Path) -> dict[str, int]:
+    """Training processes started per run (`$ ` opens each command in train.log), wherever the run is."""
+    return {p.parent.name: p.read_text().count("$ ") for p in repo.glob("runs/*/*/train.log")}
+
+
+def test_other_sweeps_share_the_runs_but_the_stage_holds_exactly_the_params_files_sweep(published):
+    """Issue 32: another sweep (seed 1) trains in the run store and leaves the stage's out and
+    `dvc status` alone; the stage, asked for seeds 0 and 1, takes the seed-1 runs from the
+    store instead of training them; back to seed 0, it moves them out again and dvc.lock and
+    metrics/ are what they were."""
+    repo, source, _ = published
+    env = environment(repo, source)
+    stage_runs = sorted(p.name for p in (repo / "runs/sweep").iterdir())
+    run([sys.executable, "-c", OTHER_SWEEP], repo, env)
+    assert sorted(p.name for p in (repo / "runs/sweep").iterdir()) == stage_runs
+    assert sorted(p.name.split("-")[0] for p in (repo / "runs/store").iterdir()) == ["k1_lam0.5_s1", "sft_s1"]
+    status = run(["dvc", "status"], repo, env)
+    assert "up to date" in status or status.strip() == "", status
+    trained = launches(repo)
+    params = (repo / "params.yaml").read_text()
+    tree = yaml.safe_load(params)
+    tree["sweep"]["seeds"] = [0, 1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree))
+    try:
+        out = run(["dvc", "repro"], repo, env)
+        assert "taken from the run store" in out
+        assert launches(repo) == trained, "the stage trained a run the store held"
+        assert len(list((repo / "runs/sweep").iterdir())) == 4 and not list((repo / "runs/store").iterdir())
+    finally:
+        (repo / "params.yaml").write_text(params)
+    out = run(["dvc", "repro"], repo, env)
+    assert "moved to the run store" in out
+    assert sorted(p.name for p in (repo / "runs/sweep").iterdir()) == stage_runs
+    # (and a seed-0 run whose test split the two-seed selection read, with that evaluation)
+    assert {"k1_lam0.5_s1", "sft_s1"} <= {p.name.split("-")[0] for p in (repo / "runs/store").iterdir()}
+    assert launches(repo) == trained
+    assert run(["git", "status", "--porcelain"], repo, env) == "", "dvc.lock and metrics/ hold the params file's sweep"
+
+
 def test_param_change_reruns_only_what_it_affects(published):
     """On the author, last: the clones above were made from its commit."""
     repo, source, _ = published
