@@ -45,6 +45,8 @@ from stepjepa.stats import (
     paired_bootstrap,
     paired_mean_bootstrap,
     paired_t_interval,
+    reported,
+    reported_tree,
     seed_verdicts,
 )
 from stepjepa.sweep.specs import RunResult
@@ -411,7 +413,7 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     validation (`VERDICT_RULE`). Every config's numbers are in table.md, accuracy.json and
     verdicts.json (`verdict_records`)."""
     keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
-    pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
+    pick = {r["config"]: {k: reported(k, float(r[k])) for k in keep if r.get(k) is not None} for r in rows}
     out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
     if SFT in pick:
         out[SFT] = pick[SFT]
@@ -424,7 +426,7 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
         }
     if test:
         out["test"] = {
-            k: round(v, 6) if isinstance(v, float) else v
+            k: reported(k, v)
             for k, v in test.items()
             if k
             in ("champion_accuracy_strict", "sft_accuracy_strict", "vs_sft_delta", "vs_sft_p_value", "vs_sft_verdict")
@@ -471,7 +473,7 @@ def verdict_records(rows: list[dict]) -> list[dict[str, Any]]:
             ):
                 value = row.get(f"{vs}_{key}")
                 if value is not None and not np.isnan(value):
-                    record[name] = float(f"{value:.6g}")  # significant digits: a p-value can be 1e-9
+                    record[name] = reported(name, float(value))  # a p-value by significant digits: it can be 1e-9
             out.append(record | where)
     return out
 
@@ -495,10 +497,17 @@ def write_plot_data(rows: list[dict], results: list[RunResult], folder: Path) ->
         for r in rows
         if METRIC in r
     ]
-    (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
+    (folder / "accuracy.json").write_text(json.dumps(reported_tree(table), indent=1) + "\n")
     (folder / "verdicts.json").write_text(json.dumps(verdict_records(rows), indent=1) + "\n")
     curves = [
-        {"run": r.spec.name, "step": h["step"], "lm_loss": h.get("lm_loss"), "val_step2_nll": h.get("val_step2_nll")}
+        reported_tree(
+            {
+                "run": r.spec.name,
+                "step": h["step"],
+                "lm_loss": h.get("lm_loss"),
+                "val_step2_nll": h.get("val_step2_nll"),
+            }
+        )
         for r in results
         if r.completed
         for h in r.history
