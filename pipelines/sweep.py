@@ -44,6 +44,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import wait  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import allow_failure  # noqa: E402
 
@@ -289,9 +290,14 @@ def step_jepa_sweep(
         store = None  # a sweep in the store itself: nothing to take in or move out
     reuse = [folder for folder in reuse or () if Path(folder).resolve() != Path(runs_dir).resolve()]
     base = yaml.safe_load(Path(params_file).read_text())
-    sweep_config = plan.choose(base, sweep, params_file)
-    specs = plan.expand_grid(sweep_config)
-    configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
+    try:
+        sweep_config = plan.choose(base, sweep, params_file)
+        specs = plan.expand_grid(sweep_config)
+        configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
+    except ConfigError as err:
+        # A bad parameter is the caller's mistake, not the code's: the flow run fails with one
+        # line naming it (no traceback in its log); calling the flow still raises it.
+        return Failed(message=str(err), data=err)
     for line in plan.replaced_settings(base, sweep_config, specs, params_file):
         logger.warning(line)
     paths = {

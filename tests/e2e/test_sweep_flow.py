@@ -191,6 +191,24 @@ def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(en
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{environment}/mlflow.db"
 
 
+def flow_run_log(environment) -> list[str]:
+    """The log lines of the newest step-jepa-sweep flow run, as the Prefect UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["step-jepa-sweep"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    return [log.message for log in logs]
+
+
 def test_bad_parameters_are_rejected_before_training(environment):
     from prefect.exceptions import ParameterTypeError
 
@@ -200,6 +218,10 @@ def test_bad_parameters_are_rejected_before_training(environment):
     for bad in [{"ks": []}, {"ks": [-1]}, {"lambdas": [float("nan")]}]:
         with pytest.raises(ConfigError, match="params.yaml with flow parameters " + next(iter(bad))):
             step_jepa_sweep(sweep=bad, **PATHS)
+    # The flow run's log (the Prefect UI's) says it in one line, without a traceback (issue 32).
+    lines = flow_run_log(environment)
+    assert not any("Traceback" in line for line in lines), lines
+    assert sum("params.yaml with flow parameters lambdas" in line for line in lines) == 1, lines
     for bad in [{"lambdas": ["abc"]}, {"layout": "sideways"}, {"kss": [1]}]:  # not the field's type, or no field
         with pytest.raises(ParameterTypeError):
             step_jepa_sweep(sweep=bad, **PATHS)
