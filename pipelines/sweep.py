@@ -66,7 +66,7 @@ UNLOGGED = "unlogged.json"  # in the report folder: what MLflow still lacks (`_n
 # Not cached by Prefect: the run folders are the cache (named by `stepjepa.sweep.specs`'s keys,
 # whichever machine or Prefect server asks), and the device slots a task is handed (a
 # queue with its locks) cannot be hashed into a Prefect cache key.
-@task(task_run_name="train {spec[name]}", cache_policy=NO_CACHE)
+@task(name="train", task_run_name="train {spec[name]}", cache_policy=NO_CACHE)
 def train_run(
     spec: dict,
     run_dir: str,
@@ -137,7 +137,7 @@ def train_run(
     return {"run_dir": run_dir, "run_id": child_run_id}
 
 
-@task(task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
+@task(name="evaluate", task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
 def evaluate_run(
     spec: dict,
     trained: dict,
@@ -222,7 +222,7 @@ def step_jepa_config(
     evaluate_run.fn(spec, trained, split, eval_key, paths, config, slots, cwd=str(here))
 
 
-@task(task_run_name="dispatch {spec[name]} ({split})")
+@task(name="dispatch", task_run_name="dispatch {spec[name]} ({split})")
 def dispatch_run(
     spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict, deployment: str
 ) -> dict:
@@ -398,13 +398,16 @@ def _submit(
     """(training future or None, evaluation future) of one run on `split`; the training (or,
     given `trained`, the evaluation) waits for the future `after` to end, however it ends."""
     spec_d, config = run["spec"].as_dict(), run["config"].model_dump(mode="json", by_alias=True)
+    # Prefect names a task run `<task name>-<key>` until it starts, and by `task_run_name` only
+    # then: a task named after its run reads `train k1_lam0.5_s0-557` while it waits in the queue.
+    name = spec_d["name"]
     if sweep.launcher == "work_pool":  # the work pool's own concurrency decides what runs when
-        return None, dispatch_run.with_options(retries=sweep.retries).submit(
+        return None, dispatch_run.with_options(name=f"dispatch {name} ({split})", retries=sweep.retries).submit(
             spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment
         )
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process
-        trained = train_run.with_options(retries=sweep.retries).submit(
+        trained = train_run.with_options(name=f"train {name}", retries=sweep.retries).submit(
             spec_d,
             run["run_dir"],
             paths,
@@ -415,7 +418,7 @@ def _submit(
             **queue,
         )
         queue = {}
-    return trained, evaluate_run.submit(
+    return trained, evaluate_run.with_options(name=f"evaluate {name} on {split}").submit(
         spec_d,
         trained,
         split,

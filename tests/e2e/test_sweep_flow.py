@@ -2,8 +2,12 @@
 tiny model trained by real `accelerate launch` processes. One config is made to fail
 (lambda = 1e39 overflows the loss to inf) to prove that the others still finish."""
 
+import contextlib
+import contextvars
 import json
 import os
+import re
+import threading
 from pathlib import Path
 
 import mlflow
@@ -28,10 +32,37 @@ def children(client, parent_id):
     return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
+@contextlib.contextmanager
+def task_run_names():
+    """Every name a task run of the Prefect server had while the block ran (polled): what the
+    UI showed, queued (Pending) runs included."""
+    from prefect.client.orchestration import get_client
+
+    seen, stop = set(), threading.Event()
+
+    def poll():
+        with get_client(sync_client=True) as client:
+            while not stop.is_set():
+                seen.update(t.name for t in client.read_task_runs())
+                stop.wait(0.2)
+
+    # The harness's API URL is a context setting: the thread runs in a copy of this context.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(poll,), daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure(environment):
     from pipelines.sweep import _exit_code, step_jepa_sweep
 
-    summary = step_jepa_sweep(**PATHS)
+    with task_run_names() as names:
+        summary = step_jepa_sweep(**PATHS)
+    # Readable in the UI from the start, queued ones too (issue 32: `train_run-557`).
+    assert names and all(re.match(r"(train|evaluate) (sft|k1)_", name) for name in names), names
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert summary["configs"] == 3 and summary["failed_runs"] == 1 and summary["failed"] == ["k1_lam1e+39_s0"]
     accuracy = json.loads((environment / "metrics/sweep/accuracy.json").read_text())
