@@ -7,7 +7,7 @@ its model is registered in MLflow with alias `champion`.
         --prepared data/prepared --runs-dir runs/sweep --report-dir metrics/sweep  # the DVC stage
     python -m pipelines.sweep --reconcile      # register the champion of the run folders in
                                                # this MLflow store
-    python -m pipelines.sweep --serve          # a UI-triggerable deployment
+    python -m pipelines.sweep --serve          # a UI-triggerable deployment (runs in runs/store)
 
 Paths come from the command line (dvc.yaml names them; the defaults are the same paths), the
 sweep's choices from the params file's `sweep` section, or from the flow run's `sweep`
@@ -17,6 +17,9 @@ The run folders (`runs/sweep/<config>_s<seed>-<key>/`) are the sweep's products,
 out: a config whose folder holds a finished model (and evaluation) is not trained (or
 evaluated) again, whichever machine, tracking store or Prefect server asks. MLflow is
 brought up to date from the folders when it lacks a run (a new store, another server).
+`runs/sweep` holds exactly the params file's sweep; every other sweep (a served deployment's)
+works in the run store `runs/store` and reuses the stage's runs without writing into them
+(`stepjepa.sweep.runstore`).
 
 Only orchestration lives here: what to run (`stepjepa.sweep.specs`), how to launch it
 (`stepjepa.training.launch`), the statistics and plots (`stepjepa.sweep.report`) and MLflow
