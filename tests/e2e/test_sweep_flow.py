@@ -296,9 +296,12 @@ def test_each_evaluation_setting_is_evaluated_once_side_by_side(environment):
         before = evaluations(environment)
         tree = yaml.safe_load(original)
         tree["eval"]["limit"] = 3
+        tree["train"]["k"] = 3  # as `dvc exp run -S train.k=3` would: the sweep sets K itself
         params.write_text(yaml.safe_dump(tree))
         step_jepa_sweep(sweep=only, **PATHS)
         after_first_switch = evaluations(environment)
+        warned = [line for line in flow_run_log(environment) if line.startswith("train.k")]
+        assert len(warned) == 1 and "set sweep.ks instead" in warned[0], warned
         new = {k: v for k, v in after_first_switch.items() if before.get(k) != v}
         # validation of sft and k1_lam0.5, test of the selected config and of sft (one if it is sft)
         assert len(new) in (3, 4) and all(v == 1 for v in new.values()), new
