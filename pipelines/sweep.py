@@ -203,10 +203,19 @@ def _tracked(unlogged: tracking.Unlogged | None, what: str, call):
 
 @flow(name="step-jepa-config", log_prints=True)
 def step_jepa_config(
-    spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict, workdir: str
+    spec: dict,
+    run_dir: str,
+    paths: dict,
+    child_run_id: str,
+    split: str,
+    eval_key: str,
+    config: dict,
+    workdir: str,
+    home: str | None = None,
 ) -> None:
     """One config on a work-pool worker: trained (unless its folder holds the model) and
-    evaluated on `split`; the sweep reads the results back from MLflow."""
+    evaluated on `split`; the sweep reads the results back from MLflow. `home`: the sweep's
+    own folder of a run it reuses from another sweep's (`evaluate_run`)."""
     # Paths are relative to the sweep's folder. A worker on the same machine works there; a
     # worker elsewhere (a cluster image) has no such folder and uses its own checkout. The
     # runs' processes work there too: their configs name the model by a relative path.
@@ -222,12 +231,21 @@ def step_jepa_config(
         *((eval_key, config) if split == SELECT_SPLIT else (None, None)),
         cwd=str(here),
     )
-    evaluate_run.fn(spec, trained, split, eval_key, paths, config, slots, cwd=str(here))
+    where = {"home": str(here / home)} if home else {}
+    evaluate_run.fn(spec, trained, split, eval_key, paths, config, slots, cwd=str(here), **where)
 
 
 @task(name="dispatch", task_run_name="dispatch {spec[name]} ({split})")
 def dispatch_run(
-    spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict, deployment: str
+    spec: dict,
+    run_dir: str,
+    paths: dict,
+    child_run_id: str,
+    split: str,
+    eval_key: str,
+    config: dict,
+    deployment: str,
+    home: str | None = None,
 ) -> dict:
     """One config as a flow run on a work pool; its result comes back through MLflow, which
     the worker and this process share (their file systems need not be shared)."""
@@ -242,7 +260,7 @@ def dispatch_run(
         eval_key=eval_key,
         config=config,
         workdir=str(Path.cwd()),
-    )
+    ) | ({"home": home} if home else {})
     flow_run = run_deployment(deployment, parameters=params, timeout=None, as_subflow=True)
     if not flow_run.state.is_completed():
         raise launch.RunFailed(
@@ -406,7 +424,15 @@ def _submit(
     name = spec_d["name"]
     if sweep.launcher == "work_pool":  # the work pool's own concurrency decides what runs when
         return None, dispatch_run.with_options(name=f"dispatch {name} ({split})", retries=sweep.retries).submit(
-            spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment
+            spec_d,
+            run["run_dir"],
+            paths,
+            run["child"],
+            split,
+            run["eval_key"],
+            config,
+            sweep.config_deployment,
+            home=run["home"] if run["home"] != run["run_dir"] else None,  # a run another sweep's folder holds
         )
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process

@@ -284,6 +284,20 @@ def test_a_work_pool_config_runs_in_the_sweeps_folder_without_leaving_this_one(t
         assert train_args[2] == {name: str(root / path) for name, path in paths.items()} == eval_args[4]
         assert train_args[5:] == ("e", {}) and train_kwargs == eval_kwargs == {"cwd": str(root)}
         assert train_args[4] is eval_args[6], "one pool of device slots for the training and its evaluation"
+    # A run another sweep's folder holds (runs/sweep, for a sweep in the store) is evaluated in this one's.
+    flow.step_jepa_config.fn(
+        spec={"name": "sft_s0"},
+        run_dir="runs/sweep/sft_s0-ab",
+        paths=paths,
+        child_run_id="r",
+        split="test",
+        eval_key="e",
+        config={},
+        workdir=str(tmp_path),
+        home="runs/store/sft_s0-ab",
+    )
+    assert calls["train"][0][1] == str(tmp_path / "runs/sweep/sft_s0-ab")
+    assert calls["evaluate"][1] == {"cwd": str(tmp_path), "home": str(tmp_path / "runs/store/sft_s0-ab")}
 
 
 # --- Axes: any training key, as a grid or one factor at a time ----------------------------
