@@ -338,12 +338,3 @@ def reported(name: str, value):
     if any(part in last for part in ("delta", "ci_low", "ci_high")) or "accuracy" in last:
         return round(value, 4) + 0.0  # + 0.0: no -0.0
     return float(f"{value:.4g}")
-
-
-def reported_tree(tree):
-    """`reported` applied to every number of a JSON-like tree, each by its own key."""
-    if isinstance(tree, dict):
-        return {k: reported(k, v) if not isinstance(v, (dict, list)) else reported_tree(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [reported_tree(v) for v in tree]
-    return tree

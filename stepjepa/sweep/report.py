@@ -46,7 +46,6 @@ from stepjepa.stats import (
     paired_mean_bootstrap,
     paired_t_interval,
     reported,
-    reported_tree,
     seed_verdicts,
 )
 from stepjepa.sweep.specs import RunResult
@@ -482,32 +481,19 @@ def write_plot_data(rows: list[dict], results: list[RunResult], folder: Path) ->
     """Tabular data for `dvc plots`: validation metrics per config, the training curves and the
     seed-level verdicts (`verdict_records`)."""
     folder.mkdir(parents=True, exist_ok=True)
+    measured = (METRIC, "nll", "step2_nll", "vs_sft_step2_nll_delta")
     table = [
-        {
-            "config": r["config"],
-            "views": r["views"],
-            "k": r["k"],
-            "lambda": r["lambda"],
-            METRIC: r[METRIC],
-            "nll": r.get("nll"),
-            "step2_nll": r.get("step2_nll"),
-            "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
-            "seeds": len(r["seeds"]),
-        }
+        {"config": r["config"], "views": r["views"], "k": r["k"], "lambda": r["lambda"]}
+        | {key: reported(key, r.get(key)) for key in measured}
+        | {"seeds": len(r["seeds"])}
         for r in rows
         if METRIC in r
     ]
-    (folder / "accuracy.json").write_text(json.dumps(reported_tree(table), indent=1) + "\n")
+    (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
     (folder / "verdicts.json").write_text(json.dumps(verdict_records(rows), indent=1) + "\n")
     curves = [
-        reported_tree(
-            {
-                "run": r.spec.name,
-                "step": h["step"],
-                "lm_loss": h.get("lm_loss"),
-                "val_step2_nll": h.get("val_step2_nll"),
-            }
-        )
+        {"run": r.spec.name, "step": h["step"]}
+        | {key: reported(key, h.get(key)) for key in ("lm_loss", "val_step2_nll")}
         for r in results
         if r.completed
         for h in r.history
