@@ -150,8 +150,16 @@ gpu-check: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	python benchmarks/gpu_check.py
 
+# The MLflow UI of this project's store, on port 5001: the tracking server that docs/sweeps.md
+# starts for the Prefect UI keeps 5000. With MLFLOW_TRACKING_URI naming a server (http...), that
+# server already is the UI: nothing to start.
+MLFLOW_UI_PORT ?= 5001
 mlflow-ui: install
-	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+	@case "$(MLFLOW_TRACKING_URI)" in \
+	  http://*|https://*) echo "MLflow UI: $(MLFLOW_TRACKING_URI) (the tracking server in use; nothing to start)";; \
+	  *) echo "MLflow UI of $(MLFLOW_TRACKING_URI): http://127.0.0.1:$(MLFLOW_UI_PORT)"; \
+	     exec mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_UI_PORT);; \
+	esac
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

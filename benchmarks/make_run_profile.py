@@ -1,8 +1,8 @@
 """Where a sweep's (`make run`'s) time goes, per config, read from what the sweep left behind.
 
-Sources: each run folder's `train.log` and `eval/<split>/evaluate.log` (the `$ ` line
+Sources: each run folder's `train.log` and `eval/<split>-<setting>/evaluate.log` (the `$ ` line
 `run_logged` writes before it starts a process, the log's creation time, which is that
-moment, and the timestamped log lines), `eval/<split>/timing.json` (generation speed),
+moment, and the timestamped log lines), `eval/<split>-<setting>/timing.json` (generation speed),
 `summary.json` (the MLflow run id) and MLflow (the sweep's parent run: start and end; the
 logged model's creation time). Nothing is re-run.
 
@@ -140,15 +140,16 @@ def profile(runs_dir: Path, uri: str, total: float | None) -> dict:
         spans.append(row.pop("span"))
         in_training = "evaluating " in (folder / "train.log").read_text(encoding="utf-8", errors="replace")
         for split_dir in sorted(p for p in (folder / "eval").glob("*") if p.is_dir()):
+            split = split_dir.name.rpartition("-")[0] or split_dir.name  # eval/<split>-<setting>/ or eval/<split>/
             if (split_dir / "evaluate.log").is_file():
                 phases = eval_phases(split_dir)
                 spans.append(phases.pop("span"))
-            elif in_training and split_dir.name == "validation":
+            elif in_training and split == "validation":
                 phases = eval_phases(split_dir, folder / "train.log")
                 phases.pop("span")  # inside the training process's span
             else:
                 continue
-            row |= {f"{split_dir.name}_{k}": v for k, v in phases.items()}
+            row |= {f"{split}_{k}": v for k, v in phases.items()}
         configs[folder.name] = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
     sums: dict[str, float] = {}
     for row in configs.values():

@@ -7,7 +7,7 @@ its model is registered in MLflow with alias `champion`.
         --prepared data/prepared --runs-dir runs/sweep --report-dir metrics/sweep  # the DVC stage
     python -m pipelines.sweep --reconcile      # register the champion of the run folders in
                                                # this MLflow store
-    python -m pipelines.sweep --serve          # a UI-triggerable deployment
+    python -m pipelines.sweep --serve          # a UI-triggerable deployment (runs in runs/store)
 
 Paths come from the command line (dvc.yaml names them; the defaults are the same paths), the
 sweep's choices from the params file's `sweep` section, or from the flow run's `sweep`
@@ -17,6 +17,9 @@ The run folders (`runs/sweep/<config>_s<seed>-<key>/`) are the sweep's products,
 out: a config whose folder holds a finished model (and evaluation) is not trained (or
 evaluated) again, whichever machine, tracking store or Prefect server asks. MLflow is
 brought up to date from the folders when it lacks a run (a new store, another server).
+`runs/sweep` holds exactly the params file's sweep; every other sweep (a served deployment's)
+works in the run store `runs/store` and reuses the stage's runs without writing into them
+(`stepjepa.sweep.runstore`).
 
 Only orchestration lives here: what to run (`stepjepa.sweep.specs`), how to launch it
 (`stepjepa.training.launch`), the statistics and plots (`stepjepa.sweep.report`) and MLflow
@@ -28,6 +31,7 @@ Only orchestration lives here: what to run (`stepjepa.sweep.specs`), how to laun
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -43,26 +47,29 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import wait  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import allow_failure  # noqa: E402
 
 from pipelines.prefect_server import start_temporary_server  # noqa: E402
 from stepjepa import tracking
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
-from stepjepa.sweep import plots, report
+from stepjepa.sweep import plots, report, runstore
 from stepjepa.sweep import specs as plan  # noqa: E402
 from stepjepa.sweep.specs import RunResult, SweepChoices
 from stepjepa.training import launch  # noqa: E402
 from stepjepa.vocabulary import SFT
 
 SELECT_SPLIT, TEST_SPLIT = "validation", "test"
+# The sweep stage's DVC out (dvc.yaml), and the run store of every other sweep (docs/sweeps.md).
+STAGE_RUNS, STORE = "runs/sweep", "runs/store"
 UNLOGGED = "unlogged.json"  # in the report folder: what MLflow still lacks (`_note_unlogged`)
 
 
 # Not cached by Prefect: the run folders are the cache (named by `stepjepa.sweep.specs`'s keys,
 # whichever machine or Prefect server asks), and the device slots a task is handed (a
 # queue with its locks) cannot be hashed into a Prefect cache key.
-@task(task_run_name="train {spec[name]}", cache_policy=NO_CACHE)
+@task(name="train", task_run_name="train {spec[name]}", cache_policy=NO_CACHE)
 def train_run(
     spec: dict,
     run_dir: str,
@@ -97,9 +104,9 @@ def train_run(
         return {"run_dir": run_dir, "run_id": child_run_id}
     evaluate = None
     if eval_key is not None and config is not None:
-        folder = plan.eval_folder(out, SELECT_SPLIT)
+        shutil.rmtree(out / "eval", ignore_errors=True)  # a model trained anew: any old results are not its own
+        folder = plan.eval_folder(out, SELECT_SPLIT, eval_key)
         write_config(config_from_dict(config), folder / "config.yaml")
-        (folder / "metrics.json").unlink(missing_ok=True)  # a model trained anew: any old results are not its own
         evaluate = (
             folder,
             Path(paths["prepared"]) / f"{SELECT_SPLIT}.jsonl",
@@ -133,7 +140,7 @@ def train_run(
     return {"run_dir": run_dir, "run_id": child_run_id}
 
 
-@task(task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
+@task(name="evaluate", task_run_name="evaluate {spec[name]} on {split}", cache_policy=NO_CACHE)  # as train_run
 def evaluate_run(
     spec: dict,
     trained: dict,
@@ -144,11 +151,24 @@ def evaluate_run(
     slots: launch.DeviceSlots,
     cwd: str | None = None,
     unlogged: tracking.Unlogged | None = None,
+    home: str | None = None,
+    elsewhere: tuple[str, ...] = (),
 ) -> dict:
     """Accuracy, held-out NLL and view diagnostics of one trained model on `split`, logged
-    into its MLflow run under `split/`; nothing is generated again for a folder that has them."""
-    run_dir = Path(trained["run_dir"])
-    out = plan.eval_folder(run_dir, split)
+    into its MLflow run under `split/`; nothing is generated again for a folder that has them.
+
+    `home` is where this sweep may write (default: the trained run folder) and `elsewhere`
+    other sweeps' folders of the same run, read only: an evaluation found in any of them is
+    reused; a new one of a run trained elsewhere is made on a linked copy in `home`."""
+    places = list(dict.fromkeys(Path(p) for p in (trained["run_dir"], home or trained["run_dir"], *elsewhere)))
+    run_dir = next((p for p in places if plan.is_evaluated(p, split, eval_key)), None)
+    if run_dir is None:
+        run_dir = Path(home or trained["run_dir"])
+        if run_dir != Path(trained["run_dir"]) and not plan.is_trained(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            runstore.linked_copy(Path(trained["run_dir"]), run_dir)
+            get_run_logger().info("%s: evaluating a linked copy in %s", spec["name"], run_dir)
+    out = plan.eval_folder(run_dir, split, eval_key)
     if not plan.is_evaluated(run_dir, split, eval_key):
         config_file = write_config(config_from_dict(config), out / "config.yaml")
         with slots.acquire() as gpu:
@@ -175,7 +195,7 @@ def evaluate_run(
             f"the {split} results of {spec['name']}",
             lambda: tracking.log_split(trained["run_id"], split, out),
         )
-    return report.read_run_result(run_dir, split)
+    return report.read_run_result(run_dir, out)
 
 
 def _tracked(unlogged: tracking.Unlogged | None, what: str, call):
@@ -199,10 +219,19 @@ def start_child(
 
 @flow(name="step-jepa-config", log_prints=True)
 def step_jepa_config(
-    spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict, workdir: str
+    spec: dict,
+    run_dir: str,
+    paths: dict,
+    child_run_id: str,
+    split: str,
+    eval_key: str,
+    config: dict,
+    workdir: str,
+    home: str | None = None,
 ) -> None:
     """One config on a work-pool worker: trained (unless its folder holds the model) and
-    evaluated on `split`; the sweep reads the results back from MLflow."""
+    evaluated on `split`; the sweep reads the results back from MLflow. `home`: the sweep's
+    own folder of a run it reuses from another sweep's (`evaluate_run`)."""
     # Paths are relative to the sweep's folder. A worker on the same machine works there; a
     # worker elsewhere (a cluster image) has no such folder and uses its own checkout. The
     # runs' processes work there too: their configs name the model by a relative path.
@@ -218,12 +247,21 @@ def step_jepa_config(
         *((eval_key, config) if split == SELECT_SPLIT else (None, None)),
         cwd=str(here),
     )
-    evaluate_run.fn(spec, trained, split, eval_key, paths, config, slots, cwd=str(here))
+    where = {"home": str(here / home)} if home else {}
+    evaluate_run.fn(spec, trained, split, eval_key, paths, config, slots, cwd=str(here), **where)
 
 
-@task(task_run_name="dispatch {spec[name]} ({split})")
+@task(name="dispatch", task_run_name="dispatch {spec[name]} ({split})")
 def dispatch_run(
-    spec: dict, run_dir: str, paths: dict, child_run_id: str, split: str, eval_key: str, config: dict, deployment: str
+    spec: dict,
+    run_dir: str,
+    paths: dict,
+    child_run_id: str,
+    split: str,
+    eval_key: str,
+    config: dict,
+    deployment: str,
+    home: str | None = None,
 ) -> dict:
     """One config as a flow run on a work pool; its result comes back through MLflow, which
     the worker and this process share (their file systems need not be shared)."""
@@ -238,7 +276,7 @@ def dispatch_run(
         eval_key=eval_key,
         config=config,
         workdir=str(Path.cwd()),
-    )
+    ) | ({"home": home} if home else {})
     flow_run = run_deployment(deployment, parameters=params, timeout=None, as_subflow=True)
     if not flow_run.state.is_completed():
         raise launch.RunFailed(
@@ -256,6 +294,8 @@ def step_jepa_sweep(
     prepared: str,
     runs_dir: str,
     report_dir: str,
+    store: str | None = None,
+    reuse: list[str] | None = None,
 ) -> dict:
     """The sweep of `params_file`'s `sweep` section, with the fields of `sweep` that are set
     in place of the file's.
@@ -269,15 +309,34 @@ def step_jepa_sweep(
             validation and test give held-out NLL.
         prepared: The prepare stage's folder of {split}.jsonl questions: validation selects
             the champion; test is read once.
-        runs_dir: Folder of the run folders; a finished run there is reused, not trained again.
+        runs_dir: Folder of the run folders this sweep trains and evaluates in; a finished run
+            there is reused, not trained again. The DVC stage's is runs/sweep (its out); every
+            other sweep's, a served deployment's included, the run store runs/store.
         report_dir: Where the table, summary and plots go (metrics/sweep is DVC's; a served
             deployment uses reports/NAME).
+        store: The DVC stage only (runs_dir runs/sweep): the run store, from which finished runs
+            are taken instead of trained, and to which the run folders and evaluations this
+            sweep does not use are moved once it ends, so that runs_dir holds exactly this
+            sweep. Empty: none.
+        reuse: Other sweeps' folders of run folders (a served deployment: runs/sweep), whose
+            finished runs and evaluations are reused without writing into them: a new
+            evaluation of one is made on a linked copy in runs_dir.
     """
     logger = get_run_logger()
+    if store and Path(store).resolve() == Path(runs_dir).resolve():
+        store = None  # a sweep in the store itself: nothing to take in or move out
+    reuse = [folder for folder in reuse or () if Path(folder).resolve() != Path(runs_dir).resolve()]
     base = yaml.safe_load(Path(params_file).read_text())
-    sweep_config = plan.choose(base, sweep, params_file)
-    specs = plan.expand_grid(sweep_config)
-    configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
+    try:
+        sweep_config = plan.choose(base, sweep, params_file)
+        specs = plan.expand_grid(sweep_config)
+        configs = {s.name: plan.resolve(base, s) for s in specs}  # every run validated before any trains
+    except ConfigError as err:
+        # A bad parameter is the caller's mistake, not the code's: the flow run fails with one
+        # line naming it (no traceback in its log); calling the flow still raises it.
+        return Failed(message=str(err), data=err)
+    for line in plan.replaced_settings(base, sweep_config, specs, params_file):
+        logger.warning(line)
     paths = {
         "train_data": str(Path(tokenized) / "train.parquet"),
         "tokenized": str(Path(tokenized)),
@@ -312,8 +371,12 @@ def step_jepa_sweep(
         runs = {}
         for spec in specs:
             config = configs[spec.name]
-            key = plan.cache_key(config, fingerprint)
-            run_dir = plan.run_folder(runs_dir, spec, key)
+            key, eval_key = plan.cache_key(config, fingerprint), plan.eval_cache_key(config, fingerprint)
+            home = plan.run_folder(runs_dir, spec, key)
+            if store and (taken := runstore.take_in(home, Path(store) / home.name, eval_key)):
+                logger.info("taken from the run store: %s", taken)
+            elsewhere = [Path(folder) / home.name for folder in reuse or ()]
+            run_dir = next((p for p in (home, *elsewhere) if plan.is_trained(p)), home)
             if not plan.is_trained(run_dir):
                 write_config(config, run_dir / "config.yaml")
             # A config still to train gets its MLflow run when its training starts (`start_child`):
@@ -328,8 +391,10 @@ def step_jepa_sweep(
             runs[spec.name] = dict(
                 spec=spec,
                 key=key,
-                eval_key=plan.eval_cache_key(config, fingerprint),
+                eval_key=eval_key,
                 run_dir=str(run_dir),
+                home=str(home),
+                elsewhere=tuple(map(str, elsewhere)),
                 child=child,
                 parent=parent if later else None,
                 config_key=plan.config_key(config, fingerprint),
@@ -339,7 +404,16 @@ def step_jepa_sweep(
         rows = report.summarize(validation)
         best = report.best_config(rows)
         tested = _test_once(runs, specs, validation, best, paths, sweep_config, slots, logger, unlogged) if best else []
-        return _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir), unlogged)
+        summary = _finish(sweep_config, parent, validation, tested, rows, best, runs, Path(report_dir), unlogged)
+    if store:
+        read = {(r.spec.name, TEST_SPLIT) for r in tested} | {(name, SELECT_SPLIT) for name in runs}
+        keep = {
+            Path(run["home"]).name: {(split, run["eval_key"]) for name, split in read if name == spec_name}
+            for spec_name, run in runs.items()
+        }
+        for line in runstore.move_out(Path(runs_dir), Path(store), keep):
+            logger.info("moved to the run store %s: %s", store, line)
+    return summary
 
 
 NAMED = ("ks", "lambdas", "seeds", "views", "layout", "loss", "axes", "design")  # what a parent's name shows
@@ -385,9 +459,20 @@ def _submit(
     """(training future or None, evaluation future) of one run on `split`; the training (or,
     given `trained`, the evaluation) waits for the future `after` to end, however it ends."""
     spec_d, config = run["spec"].as_dict(), run["config"].model_dump(mode="json", by_alias=True)
+    # Prefect names a task run `<task name>-<key>` until it starts, and by `task_run_name` only
+    # then: a task named after its run reads `train k1_lam0.5_s0-557` while it waits in the queue.
+    name = spec_d["name"]
     if sweep.launcher == "work_pool":  # the work pool's own concurrency decides what runs when
-        return None, dispatch_run.with_options(retries=sweep.retries).submit(
-            spec_d, run["run_dir"], paths, run["child"], split, run["eval_key"], config, sweep.config_deployment
+        return None, dispatch_run.with_options(name=f"dispatch {name} ({split})", retries=sweep.retries).submit(
+            spec_d,
+            run["run_dir"],
+            paths,
+            run["child"],
+            split,
+            run["eval_key"],
+            config,
+            sweep.config_deployment,
+            home=run["home"] if run["home"] != run["run_dir"] else None,  # a run another sweep's folder holds
         )
     queue = {"wait_for": [allow_failure(after)]} if after is not None else {}
     if trained is None and run["child"] is None and run.get("parent"):  # its MLflow run starts with it
@@ -396,7 +481,7 @@ def _submit(
         )
         queue = {}
     if trained is None:  # training evaluates its fresh model on the selection split in-process
-        trained = train_run.with_options(retries=sweep.retries).submit(
+        trained = train_run.with_options(name=f"train {name}", retries=sweep.retries).submit(
             spec_d,
             run["run_dir"],
             paths,
@@ -407,8 +492,18 @@ def _submit(
             **queue,
         )
         queue = {}
-    return trained, evaluate_run.submit(
-        spec_d, trained, split, run["eval_key"], paths, config, slots, unlogged=unlogged, **queue
+    return trained, evaluate_run.with_options(name=f"evaluate {name} on {split}").submit(
+        spec_d,
+        trained,
+        split,
+        run["eval_key"],
+        paths,
+        config,
+        slots,
+        unlogged=unlogged,
+        home=run["home"],
+        elsewhere=run["elsewhere"],
+        **queue,
     )
 
 
@@ -661,6 +756,13 @@ def _exit_code(summary: dict) -> int:
     return 0 if summary.get("champion") and not summary.get("unlogged") else 1
 
 
+def _run_places(runs_dir: str, store: str) -> dict:
+    """The DVC stage's sweep is assembled from the store; any other reuses both places."""
+    if Path(runs_dir) == Path(STAGE_RUNS):
+        return {"store": store, "reuse": []}
+    return {"store": None, "reuse": [d for d in (STAGE_RUNS, store) if Path(d) != Path(runs_dir)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The defaults are the paths dvc.yaml's sweep stage passes: `make run`'s --reconcile and a
@@ -668,7 +770,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--tokenized", default="data/tokenized", help="the tokenize stage's {split}.parquet folder")
     parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's {split}.jsonl folder")
-    parser.add_argument("--runs-dir", default="runs/sweep")
+    parser.add_argument(
+        "--runs-dir",
+        help=f"default: {STAGE_RUNS} (the DVC stage's out); {STORE} with --serve. The stage's folder is "
+        "assembled from the store (finished runs taken, others moved there); any other folder reuses "
+        "the stage's and the store's finished runs without writing into them",
+    )
+    parser.add_argument("--store", default=STORE, help="the run store shared by every sweep that is not the DVC stage")
     parser.add_argument(
         "--report-dir",
         help="default: metrics/sweep (DVC's); reports/NAME with --serve, so that a "
@@ -691,13 +799,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
     report_dir = args.report_dir or (f"reports/{args.name}" if args.serve else "metrics/sweep")
+    runs_dir = args.runs_dir or (STORE if args.serve else STAGE_RUNS)
     params = {
         "params_file": args.params,
         "tokenized": args.tokenized,
         "prepared": args.prepared,
-        "runs_dir": args.runs_dir,
+        "runs_dir": runs_dir,
         "report_dir": report_dir,
-    }
+    } | _run_places(runs_dir, args.store)
     if args.deploy:
         # The worker runs the flow from this checkout (a process pool); a docker or kubernetes
         # pool runs the same entrypoint inside the worker image (docs/scaling-out.md).

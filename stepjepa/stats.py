@@ -317,3 +317,24 @@ def paired_mean_bootstrap(
     per_example = (a - b).mean(axis=0)
     low, high = _bootstrap_ci(per_example, n_boot, confidence, seed)
     return {"delta": float(per_example.mean()), "ci_low": low, "ci_high": high, "n": int(per_example.size)}
+
+
+# --- What is written: each number to the digits it can support ------------------------------
+
+
+def reported(name: str, value):
+    """`value` as tracked files and logs write it, by what `name` measures: p-values to 3
+    significant digits; accuracies, their differences and intervals (k/n over at most a few
+    thousand questions) and differences of NLLs to 4 decimals; NLLs, losses and everything
+    else to 4 significant digits. Float noise from another CPU (the 7th digit) then changes
+    nothing written, bar a value that lands on a rounding boundary. Only what is written:
+    the statistics and the selection use the exact values. Ints, bools, None, non-finite
+    values and non-numbers pass unchanged."""
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        return value
+    last = name.rsplit("/", 1)[-1]  # a logged name: `validation/accuracy_strict`
+    if "p_value" in last or last in ("p", "p_holm") or last.endswith(("_p", "_p_holm")):
+        return float(f"{value:.3g}")
+    if any(part in last for part in ("delta", "ci_low", "ci_high")) or "accuracy" in last:
+        return round(value, 4) + 0.0  # + 0.0: no -0.0
+    return float(f"{value:.4g}")

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -130,6 +131,9 @@ def write_outputs(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
 
 
 TIMING_KEYS = ("completions_per_second",)
+# A sweep names an evaluation folder `<split>-<settings key[:8]>` (`stepjepa.sweep.specs.eval_folder`):
+# its progress lines name the split, `evaluate validation 64/200 ...`, which the sweep's console shows.
+SETTING_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 
 
 def evaluate_to_folder(
@@ -147,7 +151,7 @@ def evaluate_to_folder(
     training process does right after training, with the model it just saved."""
     result = evaluate_model(model, tokenizer, examples, batch_size=cfg.eval.batch_size,
                             max_new_tokens=cfg.eval.max_new_tokens, date_string=cfg.tokenize.date_string,
-                            progress=progress, label=f"evaluate {out.name}")  # fmt: skip
+                            progress=progress, label=f"evaluate {SETTING_SUFFIX.sub('', out.name)}")  # fmt: skip
     if heldout is not None:
         result.metrics.update(heldout_evaluation(model, tokenizer, heldout, cfg, out))
     files = write_outputs(out, result)

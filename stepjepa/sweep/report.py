@@ -45,6 +45,7 @@ from stepjepa.stats import (
     paired_bootstrap,
     paired_mean_bootstrap,
     paired_t_interval,
+    reported,
     seed_verdicts,
 )
 from stepjepa.sweep.specs import RunResult
@@ -64,14 +65,15 @@ def read_eval_folder(folder: Path) -> dict[str, Any]:
     return {"metrics": metrics, "correct_strict": correct, "heldout": heldout}
 
 
-def read_run_result(run_dir: Path, split: str) -> dict[str, Any]:
-    """What the summary needs of one run on `split`, plus its training history."""
+def read_run_result(run_dir: Path, eval_dir: Path) -> dict[str, Any]:
+    """What the summary needs of one run's evaluation in `eval_dir` (`specs.eval_folder`: one
+    split with one setting), plus the run's training history."""
     history = (
         [json.loads(line) for line in _lines(run_dir / "metrics.jsonl")]
         if (run_dir / "metrics.jsonl").is_file()
         else []
     )
-    return read_eval_folder(run_dir / "eval" / split) | {"history": history}
+    return read_eval_folder(eval_dir) | {"history": history}
 
 
 def _lines(path: Path) -> list[str]:
@@ -446,7 +448,7 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
     validation (`VERDICT_RULE`). Every config's numbers are in table.md, accuracy.json and
     verdicts.json (`verdict_records`)."""
     keep = (METRIC, "step2_nll", "vs_sft_delta", "vs_sft_step2_nll_delta")
-    pick = {r["config"]: {k: round(r[k], 6) for k in keep if r.get(k) is not None} for r in rows}
+    pick = {r["config"]: {k: reported(k, float(r[k])) for k in keep if r.get(k) is not None} for r in rows}
     out: dict[str, Any] = {"configs": len(rows), "failed_runs": sum(r["runs"] - r["completed"] for r in rows)}
     if SFT in pick:
         out[SFT] = pick[SFT]
@@ -459,7 +461,7 @@ def summary_metrics(rows: list[dict], best: dict | None, test: dict | None = Non
         }
     if test:
         out["test"] = {
-            k: round(v, 6) if isinstance(v, float) else v
+            k: reported(k, v)
             for k, v in test.items()
             if k
             in ("champion_accuracy_strict", "sft_accuracy_strict", "vs_sft_delta", "vs_sft_p_value", "vs_sft_verdict")
@@ -506,7 +508,7 @@ def verdict_records(rows: list[dict]) -> list[dict[str, Any]]:
             ):
                 value = row.get(f"{vs}_{key}")
                 if value is not None and not np.isnan(value):
-                    record[name] = float(f"{value:.6g}")  # significant digits: a p-value can be 1e-9
+                    record[name] = reported(name, float(value))  # a p-value by significant digits: it can be 1e-9
             out.append(record | where)
     return out
 
@@ -515,25 +517,19 @@ def write_plot_data(rows: list[dict], results: list[RunResult], folder: Path) ->
     """Tabular data for `dvc plots`: validation metrics per config, the training curves and the
     seed-level verdicts (`verdict_records`)."""
     folder.mkdir(parents=True, exist_ok=True)
+    measured = (METRIC, "nll", "step2_nll", "vs_sft_step2_nll_delta")
     table = [
-        {
-            "config": r["config"],
-            "views": r["views"],
-            "k": r["k"],
-            "lambda": r["lambda"],
-            METRIC: r[METRIC],
-            "nll": r.get("nll"),
-            "step2_nll": r.get("step2_nll"),
-            "vs_sft_step2_nll_delta": r.get("vs_sft_step2_nll_delta"),
-            "seeds": len(r["seeds"]),
-        }
+        {"config": r["config"], "views": r["views"], "k": r["k"], "lambda": r["lambda"]}
+        | {key: reported(key, r.get(key)) for key in measured}
+        | {"seeds": len(r["seeds"])}
         for r in rows
         if METRIC in r
     ]
     (folder / "accuracy.json").write_text(json.dumps(table, indent=1) + "\n")
     (folder / "verdicts.json").write_text(json.dumps(verdict_records(rows), indent=1) + "\n")
     curves = [
-        {"run": r.spec.name, "step": h["step"], "lm_loss": h.get("lm_loss"), "val_step2_nll": h.get("val_step2_nll")}
+        {"run": r.spec.name, "step": h["step"]}
+        | {key: reported(key, h.get(key)) for key in ("lm_loss", "val_step2_nll")}
         for r in results
         if r.completed
         for h in r.history

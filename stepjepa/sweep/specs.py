@@ -180,6 +180,45 @@ def resolve(base: dict[str, Any], spec: RunSpec) -> Config:
     return config_from_dict(tree, f"sweep run {spec.name}")
 
 
+# The train keys every sweep run gets from the sweep, and the sweep key that sets them.
+SWEPT_KEYS = {
+    "k": "sweep.ks",
+    "lambda": "sweep.lambdas",
+    "seed": "sweep.seeds",
+    "views": "sweep.views",
+    "loss": "sweep.loss",
+    "layout": "sweep.layout",
+    "experiment": "sweep.experiment",
+}
+# SFT is K = 0, lambda = 0 on the `steps` pair by definition: its values of these say nothing.
+_NOT_SFTS = ("k", "lambda", "views")
+
+
+def replaced_settings(base: dict[str, Any], sweep: SweepConfig, specs: list[RunSpec], source: str) -> list[str]:
+    """One line per train key that `source`'s train section sets but the sweep replaces
+    (`dvc exp run -S train.k=1` meant for `sweep.ks`): it names the key, its value, where it
+    came from and the sweep key to use. "Sets" means a value other than the default in
+    `stepjepa.config.TrainConfig` (the shipped params file spells the defaults out), and
+    one that not every run gets (SFT's K and lambda aside): a value the sweep also gives
+    every run is not lost."""
+    train = base.get("train") or {}
+    given = config_from_dict(base, source).train.model_dump(mode="json", by_alias=True)
+    defaults = TrainConfig().model_dump(mode="json", by_alias=True)
+    swept = SWEPT_KEYS | {key: f"sweep.axes.{key}" for key in sweep.axes}
+    lines = []
+    for key, sweep_key in swept.items():
+        if key not in train or key not in given or given[key] == defaults[key]:
+            continue
+        runs = [s for s in specs if not (key in _NOT_SFTS and s.is_baseline)]
+        got = sorted({json.dumps(dict(s.overrides)[f"train.{key}"]) for s in runs})
+        if got != [json.dumps(given[key])]:
+            lines.append(
+                f"train.{key}: {json.dumps(given[key])} in {source}'s train section is not used: the sweep sets "
+                f"train.{key} of its runs ({', '.join(got)}); to sweep other values, set {sweep_key} instead"
+            )
+    return lines
+
+
 # --- A sweep's choices from a caller (the Prefect form, `-p sweep=...`) ------------------
 
 
@@ -324,15 +363,33 @@ def is_trained(run_dir: Path) -> bool:
     return (run_dir / "model" / "config.json").is_file() and (run_dir / "metrics.jsonl").is_file()
 
 
-def eval_folder(run_dir: Path, split: str) -> Path:
-    return run_dir / "eval" / split
+def eval_folder(run_dir: Path, split: str, eval_key: str) -> Path:
+    """Where the evaluation of `split` with the settings `eval_key` stands for is, or goes:
+    `eval/<split>-<key[:8]>/`, one folder per setting side by side, so that switching
+    `eval.limit` back and forth evaluates each setting once. An evaluation of the old layout
+    (`eval/<split>/`, one per run folder: run folders already on disk or in a DVC cache)
+    with the same settings is read where it is."""
+    legacy = run_dir / "eval" / split
+    if _marker_is(legacy, eval_key):
+        return legacy
+    return run_dir / "eval" / f"{split}-{eval_key[:8]}"
+
+
+def _marker_is(folder: Path, eval_key: str) -> bool:
+    marker = folder / "eval_key"
+    return marker.is_file() and marker.read_text().strip() == eval_key
 
 
 def is_evaluated(run_dir: Path, split: str, eval_key: str) -> bool:
     """`split` was evaluated with the settings `eval_key` stands for (marker written last)."""
-    marker = eval_folder(run_dir, split) / "eval_key"
-    return marker.is_file() and marker.read_text().strip() == eval_key
+    return _marker_is(eval_folder(run_dir, split, eval_key), eval_key)
 
 
 def mark_evaluated(run_dir: Path, split: str, eval_key: str) -> None:
-    (eval_folder(run_dir, split) / "eval_key").write_text(eval_key + "\n")
+    (eval_folder(run_dir, split, eval_key) / "eval_key").write_text(eval_key + "\n")
+
+
+def evaluation_key(folder: Path) -> str | None:
+    """The settings key of a complete evaluation folder (either layout), None if incomplete."""
+    marker = folder / "eval_key"
+    return marker.read_text().strip() if marker.is_file() else None

@@ -113,18 +113,18 @@ def predictions_table(rows: list[dict[str, Any]]) -> dict[str, list]:
 
 
 def log_split(run_id: str, split: str, folder: Path) -> None:
-    """An evaluation folder's metrics as `<split>/<name>` and its files as artifacts under
-    `<split>/`; values already in the run are not logged again."""
+    """An evaluation folder's metrics as `<split>/<name>` (to the digits they can support,
+    `stats.reported`) and its files as artifacts under `<split>/`; values already in the run
+    are not logged again."""
     import json
+
+    from stepjepa.stats import reported
 
     client = _client()
     logged = client.get_run(run_id).data.metrics
     metrics = json.loads((folder / "metrics.json").read_text())
-    fresh = {
-        f"{split}/{k}": float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and logged.get(f"{split}/{k}") != float(v)
-    }
+    values = {f"{split}/{k}": reported(k, float(v)) for k, v in metrics.items() if isinstance(v, (int, float))}
+    fresh = {name: value for name, value in values.items() if logged.get(name) != value}
     stamp = int(time.time() * 1000)
     for name, value in fresh.items():
         client.log_metric(run_id, name, value, timestamp=stamp)

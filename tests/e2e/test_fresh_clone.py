@@ -257,6 +257,80 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, 
     assert run(["git", "status", "--porcelain"], repo, env) == ""
 
 
+# A sweep that is not the DVC stage, as a served deployment runs it (its runs in the store,
+# the stage's reused), with the Prefect form's `sweep` choices: seeds 0 and 1, and (its own
+# params file) another evaluation setting.
+OTHER_SWEEP = """
+import sys
+from pipelines.prefect_server import start_temporary_server
+from pipelines.sweep import STORE, _run_places, step_jepa_sweep
+start_temporary_server()
+step_jepa_sweep(sweep={"seeds": [0, 1]}, params_file=sys.argv[1], tokenized="data/tokenized",
+                prepared="data/prepared", runs_dir=STORE, report_dir="reports/other", **_run_places(STORE, STORE))
+"""
+
+
+def launches(repo: Path) -> dict[str, int]:
+    """Training processes started per run (`$ ` opens each command in train.log), wherever the run is."""
+    return {p.parent.name: p.read_text().count("$ ") for p in repo.glob("runs/*/*/train.log")}
+
+
+def files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: (size, modification time in ns)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def store_runs(repo: Path) -> set[str]:
+    return {p.name.split("-")[0] for p in (repo / "runs/store").iterdir()}
+
+
+def test_other_sweeps_share_the_runs_but_the_stage_holds_exactly_the_params_files_sweep(published, tmp_path):
+    """Issue 32: another sweep (seeds 0 and 1, another eval.limit) trains seed 1 in the run
+    store, evaluates the stage's seed-0 runs on linked copies there, and leaves the stage's out
+    and `dvc status` alone; the stage, asked for seeds 0 and 1, takes the seed-1 runs from the
+    store instead of training them; back to seed 0, it moves them out again and dvc.lock and
+    metrics/ are what they were."""
+    repo, source, _ = published
+    env = environment(repo, source)
+    stage_runs, before = sorted(p.name for p in (repo / "runs/sweep").iterdir()), files(repo / "runs/sweep")
+    other = yaml.safe_load((repo / "params.yaml").read_text())
+    other["eval"]["limit"] = 4
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    run([sys.executable, "-c", OTHER_SWEEP, str(tmp_path / "other.yaml")], repo, env)
+    assert files(repo / "runs/sweep") == before, "another sweep wrote into the stage's out"
+    assert store_runs(repo) == {"k1_lam0.5_s0", "sft_s0", "k1_lam0.5_s1", "sft_s1"}
+    for name in stage_runs:  # evaluated with eval.limit 4 on a copy whose model is the stage's
+        copy = repo / "runs/store" / name
+        assert len(list(copy.glob("eval/validation-*/eval_key"))) == 2
+        weights = next(p.relative_to(copy) for p in (copy / "model").rglob("*.safetensors"))
+        assert (copy / weights).stat().st_ino == (repo / "runs/sweep" / name / weights).stat().st_ino
+    status = run(["dvc", "status"], repo, env)
+    assert "up to date" in status or status.strip() == "", status
+    trained = launches(repo)
+    params = (repo / "params.yaml").read_text()
+    tree = yaml.safe_load(params)
+    tree["sweep"]["seeds"] = [0, 1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree))
+    try:
+        out = run(["dvc", "repro"], repo, env)
+        assert "taken from the run store" in out
+        assert launches(repo) == trained, "the stage trained a run the store held"
+        assert len(list((repo / "runs/sweep").iterdir())) == 4
+        # Each run holds the stage's evaluation setting only; the other sweep's went back to the store.
+        assert len(list(repo.glob("runs/sweep/*/eval/validation-*"))) == 4
+        assert store_runs(repo) == {"k1_lam0.5_s0", "sft_s0", "k1_lam0.5_s1", "sft_s1"}
+    finally:
+        (repo / "params.yaml").write_text(params)
+    out = run(["dvc", "repro"], repo, env)
+    assert "moved to the run store" in out
+    assert sorted(p.name for p in (repo / "runs/sweep").iterdir()) == stage_runs
+    assert store_runs(repo) == {"k1_lam0.5_s0", "sft_s0", "k1_lam0.5_s1", "sft_s1"}
+    assert launches(repo) == trained
+    assert run(["git", "status", "--porcelain"], repo, env) == "", "dvc.lock and metrics/ hold the params file's sweep"
+
+
 def test_param_change_reruns_only_what_it_affects(published):
     """On the author, last: the clones above were made from its commit."""
     repo, source, _ = published

@@ -2,11 +2,17 @@
 tiny model trained by real `accelerate launch` processes. One config is made to fail
 (lambda = 1e39 overflows the loss to inf) to prove that the others still finish."""
 
+import contextlib
+import contextvars
 import json
 import os
+import re
+import threading
+from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.support.projects import PATHS, make_sweep_project
@@ -26,10 +32,37 @@ def children(client, parent_id):
     return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
+@contextlib.contextmanager
+def task_run_names():
+    """Every name a task run of the Prefect server had while the block ran (polled): what the
+    UI showed, queued (Pending) runs included."""
+    from prefect.client.orchestration import get_client
+
+    seen, stop = set(), threading.Event()
+
+    def poll():
+        with get_client(sync_client=True) as client:
+            while not stop.is_set():
+                seen.update(t.name for t in client.read_task_runs())
+                stop.wait(0.2)
+
+    # The harness's API URL is a context setting: the thread runs in a copy of this context.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(poll,), daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure(environment):
     from pipelines.sweep import _exit_code, step_jepa_sweep
 
-    summary = step_jepa_sweep(**PATHS)
+    with task_run_names() as names:
+        summary = step_jepa_sweep(**PATHS)
+    # Readable in the UI from the start, queued ones too (issue 32: `train_run-557`).
+    assert names and all(re.match(r"(train|evaluate) (sft|k1)_", name) for name in names), names
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert summary["configs"] == 3 and summary["failed_runs"] == 1 and summary["failed"] == ["k1_lam1e+39_s0"]
     accuracy = json.loads((environment / "metrics/sweep/accuracy.json").read_text())
@@ -72,7 +105,8 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     tested = {name for name, run in runs.items() if any(k.startswith("test/") for k in run.data.metrics)}
     assert tested == {f"{selected}_s0", "sft_s0"}
     assert {
-        p.parent.parent.parent.name.split("-")[0] for p in environment.glob("runs/sweep/*/eval/test/predictions.jsonl")
+        p.parent.parent.parent.name.split("-")[0]
+        for p in environment.glob("runs/sweep/*/eval/test-*/predictions.jsonl")
     } == {f"{selected}_s0", "sft_s0"}
     assert "sft_accuracy_strict" in summary["test"] and "champion_accuracy_strict" in summary["test"]
     assert summary["champion"] == {
@@ -148,8 +182,8 @@ def test_rerun_skips_finished_configs(environment):
     # Validation is evaluated by the training process, with the model it just saved: no
     # second process; only the test split (read once) gets an evaluation process.
     assert log.read_text().count("evaluating ") == 1 and " evaluate validation " in log.read_text()
-    assert not list(environment.glob("runs/sweep/*/eval/validation/evaluate.log"))
-    (eval_log,) = environment.glob("runs/sweep/sft_s0-*/eval/test/evaluate.log")
+    assert not list(environment.glob("runs/sweep/*/eval/validation*/evaluate.log"))
+    (eval_log,) = environment.glob("runs/sweep/sft_s0-*/eval/test-*/evaluate.log")
     launches, evals = log.read_text().count("$ "), eval_log.read_text().count("$ ")
     before = (environment / "metrics/sweep/summary.json").read_text()
     summary = step_jepa_sweep(**PATHS)
@@ -202,6 +236,24 @@ def test_a_new_tracking_store_is_filled_from_the_run_folders_without_training(en
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{environment}/mlflow.db"
 
 
+def flow_run_log(environment) -> list[str]:
+    """The log lines of the newest step-jepa-sweep flow run, as the Prefect UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["step-jepa-sweep"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    return [log.message for log in logs]
+
+
 def test_bad_parameters_are_rejected_before_training(environment):
     from prefect.exceptions import ParameterTypeError
 
@@ -211,6 +263,10 @@ def test_bad_parameters_are_rejected_before_training(environment):
     for bad in [{"ks": []}, {"ks": [-1]}, {"lambdas": [float("nan")]}]:
         with pytest.raises(ConfigError, match="params.yaml with flow parameters " + next(iter(bad))):
             step_jepa_sweep(sweep=bad, **PATHS)
+    # The flow run's log (the Prefect UI's) says it in one line, without a traceback (issue 32).
+    lines = flow_run_log(environment)
+    assert not any("Traceback" in line for line in lines), lines
+    assert sum("params.yaml with flow parameters lambdas" in line for line in lines) == 1, lines
     for bad in [{"lambdas": ["abc"]}, {"layout": "sideways"}, {"kss": [1]}]:  # not the field's type, or no field
         with pytest.raises(ParameterTypeError):
             step_jepa_sweep(sweep=bad, **PATHS)
@@ -229,3 +285,49 @@ def test_prefect_waits_longer_for_its_temporary_server():
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "120"
+
+
+def evaluations(project) -> dict[str, int]:
+    """Evaluation processes started so far, per evaluation folder (`$ ` opens each command in
+    its log), and the validation evaluations training processes ran in-process."""
+    counts = {
+        str(p.parent.relative_to(project)): p.read_text().count("$ ")
+        for p in project.glob("runs/*/*/eval/*/evaluate.log")
+    }
+    counts["in training"] = sum(p.read_text().count("evaluating ") for p in project.glob("runs/*/*/train.log"))
+    return counts
+
+
+def test_each_evaluation_setting_is_evaluated_once_side_by_side(environment):
+    """Issue 32: eval.limit 6 -> 3 -> 6 -> 3 evaluates each setting once, in folders side by side."""
+    from pipelines.sweep import step_jepa_sweep
+
+    params = environment / "params.yaml"
+    original = params.read_text()
+    only = {"lambdas": [0.5]}  # the configs that train (the overflowing one would retrain each time)
+    try:
+        step_jepa_sweep(sweep=only, **PATHS)  # limit 6: evaluated by the sweeps above
+        before = evaluations(environment)
+        tree = yaml.safe_load(original)
+        tree["eval"]["limit"] = 3
+        tree["train"]["k"] = 3  # as `dvc exp run -S train.k=3` would: the sweep sets K itself
+        params.write_text(yaml.safe_dump(tree))
+        step_jepa_sweep(sweep=only, **PATHS)
+        after_first_switch = evaluations(environment)
+        warned = [line for line in flow_run_log(environment) if line.startswith("train.k")]
+        assert len(warned) == 1 and "set sweep.ks instead" in warned[0], warned
+        new = {k: v for k, v in after_first_switch.items() if before.get(k) != v}
+        # validation of sft and k1_lam0.5, test of the selected config and of sft (one if it is sft)
+        assert len(new) in (3, 4) and all(v == 1 for v in new.values()), new
+        assert all("-" in Path(k).name for k in new), "a new setting gets a folder of its own"
+        params.write_text(original)
+        step_jepa_sweep(sweep=only, **PATHS)
+        tree["eval"]["limit"] = 3
+        params.write_text(yaml.safe_dump(tree))
+        summary = step_jepa_sweep(sweep=only, **PATHS)
+        assert evaluations(environment) == after_first_switch, "a setting evaluated before was evaluated again"
+        assert summary["test"] and summary["validation"]
+        for run in environment.glob("runs/sweep/sft_s0-*"):
+            assert len(list(run.glob("eval/validation*/eval_key"))) == 2, "both settings side by side"
+    finally:
+        params.write_text(original)

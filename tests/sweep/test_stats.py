@@ -329,3 +329,17 @@ def test_t_quantiles_and_the_paired_t_interval_match_tables():
     half = 3.1824 * (5 / 3) ** 0.5 / 2  # t(0.975, 3) sd / sqrt(4)
     assert abs(low - (2.5 - half)) < 1e-3 and abs(high - (2.5 + half)) < 1e-3
     assert all(x != x for x in paired_t_interval([1.0], [0.0]))  # nan: one pair has no spread
+
+
+def test_numbers_are_written_to_the_digits_they_can_support():
+    from stepjepa.stats import reported
+
+    assert reported("accuracy_strict", 0.123456789) == 0.1235
+    assert reported("vs_sft_delta", -0.0000301) == 0.0, "no -0.0"
+    assert reported("validation/step2_nll", 5.33049999) == 5.33 and reported("nll", 12.3456) == 12.35
+    assert reported("vs_sft_step2_nll_ci_low", -0.081234) == -0.0812
+    assert reported("vs_sft_p_value", 0.0123456) == 0.0123 and reported("p_holm", 1.23456e-9) == 1.23e-9
+    assert reported("vs_sft_t_p", 0.98765) == 0.988
+    assert reported("mean_cos", 0.99987654) == 0.9999
+    for same in (3, True, None, float("nan"), "better"):
+        assert reported("accuracy_strict", same) is same

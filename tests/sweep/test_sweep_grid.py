@@ -284,6 +284,20 @@ def test_a_work_pool_config_runs_in_the_sweeps_folder_without_leaving_this_one(t
         assert train_args[2] == {name: str(root / path) for name, path in paths.items()} == eval_args[4]
         assert train_args[5:] == ("e", {}) and train_kwargs == eval_kwargs == {"cwd": str(root)}
         assert train_args[4] is eval_args[6], "one pool of device slots for the training and its evaluation"
+    # A run another sweep's folder holds (runs/sweep, for a sweep in the store) is evaluated in this one's.
+    flow.step_jepa_config.fn(
+        spec={"name": "sft_s0"},
+        run_dir="runs/sweep/sft_s0-ab",
+        paths=paths,
+        child_run_id="r",
+        split="test",
+        eval_key="e",
+        config={},
+        workdir=str(tmp_path),
+        home="runs/store/sft_s0-ab",
+    )
+    assert calls["train"][0][1] == str(tmp_path / "runs/sweep/sft_s0-ab")
+    assert calls["evaluate"][1] == {"cwd": str(tmp_path), "home": str(tmp_path / "runs/store/sft_s0-ab")}
 
 
 # --- Axes: any training key, as a grid or one factor at a time ----------------------------
@@ -577,3 +591,74 @@ def test_a_change_in_a_stage_module_changes_the_fingerprint(tmp_path, monkeypatc
     assert specs.data_fingerprint([data]) == before
     (library / "method/forward.py").write_text("# a method change\n")
     assert specs.data_fingerprint([data]) != before
+
+
+# --- Evaluations: one folder per split and setting, the old layout still read -------------
+
+
+def test_each_evaluation_setting_has_its_own_folder_and_the_old_layout_is_still_read(tmp_path):
+    from stepjepa.sweep.specs import eval_folder, evaluation_key, is_evaluated, mark_evaluated
+
+    run = tmp_path / "k1_lam0.5_s0-abcdef12"
+    first, second = "1" * 32, "2" * 32
+    assert eval_folder(run, "validation", first) == run / "eval" / "validation-11111111"
+    for key in (first, second):
+        assert not is_evaluated(run, "validation", key)
+        eval_folder(run, "validation", key).mkdir(parents=True)
+        mark_evaluated(run, "validation", key)
+    assert is_evaluated(run, "validation", first) and is_evaluated(run, "validation", second)
+    assert not is_evaluated(run, "test", first), "a split is its own evaluation"
+    # A run folder from before (on disk, in a DVC cache): eval/<split>/ with its marker.
+    old = tmp_path / "sft_s0-12345678"
+    (old / "eval" / "test").mkdir(parents=True)
+    (old / "eval" / "test" / "eval_key").write_text(first + "\n")
+    assert is_evaluated(old, "test", first) and eval_folder(old, "test", first) == old / "eval" / "test"
+    assert evaluation_key(old / "eval" / "test") == first
+    assert not is_evaluated(old, "test", second)
+    assert eval_folder(old, "test", second) == old / "eval" / "test-22222222", "another setting beside it"
+
+
+# --- Train keys the sweep replaces: one warning each, naming the sweep key ---------------
+
+
+def _replaced(train: dict, sweep: dict | None = None) -> list[str]:
+    from stepjepa.sweep.specs import replaced_settings
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base["train"] |= train
+    base["sweep"] |= sweep or {}
+    config = config_from_dict(base).sweep
+    return replaced_settings(base, config, expand_grid(config), "params.yaml")
+
+
+def test_the_shipped_params_file_spells_out_defaults_and_warns_of_nothing():
+    assert _replaced({}) == []
+
+
+@pytest.mark.parametrize(
+    ("train", "sweep_key"),
+    [
+        ({"k": 1}, "sweep.ks"),
+        ({"lambda": 0.5}, "sweep.lambdas"),
+        ({"seed": 3}, "sweep.seeds"),
+        ({"loss": "mse"}, "sweep.loss"),
+        ({"layout": "two_pass"}, "sweep.layout"),
+        ({"views": "user_assistant", "layout": "packed"}, "sweep.views"),
+        ({"experiment": "mine"}, "sweep.experiment"),
+    ],
+)
+def test_a_train_key_the_sweep_replaces_is_one_line_naming_the_sweep_key(train, sweep_key):
+    key = next(iter(train))
+    lines = [line for line in _replaced(train) if line.startswith(f"train.{key}:")]
+    assert len(lines) == 1, _replaced(train)
+    assert "params.yaml" in lines[0] and f"set {sweep_key} instead" in lines[0] and "\n" not in lines[0]
+
+
+def test_no_warning_when_every_run_gets_the_value_or_an_axis_names_its_own_key():
+    assert _replaced({"k": 1}, {"ks": [1]}) == [], "SFT's K = 0 is not a replaced value"
+    assert _replaced({"seed": 3, "loss": "mse"}, {"seeds": [3], "loss": "mse"}) == []
+    (line,) = _replaced({"loss": "mse"}, {"axes": {"loss": ["cosine", "infonce"]}})
+    assert line.startswith('train.loss: "mse"') and "set sweep.axes.loss instead" in line
+    (line,) = _replaced({"target_grad": False}, {"axes": {"target_grad": [True]}})
+    assert "sweep.axes.target_grad" in line
+    assert _replaced({"max_steps": 3, "learning_rate": 0.5}) == [], "keys the sweep leaves alone are the runs'"
