@@ -360,6 +360,7 @@ def step_jepa_sweep(
     # checkpoint and stop (SIGINT is not Prefect's: `main`'s forwarding still has it).
     with (
         launch.forward_signals(signal.SIGTERM),
+        launch.warm_starts(sweep_config.warm_start and sweep_config.launcher != "work_pool" and not slots.gpus),
         tracking.sweep_run(
             sweep_config.experiment,
             sweep_config.model_dump(mode="json") | {"runs": len(specs)},

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from stepjepa.training.warm import WarmStarter
+
 
 class RunFailed(RuntimeError):
     """A training or evaluation process exited non-zero; the message ends with its log tail.
@@ -87,6 +89,7 @@ class DeviceSlots:
         for slot in gpus or [None] * cpu_slots:
             self._free.put(slot)
         self.size = self._free.qsize()
+        self.gpus = list(gpus)
         self.cpu_threads = None if gpus or cpu_slots == 1 else max(1, usable_cores() // cpu_slots)
 
     def env(self, slot: int | None, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -278,6 +281,25 @@ def forward_signals(*signals: int) -> Iterator[None]:
 PROGRESS = re.compile(r"\bINFO ((?:step|evaluate \w+) \d+/\d+\b.*)$")
 
 
+_WARM: WarmStarter | None = None  # set by `warm_starts`
+
+
+@contextlib.contextmanager
+def warm_starts(enabled: bool = True) -> Iterator[None]:
+    """While the block runs, `run_logged` starts the runs it can from a warm server
+    (stepjepa/training/warm.py) instead of a new Python each; nested blocks share the first."""
+    global _WARM
+    if not enabled or _WARM is not None:
+        yield
+        return
+    with WarmStarter() as warm:
+        _WARM = warm
+        try:
+            yield
+        finally:
+            _WARM = None
+
+
 def run_logged(
     cmd: list[str],
     env: dict[str, str],
@@ -300,7 +322,7 @@ def run_logged(
         log.flush()
         # Text mode reads a progress bar's "\r" redraws as lines, so the log stays readable.
         proc = subprocess.Popen(
-            cmd,
+            _WARM.command(cmd) if _WARM is not None else cmd,
             env=env,
             cwd=cwd,
             stdout=log if on_progress is None else subprocess.PIPE,

@@ -84,15 +84,17 @@ from pathlib import Path
 from stepjepa.training import launch
 params, data, out = map(Path, sys.argv[1:4])
 cmd = launch.train_command(params, data, out, None, resume=False)
-with launch.forward_signals():
+with launch.forward_signals(), launch.warm_starts(sys.argv[4] == "warm"):
     launch.run_logged(cmd, launch.device_env(None), out / "train.log", on_progress=print)
 """
 
 
 @pytest.mark.e2e
-def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, conversations, tmp_path):
+@pytest.mark.parametrize("start", ["cold", "warm"])
+def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, conversations, tmp_path, start):
     """The sweep's path: `run_logged(accelerate launch -m stepjepa.training.train)`. SIGTERM kills
-    accelerate's launcher at once; the training process under it must still checkpoint."""
+    accelerate's launcher at once; the training process under it must still checkpoint. Warm: the
+    run forked from the warm server (stepjepa/training/warm.py) hears the same signal."""
     from mlflow import MlflowClient
 
     from stepjepa.training.checkpoint import latest_checkpoint
@@ -112,7 +114,7 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
     out = tmp_path / "run"
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
     task = subprocess.Popen(
-        [sys.executable, "-c", TRAIN_LAUNCHER, str(params), str(data), str(out)],
+        [sys.executable, "-c", TRAIN_LAUNCHER, str(params), str(data), str(out), start],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
