@@ -64,10 +64,13 @@ DEMO_TASK := data.source=arith \
 	train.learning_rate=0.006 train.checkpoint_every=null \
 	eval.limit=500 eval.max_new_tokens=80 eval.batch_size=100
 DEMO_SEEDS ?= [0,1,2,3,4]
+# More settings for a rerun, e.g. DEMO_EXTRA=train.lm_loss_chunk=64: weight-neutral, but the LM
+# loss is summed in another order, the float noise another machine would bring.
+DEMO_EXTRA ?=
 DEMO_PARAMS ?= $(DEMO_TASK) \
 	'sweep.ks=[1,2]' 'sweep.lambdas=$(DEMO_LAMBDAS)' 'sweep.seeds=$(DEMO_SEEDS)' sweep.max_concurrent=2 \
 	sweep.loss=infonce sweep.layout=packed \
-	sweep.experiment=step-jepa-arith sweep.registered_model_name=step-jepa-arith
+	sweep.experiment=step-jepa-arith sweep.registered_model_name=step-jepa-arith $(DEMO_EXTRA)
 
 # Both end with `stepjepa compare` against the committed result (docs/results/NAME/verdicts.json):
 # one line per config, "reproduced" or what changed; the target fails (exit 1) when any changed.
