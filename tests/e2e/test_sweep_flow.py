@@ -62,7 +62,7 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
     with task_run_names() as names:
         summary = step_jepa_sweep(**PATHS)
     # Readable in the UI from the start, queued ones too (issue 32: `train_run-557`).
-    assert names and all(re.match(r"(train|evaluate) (sft|k1)_", name) for name in names), names
+    assert names and all(re.match(r"(train|evaluate|start) (sft|k1)_", name) for name in names), names
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert summary["configs"] == 3 and summary["failed_runs"] == 1 and summary["failed"] == ["k1_lam1e+39_s0"]
     accuracy = json.loads((environment / "metrics/sweep/accuracy.json").read_text())
@@ -109,9 +109,8 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
         for p in environment.glob("runs/sweep/*/eval/test-*/predictions.jsonl")
     } == {f"{selected}_s0", "sft_s0"}
     assert "sft_accuracy_strict" in summary["test"] and "champion_accuracy_strict" in summary["test"]
-    assert summary["champion"] == {
+    assert summary["champion"] == {  # no alias: the registry's outcome says where it went
         "name": "sj-test",
-        "alias": "champion",
         "config": selected,
         "run_folder": summary["champion"]["run_folder"],
     }
