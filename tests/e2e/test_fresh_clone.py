@@ -429,6 +429,8 @@ def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_projec
         new = {n: c for n, c in ui_launches.items() if n not in trained}
         assert sorted(n.split("-")[0] for n in new) == ["k1_lam0.5_s1", "sft_s1"] and set(new.values()) == {1}, new
         assert {n: ui_launches[n] for n in trained} == trained, "the UI sweep trained a run make run had trained"
+        status = run(["dvc", "status"], repo, env)  # before make run could repair anything
+        assert "up to date" in status or status.strip() == "", f"the UI sweep changed the stage's outs:\n{status}"
         # The flow run says what happened to the registry, in its artifact and in its log.
         (artifact,) = prefect_api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run]}}})
         registry = re.search(r"\*\*Registry:\*\* (.*)", artifact["data"]).group(1)
