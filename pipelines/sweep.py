@@ -632,9 +632,10 @@ def _finish(
                 "the champion's registration",
                 lambda: _register(sweep, parent, validation, best, test_row, winner, runs),
             )
+        # The sweep's selected run, to register: whether it became the champion is the state of
+        # an MLflow store, said by `registry` (the flow's log and artifact), not a DVC result.
         summary["champion"] = {
             "name": sweep.registered_model_name,
-            "alias": "champion",
             "config": best["config"],
             "run_folder": winner.run_folder,
         }

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stepjepa.stats import SELECTION_RULE
+from stepjepa.stats import SELECTION_RULE, reported
 from stepjepa.tracking.lineage import flatten, git_tags
 from stepjepa.tracking.offline import started_offline
 from stepjepa.tracking.owner import OWNER_PID, owner_gone, owner_tags
@@ -272,7 +272,8 @@ def log_sweep_summary(
         client.set_tag(parent_id, "stepjepa.registry", summary["registry"][:5000])
     client.set_tag(parent_id, "mlflow.note.content", _note(summary))
     columns = sorted({k for r in rows for k in r})
-    cells = {c: [str(r[c]) if isinstance(r.get(c), list) else r.get(c) for r in rows] for c in columns}
+    # Written to the digits they support, as every tracked result (`stats.reported`).
+    cells = {c: [str(r[c]) if isinstance(r.get(c), list) else reported(c, r.get(c)) for r in rows] for c in columns}
     mlflow.log_table(cells, "sweep_summary.json", run_id=parent_id)
     client.log_text(parent_id, table_md, "sweep_summary.md")
     client.log_dict(parent_id, summary, "summary.json")
@@ -281,7 +282,7 @@ def log_sweep_summary(
     for row in rows:
         for key in ("accuracy_strict", "step2_nll"):
             if row.get(key) is not None:
-                client.log_metric(parent_id, f"validation/{key}.{row['config']}", row[key])
+                client.log_metric(parent_id, f"validation/{key}.{row['config']}", reported(key, row[key]))
 
 
 def _note(summary: dict[str, Any]) -> str:

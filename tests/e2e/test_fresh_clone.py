@@ -13,8 +13,10 @@ two-run sweep; now they share the author's: ~60 CPU-s of `make test` fewer.)"""
 import json
 import os
 import random
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -329,6 +331,169 @@ def test_other_sweeps_share_the_runs_but_the_stage_holds_exactly_the_params_file
     assert store_runs(repo) == {"k1_lam0.5_s0", "sft_s0", "k1_lam0.5_s1", "sft_s1"}
     assert launches(repo) == trained
     assert run(["git", "status", "--porcelain"], repo, env) == "", "dvc.lock and metrics/ hold the params file's sweep"
+
+
+def evaluations(repo: Path) -> Counter:
+    """Evaluations per (run folder, split), wherever they were made (runs/sweep and runs/store
+    counted together): an evaluation process opens its command with `$ ` in
+    eval/<split>-<key>/evaluate.log; a training process that evaluated its own model logs
+    'evaluating MODEL on N examples of .../<split>.jsonl' in train.log."""
+    counts = Counter()
+    for log in repo.glob("runs/*/*/eval/*/evaluate.log"):
+        counts[log.parents[2].name, log.parent.name.split("-")[0]] += log.read_text().count("$ ")
+    trained = {log.parent.name: log.read_text() for log in repo.glob("runs/*/*/train.log")}  # a copy's log is its run's
+    for name, text in trained.items():
+        for split in re.findall(r"evaluating \S+ on \d+ examples of (?:\S*/)?(\w+)\.jsonl", text):
+            counts[name, split] += 1
+    return counts
+
+
+def versions(client, name: str) -> dict[str, dict]:
+    """The model's versions: {version: {run_id, run_folder, aliases}} (a search leaves aliases out)."""
+    found = [client.get_model_version(name, v.version) for v in client.search_model_versions(f"name = '{name}'")]
+    return {
+        str(v.version): {"run_id": v.run_id, "run_folder": v.tags.get("run_folder"), "aliases": sorted(v.aliases)}
+        for v in found
+    }
+
+
+@pytest.mark.server
+def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_project(
+    published, tmp_path_factory, migrated_prefect
+):
+    """Issue 32's acceptance, as a researcher runs it with docs/sweeps.md's servers (real
+    `prefect server` and `mlflow server` on 127.0.0.1, the MLflow one on the project's
+    mlflow.db): `make run` on a fresh clone, a smaller UI sweep with another seed (the served
+    deployment, triggered with `-p sweep=...`), `make run` again. The champion stays where the
+    first `make run` put it (one seed cannot beat it on the same questions and seeds), one
+    model version per run, `dvc status` and `git status` clean, every (run, split) evaluated
+    once, the UI sweep trains only its seed's runs, and MLflow parents tell the sweeps apart.
+    With STEPJEPA_SCREENSHOTS=DIR it writes the MLflow and Prefect pages docs/sweeps.md shows."""
+    from mlflow import MlflowClient
+
+    from tests.support.servers import (
+        BIN,
+        free_port,
+        mlflow_server,
+        prefect_api,
+        prefect_server,
+        process,
+        wait_for_deployment,
+    )
+
+    author, source, _ = published
+    tmp = tmp_path_factory.mktemp("shared")
+    repo, env = fresh_clone(author, tmp, source, "fetch", "prepare", "build_model", "tokenize")
+    shots = os.environ.get("STEPJEPA_SCREENSHOTS")
+    port = free_port()
+    env |= {"PREFECT_HOME": migrated_prefect(tmp / "prefect-home"), "PREFECT_UI_ENABLED": "true" if shots else "false"}
+    env |= {"PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}  # the UI's (it assumes port 4200)
+    model = "sj-fresh"
+    with (
+        prefect_server(tmp / "prefect.log", env, port) as api,
+        mlflow_server(f"sqlite:///{repo}/mlflow.db", repo / "mlartifacts", tmp / "mlflow.log", env) as ml,
+    ):
+        env |= {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}  # docs/sweeps.md's exports
+        client = MlflowClient(ml)
+        out = make_run(repo, env)
+        assert "Running stage 'sweep'" in out
+        first = versions(client, model)
+        champion = client.get_model_version_by_alias(model, "champion")
+        trained = launches(repo)
+        assert sorted(n.split("-")[0] for n in trained) == ["k1_lam0.5_s0", "sft_s0"]
+
+        serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
+        with process(serve, tmp / "serve.log", env, cwd=repo):
+            wait_for_deployment(env, "gsm8k")
+            ui = subprocess.run(
+                [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k"]
+                + ["-p", 'sweep={"ks": [1], "lambdas": [0.5], "seeds": [1]}', "--watch", "--watch-timeout", "400"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=450,
+            )
+        assert ui.returncode == 0 and "Completed" in ui.stdout, (
+            ui.stdout + ui.stderr + (tmp / "serve.log").read_text()[-3000:]
+        )
+        flow_run = re.search(r"UUID: ([0-9a-f-]{36})", ui.stdout).group(1)
+        after_ui = versions(client, model)
+        assert client.get_model_version_by_alias(model, "champion").version == champion.version, (
+            "a one-seed UI sweep moved the champion: it cannot beat it on the same questions and seeds"
+        )
+        # Its best (a seed-1 run) is a version of its own, alias candidate; the first make run's stay.
+        (added,) = [after_ui[v] for v in after_ui.keys() - first.keys()]
+        assert added["aliases"] == ["candidate"] and added["run_folder"].split("-")[0].endswith("_s1"), after_ui
+        assert {v: after_ui[v]["run_id"] for v in first} == {v: first[v]["run_id"] for v in first}
+        ui_launches = launches(repo)
+        new = {n: c for n, c in ui_launches.items() if n not in trained}
+        assert sorted(n.split("-")[0] for n in new) == ["k1_lam0.5_s1", "sft_s1"] and set(new.values()) == {1}, new
+        assert {n: ui_launches[n] for n in trained} == trained, "the UI sweep trained a run make run had trained"
+        status = run(["dvc", "status"], repo, env)  # before make run could repair anything
+        assert "up to date" in status or status.strip() == "", f"the UI sweep changed the stage's outs:\n{status}"
+        # The flow run says what happened to the registry, in its artifact and in its log.
+        (artifact,) = prefect_api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run]}}})
+        registry = re.search(r"\*\*Registry:\*\* (.*)", artifact["data"]).group(1)
+        assert registry.startswith("champion unchanged"), registry
+        logs = prefect_api(
+            api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run]}}, "sort": "TIMESTAMP_DESC", "limit": 200}
+        )
+        assert f"registry: {registry}" in {log["message"] for log in logs}
+
+        out = make_run(repo, env)
+        assert "Running stage" not in out and "is registered in" in out, out
+        assert versions(client, model) == after_ui, "the second make run changed the registry"
+        assert client.get_model_version_by_alias(model, "champion").version == champion.version
+        experiment = client.get_experiment_by_name("fresh")
+        parents = client.search_runs([experiment.experiment_id], "tags.`stepjepa.kind` = 'sweep'")
+        names = sorted(p.info.run_name for p in parents)
+        if shots:
+            ui_parent = next(p.info.run_id for p in parents if "seeds=1 " in p.info.run_name)
+            pages = {p.info.run_id for p in parents}
+            take_screenshots(
+                Path(shots),
+                tmp,
+                env,
+                ml,
+                experiment.experiment_id,
+                ui_parent,
+                pages,
+                model,
+                api,
+                flow_run,
+                artifact["id"],
+            )
+
+    assert len({v["run_id"] for v in after_ui.values()}) == len(after_ui), f"two versions of one run: {after_ui}"
+    assert len({v["run_folder"] for v in after_ui.values()}) == len(after_ui), f"two of one run folder: {after_ui}"
+    assert len(names) == 2 and names[0] != names[1], f"parents one cannot tell apart: {names}"
+    assert any("seeds=0 " in n for n in names) and any("seeds=1 " in n for n in names), names
+    assert launches(repo) == ui_launches, "the second make run trained"
+    counted = evaluations(repo)
+    assert {(n, "validation") for n in ui_launches} <= counted.keys()
+    assert set(counted.values()) == {1}, f"an evaluation made more than once: {counted}"
+    status = run(["dvc", "status"], repo, env)
+    assert "up to date" in status or status.strip() == "", status
+    assert run(["git", "status", "--porcelain"], repo, env) == "", "dvc.lock and metrics/ hold the params file's sweep"
+
+
+def take_screenshots(folder, tmp, env, ml, experiment, ui_parent, parents, model, api, flow_run, artifact):
+    """docs/screenshots/: the MLflow experiment's two parents compared (their names), the UI
+    sweep's parent (its children, selected config and registry outcome), the model's versions
+    and aliases, and the UI sweep's Prefect flow run and its artifact (the registry line)."""
+    from tests.support.chromium import screenshot
+
+    browser = env | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    ui = api.removesuffix("/api")
+    runs = json.dumps(sorted(parents))
+    for name, url, size in [
+        ("mlflow-parents-compared", f'{ml}/#/compare-runs?runs={runs}&experiments=["{experiment}"]', "1400,900"),
+        ("mlflow-ui-sweep-parent", f"{ml}/#/experiments/{experiment}/runs/{ui_parent}", "1400,1300"),
+        ("mlflow-model-versions", f"{ml}/#/models/{model}", "1400,1100"),
+        ("prefect-ui-sweep-run", f"{ui}/runs/flow-run/{flow_run}", "1400,900"),
+        ("prefect-ui-sweep-artifact", f"{ui}/artifacts/artifact/{artifact}", "1400,900"),
+    ]:
+        screenshot(url, folder / f"{name}.png", browser, tmp, size)
 
 
 def test_param_change_reruns_only_what_it_affects(published):

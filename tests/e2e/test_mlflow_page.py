@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chromium import CHROMIUM_FLAGS, chromium
+from tests.support.chromium import LOCAL_FLAGS as FLAGS
+from tests.support.chromium import chromium
 from tests.support.servers import mlflow_server
 from tests.support.train import make_config, write_tokenized
-
-# Offline as for the plots page, but the local server must resolve; MLflow's UI is a JS app
-# reading the run over its REST API, so it gets (virtual) time to render.
-FLAGS = [f for f in CHROMIUM_FLAGS if not f.startswith(("--host-resolver-rules", "--virtual-time-budget"))] + [
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    "--virtual-time-budget=20000",
-]
 
 
 def _chromium(env: dict, tmp: Path, *args: str) -> str:

@@ -109,9 +109,8 @@ def test_sweep_selects_on_validation_tests_once_registers_and_survives_a_failure
         for p in environment.glob("runs/sweep/*/eval/test-*/predictions.jsonl")
     } == {f"{selected}_s0", "sft_s0"}
     assert "sft_accuracy_strict" in summary["test"] and "champion_accuracy_strict" in summary["test"]
-    assert summary["champion"] == {
+    assert summary["champion"] == {  # no alias: the registry's outcome says where it went
         "name": "sj-test",
-        "alias": "champion",
         "config": selected,
         "run_folder": summary["champion"]["run_folder"],
     }

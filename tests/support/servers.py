@@ -89,8 +89,8 @@ def mlflow_server(
 
 
 @contextlib.contextmanager
-def prefect_server(log: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
+def prefect_server(log: Path, env: dict[str, str], port: int | None = None) -> Iterator[str]:
+    port = port or free_port()  # a given port: one the UI's PREFECT_UI_API_URL names
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with process(cmd, log, env) as proc:
         url = f"http://127.0.0.1:{port}/api"
@@ -149,3 +149,12 @@ def prefect_home(home: Path, template: Path) -> str:
     if not (home / "prefect.db").exists():
         shutil.copy(template, home / "prefect.db")
     return str(home)
+
+
+def prefect_api(api: str, path: str, body: dict) -> list | dict:
+    """POST `body` to the Prefect API at `api` (`.../api`) and return its JSON answer."""
+    request = urllib.request.Request(
+        f"{api}{path}", data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -335,6 +336,23 @@ def test_the_parent_says_the_selected_config_why_and_the_registry(tmp_path, monk
         f"**Selected:** k1_lam0.5 ({SELECTION_RULE}); vs SFT: too few seeds to tell\n\n"
         "**Registry:** first champion: version 1"
     )
+
+
+def test_the_parents_metrics_and_table_are_written_to_the_digits_they_support(tmp_path, monkeypatch):
+    """Issue 32: the parent's `validation/*.<config>` metrics and its sweep table are rounded as
+    every other tracked result (`stats.reported`), so float noise from another CPU does not show."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    row = {"config": "sft", "accuracy_strict": 0.123456789, "step2_nll": 5.33049871, "ks": [0]}
+    with tracking.sweep_run("sweeps", {"ks": [1]}) as parent:
+        tracking.log_sweep_summary(parent, [row], "| t |", [], {"selected": "sft"})
+    client = MlflowClient(tracking_uri())
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["validation/accuracy_strict.sft"] == 0.1235 and metrics["validation/step2_nll.sft"] == 5.33
+    table = json.loads((Path(client.download_artifacts(parent, "sweep_summary.json", str(tmp_path)))).read_text())
+    cells = dict(zip(table["columns"], table["data"][0], strict=True))
+    assert cells["accuracy_strict"] == 0.1235 and cells["step2_nll"] == 5.33 and cells["ks"] == "[0]"
 
 
 def test_a_dead_sweep_ends_the_runs_it_reused_from_an_earlier_sweep(monkeypatch, tmp_path):
