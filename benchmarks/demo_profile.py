@@ -18,9 +18,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-LINE = re.compile(
-    r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \| INFO .*? - (\S+) (?:step (\d+)/(\d+)|evaluate (\w+) (\d+)/(\d+))"
-)
+LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \| INFO .*? - (\S+) (?:step (\d+)/(\d+)|evaluate (\w+) (\d+)/(\d+))")
 
 
 def spans(log: str) -> dict[str, float]:
