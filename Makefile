@@ -64,8 +64,8 @@ DEMO_TASK := data.source=arith \
 	train.learning_rate=0.006 train.checkpoint_every=null \
 	eval.limit=500 eval.max_new_tokens=80 eval.batch_size=100
 DEMO_SEEDS ?= [0,1,2,3,4]
-# More settings for a rerun, e.g. DEMO_EXTRA=train.lm_loss_chunk=64: weight-neutral, but the LM
-# loss is summed in another order, the float noise another machine would bring.
+# More settings for a rerun, e.g. DEMO_EXTRA=++train.lm_loss_chunk=64 (++: a key params.yaml leaves out):
+# weight-neutral, but the LM loss is summed in another order: the float noise of another machine.
 DEMO_EXTRA ?=
 DEMO_PARAMS ?= $(DEMO_TASK) \
 	'sweep.ks=[1,2]' 'sweep.lambdas=$(DEMO_LAMBDAS)' 'sweep.seeds=$(DEMO_SEEDS)' sweep.max_concurrent=2 \
