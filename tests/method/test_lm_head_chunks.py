@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from stepjepa.method.forward import lm_loss_from_hidden, lm_loss_sum, model_parts, step_jepa_forward
 from stepjepa.vocabulary import IGNORE_INDEX
@@ -20,18 +20,7 @@ MODEL = tiny_llama("sdpa")
 
 
 def tied_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama("sdpa", tied=True, seed=1)
     assert model.lm_head.weight is model.get_input_embeddings().weight
     return model
 

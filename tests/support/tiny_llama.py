@@ -12,7 +12,7 @@ from stepjepa.method.forward import _two_pass_views, gather_views, last_hidden, 
 PRED = [296, 297, 298, 299]
 
 
-def tiny_llama(impl: str, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+def tiny_llama(impl: str, dtype: torch.dtype = torch.float32, tied: bool = False, seed: int = 0) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=300,
         hidden_size=64,
@@ -22,8 +22,9 @@ def tiny_llama(impl: str, dtype: torch.dtype = torch.float32) -> LlamaForCausalL
         num_key_value_heads=2,
         max_position_embeddings=256,
         attn_implementation=impl,
+        tie_word_embeddings=tied,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
