@@ -28,6 +28,8 @@ gc.disable()
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["tests.support.cpu_usage"]
+
 from stepjepa.training.launch import watch_descendants  # noqa: E402
 from tests.support.projects import ROOT  # noqa: E402
 from tests.support.synthetic import TINY_TEST_MODEL, synthetic_conversations  # noqa: E402
