@@ -39,16 +39,41 @@ def make_run(repo: Path, env: dict) -> str:
     return run(["dvc", "repro"], repo, env) + run([sys.executable, "-m", "pipelines.sweep", "--reconcile"], repo, env)
 
 
-def environment(repo: Path, source: Path) -> dict:
-    return os.environ | {
-        "GSM8K_DIR": str(source),
-        "DVC_NO_ANALYTICS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db",
-        "PREFECT_HOME": str(repo / ".prefect"),
+def environment(repo: Path, source: Path, prefect_url: str | None = None) -> dict:
+    """`make run`'s environment in `repo`; with `prefect_url`, its flows use that Prefect server
+    (docs/sweeps.md's exported PREFECT_API_URL) instead of starting a temporary one."""
+    api = {"PREFECT_API_URL": prefect_url} if prefect_url else {}
+    return (
+        os.environ
+        | api
+        | {
+            "GSM8K_DIR": str(source),
+            "DVC_NO_ANALYTICS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": str(repo),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db",
+            "PREFECT_HOME": str(repo / ".prefect"),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def prefect_url(tmp_path_factory, migrated_prefect):
+    """One `prefect server` on 127.0.0.1 for every flow of this module but the author's first
+    `make run`, which starts Prefect's temporary server on a new database, as on a fresh
+    machine. A temporary server costs each flow ~6.5 CPU-s and ~5 s to start; this module
+    started seven. With STEPJEPA_SCREENSHOTS set it serves the UI (the acceptance test's pages)."""
+    from tests.support.servers import free_port, prefect_server
+
+    tmp, port = tmp_path_factory.mktemp("prefect-server"), free_port()
+    env = os.environ | {
+        "PREFECT_HOME": migrated_prefect(tmp / "home"),
+        "PREFECT_UI_ENABLED": "true" if os.environ.get("STEPJEPA_SCREENSHOTS") else "false",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # the UI's (it assumes port 4200)
     }
+    with prefect_server(tmp / "prefect.log", env, port) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
@@ -90,35 +115,31 @@ def published(tmp_path_factory):
     return repo, source, first_repro
 
 
-def fresh_clone(author: Path, folder: Path, source: Path, *pull: str) -> tuple[Path, dict]:
+def fresh_clone(author: Path, folder: Path, source: Path, prefect_url: str, *pull: str) -> tuple[Path, dict]:
     repo = folder / "repo"
     run(["git", "clone", "-q", str(author), str(repo)], folder, os.environ)
-    env = environment(repo, source)
+    env = environment(repo, source, prefect_url)
     if pull:
         run(["dvc", "pull", "-q", *pull], repo, env)
     return repo, env
 
 
 @pytest.fixture(scope="module")
-def clone(published, tmp_path_factory, migrated_prefect):
+def clone(published, tmp_path_factory, prefect_url):
     """A fresh clone with the data stages' outputs pulled from the DVC remote, no run
-    folders, and its own empty MLflow store. (Its Prefect database is migrated already: the
-    author's first `make run` made one from nothing.)"""
+    folders, and its own empty MLflow store. (Its flows use the module's Prefect server: the
+    author's first `make run` started a temporary one from nothing.)"""
     author, source, _ = published
-    repo, env = fresh_clone(
-        author, tmp_path_factory.mktemp("clone"), source, "fetch", "prepare", "build_model", "tokenize"
-    )
-    migrated_prefect(Path(env["PREFECT_HOME"]))
-    return repo, env
+    folder = tmp_path_factory.mktemp("clone")
+    return fresh_clone(author, folder, source, prefect_url, "fetch", "prepare", "build_model", "tokenize")
 
 
 @pytest.fixture(scope="module")
-def pulled(published, tmp_path_factory, migrated_prefect):
+def pulled(published, tmp_path_factory, prefect_url):
     """A fresh clone that pulled everything from the DVC remote, run folders included, then
     ran `make run`: (repo, env, what `make run` printed, the train logs the pull brought)."""
     author, source, _ = published
-    repo, env = fresh_clone(author, tmp_path_factory.mktemp("pulled"), source)
-    migrated_prefect(Path(env["PREFECT_HOME"]))
+    repo, env = fresh_clone(author, tmp_path_factory.mktemp("pulled"), source, prefect_url)
     run(["dvc", "pull", "-q"], repo, env)
     pulled_logs = list((repo / "runs/sweep").glob("*/train.log"))
     return repo, env, make_run(repo, env), pulled_logs
@@ -206,36 +227,34 @@ def test_a_clone_that_pulls_the_run_folders_retrains_nothing(pulled):
 
 
 @pytest.mark.server
-def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, migrated_prefect):
+def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path):
     """Issue 18: `make run`, then docs/sweeps.md's Prefect UI sweep with the same grid (a served
     deployment, real `prefect server` and `mlflow server` on the project's own store):
     nothing is trained, no model version is added, and `dvc status` and `git status` stay
     clean (its report goes to `reports/NAME`, which neither DVC nor git tracks). On the
-    pulled clone of the test above: one clone, pull and `make run` fewer (~30 CPU-s)."""
+    pulled clone of the test above: one clone, pull and `make run` fewer (~30 CPU-s). The
+    Prefect server is the module's, where the deployment is named `pulled` so that the
+    acceptance test's `gsm8k` is its own."""
     from mlflow import MlflowClient
 
-    from tests.support.servers import BIN, mlflow_server, prefect_server, process, wait_for_deployment
+    from tests.support.servers import BIN, mlflow_server, process, wait_for_deployment
 
     repo, env, _, _ = pulled
     store = env["MLFLOW_TRACKING_URI"]
     # (the sqlite store answers versions as int, the REST client as str)
     versions = [str(v.version) for v in MlflowClient(store).search_model_versions("name = 'sj-fresh'")]
     assert versions == ["1"]
-    server_env = env | {"PREFECT_HOME": migrated_prefect(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false"}
-    with (
-        prefect_server(tmp_path / "prefect.log", server_env) as api,
-        mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", server_env) as ml,
-    ):
-        client_env = server_env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}
-        serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
+    with mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", env) as ml:
+        client_env = env | {"MLFLOW_TRACKING_URI": ml}  # and the module's PREFECT_API_URL
+        serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "pulled"]
         with process(serve, tmp_path / "serve.log", client_env, cwd=repo):
-            wait_for_deployment(client_env, "gsm8k")
+            wait_for_deployment(client_env, "pulled")
             triggered = subprocess.run(
                 [
                     str(BIN / "prefect"),
                     "deployment",
                     "run",
-                    "step-jepa-sweep/gsm8k",
+                    "step-jepa-sweep/pulled",
                     "-p",
                     'sweep={"ks": [1], "lambdas": [0.5]}',
                     "--watch",
@@ -253,7 +272,7 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path, 
         after = MlflowClient(ml).search_model_versions("name = 'sj-fresh'")
         assert [str(v.version) for v in after] == versions, "the UI sweep registered the same champion again"
     assert not list((repo / "runs/sweep").glob("*/train.log")), "the UI sweep trained a config make run had trained"
-    assert (repo / "reports/gsm8k/table.md").is_file()
+    assert (repo / "reports/pulled/table.md").is_file()
     status = run(["dvc", "status"], repo, env)
     assert "up to date" in status or status.strip() == "", status
     assert run(["git", "status", "--porcelain"], repo, env) == ""
@@ -288,14 +307,16 @@ def store_runs(repo: Path) -> set[str]:
     return {p.name.split("-")[0] for p in (repo / "runs/store").iterdir()}
 
 
-def test_other_sweeps_share_the_runs_but_the_stage_holds_exactly_the_params_files_sweep(published, tmp_path):
+def test_other_sweeps_share_the_runs_but_the_stage_holds_exactly_the_params_files_sweep(
+    published, tmp_path, prefect_url
+):
     """Issue 32: another sweep (seeds 0 and 1, another eval.limit) trains seed 1 in the run
     store, evaluates the stage's seed-0 runs on linked copies there, and leaves the stage's out
     and `dvc status` alone; the stage, asked for seeds 0 and 1, takes the seed-1 runs from the
     store instead of training them; back to seed 0, it moves them out again and dvc.lock and
     metrics/ are what they were."""
     repo, source, _ = published
-    env = environment(repo, source)
+    env = environment(repo, source, prefect_url)
     stage_runs, before = sorted(p.name for p in (repo / "runs/sweep").iterdir()), files(repo / "runs/sweep")
     other = yaml.safe_load((repo / "params.yaml").read_text())
     other["eval"]["limit"] = 4
@@ -359,7 +380,7 @@ def versions(client, name: str) -> dict[str, dict]:
 
 @pytest.mark.server
 def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_project(
-    published, tmp_path_factory, migrated_prefect
+    published, tmp_path_factory, prefect_url
 ):
     """Issue 32's acceptance, as a researcher runs it with docs/sweeps.md's servers (real
     `prefect server` and `mlflow server` on 127.0.0.1, the MLflow one on the project's
@@ -371,29 +392,15 @@ def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_projec
     With STEPJEPA_SCREENSHOTS=DIR it writes the MLflow and Prefect pages docs/sweeps.md shows."""
     from mlflow import MlflowClient
 
-    from tests.support.servers import (
-        BIN,
-        free_port,
-        mlflow_server,
-        prefect_api,
-        prefect_server,
-        process,
-        wait_for_deployment,
-    )
+    from tests.support.servers import BIN, mlflow_server, prefect_api, process, wait_for_deployment
 
     author, source, _ = published
     tmp = tmp_path_factory.mktemp("shared")
-    repo, env = fresh_clone(author, tmp, source, "fetch", "prepare", "build_model", "tokenize")
-    shots = os.environ.get("STEPJEPA_SCREENSHOTS")
-    port = free_port()
-    env |= {"PREFECT_HOME": migrated_prefect(tmp / "prefect-home"), "PREFECT_UI_ENABLED": "true" if shots else "false"}
-    env |= {"PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}  # the UI's (it assumes port 4200)
+    repo, env = fresh_clone(author, tmp, source, prefect_url, "fetch", "prepare", "build_model", "tokenize")
+    shots, api = os.environ.get("STEPJEPA_SCREENSHOTS"), prefect_url  # the module's Prefect server
     model = "sj-fresh"
-    with (
-        prefect_server(tmp / "prefect.log", env, port) as api,
-        mlflow_server(f"sqlite:///{repo}/mlflow.db", repo / "mlartifacts", tmp / "mlflow.log", env) as ml,
-    ):
-        env |= {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}  # docs/sweeps.md's exports
+    with mlflow_server(f"sqlite:///{repo}/mlflow.db", repo / "mlartifacts", tmp / "mlflow.log", env) as ml:
+        env |= {"MLFLOW_TRACKING_URI": ml}  # docs/sweeps.md's exports, with the PREFECT_API_URL above
         client = MlflowClient(ml)
         out = make_run(repo, env)
         assert "Running stage 'sweep'" in out
@@ -496,10 +503,10 @@ def take_screenshots(folder, tmp, env, ml, experiment, ui_parent, parents, model
         screenshot(url, folder / f"{name}.png", browser, tmp, size)
 
 
-def test_param_change_reruns_only_what_it_affects(published):
+def test_param_change_reruns_only_what_it_affects(published, prefect_url):
     """On the author, last: the clones above were made from its commit."""
     repo, source, _ = published
-    env = environment(repo, source)
+    env = environment(repo, source, prefect_url)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["tokenize"]["max_length"] = 128
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
