@@ -1,8 +1,9 @@
 """The team topology without Docker: Prefect server and MLflow server both backed by the
 PostgreSQL on 127.0.0.1:5432 (databases created and dropped here), a process work pool
-with a worker, MLflow artifacts in a local folder. A sweep of two configs + baseline is
-dispatched as work-pool flow runs, lands in MLflow and registers the champion; restarting
-the MLflow server loses nothing."""
+with a worker, MLflow artifacts in a local folder. A sweep of one config and the baseline is
+dispatched as two work-pool flow runs, lands in MLflow and registers the champion; restarting
+the MLflow server loses nothing. (A third config, K = 2, made each `make test` spend ~15 CPU-s
+more on one more flow-run process and cold training run, and checked nothing the two do not.)"""
 
 import contextlib
 import os
@@ -53,7 +54,7 @@ def cli(args, env, cwd=None, timeout=300):
 def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_dir, conversations):
     postgres_or_skip()
     sweep = {
-        "ks": [1, 2],
+        "ks": [1],
         "lambdas": [0.5],
         "experiment": "team",
         "registered_model_name": "sj-team",
@@ -81,12 +82,12 @@ def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_
                     [MlflowClient(ml).get_experiment_by_name("team").experiment_id],
                     "tags.`stepjepa.kind` = 'sweep-config'",
                 )
-                assert {r.info.run_name for r in runs} == {"sft_s0", "k1_lam0.5_s0", "k2_lam0.5_s0"}
+                assert {r.info.run_name for r in runs} == {"sft_s0", "k1_lam0.5_s0"}
                 assert all(r.info.status == "FINISHED" and "validation/accuracy_strict" in r.data.metrics for r in runs)
                 before = MlflowClient(ml).get_model_version_by_alias("sj-team", "champion")
             with mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow2.log", env) as ml:  # a restart
                 client = MlflowClient(ml)
                 after = client.get_model_version_by_alias("sj-team", "champion")
                 assert (after.version, after.run_id) == (before.version, before.run_id)
-                assert len(client.search_runs([client.get_experiment_by_name("team").experiment_id])) == 4
+                assert len(client.search_runs([client.get_experiment_by_name("team").experiment_id])) == 3  # the parent and its two configs
                 assert client.list_artifacts(after.run_id, "validation"), "artifacts survive the restart"
