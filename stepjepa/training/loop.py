@@ -1,5 +1,5 @@
 """The optimizer-step loop of a run: micro-batches, accumulation, clipping, metrics,
-checkpoints. `stepjepa.training.train` sets everything up and calls `run_steps`.
+checkpoints. `stepjepa.training.run` sets everything up and calls `run_steps`.
 
 Every process runs the same steps on its own micro-batches (see `batching.step_plan`);
 metrics are summed over processes before they are logged, and only the main process
