@@ -106,7 +106,7 @@ def our_steps(model_dir: Path, rows: list[dict], variant: str, steps: int) -> tu
     from stepjepa.model.modeling import build_model
     from stepjepa.training.loop import StepModule, optimizer_step
     from stepjepa.training.optim import build_optimizer, build_scheduler
-    from stepjepa.training.train import make_accelerator
+    from stepjepa.training.run import make_accelerator
     from stepjepa.vocabulary import pad_id
 
     layout, k, lam, chunk = OURS[variant]

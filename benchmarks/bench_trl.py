@@ -51,7 +51,7 @@ from stepjepa.model.tiny_model import build_tiny_model, tokenizer_corpus
 from stepjepa.prompts import CHATML_TEMPLATE
 from stepjepa.training.loop import StepModule, optimizer_step
 from stepjepa.training.optim import build_optimizer, build_scheduler
-from stepjepa.training.train import make_accelerator
+from stepjepa.training.run import make_accelerator
 from stepjepa.vocabulary import pad_id
 
 ROOT = Path(__file__).resolve().parents[1]

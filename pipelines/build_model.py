@@ -7,13 +7,15 @@
 from pipelines._io import run_stage, stage_args, write_json
 from stepjepa.config import load_config
 from stepjepa.inputs import read_records
-from stepjepa.model.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
 
 
 def main() -> None:
     args = stage_args(__doc__, "prepared")
     cfg = load_config(args.params)
     records = read_records(args.prepared)
+    # transformers and torch load only now: bad params or records fail without waiting for them.
+    from stepjepa.model.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
+
     build_tiny_model(cfg.tiny_model, tokenizer_corpus(records), args.out)
     write_json(model_summary(args.out), args.metrics)
 

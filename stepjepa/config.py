@@ -399,7 +399,7 @@ class Config(Section):
 # run logs, checkpoints and measures held-out loss, where it logs, whether it logs the
 # model, and how many prompts an evaluation generates together (batching never changes the
 # tokens; tested). Everything else of `model`, `tokenize` and `train` decides the weights.
-# From this list: `stepjepa.training.train` lets a resumed run change them, and logs them as MLflow
+# From this list: `stepjepa.training.run` lets a resumed run change them, and logs them as MLflow
 # tags, not params (`split_params`); `stepjepa.sweep.specs` leaves them out of a run's cache key.
 WEIGHT_NEUTRAL_KEYS: frozenset[str] = frozenset(
     {

@@ -1,5 +1,6 @@
 """The names every stage shares, defined once: the layouts, JEPA losses and view pairs a
-config may choose, the label that means "no loss here", and which id pads a batch.
+config may choose, the tokenised row's columns they read, the label that means "no loss
+here", and which id pads a batch.
 
 Config validation (`config.py`), the masks, losses and collator, the held-out probe and
 the benchmarks import them from here; nothing here imports torch or transformers, so the
@@ -21,6 +22,17 @@ LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
 Views = Literal["steps", "user_assistant"]
 """The JEPA view pair: Step 1 -> Step 2 (Step-JEPA) or user turn -> assistant turn (LLM-JEPA)."""
 VIEWS: tuple[str, ...] = get_args(Views)
+
+# Per view pair: the row columns of its first and second span, and of its validity. The
+# layouts only need the end of the first span and the second span (which follows it), so
+# both pairs share every mask and layout; docs/step-jepa.md 3, 5, 8.
+PAIR_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "steps": ("step1_span", "step2_span", "jepa_valid"),
+    "user_assistant": ("user_span", "assistant_span", "ua_valid"),
+}
+
+ROW_COLUMNS = ("input_ids", "labels", "step1_span", "step2_span", "jepa_valid")
+"""The columns every tokenised row has (docs/data-format.md) that training and `stepjepa inspect` read."""
 
 SFT = "sft"
 """The baseline's config name (K = 0, lambda = 0: plain supervised fine-tuning), which every

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stepjepa.method.collate import PAIR_COLUMNS, Collator, attention_for, shift_targets
+from stepjepa.method.collate import Collator, attention_for, shift_targets
 from stepjepa.method.forward import (
     ModelParts,
     _two_pass_views,
@@ -30,7 +30,7 @@ from stepjepa.method.forward import (
     lm_loss_from_hidden,
     model_parts,
 )
-from stepjepa.vocabulary import IGNORE_INDEX
+from stepjepa.vocabulary import IGNORE_INDEX, PAIR_COLUMNS
 
 
 @contextlib.contextmanager

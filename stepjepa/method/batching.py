@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stepjepa.config import Config, ConfigError
-from stepjepa.method.collate import PAIR_COLUMNS, length_grouped_batches
+from stepjepa.method.collate import length_grouped_batches
 from stepjepa.method.masks import laid_out_lengths
+from stepjepa.vocabulary import PAIR_COLUMNS, ROW_COLUMNS
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("input_ids", "labels", "step1_span", "step2_span", "jepa_valid")
 # The user/assistant pair's columns (train.views: user_assistant); data tokenised before
 # they existed still trains the steps pair.
 UA_COLUMNS = ("user_span", "assistant_span", "ua_valid", "ua_invalid_reason")
@@ -45,13 +45,13 @@ def load_rows(path: str | Path, max_examples: int | None = None) -> list[dict[st
             f"--data {path}: not a Parquet file of tokenised rows ({err}); run `dvc repro tokenize` "
             "and pass data/tokenized/train.parquet"
         ) from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in ROW_COLUMNS if c not in table.column_names]
     if missing:
         raise ConfigError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
     if max_examples is not None:
         table = table.slice(0, max_examples)
     extra = [c for c in ("invalid_reason", *UA_COLUMNS) if c in table.column_names]
-    return table.select([*COLUMNS, *extra]).to_pylist()
+    return table.select([*ROW_COLUMNS, *extra]).to_pylist()
 
 
 def check_rows(rows: list[dict[str, Any]], cfg: Config) -> dict[str, int]:

@@ -31,15 +31,7 @@ from stepjepa.method.masks import (
     layout_mask,
     packed_lengths,
 )
-from stepjepa.vocabulary import IGNORE_INDEX, Layout, Views, check_layout_fits_views
-
-# Per view pair: the row columns of its first and second span, and of its validity. The
-# layouts only need the end of the first span and the second span (which follows it), so
-# both pairs share every mask and layout; docs/step-jepa.md 3, 5, 8.
-PAIR_COLUMNS: dict[str, tuple[str, str, str]] = {
-    "steps": ("step1_span", "step2_span", "jepa_valid"),
-    "user_assistant": ("user_span", "assistant_span", "ua_valid"),
-}
+from stepjepa.vocabulary import IGNORE_INDEX, PAIR_COLUMNS, Layout, Views, check_layout_fits_views
 
 # How a batch carries its attention masks: dense `(B, 1, T, T)` bool (sdpa, eager) or the
 # `(B, 7)` span tables FlexAttention builds its block mask from (stepjepa.method.flex_masks).

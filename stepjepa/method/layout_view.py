@@ -27,10 +27,8 @@ from typing import Any
 from stepjepa.config import ConfigError
 from stepjepa.data.tokenization import TokenizationError, load_tokenizer
 from stepjepa.inputs import InputError, read_jsonl
-from stepjepa.method.batching import COLUMNS
-from stepjepa.method.collate import PAIR_COLUMNS, Collator
 from stepjepa.prompts import predictor_tokens
-from stepjepa.vocabulary import IGNORE_INDEX, LAYOUTS, check_layout_fits_views, pad_id
+from stepjepa.vocabulary import IGNORE_INDEX, LAYOUTS, PAIR_COLUMNS, ROW_COLUMNS, check_layout_fits_views, pad_id
 
 log = logging.getLogger(__name__)
 MARKS = {
@@ -70,7 +68,7 @@ def load_row(path: str | Path, index: int | None = None, row_id: str | None = No
         table = pq.read_table(path)
     except pa.ArrowInvalid as err:
         raise InputError(f"--data {path}: not a Parquet file of tokenised rows ({err})") from None
-    needed = [*COLUMNS, "id"] if row_id is not None else COLUMNS
+    needed = [*ROW_COLUMNS, "id"] if row_id is not None else ROW_COLUMNS
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise InputError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
@@ -140,6 +138,8 @@ def lay_out(
     second span is its copy; None without a pair), segments (name per token),
     invalid_reason.
     """
+    from stepjepa.method.collate import Collator  # torch: after the input is checked (`main`)
+
     collator = Collator(
         k=k, layout=layout, predictor_ids=predictor_ids(tokenizer, k), pad_id=pad_id(tokenizer), views=views
     )

@@ -14,7 +14,7 @@ defined in docs/step-jepa.md sections 3 and 5.
 
 The original LLM-JEPA view pair (section 8) uses the same builders: its user turn
 `[0, u_end]` plays Step 1 and its assistant turn `[u_end + 1, a_end]` plays Step 2, so
-`s1_end = u_end` and `s2_end = a_end` (`stepjepa.method.collate.PAIR_COLUMNS`).
+`s1_end = u_end` and `s2_end = a_end` (`stepjepa.vocabulary.PAIR_COLUMNS`).
 """
 
 from __future__ import annotations

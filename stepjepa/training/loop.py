@@ -1,5 +1,5 @@
 """The optimizer-step loop of a run: micro-batches, accumulation, clipping, metrics,
-checkpoints. `stepjepa.training.train` sets everything up and calls `run_steps`.
+checkpoints. `stepjepa.training.run` sets everything up and calls `run_steps`.
 
 Every process runs the same steps on its own micro-batches (see `batching.step_plan`);
 metrics are summed over processes before they are logged, and only the main process
@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from stepjepa.config import TrainConfig
 from stepjepa.method.batching import Plan
-from stepjepa.method.collate import PAIR_COLUMNS, Collator, count_targets
+from stepjepa.method.collate import Collator, count_targets
 from stepjepa.method.forward import LM_CHUNK, StepOutput, step_jepa_forward
 from stepjepa.progress import Rate
 from stepjepa.tracking import Tracker
-from stepjepa.vocabulary import Layout, LossKind
+from stepjepa.vocabulary import PAIR_COLUMNS, Layout, LossKind
 
 log = logging.getLogger(__name__)
 

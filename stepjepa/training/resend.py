@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 
 from stepjepa.tracking import offline_run_id, one_line, resend, send_pending, tracking_uri
-from stepjepa.training.checkpoint import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,8 @@ log = logging.getLogger(__name__)
 def run_id_of(out: Path) -> str | None:
     """The MLflow run of the run folder `out`: from `summary.json`, else its latest checkpoint,
     else the record of a run that started offline."""
+    from stepjepa.training.checkpoint import latest_checkpoint  # imports torch: not for `--help`
+
     for state in (out / "summary.json", (latest_checkpoint(out) or out / "-") / "state.json"):
         if state.is_file() and (run_id := json.loads(state.read_text()).get("run_id")):
             return run_id

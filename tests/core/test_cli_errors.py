@@ -21,9 +21,11 @@ GOOD = {"question": "q?", "answer": "a = 1\nb = 2\n#### 2"}
 pytestmark = pytest.mark.cli
 
 
-def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, flags: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
+    """`python [flags] -m args...` as a user runs it, in `cwd`."""
     env = os.environ | {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)} | env
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, *flags, "-m", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *named: str) -> str:
@@ -323,3 +325,48 @@ def test_prepare_with_an_empty_train_split_fails_naming_the_file(tmp_path):
     assert proc.returncode == 2, proc.stderr
     (line,) = [line for line in proc.stderr.strip().splitlines() if line.startswith("prepare: error:")]
     assert f"{raw / 'train.jsonl'}: no usable records (1 lines read, 1 skipped" in line
+
+
+# ---- bad arguments and params answer before torch, transformers and MLflow load ---------
+
+HEAVY = ("torch", "transformers", "accelerate", "peft", "mlflow", "prefect")
+INFINITE_LAMBDA = ["--params", "{tmp}/inf.yaml", "--data", "{tmp}/rows.parquet", "--out", "{tmp}/run"]
+
+
+@pytest.mark.parametrize(
+    "args, status, named",
+    [
+        (["stepjepa.training.train", "--help"], 0, []),
+        (["stepjepa.training.train", *INFINITE_LAMBDA], 2, ["train.lambda", "finite number"]),
+        (["stepjepa.cli", "train", *INFINITE_LAMBDA], 2, ["train.lambda", "finite number"]),
+        (["stepjepa.cli", "inspect", "--data", "{tmp}/rows.parquet"], 2, ["--data {tmp}/rows.parquet: no such file"]),
+        (["stepjepa.cli", "evaluate", "--help"], 0, []),
+        (["stepjepa.cli", "resend", "--help"], 0, []),
+        (["pipelines.build_model", "--params", "{tmp}/inf.yaml", "--prepared", "{tmp}/p.jsonl"], 2, ["train.lambda"]),
+        (["pipelines.tokenize_data", "--params", "{tmp}/inf.yaml", "--prepared", "{tmp}"], 2, ["train.lambda"]),
+    ],
+    ids=[
+        "train-help",
+        "train-params",
+        "cli-train-params",
+        "inspect-data",
+        "evaluate-help",
+        "resend-help",
+        "build_model-params",
+        "tokenize-params",
+    ],
+)
+def test_bad_input_and_help_answer_before_the_heavy_imports(tmp_path, args, status, named):
+    """A typo in params.yaml, or `--help`, answers in a fraction of a second: the process never
+    imports torch and co. (`-X importtime` names every module it imported)."""
+    params(tmp_path / "inf.yaml", {"train": {"lambda": float("inf")}})
+    args = [a.format(tmp=tmp_path) for a in args]
+    if args[0].startswith("pipelines."):
+        args += ["--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
+    proc = run(args, tmp_path, flags=("-X", "importtime"))
+    assert proc.returncode == status, proc.stderr[-2000:]
+    for text in (t.format(tmp=tmp_path) for t in named):
+        assert text in proc.stderr, proc.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "stepjepa.config" in imported  # the probe sees the imports at all
+    assert not sorted({m.split(".")[0] for m in imported} & set(HEAVY))

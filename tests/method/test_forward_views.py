@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stepjepa.method.collate import PAIR_COLUMNS, shift_targets
+from stepjepa.method.collate import shift_targets
 from stepjepa.method.forward import (
     _two_pass_views,
     gather_views,
@@ -21,6 +21,7 @@ from stepjepa.method.forward import (
     step_jepa_forward,
 )
 from stepjepa.method.losses import jepa_loss
+from stepjepa.vocabulary import PAIR_COLUMNS
 from tests.support.tiny_llama import PRED, ROWS, UA_ROWS, batch_for, sft_loss, tiny_llama, views
 
 LAYOUTS = ("two_pass", "packed")

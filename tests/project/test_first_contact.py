@@ -42,9 +42,9 @@ def test_readme_and_make_install_say_how_to_reach_the_commands():
 
 
 def test_a_fresh_run_with_resume_warns_about_nothing(tmp_path, caplog):
-    from stepjepa.training.train import _checkpoint_to_resume
+    from stepjepa.training.run import _checkpoint_to_resume
 
-    with caplog.at_level(logging.INFO, logger="stepjepa.training.train"):
+    with caplog.at_level(logging.INFO, logger="stepjepa.training.run"):
         assert _checkpoint_to_resume(tmp_path / "run", resume=True) is None
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "starting at step 0" in caplog.text

@@ -21,7 +21,7 @@ import torch
 from stepjepa.config import TrainConfig, config_from_dict
 from stepjepa.method.collate import Collator
 from stepjepa.training.loop import StepModule, optimizer_step
-from stepjepa.training.train import make_accelerator
+from stepjepa.training.run import make_accelerator
 from tests.support.tiny_llama import PRED, row, tiny_llama
 
 STEPS = 3

@@ -80,26 +80,37 @@ atexit.register(lambda: print("at exit", gc.isenabled(), gc.get_freeze_count() >
 """
 
 
+# A training process that gets past its argument and config checks (`--help` stops before
+# them, importing nothing heavy) and is refused once the run starts: its `--out` holds a run.
+REFUSED_RUN = ["-m", "stepjepa.training.train", "--params", "{tmp}/params.yaml", "--data", "{tmp}/none.parquet"]
+REFUSED_RUN += ["--out", "{tmp}/done"]
+
+
 @pytest.mark.cli
 @pytest.mark.parametrize(
-    "cmd, during_startup",
+    "cmd, during_startup, status",
     [
-        (["-m", "stepjepa.training.train", "--help"], False),
-        (["-m", "pipelines.sweep", "--help"], False),
-        (["-c", "import stepjepa.training.train"], True),
-        (["-m", "stepjepa.cli", "--help"], True),
+        (REFUSED_RUN, False, 2),
+        (["-m", "pipelines.sweep", "--help"], False, 0),
+        (["-c", "import stepjepa.training.train"], True, 0),
+        (["-m", "stepjepa.cli", "--help"], True, 0),
     ],
 )
-def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup):
+def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup, status):
     """Only a training run's and a sweep's processes start with the cyclic collector off;
     `process_main` turns it back on with the start-up objects frozen. Any other import
     leaves it alone."""
     import subprocess
 
     (tmp_path / "sitecustomize.py").write_text(PROBE)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "done" / "model").mkdir(parents=True)
     env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [part.format(tmp=tmp_path) for part in cmd]
     out = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == status, out.stderr[-2000:]
+    if status:
+        assert "already holds a run" in out.stderr, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith(("after import", "at exit"))]
     assert lines[0] == f"after import {during_startup}"
     if not during_startup:

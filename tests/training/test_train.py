@@ -305,7 +305,7 @@ def test_two_processes_match_one_process_with_accumulation(tiny_model_dir, train
 def test_resume_needs_the_same_training_config_only(tmp_path):
     """Evaluation and sweep settings may change between a kill and its resume; what trains may not."""
     from stepjepa.config import config_from_dict, resolved_tree
-    from stepjepa.training.train import _check_same_config
+    from stepjepa.training.run import _check_same_config
 
     saved = resolved_tree(config_from_dict({"train": {"k": 2, "learning_rate": 1e-3}}))
     fine = config_from_dict(
@@ -328,7 +328,7 @@ def test_resume_needs_the_same_training_config_only(tmp_path):
 def test_a_resume_may_change_every_weight_neutral_training_key_but_the_experiment(tmp_path):
     """`config.WEIGHT_NEUTRAL_KEYS` decides; the resumed MLflow run stays in its experiment."""
     from stepjepa.config import WEIGHT_NEUTRAL_KEYS, config_from_dict, resolved_tree, set_dotted
-    from stepjepa.training.train import RESUMABLE_CHANGES, _check_same_config
+    from stepjepa.training.run import RESUMABLE_CHANGES, _check_same_config
 
     assert RESUMABLE_CHANGES == {k for k in WEIGHT_NEUTRAL_KEYS if k.startswith("train.")} - {"train.experiment"}
     saved = resolved_tree(config_from_dict({}))
