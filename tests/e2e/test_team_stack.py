@@ -89,5 +89,6 @@ def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_
                 client = MlflowClient(ml)
                 after = client.get_model_version_by_alias("sj-team", "champion")
                 assert (after.version, after.run_id) == (before.version, before.run_id)
-                assert len(client.search_runs([client.get_experiment_by_name("team").experiment_id])) == 3  # the parent and its two configs
+                # the parent and its two configs
+                assert len(client.search_runs([client.get_experiment_by_name("team").experiment_id])) == 3
                 assert client.list_artifacts(after.run_id, "validation"), "artifacts survive the restart"
