@@ -127,11 +127,20 @@ def fresh_clone(author: Path, folder: Path, source: Path, prefect_url: str, *pul
 @pytest.fixture(scope="module")
 def clone(published, tmp_path_factory, prefect_url):
     """A fresh clone with the data stages' outputs pulled from the DVC remote, no run
-    folders, and its own empty MLflow store. (Its flows use the module's Prefect server: the
-    author's first `make run` started a temporary one from nothing.)"""
+    folders, and its own empty MLflow store, which a real `mlflow server` serves, after its
+    first `make run`: (repo, env, what `make run` printed). With the module's Prefect server
+    these are docs/sweeps.md's servers and exports; issue 32's acceptance test goes on from
+    here. (The author's `make run` is the one without servers: a temporary Prefect server and
+    the store opened directly. A second fresh clone for the acceptance test cost ~25 CPU-s.)"""
+    from tests.support.servers import mlflow_server
+
     author, source, _ = published
     folder = tmp_path_factory.mktemp("clone")
-    return fresh_clone(author, folder, source, prefect_url, "fetch", "prepare", "build_model", "tokenize")
+    repo, env = fresh_clone(author, folder, source, prefect_url, "fetch", "prepare", "build_model", "tokenize")
+    assert not (repo / "runs").exists() and not (repo / "mlflow.db").exists()
+    with mlflow_server(f"sqlite:///{repo}/mlflow.db", repo / "mlartifacts", folder / "mlflow.log", env) as ml:
+        env |= {"MLFLOW_TRACKING_URI": ml}
+        yield repo, env, make_run(repo, env)
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +199,7 @@ def test_second_repro_is_a_noop(published):
 def test_fresh_clone_trains_the_sweep_and_registers_the_champion(clone):
     import mlflow
 
-    repo, env = clone
-    assert not (repo / "runs").exists() and not (repo / "mlflow.db").exists()
-    out = make_run(repo, env)
+    repo, env, out = clone
     assert "Running stage 'sweep'" in out
     for stage in ["fetch", "prepare", "build_model", "tokenize"]:
         assert f"Running stage '{stage}'" not in out, "the data stages were up to date"
@@ -205,7 +212,7 @@ def test_fresh_clone_trains_the_sweep_and_registers_the_champion(clone):
 
 
 def test_second_run_is_a_noop_and_leaves_everything_clean(clone):
-    repo, env = clone
+    repo, env, _ = clone
     out = make_run(repo, env)
     assert "Running stage" not in out and "is registered in" in out
     assert "up to date" in run(["dvc", "status"], repo, env) or run(["dvc", "status"], repo, env).strip() == ""
@@ -379,9 +386,7 @@ def versions(client, name: str) -> dict[str, dict]:
 
 
 @pytest.mark.server
-def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_project(
-    published, tmp_path_factory, prefect_url
-):
+def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_project(clone, tmp_path_factory, prefect_url):
     """Issue 32's acceptance, as a researcher runs it with docs/sweeps.md's servers (real
     `prefect server` and `mlflow server` on 127.0.0.1, the MLflow one on the project's
     mlflow.db): `make run` on a fresh clone, a smaller UI sweep with another seed (the served
@@ -389,87 +394,83 @@ def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_projec
     first `make run` put it (one seed cannot beat it on the same questions and seeds), one
     model version per run, `dvc status` and `git status` clean, every (run, split) evaluated
     once, the UI sweep trains only its seed's runs, and MLflow parents tell the sweeps apart.
+    The first `make run` is the `clone` fixture's (the test above checks what it trained).
     With STEPJEPA_SCREENSHOTS=DIR it writes the MLflow and Prefect pages docs/sweeps.md shows."""
     from mlflow import MlflowClient
 
-    from tests.support.servers import BIN, mlflow_server, prefect_api, process, wait_for_deployment
+    from tests.support.servers import BIN, prefect_api, process, wait_for_deployment
 
-    author, source, _ = published
-    tmp = tmp_path_factory.mktemp("shared")
-    repo, env = fresh_clone(author, tmp, source, prefect_url, "fetch", "prepare", "build_model", "tokenize")
-    shots, api = os.environ.get("STEPJEPA_SCREENSHOTS"), prefect_url  # the module's Prefect server
-    model = "sj-fresh"
-    with mlflow_server(f"sqlite:///{repo}/mlflow.db", repo / "mlartifacts", tmp / "mlflow.log", env) as ml:
-        env |= {"MLFLOW_TRACKING_URI": ml}  # docs/sweeps.md's exports, with the PREFECT_API_URL above
-        client = MlflowClient(ml)
-        out = make_run(repo, env)
-        assert "Running stage 'sweep'" in out
-        first = versions(client, model)
-        champion = client.get_model_version_by_alias(model, "champion")
-        trained = launches(repo)
-        assert sorted(n.split("-")[0] for n in trained) == ["k1_lam0.5_s0", "sft_s0"]
+    repo, env, out = clone  # after its first `make run`, whose servers are docs/sweeps.md's
+    assert "Running stage 'sweep'" in out
+    tmp, shots, api = tmp_path_factory.mktemp("shared"), os.environ.get("STEPJEPA_SCREENSHOTS"), prefect_url
+    ml, model = env["MLFLOW_TRACKING_URI"], "sj-fresh"
+    client = MlflowClient(ml)
+    first = versions(client, model)
+    champion = client.get_model_version_by_alias(model, "champion")
+    trained = launches(repo)
+    assert sorted(n.split("-")[0] for n in trained) == ["k1_lam0.5_s0", "sft_s0"]
 
-        serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
-        with process(serve, tmp / "serve.log", env, cwd=repo):
-            wait_for_deployment(env, "gsm8k")
-            ui = subprocess.run(
-                [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k"]
-                + ["-p", 'sweep={"ks": [1], "lambdas": [0.5], "seeds": [1]}', "--watch", "--watch-timeout", "400"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=450,
-            )
-        assert ui.returncode == 0 and "Completed" in ui.stdout, (
-            ui.stdout + ui.stderr + (tmp / "serve.log").read_text()[-3000:]
+    serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
+    with process(serve, tmp / "serve.log", env, cwd=repo):
+        wait_for_deployment(env, "gsm8k")
+        ui = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k"]
+            + ["-p", 'sweep={"ks": [1], "lambdas": [0.5], "seeds": [1]}', "--watch", "--watch-timeout", "400"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=450,
         )
-        flow_run = re.search(r"UUID: ([0-9a-f-]{36})", ui.stdout).group(1)
-        after_ui = versions(client, model)
-        assert client.get_model_version_by_alias(model, "champion").version == champion.version, (
-            "a one-seed UI sweep moved the champion: it cannot beat it on the same questions and seeds"
-        )
-        # Its best (a seed-1 run) is a version of its own, alias candidate; the first make run's stay.
-        (added,) = [after_ui[v] for v in after_ui.keys() - first.keys()]
-        assert added["aliases"] == ["candidate"] and added["run_folder"].split("-")[0].endswith("_s1"), after_ui
-        assert {v: after_ui[v]["run_id"] for v in first} == {v: first[v]["run_id"] for v in first}
-        ui_launches = launches(repo)
-        new = {n: c for n, c in ui_launches.items() if n not in trained}
-        assert sorted(n.split("-")[0] for n in new) == ["k1_lam0.5_s1", "sft_s1"] and set(new.values()) == {1}, new
-        assert {n: ui_launches[n] for n in trained} == trained, "the UI sweep trained a run make run had trained"
-        status = run(["dvc", "status"], repo, env)  # before make run could repair anything
-        assert "up to date" in status or status.strip() == "", f"the UI sweep changed the stage's outs:\n{status}"
-        # The flow run says what happened to the registry, in its artifact and in its log.
-        (artifact,) = prefect_api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run]}}})
-        registry = re.search(r"\*\*Registry:\*\* (.*)", artifact["data"]).group(1)
-        assert registry.startswith("champion unchanged"), registry
-        logs = prefect_api(
-            api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run]}}, "sort": "TIMESTAMP_DESC", "limit": 200}
-        )
-        assert f"registry: {registry}" in {log["message"] for log in logs}
+    assert ui.returncode == 0 and "Completed" in ui.stdout, (
+        ui.stdout + ui.stderr + (tmp / "serve.log").read_text()[-3000:]
+    )
+    flow_run = re.search(r"UUID: ([0-9a-f-]{36})", ui.stdout).group(1)
+    after_ui = versions(client, model)
+    assert client.get_model_version_by_alias(model, "champion").version == champion.version, (
+        "a one-seed UI sweep moved the champion: it cannot beat it on the same questions and seeds"
+    )
+    # Its best (a seed-1 run) is a version of its own, alias candidate; the first make run's stay.
+    (added,) = [after_ui[v] for v in after_ui.keys() - first.keys()]
+    assert added["aliases"] == ["candidate"] and added["run_folder"].split("-")[0].endswith("_s1"), after_ui
+    assert {v: after_ui[v]["run_id"] for v in first} == {v: first[v]["run_id"] for v in first}
+    ui_launches = launches(repo)
+    new = {n: c for n, c in ui_launches.items() if n not in trained}
+    assert sorted(n.split("-")[0] for n in new) == ["k1_lam0.5_s1", "sft_s1"] and set(new.values()) == {1}, new
+    assert {n: ui_launches[n] for n in trained} == trained, "the UI sweep trained a run make run had trained"
+    status = run(["dvc", "status"], repo, env)  # before make run could repair anything
+    assert "up to date" in status or status.strip() == "", f"the UI sweep changed the stage's outs:\n{status}"
+    # The flow run says what happened to the registry, in its artifact and in its log.
+    (artifact,) = prefect_api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run]}}})
+    registry = re.search(r"\*\*Registry:\*\* (.*)", artifact["data"]).group(1)
+    assert registry.startswith("champion unchanged"), registry
+    logs = prefect_api(
+        api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run]}}, "sort": "TIMESTAMP_DESC", "limit": 200}
+    )
+    assert f"registry: {registry}" in {log["message"] for log in logs}
 
-        out = make_run(repo, env)
-        assert "Running stage" not in out and "is registered in" in out, out
-        assert versions(client, model) == after_ui, "the second make run changed the registry"
-        assert client.get_model_version_by_alias(model, "champion").version == champion.version
-        experiment = client.get_experiment_by_name("fresh")
-        parents = client.search_runs([experiment.experiment_id], "tags.`stepjepa.kind` = 'sweep'")
-        names = sorted(p.info.run_name for p in parents)
-        if shots:
-            ui_parent = next(p.info.run_id for p in parents if "seeds=1 " in p.info.run_name)
-            pages = {p.info.run_id for p in parents}
-            take_screenshots(
-                Path(shots),
-                tmp,
-                env,
-                ml,
-                experiment.experiment_id,
-                ui_parent,
-                pages,
-                model,
-                api,
-                flow_run,
-                artifact["id"],
-            )
+    out = make_run(repo, env)
+    assert "Running stage" not in out and "is registered in" in out, out
+    assert versions(client, model) == after_ui, "the second make run changed the registry"
+    assert client.get_model_version_by_alias(model, "champion").version == champion.version
+    experiment = client.get_experiment_by_name("fresh")
+    parents = client.search_runs([experiment.experiment_id], "tags.`stepjepa.kind` = 'sweep'")
+    names = sorted(p.info.run_name for p in parents)
+    if shots:
+        ui_parent = next(p.info.run_id for p in parents if "seeds=1 " in p.info.run_name)
+        pages = {p.info.run_id for p in parents}
+        take_screenshots(
+            Path(shots),
+            tmp,
+            env,
+            ml,
+            experiment.experiment_id,
+            ui_parent,
+            pages,
+            model,
+            api,
+            flow_run,
+            artifact["id"],
+        )
 
     assert len({v["run_id"] for v in after_ui.values()}) == len(after_ui), f"two versions of one run: {after_ui}"
     assert len({v["run_folder"] for v in after_ui.values()}) == len(after_ui), f"two of one run folder: {after_ui}"
