@@ -295,17 +295,17 @@ _WARM: WarmStarter | None = None  # set by `warm_starts`
 @contextlib.contextmanager
 def warm_starts(enabled: bool = True) -> Iterator[None]:
     """While the block runs, `run_logged` starts the runs it can from a warm server
-    (stepjepa/training/warm.py) instead of a new Python each; nested blocks share the first."""
+    (stepjepa/training/warm.py) instead of a new Python each: the process's, started by the
+    block's first such run or kept from an earlier block. Nested blocks share the first."""
     global _WARM
     if not enabled or _WARM is not None:
         yield
         return
-    with WarmStarter() as warm:
-        _WARM = warm
-        try:
-            yield
-        finally:
-            _WARM = None
+    _WARM = WarmStarter()
+    try:
+        yield
+    finally:
+        _WARM = None
 
 
 def run_logged(
