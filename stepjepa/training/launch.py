@@ -236,6 +236,7 @@ def watch_descendants(grace: float = GRACE_S) -> None:
 
 _CHILDREN: set[int] = set()
 _CHILDREN_LOCK = threading.Lock()
+_STOPPED_BY: int | None = None  # the signal `forward_signals` forwarded: no new child starts
 
 
 def signal_children(signum: int) -> None:
@@ -252,13 +253,20 @@ def forward_signals(*signals: int) -> Iterator[None]:
     """In the main thread: `signals` (default SIGTERM and SIGINT) also go to every running
     child's group (they checkpoint and exit 143/130), then reach this process's own handler
     as before. Where that was the default, SIGTERM raises SystemExit(143) instead of killing
-    this process outright: `run_logged` then waits for its child to save, as it does on Ctrl-C."""
+    this process outright: `run_logged` then waits for its child to save, as it does on Ctrl-C.
+    From then until a new block begins, `run_logged` starts no child: a sweep's threads outlive
+    its main thread's unwinding for a moment, and one whose slot the stopped run freed would
+    start the next run."""
+    global _STOPPED_BY
     if threading.current_thread() is not threading.main_thread():  # only there can Python set handlers
         yield
         return
+    _STOPPED_BY = None  # a new block: whatever stopped an earlier one is over
     previous = {}
 
     def forward(signum, frame):
+        global _STOPPED_BY
+        _STOPPED_BY = signum
         signal_children(signum)
         handler = previous[signum]
         if callable(handler):
@@ -287,17 +295,17 @@ _WARM: WarmStarter | None = None  # set by `warm_starts`
 @contextlib.contextmanager
 def warm_starts(enabled: bool = True) -> Iterator[None]:
     """While the block runs, `run_logged` starts the runs it can from a warm server
-    (stepjepa/training/warm.py) instead of a new Python each; nested blocks share the first."""
+    (stepjepa/training/warm.py) instead of a new Python each: the process's, started by the
+    block's first such run or kept from an earlier block. Nested blocks share the first."""
     global _WARM
     if not enabled or _WARM is not None:
         yield
         return
-    with WarmStarter() as warm:
-        _WARM = warm
-        try:
-            yield
-        finally:
-            _WARM = None
+    _WARM = WarmStarter()
+    try:
+        yield
+    finally:
+        _WARM = None
 
 
 def run_logged(
@@ -319,6 +327,9 @@ def run_logged(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
+        if (stopped_by := _STOPPED_BY) is not None:
+            log.write(f"not started: this process is stopping ({signal.Signals(stopped_by).name})\n")
+            raise RunFailed(f"not started: this process is stopping; log {log_path}", 128 + stopped_by)
         log.flush()
         # Text mode reads a progress bar's "\r" redraws as lines, so the log stays readable.
         proc = subprocess.Popen(
@@ -334,6 +345,10 @@ def run_logged(
         )  # its own group: a terminal's Ctrl-C reaches it once, forwarded
         with _CHILDREN_LOCK:
             _CHILDREN.add(proc.pid)
+            stopped_by = _STOPPED_BY  # since the check above: `signal_children` came too early for it
+        if stopped_by is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, stopped_by)
         try:
             for line in proc.stdout if on_progress else ():
                 log.write(line)

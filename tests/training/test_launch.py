@@ -136,3 +136,34 @@ def test_a_thread_count_the_user_set_wins(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr(launch, "usable_cores", lambda: 4)
     assert launch.DeviceSlots([], cpu_slots=2).env(None)["OMP_NUM_THREADS"] == "3"
+
+
+# A sweep's main thread is stopped by a forwarded signal while one of its threads would still
+# start the next run; then a new `forward_signals` block (the next sweep) runs it again.
+STOPPED = """
+import os, signal, sys
+from pathlib import Path
+from stepjepa.training import launch
+cmd = [sys.executable, "-c", "open('ran', 'a').write('ran ')"]
+with launch.forward_signals():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    except KeyboardInterrupt:
+        pass
+try:
+    launch.run_logged(cmd, dict(os.environ), Path("run.log"))
+except launch.RunFailed as err:
+    print("refused", err.stopped)
+with launch.forward_signals():
+    launch.run_logged(cmd, dict(os.environ), Path("run.log"))
+"""
+
+
+@pytest.mark.cli
+def test_a_process_that_forwarded_a_stop_signal_starts_no_new_run(tmp_path):
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", STOPPED], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "refused True\n" and (tmp_path / "ran").read_text() == "ran "
+    assert "not started: this process is stopping (SIGINT)" in (tmp_path / "run.log").read_text()
