@@ -51,6 +51,7 @@ PRELOAD = (
     "accelerate.commands.launch",
     "mlflow",
     "stepjepa.training.train",
+    "stepjepa.training.run",  # train.py imports the run (peft, scipy, ...) only once its config is valid
     "stepjepa.evaluation.evaluate",
     "stepjepa.cli",
 )
