@@ -63,6 +63,7 @@ LIBRARY = Path(__file__).resolve().parents[1]  # stepjepa/
 PER_CALL_ENV = ("MLFLOW_TRACKING_URI",)
 # Signals a run hears from its group; held back in a run's first moments after the fork.
 GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STARTED = b"S"  # the server's reply as it starts a run; the run's exit status (4 bytes) follows
 
 
 def local_module(cmd: list[str]) -> tuple[list[str], str, list[str]] | None:
@@ -141,8 +142,9 @@ class _Server:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        with contextlib.suppress(OSError):
-            os.unlink(self.socket_path)
+        for path in (self.socket_path, self.socket_path + ".new"):  # `.new`: killed before it listened
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         with contextlib.suppress(OSError):
             os.rmdir(self._folder)
 
@@ -216,27 +218,37 @@ def client(socket_path: str, parent: int, cmd: list[str], wait_s: float = 120.0)
         try:
             conn.connect(socket_path)
             break
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError) as err:
             if os.getppid() != parent:  # the sweep is gone (kill -9): its run must not start after it
                 return 1
-            if time.monotonic() > deadline:  # no server (it failed to start, or ended): start cold
-                print(f"warm start: no server at {socket_path}; starting the run cold", file=sys.stderr)
-                os.execv(cmd[0], cmd)
+            # Refused: the path is there, its server is not (killed, or dying: `serve` listens
+            # before the path exists). Missing: not up yet, or it failed to start.
+            if isinstance(err, ConnectionRefusedError) or time.monotonic() > deadline:
+                _start_cold(f"no server at {socket_path}", cmd)
             time.sleep(0.05)
     # The run is in this group and hears the group's signals itself; this process waits for it.
     for sig in GROUP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     request = json.dumps({"cmd": cmd, "env": dict(os.environ), "cwd": os.getcwd(), "pgid": os.getpgrp()})
-    socket.send_fds(conn, [request.encode()], [0, 1, 2])
-    conn.shutdown(socket.SHUT_WR)
     reply = b""
-    with contextlib.suppress(OSError):  # reset: the server died under the run
+    with contextlib.suppress(OSError):  # reset: the server died (a queued connection, or under the run)
+        socket.send_fds(conn, [request.encode()], [0, 1, 2])
+        conn.shutdown(socket.SHUT_WR)
         while chunk := conn.recv(64):
             reply += chunk
-    if len(reply) != 4:
+    if not reply.startswith(STARTED):  # a server dying as the sweep began: the run never started
+        _start_cold("the server went away before it started the run", cmd)
+    if len(reply) != len(STARTED) + 4:
         print("warm start: the server went away before the run ended", file=sys.stderr)
         return 1
-    return struct.unpack("!i", reply)[0]
+    return struct.unpack("!i", reply[len(STARTED) :])[0]
+
+
+def _start_cold(why: str, cmd: list[str]) -> NoReturn:
+    print(f"warm start: {why}; starting the run cold", file=sys.stderr)
+    for sig in GROUP_SIGNALS:  # an ignored signal stays ignored across exec
+        signal.signal(sig, signal.SIG_DFL)
+    os.execv(cmd[0], cmd)
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -247,8 +259,10 @@ def serve(socket_path: str, parent: int) -> NoReturn:
     SIGTERM; each in a forked child. `parent` comes from the parent itself: one killed while
     this process started would otherwise be mistaken for init."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
+    # Listening before the path exists: a client refused at the path knows the server is dead.
+    listener.bind(socket_path + ".new")
     listener.listen(64)  # clients queue here while the imports below run
+    os.rename(socket_path + ".new", socket_path)
     import importlib
 
     for name in PRELOAD:
@@ -288,7 +302,9 @@ def _start(conn: socket.socket, listener: socket.socket) -> int | None:
         data += chunk
     try:
         request = json.loads(data)
-    except ValueError:
+        # Before the fork: a client that never reads this knows its run never started.
+        conn.sendall(STARTED)
+    except (ValueError, OSError):
         for fd in fds:
             os.close(fd)
         return None

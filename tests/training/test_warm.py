@@ -9,8 +9,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +94,42 @@ def test_without_a_server_the_client_starts_the_run_cold(tmp_path):
     assert light.stdout == "False\n"  # the client is every run's command: it must not import torch
 
 
+@pytest.mark.cli
+def test_a_run_whose_server_dies_before_starting_it_starts_cold_at_once(tmp_path):
+    """A server killed as a sweep begins still counts as running for a moment (its threads exit)
+    and may still hold its socket: its run starts cold instead of failing or waiting for it."""
+    cmd = [PY, "-c", "import sys; print('cold'); sys.exit(3)"]
+
+    def run_client(path: Path) -> subprocess.CompletedProcess:
+        code = "from stepjepa.training.warm import client; import os; raise SystemExit(client(%r, os.getppid(), %r))"
+        return subprocess.run([PY, "-c", code % (str(path), cmd)], capture_output=True, text=True, timeout=60)
+
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # its path left behind, nobody listening
+    dead.bind(str(tmp_path / "dead.sock"))
+    dead.close()
+    started = time.monotonic()
+    out = run_client(tmp_path / "dead.sock")
+    assert out.returncode == 3 and out.stdout == "cold\n" and "starting the run cold" in out.stderr, out.stderr
+    assert time.monotonic() - started < 30  # not the client's 120 s wait for a server coming up
+
+    dying = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # takes the request, ends before the fork
+    dying.bind(str(tmp_path / "dying.sock"))
+    dying.listen(1)
+
+    def die() -> None:
+        conn, _ = dying.accept()
+        while conn.recv(1 << 16):
+            pass
+        conn.close()
+
+    server = threading.Thread(target=die)
+    server.start()
+    out = run_client(tmp_path / "dying.sock")
+    server.join()
+    dying.close()
+    assert out.returncode == 3 and out.stdout == "cold\n" and "starting the run cold" in out.stderr, out.stderr
+
+
 @pytest.mark.e2e
 def test_a_warm_training_run_trains_the_same_weights_as_a_cold_one(tiny_model_dir, conversations, tmp_path):
     from tests.support.train import write_params, write_tokenized
@@ -137,7 +177,7 @@ def test_the_reuse_key_follows_the_library_the_packages_the_environment_and_the_
 # Sweeps (warm_starts blocks) one after the other in one process, run from a copy of the library
 # in the current folder: after each, the warm servers this process has.
 SWEEPS = r"""
-import json, os, signal, sys, time
+import json, os, signal, sys
 from pathlib import Path
 import psutil
 from stepjepa.training import launch
@@ -160,8 +200,9 @@ for step in sys.argv[1:]:
     if step == "kill":  # the server died between two sweeps
         for pid in servers():
             os.kill(pid, signal.SIGKILL)
-            while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                time.sleep(0.05)
+            # Dead once waitable (left for its Popen to reap): its main thread shows as a zombie
+            # while its other threads still exit, and with them its socket.
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
     cmd = [sys.executable, "-m", "stepjepa.cli", "score", "done.jsonl"]
     if step == "nothing":  # a run the server cannot take, as when a sweep reuses all its runs
         cmd = [sys.executable, "-c", "pass"]
