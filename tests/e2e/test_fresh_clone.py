@@ -39,6 +39,27 @@ def make_run(repo: Path, env: dict) -> str:
     return run(["dvc", "repro"], repo, env) + run([sys.executable, "-m", "pipelines.sweep", "--reconcile"], repo, env)
 
 
+def ui_sweep(repo: Path, env: dict, name: str, sweep: str, log: Path) -> str:
+    """docs/sweeps.md's Prefect UI sweep from the command line: serve the flow as deployment
+    `name` in `repo`, run it with `-p sweep=SWEEP` and watch it to the end; its output."""
+    from tests.support.servers import BIN, process, wait_for_deployment
+
+    with process([sys.executable, "-m", "pipelines.sweep", "--serve", "--name", name], log, env, cwd=repo):
+        wait_for_deployment(env, name)
+        triggered = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", f"step-jepa-sweep/{name}", "-p", f"sweep={sweep}"]
+            + ["--watch", "--watch-timeout", "400"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=450,
+        )
+    assert triggered.returncode == 0 and "Completed" in triggered.stdout, (
+        triggered.stdout + triggered.stderr + log.read_text()[-3000:]
+    )
+    return triggered.stdout
+
+
 def environment(repo: Path, source: Path, prefect_url: str | None = None) -> dict:
     """`make run`'s environment in `repo`; with `prefect_url`, its flows use that Prefect server
     (docs/sweeps.md's exported PREFECT_API_URL) instead of starting a temporary one."""
@@ -244,7 +265,7 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path):
     acceptance test's `gsm8k` is its own."""
     from mlflow import MlflowClient
 
-    from tests.support.servers import BIN, mlflow_server, process, wait_for_deployment
+    from tests.support.servers import mlflow_server
 
     repo, env, _, _ = pulled
     store = env["MLFLOW_TRACKING_URI"]
@@ -253,29 +274,7 @@ def test_the_prefect_ui_sweep_after_make_run_retrains_nothing(pulled, tmp_path):
     assert versions == ["1"]
     with mlflow_server(store, repo / "mlartifacts", tmp_path / "mlflow.log", env) as ml:
         client_env = env | {"MLFLOW_TRACKING_URI": ml}  # and the module's PREFECT_API_URL
-        serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "pulled"]
-        with process(serve, tmp_path / "serve.log", client_env, cwd=repo):
-            wait_for_deployment(client_env, "pulled")
-            triggered = subprocess.run(
-                [
-                    str(BIN / "prefect"),
-                    "deployment",
-                    "run",
-                    "step-jepa-sweep/pulled",
-                    "-p",
-                    'sweep={"ks": [1], "lambdas": [0.5]}',
-                    "--watch",
-                    "--watch-timeout",
-                    "400",
-                ],
-                env=client_env,
-                capture_output=True,
-                text=True,
-                timeout=450,
-            )
-            assert triggered.returncode == 0 and "Completed" in triggered.stdout, (
-                triggered.stdout + triggered.stderr + (tmp_path / "serve.log").read_text()[-3000:]
-            )
+        ui_sweep(repo, client_env, "pulled", '{"ks": [1], "lambdas": [0.5]}', tmp_path / "serve.log")
         after = MlflowClient(ml).search_model_versions("name = 'sj-fresh'")
         assert [str(v.version) for v in after] == versions, "the UI sweep registered the same champion again"
     assert not list((repo / "runs/sweep").glob("*/train.log")), "the UI sweep trained a config make run had trained"
@@ -398,7 +397,7 @@ def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_projec
     With STEPJEPA_SCREENSHOTS=DIR it writes the MLflow and Prefect pages docs/sweeps.md shows."""
     from mlflow import MlflowClient
 
-    from tests.support.servers import BIN, prefect_api, process, wait_for_deployment
+    from tests.support.servers import prefect_api
 
     repo, env, out = clone  # after its first `make run`, whose servers are docs/sweeps.md's
     assert "Running stage 'sweep'" in out
@@ -410,21 +409,8 @@ def test_make_run_a_ui_sweep_of_another_seed_and_make_run_again_share_one_projec
     trained = launches(repo)
     assert sorted(n.split("-")[0] for n in trained) == ["k1_lam0.5_s0", "sft_s0"]
 
-    serve = [sys.executable, "-m", "pipelines.sweep", "--serve", "--name", "gsm8k"]
-    with process(serve, tmp / "serve.log", env, cwd=repo):
-        wait_for_deployment(env, "gsm8k")
-        ui = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "step-jepa-sweep/gsm8k"]
-            + ["-p", 'sweep={"ks": [1], "lambdas": [0.5], "seeds": [1]}', "--watch", "--watch-timeout", "400"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=450,
-        )
-    assert ui.returncode == 0 and "Completed" in ui.stdout, (
-        ui.stdout + ui.stderr + (tmp / "serve.log").read_text()[-3000:]
-    )
-    flow_run = re.search(r"UUID: ([0-9a-f-]{36})", ui.stdout).group(1)
+    ui = ui_sweep(repo, env, "gsm8k", '{"ks": [1], "lambdas": [0.5], "seeds": [1]}', tmp / "serve.log")
+    flow_run = re.search(r"UUID: ([0-9a-f-]{36})", ui).group(1)
     after_ui = versions(client, model)
     assert client.get_model_version_by_alias(model, "champion").version == champion.version, (
         "a one-seed UI sweep moved the champion: it cannot beat it on the same questions and seeds"
