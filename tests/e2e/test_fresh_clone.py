@@ -491,14 +491,21 @@ def take_screenshots(folder, tmp, env, ml, experiment, ui_parent, parents, model
 
 
 def test_param_change_reruns_only_what_it_affects(published, prefect_url):
-    """On the author, last: the clones above were made from its commit."""
+    """On the author, last: the clones above were made from its commit. A tokenize param
+    reruns tokenize, not the stages above it, and leaves the sweep stage to rerun on the new
+    data (`dvc status`). The sweep's retraining itself is not run here: a sweep stage
+    training its runs is the clone's `make run`, and a run's identity including its data is
+    tests/sweep/test_sweep_grid.py's (the whole `dvc repro` cost this module ~45 CPU-s)."""
     repo, source, _ = published
     env = environment(repo, source, prefect_url)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["tokenize"]["max_length"] = 128
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    out = run(["dvc", "repro"], repo, env)
+    out = run(["dvc", "repro", "tokenize"], repo, env)
     assert "Running stage 'tokenize'" in out
     for stage in ["fetch", "prepare", "build_model"]:
         assert f"Running stage '{stage}'" not in out
     assert json.loads((repo / "metrics/tokenize.json").read_text())["train"]["truncated"] > 0
+    status = run(["dvc", "status"], repo, env)
+    assert re.search(r"^sweep:\n\s+changed deps:\n\s+modified:\s+data/tokenized", status, re.M), status
+    assert "tokenize:" not in status and "build_model:" not in status, status
