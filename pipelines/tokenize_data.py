@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipelines._io import run_stage, stage_args, write_json
+from stepjepa import startup
 from stepjepa.config import ModelConfig, load_config
 from stepjepa.data.prepare import PREPARED_SPLITS
 from stepjepa.data.tokenization import (
@@ -51,6 +52,7 @@ def main() -> None:
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
     except OSError as err:  # transformers' message may not say which model it failed to find
         raise cannot_load(args.params, cfg.model, err) from None
+    startup.resume()  # transformers is in: the cyclic collector back on (stepjepa/startup.py)
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = {}
     for split, path in splits.items():

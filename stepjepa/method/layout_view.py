@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stepjepa import startup
 from stepjepa.config import ConfigError
 from stepjepa.data.tokenization import TokenizationError, load_tokenizer
 from stepjepa.inputs import InputError, parquet_file, read_jsonl
@@ -340,6 +341,7 @@ def main(argv: list[str]) -> int:
     except (InputError, ConfigError) as err:
         print(f"stepjepa inspect: error: {err}", file=sys.stderr)
         return 2
+    startup.resume()  # transformers is in: the cyclic collector back on (`stepjepa.startup`)
     records = [lay_out(row, tokenizer, k, layout, steps, views) for views in pairs for k in ks]
     if args.png:
         save_png(records, args.png)

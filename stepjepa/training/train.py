@@ -29,11 +29,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stepjepa import startup
 from stepjepa.config import Config, ConfigError, flatten, load_config, resolved_tree
 from stepjepa.config import split_params as split_params  # re-exported: tests/e2e import it from here
 from stepjepa.inputs import InputError
 from stepjepa.runlock import Locked, hold
-from stepjepa.training.launch import process_main
 from stepjepa.training.preflight import check_run_inputs
 
 if TYPE_CHECKING:
@@ -219,13 +219,14 @@ def run_checked(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    checked = checked_args(sys.argv[1:] if argv is None else argv)
-    return 2 if checked is None else run_checked(*checked)
+    if (checked := checked_args(sys.argv[1:] if argv is None else argv)) is None:
+        return 2
+    # The heavy imports (the run's, and MLflow's where the run is tracked) once the command is
+    # known good; then a process that started without the cyclic collector gets it back, with
+    # what they made frozen (`stepjepa.startup`).
+    startup.resume(("stepjepa.training.run", *(("mlflow",) if checked[1].train.tracking == "mlflow" else ())))
+    return run_checked(*checked)
 
 
 if __name__ == "__main__":
-    # As `main`, with the heavy imports (the run's, and MLflow: the tracker's) done once the
-    # command is known good, and before `process_main` freezes what start-up imported.
-    if (checked := checked_args(sys.argv[1:])) is None:
-        raise SystemExit(2)
-    process_main(lambda: run_checked(*checked), preload=("stepjepa.training.run", "mlflow"))
+    raise SystemExit(main())

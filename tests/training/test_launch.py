@@ -97,9 +97,9 @@ REFUSED_RUN += ["--out", "{tmp}/done"]
     ],
 )
 def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup, status):
-    """Only a training run's and a sweep's processes start with the cyclic collector off;
-    `process_main` turns it back on with the start-up objects frozen. Any other import
-    leaves it alone."""
+    """Only the processes stepjepa/startup.py names (a training run's, a sweep's, ...) start
+    with the cyclic collector off; once their imports are done it is back on with the start-up
+    objects frozen. Any other import leaves it alone."""
     import subprocess
 
     import pyarrow as pa
