@@ -1,1 +1,1 @@
-import stepjepa  # noqa: F401 - first: a `python -m pipelines.sweep` process starts as stepjepa/__init__.py says
+import stepjepa  # noqa: F401 - first: a `python -m pipelines...` process starts as stepjepa/startup.py says

@@ -5,6 +5,7 @@
 """
 
 from pipelines._io import run_stage, stage_args, write_json
+from stepjepa import startup
 from stepjepa.config import load_config
 from stepjepa.inputs import read_records
 
@@ -16,6 +17,7 @@ def main() -> None:
     # transformers and torch load only now: bad params or records fail without waiting for them.
     from stepjepa.model.tiny_model import build_tiny_model, model_summary, tokenizer_corpus
 
+    startup.resume()  # they are in: the cyclic collector back on (stepjepa/startup.py)
     build_tiny_model(cfg.tiny_model, tokenizer_corpus(records), args.out)
     write_json(model_summary(args.out), args.metrics)
 

@@ -1,9 +1,10 @@
-"""Reading the JSON Lines files users hand us, and the error that names file, line and field.
+"""Reading the JSON Lines and Parquet files users hand us, and the error that names file, line and field.
 
 `read_jsonl` is strict (the first bad line is an `InputError` naming file and line), for
 files that must be right: predictions to score, prepared splits, evaluation examples.
 `scan_json_lines` is tolerant (a bad line comes back as its decode error), for raw data
-where a bad record is a counted, reported skip (`stepjepa.data.prepare`).
+where a bad record is a counted, reported skip (`stepjepa.data.prepare`). `parquet_file` opens
+the tokenised rows `--data` names (training, `stepjepa inspect`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import codecs
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 
 class InputError(ValueError):
@@ -84,3 +88,31 @@ def scan_json_lines(path: Path) -> Iterator[tuple[int, Any | json.JSONDecodeErro
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
                 yield lineno, err
+
+
+def parquet_file(path: str | Path, columns: Sequence[str] = ()) -> pq.ParquetFile:
+    """The tokenised rows `--data` names (docs/data-format.md), opened: its footer read and
+    `columns` checked, its rows not read. Reading a footer needs no torch or transformers,
+    so a command checks its `--data` before loading them. A folder, a missing or unreadable
+    file, no Parquet or a missing column is an `InputError` naming the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--data {path}: a folder; pass the parquet file, e.g. data/tokenized/train.parquet")
+    if not path.is_file():
+        raise InputError(f"--data {path}: no such file (run `dvc repro tokenize`, or pass --data FILE.parquet)")
+    try:
+        file = pq.ParquetFile(path)
+    except pa.ArrowInvalid as err:
+        raise InputError(
+            f"--data {path}: not a Parquet file of tokenised rows ({err}); run `dvc repro tokenize` "
+            "and pass data/tokenized/train.parquet"
+        ) from None
+    except OSError as err:  # no permission, an I/O error
+        raise InputError(f"--data {path}: cannot read ({err.strerror or err})") from None
+    missing = [c for c in columns if c not in file.schema_arrow.names]
+    if missing:
+        raise InputError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
+    return file

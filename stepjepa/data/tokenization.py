@@ -79,6 +79,13 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tok
 
 
+def check_records(records: list[dict]) -> None:
+    """Fail, naming the record (or its line) and field, on input that is not a prepared record:
+    `encode_records` does it too, and a caller can do it before loading a tokenizer."""
+    for line, record in enumerate(records, start=1):
+        _check_record(record, line)
+
+
 def _check_record(record: dict, line: int) -> None:
     """Fail early, naming the record (or its line) and field, on input that is not a prepared record."""
     record_id = record.get("id")
@@ -248,8 +255,7 @@ def _user_assistant_pair(
 
 def _render_all(tokenizer, records: list[dict], date_string: str) -> list[RenderedChat]:
     """`render_conversation` for all records with two batched template calls (about 2x faster)."""
-    for line, r in enumerate(records, start=1):
-        _check_record(r, line)
+    check_records(records)
     messages = [r["messages"] for r in records]
     fulls = tokenizer.apply_chat_template(messages, tokenize=False, date_string=date_string)
     prompts = tokenizer.apply_chat_template(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepjepa import tracking
+from stepjepa import startup, tracking
 from stepjepa.config import Config, ConfigError, config_from_dict, load_config, parse_override
 from stepjepa.evaluation.eval_examples import Example, load_examples
 from stepjepa.evaluation.score import score_completion, summarize
@@ -277,6 +277,8 @@ def main(argv: list[str]) -> int:
     except (InputError, ConfigError) as err:
         print(f"stepjepa evaluate: error: {err}", file=sys.stderr)
         return 2
+    # torch and transformers are in, and the model: the cyclic collector back on (`stepjepa.startup`).
+    startup.resume(("stepjepa.evaluation.generation", *(("mlflow",) if args.mlflow or args.mlflow_run_id else ())))
     logger.info("evaluating %s on %d examples of %s", model_dir, len(examples), data)
     result, files = evaluate_to_folder(
         model, tokenizer, examples, cfg, args.out, heldout=args.heldout, progress=not args.no_progress

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stepjepa.config import Config, ConfigError
+from stepjepa.inputs import parquet_file
 from stepjepa.method.collate import length_grouped_batches
 from stepjepa.method.masks import laid_out_lengths
 from stepjepa.vocabulary import PAIR_COLUMNS, ROW_COLUMNS
@@ -32,26 +31,14 @@ Plan = list[list[list[int]]]
 
 
 def load_rows(path: str | Path, max_examples: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a tokenised parquet file (docs/data-format.md), the first `max_examples` only."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--data {path}: a folder; pass the parquet file, e.g. data/tokenized/train.parquet")
-    if not path.is_file():
-        raise ConfigError(f"--data {path}: no such file (run `dvc repro tokenize`?)")
-    try:
-        table = pq.read_table(path)
-    except pa.ArrowInvalid as err:
-        raise ConfigError(
-            f"--data {path}: not a Parquet file of tokenised rows ({err}); run `dvc repro tokenize` "
-            "and pass data/tokenized/train.parquet"
-        ) from None
-    missing = [c for c in ROW_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ConfigError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
+    """Rows of a tokenised parquet file (docs/data-format.md), the first `max_examples` only;
+    a path that holds no such rows is an `InputError` naming it (`stepjepa.inputs.parquet_file`)."""
+    file = parquet_file(path, ROW_COLUMNS)
+    extra = [c for c in ("invalid_reason", *UA_COLUMNS) if c in file.schema_arrow.names]
+    table = file.read(columns=[*ROW_COLUMNS, *extra])
     if max_examples is not None:
         table = table.slice(0, max_examples)
-    extra = [c for c in ("invalid_reason", *UA_COLUMNS) if c in table.column_names]
-    return table.select([*ROW_COLUMNS, *extra]).to_pylist()
+    return table.to_pylist()
 
 
 def check_rows(rows: list[dict[str, Any]], cfg: Config) -> dict[str, int]:
@@ -101,26 +88,6 @@ def check_vocab(rows: list[dict[str, Any]], vocab_size: int, predictor_ids: list
         raise ConfigError(
             f"--data: token ids outside [0, {vocab_size}) or equal to a predictor token: the data was "
             "tokenised for another model than model.name_or_path; rerun the tokenize stage"
-        )
-
-
-def check_positions(rows: list[dict[str, Any]], k: int, max_positions: int | None) -> None:
-    """Fail when a row with its K predictors needs more position ids than the model has.
-
-    Every layout gives a JEPA row positions 0 .. n + K - 1 (predictors continue after
-    Step 1; the packed copy keeps Step 2's inline positions). Past
-    `max_position_embeddings`, RoPE extrapolates and learned position tables index out of
-    range: training would run on garbage without an error.
-    """
-    if max_positions is None or not rows:
-        return
-    # Either view pair puts K predictors into the row (conservative for the other pair).
-    needed = max(len(r["input_ids"]) + (k if r["jepa_valid"] or r.get("ua_valid") else 0) for r in rows)
-    if needed > max_positions:
-        raise ConfigError(
-            f"train.k={k}: rows need up to {needed} positions with their predictors, more than the model's "
-            f"max_position_embeddings={max_positions}; lower train.k or tokenize.max_length, or pick a model "
-            "with more positions"
         )
 
 

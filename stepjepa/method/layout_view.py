@@ -24,9 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stepjepa import startup
 from stepjepa.config import ConfigError
 from stepjepa.data.tokenization import TokenizationError, load_tokenizer
-from stepjepa.inputs import InputError, read_jsonl
+from stepjepa.inputs import InputError, parquet_file, read_jsonl
+from stepjepa.model_location import missing_model
 from stepjepa.prompts import predictor_tokens
 from stepjepa.vocabulary import IGNORE_INDEX, LAYOUTS, PAIR_COLUMNS, ROW_COLUMNS, check_layout_fits_views, pad_id
 
@@ -57,21 +59,9 @@ SPAN_NAMES = {"steps": ("step1", "step2"), "user_assistant": ("user", "assistant
 
 def load_row(path: str | Path, index: int | None = None, row_id: str | None = None) -> dict[str, Any]:
     """One row of a tokenised parquet file, by position or by `id`; bad input is an `InputError`."""
-    import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--data {path}: no such file (run `dvc repro tokenize`, or pass --data FILE.parquet)")
-    try:
-        table = pq.read_table(path)
-    except pa.ArrowInvalid as err:
-        raise InputError(f"--data {path}: not a Parquet file of tokenised rows ({err})") from None
-    needed = [*ROW_COLUMNS, "id"] if row_id is not None else ROW_COLUMNS
-    missing = [c for c in needed if c not in table.column_names]
-    if missing:
-        raise InputError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
+    table = parquet_file(path, [*ROW_COLUMNS, "id"] if row_id is not None else ROW_COLUMNS).read()
     if row_id is not None:
         found = table.filter(pc.equal(table["id"], row_id))
         if found.num_rows == 0:
@@ -320,11 +310,15 @@ def _check_layout(layout: str, pairs: list[str]) -> None:
 
 
 def _tokenizer(model_dir: str, from_flag: bool) -> Any:
-    try:
-        return load_tokenizer(model_dir)
-    except (OSError, TokenizationError) as err:  # transformers' message may not name the directory
-        source = "--model-dir" if from_flag else "model.name_or_path"
-        raise InputError(f"{source} {model_dir}: cannot load the tokenizer ({' '.join(str(err).split())})") from None
+    # A folder that is not there is told before transformers loads (seconds of CPU).
+    reason = missing_model(model_dir)
+    if reason is None:
+        try:
+            return load_tokenizer(model_dir)
+        except (OSError, TokenizationError) as err:  # transformers' message may not name the directory
+            reason = " ".join(str(err).split())
+    source = "--model-dir" if from_flag else "model.name_or_path"
+    raise InputError(f"{source} {model_dir}: cannot load the tokenizer ({reason})")
 
 
 def main(argv: list[str]) -> int:
@@ -347,6 +341,7 @@ def main(argv: list[str]) -> int:
     except (InputError, ConfigError) as err:
         print(f"stepjepa inspect: error: {err}", file=sys.stderr)
         return 2
+    startup.resume()  # transformers is in: the cyclic collector back on (`stepjepa.startup`)
     records = [lay_out(row, tokenizer, k, layout, steps, views) for views in pairs for k in ks]
     if args.png:
         save_png(records, args.png)

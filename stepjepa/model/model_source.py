@@ -3,13 +3,13 @@ model and its tokenizer loaded from it (checked for the chat template training u
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stepjepa import tracking
 from stepjepa.config import Config
 from stepjepa.inputs import InputError
+from stepjepa.model_location import HUB_ID
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 # What `--model` names in an MLflow store rather than on disk or on the hub.
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
-# A Hugging Face hub id: `name` or `org/name`, not a filesystem path.
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 # What evaluation needs from a hub repository: weights as safetensors, never pickles.
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
 

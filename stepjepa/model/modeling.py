@@ -8,7 +8,6 @@ no project code.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from stepjepa.config import ConfigError, ModelConfig, TrainConfig
 from stepjepa.data import tokenization
+from stepjepa.model_location import not_loadable
 from stepjepa.prompts import predictor_tokens
 
 log = logging.getLogger(__name__)
@@ -28,21 +28,6 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         return tokenization.load_tokenizer(cfg.name_or_path, cfg.revision, cfg.trust_remote_code)
     except OSError as err:
         raise not_loadable(cfg, err) from None
-
-
-def not_loadable(cfg: ModelConfig, err: OSError) -> ConfigError:
-    """One line naming `model.name_or_path` and what to set, instead of transformers' chained
-    tracebacks (a hub id with HF_HUB_OFFLINE=1 and no cached copy is the usual cause)."""
-    hint = ""
-    if not Path(cfg.name_or_path).exists():
-        hint = (
-            "; it is no local folder, so it is a hub id: with HF_HUB_OFFLINE=1 it must be in the HF cache "
-            "(HF_HOME); set model.name_or_path to a local model folder, or run with HF_HUB_OFFLINE=0"
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-            else "; it is no local folder, and the hub has no such model (or is unreachable)"
-        )
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ConfigError(f"model.name_or_path={cfg.name_or_path}: cannot load ({first}){hint}")
 
 
 def check_attention_device(cfg: ModelConfig, device: torch.device | str) -> None:

@@ -12,8 +12,6 @@ descendant of the launcher when it dies, kill -9 included (`watch_descendants`).
 from __future__ import annotations
 
 import contextlib
-import gc
-import importlib
 import os
 import queue
 import re
@@ -26,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from stepjepa import startup
 from stepjepa.training.warm import WarmStarter
 
 
@@ -49,13 +48,10 @@ def process_main(main: Callable[[], int | None], preload: tuple[str, ...] = ()) 
     """Run `main` as a process's entry point (`if __name__ == "__main__"`) and exit with its status.
 
     `preload` names modules `main` would import later. Everything imported by then lives as
-    long as the process: frozen, the cyclic collector skips it in its full collections, and
-    a process that started with the collector off (`stepjepa/__init__.py`) gets it back on.
+    long as the process: a process that started with the cyclic collector off
+    (`stepjepa.startup`) gets it back on, with all that frozen.
     """
-    for name in preload:
-        importlib.import_module(name)
-    gc.enable()
-    gc.freeze()
+    startup.resume(preload)
     raise SystemExit(main())
 
 

@@ -29,8 +29,9 @@ from stepjepa.config import (
     split_params,
     write_config,
 )
-from stepjepa.method.batching import check_positions, check_rows, check_vocab, laid_out_length, load_rows, step_plan
+from stepjepa.method.batching import check_rows, check_vocab, laid_out_length, load_rows, step_plan
 from stepjepa.method.collate import Collator, attention_for
+from stepjepa.method.positions import check_positions, row_lengths
 from stepjepa.model.modeling import build_model, check_attention_device, merged_model, save_model
 from stepjepa.tracking import Tracker, dvc_tags, git_tags, make_tracker, recorded_source, source_tags
 from stepjepa.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -214,7 +215,7 @@ def run_training(
     set_seed(tc.seed)
     model, tokenizer, predictor_ids = build_model(cfg.model, tc)
     check_vocab(rows, len(tokenizer), predictor_ids)
-    check_positions(rows, tc.k, getattr(model.config, "max_position_embeddings", None))
+    check_positions(*row_lengths(rows), tc.k, getattr(model.config, "max_position_embeddings", None))
     plan = step_plan(
         [laid_out_length(r, tc.k, tc.layout, tc.views) for r in rows],
         batch_size=tc.batch_size,

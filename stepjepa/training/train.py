@@ -29,10 +29,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stepjepa import startup
 from stepjepa.config import Config, ConfigError, flatten, load_config, resolved_tree
 from stepjepa.config import split_params as split_params  # re-exported: tests/e2e import it from here
+from stepjepa.inputs import InputError
 from stepjepa.runlock import Locked, hold
-from stepjepa.training.launch import process_main
+from stepjepa.training.preflight import check_run_inputs
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -159,15 +161,18 @@ def evaluate_after_training(model_dir: Path, out: Path, data: Path, heldout: Pat
 
 def checked_args(argv: list[str]) -> tuple[argparse.Namespace, Config] | None:
     """The arguments and the config they name; None, with the reason logged, when the config
-    is bad. Nothing heavy is loaded yet, so `--help` and a bad param answer at once."""
+    is bad or `--data`, the model or train.k is refused before loading (`check_run_inputs`).
+    Nothing heavy is loaded yet, so `--help` and those mistakes answer at once."""
     args = parse_args(argv)
     if not logging.getLogger().handlers:  # `accelerate launch -m stepjepa.training.train` skips cli.py
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return args, load_config(args.params, args.overrides)
-    except ConfigError as err:
+        cfg = load_config(args.params, args.overrides)
+        check_run_inputs(cfg, args.data)
+    except (ConfigError, InputError) as err:
         log.error("%s", err)
         return None
+    return args, cfg
 
 
 def run_checked(args: argparse.Namespace, cfg: Config) -> int:
@@ -190,7 +195,7 @@ def run_checked(args: argparse.Namespace, cfg: Config) -> int:
             accelerator=accelerator,
             val_data=args.val_data,
         )
-    except (ConfigError, CheckpointError, Locked) as err:
+    except (ConfigError, InputError, CheckpointError, Locked) as err:
         log.error("%s", err)
         return 2
     except TrainingError as err:
@@ -214,13 +219,14 @@ def run_checked(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    checked = checked_args(sys.argv[1:] if argv is None else argv)
-    return 2 if checked is None else run_checked(*checked)
+    if (checked := checked_args(sys.argv[1:] if argv is None else argv)) is None:
+        return 2
+    # The heavy imports (the run's, and MLflow's where the run is tracked) once the command is
+    # known good; then a process that started without the cyclic collector gets it back, with
+    # what they made frozen (`stepjepa.startup`).
+    startup.resume(("stepjepa.training.run", *(("mlflow",) if checked[1].train.tracking == "mlflow" else ())))
+    return run_checked(*checked)
 
 
 if __name__ == "__main__":
-    # As `main`, with the heavy imports (the run's, and MLflow: the tracker's) done once the
-    # command is known good, and before `process_main` freezes what start-up imported.
-    if (checked := checked_args(sys.argv[1:])) is None:
-        raise SystemExit(2)
-    process_main(lambda: run_checked(*checked), preload=("stepjepa.training.run", "mlflow"))
+    raise SystemExit(main())

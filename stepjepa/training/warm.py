@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from stepjepa import startup
+
 # What the server imports once: what every run would import first.
 PRELOAD = (
     "torch",
@@ -263,14 +265,11 @@ def serve(socket_path: str, parent: int) -> NoReturn:
     listener.bind(socket_path + ".new")
     listener.listen(64)  # clients queue here while the imports below run
     os.rename(socket_path + ".new", socket_path)
-    import importlib
-
-    for name in PRELOAD:
-        importlib.import_module(name)
-    import gc
-
-    gc.collect()
-    gc.freeze()  # what every child shares stays shared: no collection writes to those pages
+    # The imports without the cyclic collector (6.1 CPU-s with it, 5.4 without: stepjepa/startup.py);
+    # their garbage collected once, then what every child shares is frozen and stays shared:
+    # no collection writes to those pages.
+    startup.pause()
+    startup.resume(PRELOAD, collect=True)
     signal.signal(signal.SIGTERM, lambda *_: _leave(socket_path))
     waiting: dict[int, socket.socket] = {}
     selector = selectors.DefaultSelector()

@@ -331,6 +331,10 @@ def test_prepare_with_an_empty_train_split_fails_naming_the_file(tmp_path):
 
 HEAVY = ("torch", "transformers", "accelerate", "peft", "mlflow", "prefect")
 INFINITE_LAMBDA = ["--params", "{tmp}/inf.yaml", "--data", "{tmp}/rows.parquet", "--out", "{tmp}/run"]
+TRAIN = ["--params", "{tmp}/ok.yaml", "--out", "{tmp}/run"]
+HUB_MODEL = ["--params", "{tmp}/hub.yaml", "--out", "{tmp}/run"]
+NO_MODEL = ["--params", "{tmp}/no-model.yaml", "--out", "{tmp}/run"]
+SHORT_MODEL = ["--params", "{tmp}/short.yaml", "--out", "{tmp}/run"]
 
 
 @pytest.mark.parametrize(
@@ -344,6 +348,22 @@ INFINITE_LAMBDA = ["--params", "{tmp}/inf.yaml", "--data", "{tmp}/rows.parquet",
         (["stepjepa.cli", "resend", "--help"], 0, []),
         (["pipelines.build_model", "--params", "{tmp}/inf.yaml", "--prepared", "{tmp}/p.jsonl"], 2, ["train.lambda"]),
         (["pipelines.tokenize_data", "--params", "{tmp}/inf.yaml", "--prepared", "{tmp}"], 2, ["train.lambda"]),
+        (
+            ["stepjepa.cli", "train", *TRAIN, "--data", "{tmp}/rows.jsonl"],
+            2,
+            ["--data {tmp}/rows.jsonl: not a Parquet"],
+        ),
+        (["stepjepa.cli", "train", *TRAIN, "--data", "{tmp}/none.parquet"], 2, ["--data {tmp}/none.parquet: no such"]),
+        (
+            ["stepjepa.cli", "train", *HUB_MODEL, "--data", "{tmp}/train.parquet"],
+            2,
+            ["Qwen/Qwen2.5-0.5B", "HF_HUB_OFF"],
+        ),
+        (["stepjepa.cli", "train", *NO_MODEL, "--data", "{tmp}/train.parquet"], 2, ["name_or_path={tmp}/no-model"]),
+        (["stepjepa.cli", "train", *SHORT_MODEL, "--data", "{tmp}/train.parquet"], 2, ["max_position_embeddings=2"]),
+        (["stepjepa.cli", "inspect", "--data", "{tmp}/train.parquet", "--model-dir", "{tmp}/no-model"], 2, ["no such"]),
+        (["pipelines.tokenize_data", "--params", "{tmp}/no-model.yaml", "--prepared", "{tmp}"], 2, ["{tmp}/no-model"]),
+        (["pipelines.tokenize_data", "--params", "{tmp}/short.yaml", "--prepared", "{tmp}/bad"], 2, ["field steps"]),
     ],
     ids=[
         "train-help",
@@ -354,16 +374,35 @@ INFINITE_LAMBDA = ["--params", "{tmp}/inf.yaml", "--data", "{tmp}/rows.parquet",
         "resend-help",
         "build_model-params",
         "tokenize-params",
+        "train-jsonl-data",
+        "train-missing-data",
+        "train-hub-id-offline",
+        "train-missing-model",
+        "train-k-past-positions",
+        "inspect-missing-model",
+        "tokenize-missing-model",
+        "tokenize-bad-record",
     ],
 )
-def test_bad_input_and_help_answer_before_the_heavy_imports(tmp_path, args, status, named):
-    """A typo in params.yaml, or `--help`, answers in a fraction of a second: the process never
+def test_bad_input_and_help_answer_before_the_heavy_imports(tmp_path, rows, args, status, named):
+    """A typo in params.yaml, `--help`, a wrong `--data`, a model that is not there (a folder,
+    or a hub id not in the HF cache with the hub off), a K past the model's positions (its
+    config.json) or a bad prepared record answers in a fraction of a second: the process never
     imports torch and co. (`-X importtime` names every module it imported)."""
     params(tmp_path / "inf.yaml", {"train": {"lambda": float("inf")}})
+    params(tmp_path / "ok.yaml", {"train": {"tracking": "none"}})
+    params(tmp_path / "hub.yaml", {"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}})
+    params(tmp_path / "no-model.yaml", {"model": {"name_or_path": str(tmp_path / "no-model")}})
+    params(tmp_path / "short.yaml", {"model": {"name_or_path": str(tmp_path / "short")}, "train": {"k": 2}})
+    (tmp_path / "short").mkdir()  # a model folder whose config.json allows 2 positions; rows have 3 tokens
+    (tmp_path / "short" / "config.json").write_text(json.dumps({"max_position_embeddings": 2}))
+    (tmp_path / "rows.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train.jsonl").write_text(json.dumps({"id": "r1", "steps": "x", "messages": []}) + "\n")
     args = [a.format(tmp=tmp_path) for a in args]
     if args[0].startswith("pipelines."):
         args += ["--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
-    proc = run(args, tmp_path, flags=("-X", "importtime"))
+    proc = run(args, tmp_path, flags=("-X", "importtime"), HF_HOME=str(tmp_path / "hf"))
     assert proc.returncode == status, proc.stderr[-2000:]
     for text in (t.format(tmp=tmp_path) for t in named):
         assert text in proc.stderr, proc.stderr[-2000:]

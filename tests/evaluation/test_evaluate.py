@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from stepjepa.evaluation.eval_examples import load_examples
 from stepjepa.evaluation.score import score_file
 from stepjepa.inputs import InputError
 from stepjepa.prompts import DEFAULT_SYSTEM_PROMPT
+from tests.support.collector import paused_collector
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +262,15 @@ def test_a_registered_model_resolves_in_the_given_store_from_any_folder(tiny_mod
     # Nothing global changes: processes started later (a sweep's `make run` in the same
     # shell or test session) must not register their models in this store.
     assert "MLFLOW_REGISTRY_URI" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_a_process_started_without_the_collector_has_it_back_once_the_model_is_in(
+    tiny_model_dir, test_file, tmp_path, capsys, monkeypatch
+):
+    """`stepjepa evaluate` starts with the cyclic collector off (stepjepa/startup.py); with
+    the model loaded, it is on again for the generation, the imports frozen."""
+    with paused_collector(monkeypatch) as freezes:
+        code, metrics, _ = evaluate(capsys, "--model", tiny_model_dir, "--data", test_file, "--limit", 2,
+                                    "--out", tmp_path / "eval")  # fmt: skip
+        assert code == 0 and metrics["n"] == 2
+        assert gc.isenabled() and freezes == [1]

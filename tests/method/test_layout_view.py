@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 
@@ -15,6 +16,7 @@ from stepjepa.data.tokenization import encode_records
 from stepjepa.method import layout_view
 from stepjepa.method.collate import collate
 from stepjepa.vocabulary import INLINE_UA
+from tests.support.collector import paused_collector
 
 KEYS = {
     "layout",
@@ -195,3 +197,14 @@ def test_mask_png_names_segments_views_and_colours(files, tiny_model_dir) -> Non
     ]
     assert plain.get_legend().get_texts()[0].get_text().startswith("view 1: end of Step 1")
     assert all("black = may attend, white = masked" in ax.get_title() for ax in (packed, plain))
+
+
+def test_a_process_started_without_the_collector_has_it_back_once_the_tokenizer_is_in(
+    files, tiny_model_dir, capsys, monkeypatch
+) -> None:
+    """`stepjepa inspect` starts with the cyclic collector off (stepjepa/startup.py); with
+    transformers imported, it is on again for the rest of the command, the imports frozen."""
+    out, _ = files
+    with paused_collector(monkeypatch) as freezes:
+        assert layout_view.main(args(out, tiny_model_dir, "--k", "1")) == 0
+        assert gc.isenabled() and freezes == [1]

@@ -82,7 +82,7 @@ atexit.register(lambda: print("at exit", gc.isenabled(), gc.get_freeze_count() >
 
 # A training process that gets past its argument and config checks (`--help` stops before
 # them, importing nothing heavy) and is refused once the run starts: its `--out` holds a run.
-REFUSED_RUN = ["-m", "stepjepa.training.train", "--params", "{tmp}/params.yaml", "--data", "{tmp}/none.parquet"]
+REFUSED_RUN = ["-m", "stepjepa.training.train", "--params", "{tmp}/params.yaml", "--data", "{tmp}/rows.parquet"]
 REFUSED_RUN += ["--out", "{tmp}/done"]
 
 
@@ -97,13 +97,25 @@ REFUSED_RUN += ["--out", "{tmp}/done"]
     ],
 )
 def test_a_training_process_imports_without_the_collector_and_then_freezes_them(tmp_path, cmd, during_startup, status):
-    """Only a training run's and a sweep's processes start with the cyclic collector off;
-    `process_main` turns it back on with the start-up objects frozen. Any other import
-    leaves it alone."""
+    """Only the processes stepjepa/startup.py names (a training run's, a sweep's, ...) start
+    with the cyclic collector off; once their imports are done it is back on with the start-up
+    objects frozen. Any other import leaves it alone."""
     import subprocess
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     (tmp_path / "sitecustomize.py").write_text(PROBE)
-    (tmp_path / "params.yaml").write_text("{}\n")
+    # A model folder and rows that the checks before the imports pass (stepjepa/training/preflight.py).
+    (tmp_path / "params.yaml").write_text(f"model: {{name_or_path: {tmp_path}}}\n")
+    rows = {
+        "input_ids": [[1, 2]],
+        "labels": [[-100, 2]],
+        "step1_span": [None],
+        "step2_span": [None],
+        "jepa_valid": [False],
+    }
+    pq.write_table(pa.table(rows), tmp_path / "rows.parquet")
     (tmp_path / "done" / "model").mkdir(parents=True)
     env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [part.format(tmp=tmp_path) for part in cmd]

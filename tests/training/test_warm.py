@@ -130,6 +130,29 @@ def test_a_run_whose_server_dies_before_starting_it_starts_cold_at_once(tmp_path
     assert out.returncode == 3 and out.stdout == "cold\n" and "starting the run cold" in out.stderr, out.stderr
 
 
+# The server with a stand-in for its imports, and a parent that is not its own: it leaves at
+# once, by `os._exit`, which prints what the collector does first.
+SERVE = """
+import gc, os
+from stepjepa.training import warm
+warm.PRELOAD = ("probe_preload",)
+leave = os._exit
+os._exit = lambda status: (print("served", gc.isenabled(), gc.get_freeze_count() > 0, flush=True), leave(status))
+warm.serve(%r, -1)
+"""
+
+
+@pytest.mark.cli
+def test_the_server_imports_without_the_collector_and_then_freezes_the_imports(tmp_path):
+    (tmp_path / "probe_preload.py").write_text("import gc\nprint('importing', gc.isenabled(), flush=True)\n")
+    (tmp_path / "server").mkdir()
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    code = SERVE % str(tmp_path / "server" / "s.sock")
+    out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "importing False\nserved True True\n"
+
+
 @pytest.mark.e2e
 def test_a_warm_training_run_trains_the_same_weights_as_a_cold_one(tiny_model_dir, conversations, tmp_path):
     from tests.support.train import write_params, write_tokenized
