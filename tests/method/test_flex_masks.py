@@ -20,7 +20,7 @@ from stepjepa.method.masks import causal_mask, layout_mask
 from stepjepa.model.modeling import check_attention_device
 from stepjepa.training.train import main
 from tests.support.tiny_llama import PRED, ROWS, UA_ROWS, tiny_llama
-from tests.support.train import write_params
+from tests.support.train import write_checkable_rows, write_params
 
 LAYOUTS = ("inline", "two_pass", "packed")
 
@@ -143,15 +143,18 @@ def test_training_on_cpu_refuses_flex_in_one_line() -> None:
 
 
 def test_stepjepa_train_on_cpu_with_flex_logs_one_line_naming_the_key(tmp_path, caplog) -> None:
-    """Refused before data or model are loaded (neither exists here), exit status 2."""
-    params = write_params(tmp_path / "params.yaml", tmp_path / "no-model")
+    """Refused before data or model are loaded, exit status 2: the model folder is empty and
+    the rows file holds one row, which the checks before the imports pass and loading either
+    would refuse with another message."""
+    (tmp_path / "model").mkdir()
+    params = write_params(tmp_path / "params.yaml", tmp_path / "model")
     argv = [
         "--params",
         str(params),
         "--set",
         "model.attn_implementation=flex_attention",
         "--data",
-        str(tmp_path / "missing.parquet"),
+        str(write_checkable_rows(tmp_path / "rows.parquet")),
         "--out",
         str(tmp_path / "run"),
     ]

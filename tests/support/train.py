@@ -46,3 +46,20 @@ def make_config(model_dir: Path, **train: Any) -> Config:
 def write_params(path: Path, model_dir: Path, **train: Any) -> Path:
     path.write_text(yaml.safe_dump(params_tree(model_dir, **train)))
     return path
+
+
+def write_checkable_rows(path: Path) -> Path:
+    """One tokenised row in a Parquet file: what `stepjepa train`'s checks before its imports
+    (stepjepa/training/preflight.py) accept, for tests of what is refused after them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {
+        "input_ids": [[1, 2]],
+        "labels": [[-100, 2]],
+        "step1_span": [None],
+        "step2_span": [None],
+        "jepa_valid": [False],
+    }
+    pq.write_table(pa.table(rows), path)
+    return path

@@ -102,20 +102,12 @@ def test_a_training_process_imports_without_the_collector_and_then_freezes_them(
     objects frozen. Any other import leaves it alone."""
     import subprocess
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from tests.support.train import write_checkable_rows
 
     (tmp_path / "sitecustomize.py").write_text(PROBE)
     # A model folder and rows that the checks before the imports pass (stepjepa/training/preflight.py).
     (tmp_path / "params.yaml").write_text(f"model: {{name_or_path: {tmp_path}}}\n")
-    rows = {
-        "input_ids": [[1, 2]],
-        "labels": [[-100, 2]],
-        "step1_span": [None],
-        "step2_span": [None],
-        "jepa_valid": [False],
-    }
-    pq.write_table(pa.table(rows), tmp_path / "rows.parquet")
+    write_checkable_rows(tmp_path / "rows.parquet")
     (tmp_path / "done" / "model").mkdir(parents=True)
     env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [part.format(tmp=tmp_path) for part in cmd]
