@@ -80,6 +80,13 @@ def model(request):
     return tiny_llama(request.param)
 
 
+def _session_folder(tmp_path_factory) -> Path:
+    """This session's temporary folder, beside every pytest-xdist worker's: where the migrated
+    templates are made once for all of them."""
+    shared = tmp_path_factory.getbasetemp()
+    return shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+
+
 @pytest.fixture(scope="session")
 def migrated_prefect(tmp_path_factory):
     """`migrated(home)`: `home` as a `PREFECT_HOME` with a migrated database, for the tests
@@ -87,15 +94,24 @@ def migrated_prefect(tmp_path_factory):
     on a new home, migrations included, stays covered: the fresh-clone author's `make run`."""
     from tests.support.servers import migrated_prefect_db, prefect_home
 
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # this session's folder, beside every worker's
-    template = migrated_prefect_db(shared)
+    template = migrated_prefect_db(_session_folder(tmp_path_factory))
     return lambda home: prefect_home(home, template)
 
 
+@pytest.fixture(scope="session")
+def migrated_mlflow(tmp_path_factory):
+    """`store(path)`: `sqlite:///path`, an MLflow store whose database is a copy of one migrated
+    once per session, for the tests whose store's creation is not what they test. A new
+    store's creation, migrations included, stays covered: runs starting together on a fresh
+    store (e2e/test_faults_processes.py) and the fresh clones' `make run`."""
+    from tests.support.servers import migrated_mlflow_db, mlflow_store
+
+    template = migrated_mlflow_db(_session_folder(tmp_path_factory))
+    return lambda path: mlflow_store(path, template)
+
+
 @pytest.fixture(scope="module")
-def environment(project, migrated_prefect, tmp_path_factory):
+def environment(project, migrated_prefect, migrated_mlflow, tmp_path_factory):
     """The requesting module's `project` folder as the working directory, with its own MLflow
     store and a Prefect test harness (the sweep-flow tests)."""
     from unittest import mock
@@ -108,7 +124,7 @@ def environment(project, migrated_prefect, tmp_path_factory):
     folder = Path(migrated_prefect(tmp_path_factory.mktemp("prefect-harness")))
     (folder / "prefect.db").rename(folder / "prefect-test.db")
     saved = dict(os.environ)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = migrated_mlflow(project / "mlflow.db")
     cwd = os.getcwd()
     os.chdir(project)
     try:

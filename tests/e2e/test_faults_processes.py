@@ -91,7 +91,9 @@ with launch.forward_signals(), launch.warm_starts(sys.argv[4] == "warm"):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("start", ["cold", "warm"])
-def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, conversations, tmp_path, start):
+def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(
+    tiny_model_dir, conversations, tmp_path, start, migrated_mlflow
+):
     """The sweep's path: `run_logged(accelerate launch -m stepjepa.training.train)`. SIGTERM kills
     accelerate's launcher at once; the training process under it must still checkpoint. Warm: the
     run forked from the warm server (stepjepa/training/warm.py) hears the same signal."""
@@ -112,7 +114,7 @@ def test_sigterm_to_a_sweep_task_checkpoints_its_accelerate_run(tiny_model_dir, 
         experiment="sweep-signal",
     )
     out = tmp_path / "run"
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"MLFLOW_TRACKING_URI": migrated_mlflow(tmp_path / "mlflow.db"), "PYTHONPATH": str(ROOT)}
     task = subprocess.Popen(
         [sys.executable, "-c", TRAIN_LAUNCHER, str(params), str(data), str(out), start],
         cwd=ROOT,
@@ -201,7 +203,7 @@ tracker.end()
 def test_three_runs_starting_on_a_fresh_store_all_succeed(tmp_path):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a new store, not a migrated copy: its creation is the subject
     env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
     starters = [
         subprocess.Popen(
@@ -229,12 +231,14 @@ def test_three_runs_starting_on_a_fresh_store_all_succeed(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.server
-def test_an_outage_is_ridden_out_and_the_backlog_is_sent_when_the_server_is_back(tmp_path, monkeypatch, caplog):
+def test_an_outage_is_ridden_out_and_the_backlog_is_sent_when_the_server_is_back(
+    tmp_path, monkeypatch, caplog, migrated_mlflow
+):
     from mlflow import MlflowClient
 
     from stepjepa.tracking import MlflowTracker
 
-    backend, artifacts, port = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", free_port()
+    backend, artifacts, port = migrated_mlflow(tmp_path / "mlflow.db"), tmp_path / "artifacts", free_port()
     env = dict(os.environ)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: the tracker retries by itself
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -261,7 +265,7 @@ def test_an_outage_is_ridden_out_and_the_backlog_is_sent_when_the_server_is_back
 
 @pytest.mark.e2e
 @pytest.mark.server
-def test_steps_never_sent_are_sent_later_by_the_resend_command(tmp_path, monkeypatch, caplog):
+def test_steps_never_sent_are_sent_later_by_the_resend_command(tmp_path, monkeypatch, caplog, migrated_mlflow):
     import json
 
     from mlflow import MlflowClient
@@ -269,7 +273,7 @@ def test_steps_never_sent_are_sent_later_by_the_resend_command(tmp_path, monkeyp
     from stepjepa.tracking import MlflowTracker
     from stepjepa.training import resend
 
-    backend, artifacts, port = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", free_port()
+    backend, artifacts, port = migrated_mlflow(tmp_path / "mlflow.db"), tmp_path / "artifacts", free_port()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     out = tmp_path / "run"
@@ -302,7 +306,9 @@ def test_steps_never_sent_are_sent_later_by_the_resend_command(tmp_path, monkeyp
 
 @pytest.mark.e2e
 @pytest.mark.server
-def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_model_dir, conversations, tmp_path):
+def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(
+    tiny_model_dir, conversations, tmp_path, migrated_mlflow
+):
     """`stepjepa train` with the server killed after its first steps: every checkpoint is
     written on schedule, the model is saved, the outage is logged once, and `stepjepa.training.resend`
     sends what was missed once the server is back on the same store."""
@@ -328,7 +334,7 @@ def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_m
         experiment="outage-train",
     )
     backend, artifacts, port, out = (
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        migrated_mlflow(tmp_path / "mlflow.db"),
         tmp_path / "artifacts",
         free_port(),
         tmp_path / "run",
@@ -399,7 +405,7 @@ def test_checkpoints_keep_their_cadence_while_the_tracking_server_is_down(tiny_m
 @pytest.mark.e2e
 @pytest.mark.server
 def test_a_server_gone_before_the_tracker_noticed_does_not_fail_logging_the_model(
-    tiny_model_dir, tmp_path, monkeypatch, caplog
+    tiny_model_dir, tmp_path, monkeypatch, caplog, migrated_mlflow
 ):
     """A short run can end before the sender thread meets the outage: logging the model then
     meets it first, and must not turn a finished training into a failure."""
@@ -410,7 +416,7 @@ def test_a_server_gone_before_the_tracker_noticed_does_not_fail_logging_the_mode
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     with mlflow_server(
-        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "m.log", dict(os.environ)
+        migrated_mlflow(tmp_path / "mlflow.db"), tmp_path / "artifacts", tmp_path / "m.log", dict(os.environ)
     ) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         tracker = MlflowTracker("model-outage", run_name="r", flush_seconds=1)

@@ -37,11 +37,12 @@ def _flow_runs(project: Path) -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture
-def project(tmp_path, tiny_model_dir, conversations, migrated_prefect) -> Path:
+def project(tmp_path, tiny_model_dir, conversations, migrated_prefect, migrated_mlflow) -> Path:
     """A sweep of two configs (SFT, K=1) whose trainings last long enough to be stopped."""
     sweep = {"ks": [1], "lambdas": [0.5], "experiment": EXPERIMENT, "registered_model_name": "sj-faults"}
     root = make_sweep_project(tmp_path / "project", tiny_model_dir, conversations, sweep)
     migrated_prefect(root / ".prefect")  # the PREFECT_HOME of `_env`
+    migrated_mlflow(root / "mlflow.db")  # the MLFLOW_TRACKING_URI of `_env`
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"] |= {"max_steps": 400, "epochs": 100, "checkpoint_every": 2, "eval_every": None}
     (root / "params.yaml").write_text(yaml.safe_dump(params))

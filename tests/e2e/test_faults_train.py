@@ -75,13 +75,13 @@ def test_params_are_what_decides_the_weights_and_the_rest_are_tags():
 
 
 def test_a_retry_with_other_eval_and_sweep_settings_logs_into_the_same_run(
-    tiny_model_dir, train_data, tmp_path, monkeypatch
+    tiny_model_dir, train_data, tmp_path, monkeypatch, migrated_mlflow
 ):
     """The sweep creates a config's run and passes MLFLOW_RUN_ID; a config that failed
     before its first checkpoint is retried into that run, maybe with a longer eval.limit."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = migrated_mlflow(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("retry")).info.run_id
@@ -202,11 +202,11 @@ def test_a_full_disk_leaves_no_partial_checkpoint_or_model(tiny_model_dir, small
 @pytest.mark.e2e
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_checkpoints_marks_the_run_killed_and_exits_with_its_code(
-    tiny_model_dir, train_data, tmp_path, signum, code
+    tiny_model_dir, train_data, tmp_path, signum, code, migrated_mlflow
 ):
     from mlflow import MlflowClient
 
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = os.environ | {"MLFLOW_TRACKING_URI": migrated_mlflow(tmp_path / "mlflow.db")}
     params = write_params(
         tmp_path / "params.yaml",
         tiny_model_dir,

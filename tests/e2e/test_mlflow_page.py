@@ -33,7 +33,7 @@ def _dom(env: dict, tmp: Path, url: str, ready: str, tries: int = 4) -> str:
 
 @pytest.mark.server
 def test_the_run_page_shows_source_dataset_params_metrics_and_config(
-    tiny_model_dir, conversations, tmp_path, monkeypatch
+    tiny_model_dir, conversations, tmp_path, monkeypatch, migrated_mlflow
 ):
     if shutil.which("chromium") is None:
         pytest.skip("no chromium: `apt-get install -y chromium` (.ci/run installs it)")
@@ -41,7 +41,7 @@ def test_the_run_page_shows_source_dataset_params_metrics_and_config(
 
     from stepjepa.training.train import train
 
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = migrated_mlflow(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
     data = write_tokenized(tiny_model_dir, conversations[:32], tmp_path / "train.parquet")
     cfg = make_config(tiny_model_dir, tracking="mlflow", max_steps=4, log_every=1, experiment="page")

@@ -21,14 +21,16 @@ def project(tmp_path, tiny_model_dir, conversations):
     return make_sweep_project(tmp_path / "project", tiny_model_dir, conversations, sweep)
 
 
-def test_served_deployment_triggered_with_list_parameters(tmp_path, project, migrated_prefect):
+def test_served_deployment_triggered_with_list_parameters(tmp_path, project, migrated_prefect, migrated_mlflow):
     env = dict(os.environ) | {
         "PREFECT_HOME": migrated_prefect(tmp_path / "prefect-home"),
         "PREFECT_UI_ENABLED": "false",
     }
     with (
         prefect_server(tmp_path / "prefect.log", env) as api,
-        mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts", tmp_path / "mlflow.log", env) as ml,
+        mlflow_server(
+            migrated_mlflow(tmp_path / "mlflow.db"), tmp_path / "artifacts", tmp_path / "mlflow.log", env
+        ) as ml,
     ):
         client_env = env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}
         serve = [str(BIN / "python"), "-m", "pipelines.sweep", "--serve", "--name", "itest"]

@@ -26,9 +26,9 @@ def test_file(tmp_path_factory, conversations):
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    """One sqlite store for the module: creating its tables takes seconds."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+def mlflow_uri(tmp_path_factory, migrated_mlflow):
+    """One sqlite store for the module."""
+    return migrated_mlflow(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
 
 
 def evaluate(capsys, *args) -> tuple[int, dict | None, str]:
@@ -237,14 +237,15 @@ def test_limit_all_overrides_the_params_limit(tiny_model_dir, test_file, tmp_pat
     assert evaluate(capsys, *run)[1]["n"] == 60
 
 
-def test_a_registered_model_resolves_in_the_given_store_from_any_folder(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_registered_model_resolves_in_the_given_store_from_any_folder(
+    tiny_model_dir, tmp_path, monkeypatch, migrated_mlflow
+):
     """`models:/NAME@alias` outside the project: the registry of the given store, not ./mlflow.db."""
     from mlflow import MlflowClient
 
     from stepjepa.tracking import download
 
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    (tmp_path / "store").mkdir()
+    uri = migrated_mlflow(tmp_path / "store" / "mlflow.db")
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id

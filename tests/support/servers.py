@@ -151,6 +151,38 @@ def prefect_home(home: Path, template: Path) -> str:
     return str(home)
 
 
+def migrated_mlflow_db(folder: Path) -> Path:
+    """An MLflow sqlite database migrated once (what `mlflow db upgrade URL` makes of a new one)
+    in `folder`, shared by pytest-xdist's workers as `migrated_prefect_db`'s is. A new store's
+    first open spends ~0.85 CPU-s on MLflow's alembic migrations (~1.6 in a process's first,
+    ~1-1.5 inside a server); a copy of this one opens in ~0.04. It holds no experiment yet: a
+    copy's first open adds the Default experiment (0), with that store's artifact root (a
+    client's ./mlruns, a server's mlflow-artifacts:/), exactly as a new store's does."""
+    db = folder / "mlflow-template" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with (db.parent / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.exists():
+            # In this process, which imported MLflow already: a `mlflow db upgrade` process
+            # would cost ~2.5 CPU-s more (its start-up and MLflow's import).
+            from mlflow.db import upgrade
+
+            build = db.parent / "build.db"
+            build.unlink(missing_ok=True)
+            upgrade.callback(f"sqlite:///{build}")
+            build.rename(db)
+    return db
+
+
+def mlflow_store(path: Path, template: Path) -> str:
+    """`sqlite:///path`, a store whose database is a copy of `template` (`migrated_mlflow_db`)
+    unless `path` exists already."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        shutil.copy(template, path)
+    return f"sqlite:///{path}"
+
+
 def prefect_api(api: str, path: str, body: dict) -> list | dict:
     """POST `body` to the Prefect API at `api` (`.../api`) and return its JSON answer."""
     request = urllib.request.Request(

@@ -17,10 +17,10 @@ from tests.support.train import make_config, write_tokenized
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, migrated_mlflow):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = migrated_mlflow(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return mlflow.MlflowClient(uri)
 

@@ -16,12 +16,12 @@ from tests.support.sweep_results import fake_results
 
 
 @pytest.fixture(scope="module")
-def migrated(tmp_path_factory):
-    """A migrated store with the experiment, made once: MLflow's schema migration takes seconds."""
+def migrated(tmp_path_factory, migrated_mlflow):
+    """A migrated store with the experiment, made once for the module's tests."""
     import mlflow
 
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{db}").create_experiment("registry")
+    mlflow.MlflowClient(migrated_mlflow(db)).create_experiment("registry")
     return db
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
 
-def test_the_logged_model_answers_chat_messages_through_its_chat_template(tiny_model_dir, tmp_path, monkeypatch):
+def test_the_logged_model_answers_chat_messages_through_its_chat_template(
+    tiny_model_dir, tmp_path, monkeypatch, migrated_mlflow
+):
     """Issue 32: `pyfunc.predict` took a raw string without the chat template and the tiny
     model echoed the prompt; the model is an MLflow chat model (`llm/v1/chat`)."""
     import mlflow
@@ -14,9 +16,10 @@ def test_the_logged_model_answers_chat_messages_through_its_chat_template(tiny_m
 
     from stepjepa.tracking.run import log_hf_model
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = migrated_mlflow(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(store)
     run_id = mlflow.MlflowClient().create_run(mlflow.MlflowClient().create_experiment("chat")).info.run_id
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     uri = log_hf_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, run_id)

@@ -111,10 +111,10 @@ def test_git_tags_name_the_commit():
         assert tags["git.dirty"] in {"True", "False"}
 
 
-def test_resumed_tracker_continues_the_same_run(monkeypatch, tmp_path):
+def test_resumed_tracker_continues_the_same_run(monkeypatch, tmp_path, migrated_mlflow):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     first = MlflowTracker("exp", run_name="r")
     first.log_params({"train.k": 2})
     first.log_metrics({"loss": 2.0}, step=1)
@@ -131,12 +131,12 @@ def test_resumed_tracker_continues_the_same_run(monkeypatch, tmp_path):
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
 
 
-def test_a_resumed_run_does_not_log_a_step_twice(monkeypatch, tmp_path, caplog):
+def test_a_resumed_run_does_not_log_a_step_twice(monkeypatch, tmp_path, caplog, migrated_mlflow):
     """The killed attempt logged steps 1-3 after its checkpoint at step 1; the resumed one
     replays 2-3: MLflow keeps one point per step."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     killed = MlflowTracker("exp", run_name="r")
     for step in (1, 2, 3):
         killed.log_metrics({"loss": 10.0 + step, "lr": 0.1}, step=step)
@@ -155,10 +155,10 @@ def test_a_resumed_run_does_not_log_a_step_twice(monkeypatch, tmp_path, caplog):
     assert "steps up to 3 are already logged" in caplog.text
 
 
-def _sweep_run_status(tmp_path, monkeypatch, body) -> tuple[str, dict, list]:
+def _sweep_run_status(tmp_path, monkeypatch, migrated_mlflow, body) -> tuple[str, dict, list]:
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     seen = []
     try:
         with tracking.sweep_run("sweeps", {"ks": [0, 2]}) as parent:
@@ -172,25 +172,25 @@ def _sweep_run_status(tmp_path, monkeypatch, body) -> tuple[str, dict, list]:
     return run.info.status, run.data.tags, seen[1:]
 
 
-def test_sweep_parent_run_finishes_with_the_block(tmp_path, monkeypatch):
-    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, lambda: None)
+def test_sweep_parent_run_finishes_with_the_block(tmp_path, monkeypatch, migrated_mlflow):
+    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, migrated_mlflow, lambda: None)
     assert status == "FINISHED" and "stepjepa.error" not in tags and escaped == []
 
 
-def test_sweep_parent_run_is_failed_by_an_error_and_the_error_still_raises(tmp_path, monkeypatch):
+def test_sweep_parent_run_is_failed_by_an_error_and_the_error_still_raises(tmp_path, monkeypatch, migrated_mlflow):
     def fail():
         raise RuntimeError("run abc logged no model")
 
-    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, fail)
+    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, migrated_mlflow, fail)
     assert status == "FAILED" and tags["stepjepa.error"] == "RuntimeError: run abc logged no model"
     assert [type(e) for e in escaped] == [RuntimeError]
 
 
-def test_sweep_parent_run_is_killed_by_an_interrupt(tmp_path, monkeypatch):
+def test_sweep_parent_run_is_killed_by_an_interrupt(tmp_path, monkeypatch, migrated_mlflow):
     def interrupt():
         raise KeyboardInterrupt
 
-    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, interrupt)
+    status, tags, escaped = _sweep_run_status(tmp_path, monkeypatch, migrated_mlflow, interrupt)
     assert status == "KILLED" and tags["stepjepa.error"].startswith("KeyboardInterrupt")
     assert [type(e) for e in escaped] == [KeyboardInterrupt]
 
@@ -204,7 +204,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_a_sweep_ends_the_running_parents_whose_owner_is_provably_gone(monkeypatch, tmp_path):
+def test_a_sweep_ends_the_running_parents_whose_owner_is_provably_gone(monkeypatch, tmp_path, migrated_mlflow):
     """kill -9 leaves a sweep's parent RUNNING; the next sweep of the experiment ends it
     KILLED, and only it: a live owner, another host or no owner at all is left alone."""
     import os
@@ -212,7 +212,7 @@ def test_a_sweep_ends_the_running_parents_whose_owner_is_provably_gone(monkeypat
 
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     client = MlflowClient(tracking_uri())
     exp = client.create_experiment("stale")
     me, dead = tracking.owner_tags(), _dead_pid()
@@ -285,12 +285,14 @@ def _experiment(client) -> str:
     return client.get_experiment_by_name("sweeps").experiment_id
 
 
-def test_the_same_sweep_again_reuses_its_parent_and_a_partly_reused_one_names_the_holder(tmp_path, monkeypatch):
+def test_the_same_sweep_again_reuses_its_parent_and_a_partly_reused_one_names_the_holder(
+    tmp_path, monkeypatch, migrated_mlflow
+):
     """Issue 32: `make run` twice and a UI sweep over finished configs left parents without
     children (every reused child moved to the newest parent)."""
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     client = MlflowClient(tracking_uri())
     first, children = _sweep("sweep seeds=0 (params.yaml)", ["a", "b"], identity=["ea", "eb"])
     again, same = _sweep("sweep seeds=0 (params.yaml)", ["a", "b"], identity=["eb", "ea"])
@@ -320,12 +322,12 @@ def test_the_same_sweep_again_reuses_its_parent_and_a_partly_reused_one_names_th
     assert "stepjepa.children_in" not in client.get_run(last).data.tags
 
 
-def test_the_parent_says_the_selected_config_why_and_the_registry(tmp_path, monkeypatch):
+def test_the_parent_says_the_selected_config_why_and_the_registry(tmp_path, monkeypatch, migrated_mlflow):
     from mlflow import MlflowClient
 
     from stepjepa.stats import SELECTION_RULE
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     summary = {"selected": "k1_lam0.5", "verdict": "too few seeds to tell", "registry": "first champion: version 1"}
     with tracking.sweep_run("sweeps", {"ks": [1]}) as parent:
         tracking.log_sweep_summary(parent, [{"config": "k1_lam0.5", "accuracy_strict": 0.5}], "| t |", [], summary)
@@ -338,12 +340,12 @@ def test_the_parent_says_the_selected_config_why_and_the_registry(tmp_path, monk
     )
 
 
-def test_the_parents_metrics_and_table_are_written_to_the_digits_they_support(tmp_path, monkeypatch):
+def test_the_parents_metrics_and_table_are_written_to_the_digits_they_support(tmp_path, monkeypatch, migrated_mlflow):
     """Issue 32: the parent's `validation/*.<config>` metrics and its sweep table are rounded as
     every other tracked result (`stats.reported`), so float noise from another CPU does not show."""
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     row = {"config": "sft", "accuracy_strict": 0.123456789, "step2_nll": 5.33049871, "ks": [0]}
     with tracking.sweep_run("sweeps", {"ks": [1]}) as parent:
         tracking.log_sweep_summary(parent, [row], "| t |", [], {"selected": "sft"})
@@ -355,12 +357,12 @@ def test_the_parents_metrics_and_table_are_written_to_the_digits_they_support(tm
     assert cells["accuracy_strict"] == 0.1235 and cells["step2_nll"] == 5.33 and cells["ks"] == "[0]"
 
 
-def test_a_dead_sweep_ends_the_runs_it_reused_from_an_earlier_sweep(monkeypatch, tmp_path):
+def test_a_dead_sweep_ends_the_runs_it_reused_from_an_earlier_sweep(monkeypatch, tmp_path, migrated_mlflow):
     """A reused run stays nested under the sweep that trained it (issue 32); a dead sweep that
     was resuming it still leaves it to the next sweep to end."""
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     client = MlflowClient(tracking_uri())
     exp = client.create_experiment("stale")
     earlier = client.create_run(exp, run_name="earlier", tags={"stepjepa.kind": "sweep"}).info.run_id

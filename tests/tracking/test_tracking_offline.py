@@ -59,7 +59,9 @@ def test_a_store_that_is_down_is_one_line_wherever_a_user_meets_it(monkeypatch):
     assert one_line(ValueError("first\nsecond")) == "first" and one_line(OSError()) == "OSError"
 
 
-def test_a_replayed_record_creates_the_run_once_with_its_start_time_and_every_step(tmp_path, monkeypatch):
+def test_a_replayed_record_creates_the_run_once_with_its_start_time_and_every_step(
+    tmp_path, monkeypatch, migrated_mlflow
+):
     from mlflow import MlflowClient
 
     from stepjepa.tracking import make_tracker, offline_run_id, send_pending
@@ -83,7 +85,7 @@ def test_a_replayed_record_creates_the_run_once_with_its_start_time_and_every_st
         again.log_metrics({"loss": 10.0 + step}, step)
     again.end()
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = migrated_mlflow(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     run_id = send_pending(out)
     assert run_id and send_pending(out) is None and offline_run_id(out) == run_id and not pending(out)
@@ -104,7 +106,9 @@ def test_a_replayed_record_creates_the_run_once_with_its_start_time_and_every_st
 @pytest.mark.e2e
 @pytest.mark.server
 @pytest.mark.cli
-def test_training_with_the_server_down_from_the_start_is_sent_by_resend(tiny_model_dir, conversations, tmp_path):
+def test_training_with_the_server_down_from_the_start_is_sent_by_resend(
+    tiny_model_dir, conversations, tmp_path, migrated_mlflow
+):
     """Issue 33.1: `stepjepa train` with MLFLOW_TRACKING_URI naming a stopped server ended in a
     traceback and trained nothing. It trains, warns once, and `stepjepa resend OUT` creates
     the MLflow run, filled in, when a server is up at that address."""
@@ -156,7 +160,7 @@ def test_training_with_the_server_down_from_the_start_is_sent_by_resend(tiny_mod
     started = json.loads((out / "mlflow-offline.jsonl").read_text().splitlines()[0])["start"]["time"]
 
     with mlflow_server(
-        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "m.log", env, port=port
+        migrated_mlflow(tmp_path / "mlflow.db"), tmp_path / "artifacts", tmp_path / "m.log", env, port=port
     ) as url:
         resend = subprocess.run(
             [sys.executable, "-m", "stepjepa.cli", "resend", str(out)],
@@ -232,7 +236,9 @@ def _check_logged(url: str, paths: dict[str, str], started: int | None = None) -
 
 @pytest.mark.e2e
 @pytest.mark.server
-def test_a_sweep_started_with_the_server_down_trains_reports_and_is_logged_by_reconcile(environment, monkeypatch):
+def test_a_sweep_started_with_the_server_down_trains_reports_and_is_logged_by_reconcile(
+    environment, monkeypatch, migrated_mlflow
+):
     """Issue 33.1, the sweep: the parent run's creation failed with a traceback and nothing ran.
     The sweep trains and evaluates, writes its report, names what MLflow lacks and exits 1;
     `--reconcile` with the server up logs it all, and exits 0."""
@@ -252,7 +258,7 @@ def test_a_sweep_started_with_the_server_down_trains_reports_and_is_logged_by_re
     started = json.loads(record.read_text().splitlines()[0])["start"]["time"]
 
     with mlflow_server(
-        f"sqlite:///{environment / 'down-at-start.db'}",
+        migrated_mlflow(environment / "down-at-start.db"),
         environment / "artifacts-a",
         environment / "mlflow-a.log",
         dict(os.environ),
@@ -264,7 +270,9 @@ def test_a_sweep_started_with_the_server_down_trains_reports_and_is_logged_by_re
 
 @pytest.mark.e2e
 @pytest.mark.server
-def test_a_sweep_whose_server_goes_away_before_its_end_is_completed_by_reconcile(environment, monkeypatch):
+def test_a_sweep_whose_server_goes_away_before_its_end_is_completed_by_reconcile(
+    environment, monkeypatch, migrated_mlflow
+):
     """The server stops after validation: the test split's results, the champion's
     registration and the summary are named, kept, and logged by `--reconcile` once it is back."""
     from contextlib import ExitStack
@@ -274,7 +282,7 @@ def test_a_sweep_whose_server_goes_away_before_its_end_is_completed_by_reconcile
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     paths, port, server = _sweep_paths("down-at-end"), free_port(), ExitStack()
-    backend = f"sqlite:///{environment / 'down-at-end.db'}"
+    backend = migrated_mlflow(environment / "down-at-end.db")
     url = server.enter_context(
         mlflow_server(backend, environment / "artifacts-b", environment / "mlflow-b1.log", dict(os.environ), port=port)
     )

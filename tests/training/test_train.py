@@ -150,11 +150,11 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tiny_model_dir, train_dat
 
 
 @pytest.mark.e2e
-def test_run_learns_and_is_tracked(tiny_model_dir, conversations, tmp_path, monkeypatch):
+def test_run_learns_and_is_tracked(tiny_model_dir, conversations, tmp_path, monkeypatch, migrated_mlflow):
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", migrated_mlflow(tmp_path / "mlflow.db"))
     data = write_tokenized(tiny_model_dir, conversations, tmp_path / "train.parquet")
     cfg = make_config(
         tiny_model_dir, k=2, **{"lambda": 0.5}, tracking="mlflow", log_model=True, log_every=5, experiment="e2e"
@@ -214,10 +214,10 @@ def _in_store(tmp_path: Path, step: int) -> bool:
 
 
 @pytest.mark.e2e
-def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_path):
+def test_kill_and_resume_continues_the_same_run(tiny_model_dir, train_data, tmp_path, migrated_mlflow):
     import mlflow
 
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = os.environ | {"MLFLOW_TRACKING_URI": migrated_mlflow(tmp_path / "mlflow.db")}
     params = write_params(
         tmp_path / "params.yaml",
         tiny_model_dir,
