@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -118,29 +118,38 @@ def wait_for_deployment(env: dict[str, str], name: str, timeout: float = 120) ->
     raise TimeoutError(f"deployment {name} never appeared")
 
 
-def migrated_prefect_db(folder: Path) -> Path:
-    """A Prefect database migrated once (`prefect server database upgrade`) in `folder`, which
-    pytest-xdist's workers share: the first to ask makes it, the others wait on its lock.
-    A server's first start on a new database spends ~16 CPU-s on the migrations."""
-    db = folder / "prefect-template" / "prefect.db"
+def made_once(db: Path, make: Callable[[Path], Path]) -> Path:
+    """`db`, made by the first of pytest-xdist's workers to ask, the others waiting on its lock:
+    `make(folder)` builds it in `folder` (beside `db`) and returns the file it built."""
     db.parent.mkdir(parents=True, exist_ok=True)
     with (db.parent / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not db.exists():
             build = db.parent / "build"
-            env = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k} | {
-                "PREFECT_HOME": str(build)
-            }
-            out = subprocess.run(
-                [str(BIN / "prefect"), "server", "database", "upgrade", "-y"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert out.returncode == 0, out.stdout + out.stderr
-            (build / "prefect.db").rename(db)
+            shutil.rmtree(build, ignore_errors=True)
+            build.mkdir()
+            make(build).rename(db)
     return db
+
+
+def migrated_prefect_db(folder: Path) -> Path:
+    """A Prefect database migrated once (`prefect server database upgrade`) in `folder`, which
+    pytest-xdist's workers share (`made_once`). A server's first start on a new database
+    spends ~16 CPU-s on the migrations."""
+
+    def make(build: Path) -> Path:
+        env = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k} | {"PREFECT_HOME": str(build)}
+        out = subprocess.run(
+            [str(BIN / "prefect"), "server", "database", "upgrade", "-y"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        return build / "prefect.db"
+
+    return made_once(folder / "prefect-template" / "prefect.db", make)
 
 
 def prefect_home(home: Path, template: Path) -> str:
@@ -153,25 +162,21 @@ def prefect_home(home: Path, template: Path) -> str:
 
 def migrated_mlflow_db(folder: Path) -> Path:
     """An MLflow sqlite database migrated once (what `mlflow db upgrade URL` makes of a new one)
-    in `folder`, shared by pytest-xdist's workers as `migrated_prefect_db`'s is. A new store's
-    first open spends ~0.85 CPU-s on MLflow's alembic migrations (~1.6 in a process's first,
-    ~1-1.5 inside a server); a copy of this one opens in ~0.04. It holds no experiment yet: a
-    copy's first open adds the Default experiment (0), with that store's artifact root (a
-    client's ./mlruns, a server's mlflow-artifacts:/), exactly as a new store's does."""
-    db = folder / "mlflow-template" / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with (db.parent / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not db.exists():
-            # In this process, which imported MLflow already: a `mlflow db upgrade` process
-            # would cost ~2.5 CPU-s more (its start-up and MLflow's import).
-            from mlflow.db import upgrade
+    in `folder`, shared by pytest-xdist's workers (`made_once`). A new store's first open
+    spends ~0.85 CPU-s on MLflow's alembic migrations (~1.6 in a process's first, ~1-1.5
+    inside a server); a copy of this one opens in ~0.04. It holds no experiment yet: a copy's
+    first open adds the Default experiment (0), with that store's artifact root (a client's
+    ./mlruns, a server's mlflow-artifacts:/), exactly as a new store's does."""
 
-            build = db.parent / "build.db"
-            build.unlink(missing_ok=True)
-            upgrade.callback(f"sqlite:///{build}")
-            build.rename(db)
-    return db
+    def make(build: Path) -> Path:
+        # In this process, which imported MLflow already: a `mlflow db upgrade` process would
+        # cost ~2.5 CPU-s more (its start-up and MLflow's import).
+        from mlflow.db import upgrade
+
+        upgrade.callback(f"sqlite:///{build / 'mlflow.db'}")
+        return build / "mlflow.db"
+
+    return made_once(folder / "mlflow-template" / "mlflow.db", make)
 
 
 def mlflow_store(path: Path, template: Path) -> str:
