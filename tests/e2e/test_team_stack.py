@@ -71,7 +71,8 @@ def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_
         mlflow_db = mlflow_db.replace("postgresql:", "postgresql+psycopg2:")  # SQLAlchemy 2.1 defaults to psycopg 3
         with prefect_server(tmp_path / "prefect.log", server_env) as api:
             artifacts = tmp_path / "artifacts"
-            with mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow.log", env) as ml:
+            # `mlflow server` as a team runs it, its uvicorn a child process (one_process=False)
+            with mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow.log", env, one_process=False) as ml:
                 client_env = env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": ml}
                 cli(["prefect", "work-pool", "create", "team-pool", "--type", "process"], client_env)
                 cli(["python", "-m", "pipelines.sweep", "--deploy", "team-pool", "--name", "team"], client_env, project)
@@ -85,7 +86,7 @@ def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_
                 assert {r.info.run_name for r in runs} == {"sft_s0", "k1_lam0.5_s0"}
                 assert all(r.info.status == "FINISHED" and "validation/accuracy_strict" in r.data.metrics for r in runs)
                 before = MlflowClient(ml).get_model_version_by_alias("sj-team", "champion")
-            with mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow2.log", env) as ml:  # a restart
+            with mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow2.log", env, one_process=False) as ml:  # a restart
                 client = MlflowClient(ml)
                 after = client.get_model_version_by_alias("sj-team", "champion")
                 assert (after.version, after.run_id) == (before.version, before.run_id)
