@@ -63,17 +63,15 @@ def pause() -> None:
         _paused = True
 
 
-def resume(preload: tuple[str, ...] = (), collect: bool = False) -> None:
+def resume(preload: tuple[str, ...] = ()) -> None:
     """Import `preload` (what the process would import later); then, where `pause` turned the
-    collector off, on again with everything imported so far frozen (with `collect`, what of it
-    is garbage collected first). Elsewhere (a test calling a command's `main` in its own
-    process, a warm run forked from a server that resumed) only the imports."""
+    collector off, on again with everything imported so far frozen. Elsewhere (a test calling
+    a command's `main` in its own process, a warm run forked from a server that resumed) only
+    the imports."""
     global _paused
     for name in preload:
         importlib.import_module(name)
     if _paused:
         _paused = False
-        if collect:
-            gc.collect()
         gc.enable()
         gc.freeze()

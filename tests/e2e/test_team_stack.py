@@ -86,7 +86,8 @@ def test_sweep_on_a_work_pool_with_postgres_backed_servers(tmp_path, tiny_model_
                 assert {r.info.run_name for r in runs} == {"sft_s0", "k1_lam0.5_s0"}
                 assert all(r.info.status == "FINISHED" and "validation/accuracy_strict" in r.data.metrics for r in runs)
                 before = MlflowClient(ml).get_model_version_by_alias("sj-team", "champion")
-            with mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow2.log", env, one_process=False) as ml:  # a restart
+            restart = mlflow_server(mlflow_db, artifacts, tmp_path / "mlflow2.log", env, one_process=False)
+            with restart as ml:
                 client = MlflowClient(ml)
                 after = client.get_model_version_by_alias("sj-team", "champion")
                 assert (after.version, after.run_id) == (before.version, before.run_id)
