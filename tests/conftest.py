@@ -138,6 +138,28 @@ def environment(project, migrated_prefect, migrated_mlflow, tmp_path_factory):
         os.environ.update(saved)
 
 
+# What a run of the pipeline leaves in a project; a test's belongs in its temporary folder.
+# (A test whose MLflow experiment had the default artifact root wrote ./mlruns into the checkout.)
+CHECKOUT_OUTPUTS = ("mlruns", "mlartifacts", "mlflow.db", "runs", ".prefect")
+_OUTPUTS_BEFORE = pytest.StashKey[set]()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_OUTPUTS_BEFORE] = {name for name in CHECKOUT_OUTPUTS if (ROOT / name).exists()}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite fails when it leaves a pipeline output in the checkout that was not there
+    before (checked once, by pytest-xdist's controller or the only process)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    new = [name for name in CHECKOUT_OUTPUTS if (ROOT / name).exists()]
+    new = sorted(set(new) - session.config.stash[_OUTPUTS_BEFORE])
+    if new:
+        print(f"\nthe tests wrote {', '.join(new)} into the checkout {ROOT}: a test's outputs go to its tmp_path")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_collection_finish(session):
     gc.enable()
     gc.freeze()

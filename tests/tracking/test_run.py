@@ -14,13 +14,17 @@ def test_the_logged_model_answers_chat_messages_through_its_chat_template(
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from stepjepa.tracking import artifact_location
     from stepjepa.tracking.run import log_hf_model
 
     store = migrated_mlflow(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(store)
-    run_id = mlflow.MlflowClient().create_run(mlflow.MlflowClient().create_experiment("chat")).info.run_id
+    # Artifacts beside the store, as the pipeline's experiments keep them (MLflow's default,
+    # ./mlruns, is the checkout when pytest runs there).
+    experiment = mlflow.MlflowClient().create_experiment("chat", artifact_location=artifact_location(store))
+    run_id = mlflow.MlflowClient().create_run(experiment).info.run_id
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     uri = log_hf_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, run_id)
 
