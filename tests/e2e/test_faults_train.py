@@ -81,10 +81,14 @@ def test_a_retry_with_other_eval_and_sweep_settings_logs_into_the_same_run(
     before its first checkpoint is retried into that run, maybe with a longer eval.limit."""
     from mlflow import MlflowClient
 
+    from stepjepa.tracking import artifact_location
+
     uri = migrated_mlflow(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("retry")).info.run_id
+    # Its artifacts beside the store, as the sweep's experiments keep them (not ./mlruns: the checkout).
+    experiment = client.create_experiment("retry", artifact_location=artifact_location(uri))
+    run_id = client.create_run(experiment).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
 
     def config(limit: int, lambdas: list[float]):
