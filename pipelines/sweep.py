@@ -54,6 +54,7 @@ from prefect.utilities.annotations import allow_failure  # noqa: E402
 from pipelines.prefect_server import start_temporary_server  # noqa: E402
 from stepjepa import tracking
 from stepjepa.config import ConfigError, SweepConfig, config_from_dict, load_config, write_config
+from stepjepa.inputs import InputError, require_files
 from stepjepa.sweep import plots, report, runstore
 from stepjepa.sweep import specs as plan  # noqa: E402
 from stepjepa.sweep.specs import RunResult, SweepChoices
@@ -323,6 +324,10 @@ def step_jepa_sweep(
             evaluation of one is made on a linked copy in runs_dir.
     """
     logger = get_run_logger()
+    try:
+        _check_inputs(tokenized, prepared)
+    except InputError as err:
+        return Failed(message=str(err), data=err)  # as a bad parameter, below
     if store and Path(store).resolve() == Path(runs_dir).resolve():
         store = None  # a sweep in the store itself: nothing to take in or move out
     reuse = [folder for folder in reuse or () if Path(folder).resolve() != Path(runs_dir).resolve()]
@@ -739,7 +744,19 @@ def reconcile(params_file: str, report_dir: str, **flow_params: Any) -> int:
         else f"the sweep's selected model {wanted}: registering it"
     )
     print(f"the MLflow store {tracking.tracking_uri()} lacks {lacks} from the run folders")
+    _check_inputs(flow_params["tokenized"], flow_params["prepared"])
     return _exit_code(step_jepa_sweep(params_file=params_file, report_dir=report_dir, **flow_params))
+
+
+def _check_inputs(tokenized: str, prepared: str) -> None:
+    """The data stages' outputs every run of a sweep reads: all there, or one `InputError`
+    before anything starts (without them every run would fail in its own training process and
+    the report would become a table of failed runs)."""
+    require_files(
+        [Path(tokenized) / f"{split}.parquet" for split in ("train", SELECT_SPLIT, TEST_SPLIT)]
+        + [Path(prepared) / f"{split}.jsonl" for split in (SELECT_SPLIT, TEST_SPLIT)],
+        "the data stages' outputs: run `dvc repro`, or `dvc pull` them; nothing was trained",
+    )
 
 
 def _exit_code(summary: dict) -> int:
@@ -820,15 +837,21 @@ def main(argv: list[str] | None = None) -> int:
     # kill -9 of the sweep also stops its temporary Prefect server and every training child;
     # SIGTERM/SIGINT reach the runs, which checkpoint and end KILLED.
     launch.watch_descendants()
-    if not args.reconcile:  # reconcile starts Prefect only when it has work to do
-        start_temporary_server()  # so that its flow run ends Crashed, not Running, on Ctrl-C
-    with launch.forward_signals():
-        if args.reconcile:
-            return reconcile(**params)
-        if args.serve:
-            step_jepa_sweep.serve(name=args.name, parameters=params)
-            return 0
-        return _exit_code(step_jepa_sweep(**params))
+    try:
+        if not args.reconcile and not args.serve:  # a served flow run checks its own paths
+            _check_inputs(args.tokenized, args.prepared)
+        if not args.reconcile:  # reconcile starts Prefect only when it has work to do
+            start_temporary_server()  # so that its flow run ends Crashed, not Running, on Ctrl-C
+        with launch.forward_signals():
+            if args.reconcile:
+                return reconcile(**params)
+            if args.serve:
+                step_jepa_sweep.serve(name=args.name, parameters=params)
+                return 0
+            return _exit_code(step_jepa_sweep(**params))
+    except InputError as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 files that must be right: predictions to score, prepared splits, evaluation examples.
 `scan_json_lines` is tolerant (a bad line comes back as its decode error), for raw data
 where a bad record is a counted, reported skip (`stepjepa.data.prepare`). `parquet_file` opens
-the tokenised rows `--data` names (training, `stepjepa inspect`).
+the tokenised rows `--data` names (training, `stepjepa inspect`); `require_files` checks that
+the files a command reads are there before it starts anything.
 """
 
 from __future__ import annotations
@@ -116,3 +117,11 @@ def parquet_file(path: str | Path, columns: Sequence[str] = ()) -> pq.ParquetFil
     if missing:
         raise InputError(f"--data {path}: missing columns {missing}; see docs/data-format.md")
     return file
+
+
+def require_files(paths: Sequence[str | Path], remedy: str) -> None:
+    """An `InputError` listing every one of `paths` that is not a file, with `remedy` (what
+    makes them), in one line."""
+    missing = [str(p) for p in map(Path, paths) if not Path(p).is_file()]
+    if missing:
+        raise InputError(f"{', '.join(missing)}: no such file ({remedy})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -409,3 +410,21 @@ def test_bad_input_and_help_answer_before_the_heavy_imports(tmp_path, rows, args
     imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "stepjepa.config" in imported  # the probe sees the imports at all
     assert not sorted({m.split(".")[0] for m in imported} & set(HEAVY))
+
+
+@pytest.mark.parametrize("args", [["--reconcile"], []], ids=["reconcile", "stage"])
+def test_a_sweep_without_the_data_stages_outputs_trains_nothing_and_says_so(tmp_path, migrated_mlflow, args):
+    """A fresh clone that ran the sweep (or `make run`'s reconcile) before `dvc repro` or `dvc
+    pull`: one line naming the missing files and what makes them, exit 2, no run trained and
+    the committed report left as it was (it became a table of ten failed runs after ten
+    training processes)."""
+    project = tmp_path / "clone"
+    shutil.copytree(ROOT / "metrics", project / "metrics")
+    shutil.copy(ROOT / "params.yaml", project / "params.yaml")
+    before = {p: p.read_bytes() for p in (project / "metrics").rglob("*") if p.is_file()}
+    proc = run(["pipelines.sweep", *args], project, MLFLOW_TRACKING_URI=migrated_mlflow(tmp_path / "mlflow.db"))
+    assert_clean_error(
+        proc, "data/tokenized/train.parquet", "data/prepared/validation.jsonl", "dvc repro", "nothing was trained"
+    )
+    assert not (project / "runs").exists()
+    assert {p: p.read_bytes() for p in (project / "metrics").rglob("*") if p.is_file()} == before
