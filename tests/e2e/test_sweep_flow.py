@@ -260,6 +260,7 @@ def test_bad_parameters_are_rejected_before_training(environment):
 
     from pipelines.sweep import step_jepa_sweep
     from stepjepa.config import ConfigError
+    from stepjepa.inputs import InputError
 
     for bad in [{"ks": []}, {"ks": [-1]}, {"lambdas": [float("nan")]}]:
         with pytest.raises(ConfigError, match="params.yaml with flow parameters " + next(iter(bad))):
@@ -268,6 +269,12 @@ def test_bad_parameters_are_rejected_before_training(environment):
     lines = flow_run_log(environment)
     assert not any("Traceback" in line for line in lines), lines
     assert sum("params.yaml with flow parameters lambdas" in line for line in lines) == 1, lines
+    # Paths a served flow run was given whose data stages' outputs are not there: the same.
+    with pytest.raises(InputError, match="data/none/train.parquet, .*nothing was trained"):
+        step_jepa_sweep(**PATHS | {"tokenized": "data/none"})
+    lines = flow_run_log(environment)
+    assert not any("Traceback" in line for line in lines), lines
+    assert sum("data/none/validation.parquet" in line for line in lines) == 1, lines
     for bad in [{"lambdas": ["abc"]}, {"layout": "sideways"}, {"kss": [1]}]:  # not the field's type, or no field
         with pytest.raises(ParameterTypeError):
             step_jepa_sweep(sweep=bad, **PATHS)
