@@ -14,7 +14,7 @@ import yaml
 from stepjepa.config import flatten  # the params as dotted keys; lives beside the config
 from stepjepa.tracking.store import PROJECT_ROOT
 
-__all__ = ["dvc_tags", "file_dataset", "flatten", "git_tags", "recorded_source", "source_tags"]
+__all__ = ["dvc_tags", "file_dataset", "flatten", "git_tags", "pipeline_outputs", "recorded_source", "source_tags"]
 
 
 def recorded_source(data: Path) -> str | None:
@@ -29,15 +29,34 @@ def recorded_source(data: Path) -> str | None:
 
 
 def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The commit the code came from, and whether the working tree had local changes."""
+    """The commit the code came from, and whether tracked files other than the pipeline's own
+    outputs had local changes (`pipeline_outputs`): every run of a fresh clone's `make run`
+    was dirty, since DVC rewrites dvc.lock as each stage ends. Untracked files do not count,
+    as in `git describe --dirty`."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
+    excluded = [f":(exclude){path}" for path in pipeline_outputs(root)]
     try:
-        return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain")))}
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+        return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(changed))}
     except (OSError, subprocess.CalledProcessError):
         return {}
+
+
+def pipeline_outputs(root: Path = PROJECT_ROOT) -> list[str]:
+    """dvc.lock and the outs, metrics and plots of dvc.yaml's stages: what the pipeline itself
+    writes into a checkout (committed ones included: dvc.lock, metrics/)."""
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    paths = ["dvc.lock"]
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            paths += [entry if isinstance(entry, str) else next(iter(entry)) for entry in stage.get(kind) or []]
+    return paths
 
 
 def source_tags(entry: Path, root: Path = PROJECT_ROOT) -> dict[str, str]:

@@ -111,6 +111,42 @@ def test_git_tags_name_the_commit():
         assert tags["git.dirty"] in {"True", "False"}
 
 
+def test_git_dirty_means_code_or_params_changed_not_the_pipelines_outputs(tmp_path):
+    """A fresh clone's `make run` rewrites dvc.lock and metrics/ while it runs: its runs are not
+    dirty for that; a changed module or params file is; an untracked file is not."""
+    from stepjepa.tracking.lineage import git_tags, pipeline_outputs
+
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "prepare": {"cmd": "x", "outs": ["data/prepared", {"metrics/prepare.json": {"cache": False}}]},
+                    "sweep": {"cmd": "y", "metrics": [{"metrics/sweep/summary.json": {"cache": False}}]},
+                }
+            }
+        )
+    )
+    files = ["dvc.lock", "metrics/prepare.json", "metrics/sweep/summary.json", "code.py", "params.yaml"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("committed\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    outputs = ["dvc.lock", "data/prepared", "metrics/prepare.json", "metrics/sweep/summary.json"]
+    assert pipeline_outputs(tmp_path) == outputs
+    assert git_tags(tmp_path)["git.dirty"] == "False"
+    for name in ["dvc.lock", "metrics/prepare.json", "metrics/sweep/summary.json"]:
+        (tmp_path / name).write_text("rewritten by the pipeline\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert git_tags(tmp_path)["git.dirty"] == "False"
+    for name in ["code.py", "params.yaml"]:
+        (tmp_path / name).write_text("edited\n")
+        assert git_tags(tmp_path)["git.dirty"] == "True", name
+        subprocess.run(["git", "checkout", "-q", name], cwd=tmp_path, check=True)
+
+
 def test_resumed_tracker_continues_the_same_run(monkeypatch, tmp_path, migrated_mlflow):
     import mlflow
 
