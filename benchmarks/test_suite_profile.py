@@ -8,6 +8,11 @@ The suite is bound by its CPU on two cores (three workers), so a module's cost i
 the worker's own and that of the processes its tests started and reaped (servers, training
 runs, CLI commands). A process nobody waited for is not counted: these are lower bounds, and
 the last line compares their sum with the run's wall time on two cores.
+
+Machines lent to this project differ ~2x in speed (benchmarks/results/test-tiers.md), so the
+profile ends with a fixed pure-Python probe measured on the machine it runs on, and the counted
+CPU in units of it: that ratio compares across machines where seconds do not. Run it on the
+machine and the day of the `make test` it reads, with nothing else running.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import statistics
+import time
 from pathlib import Path
 
 
@@ -24,6 +31,19 @@ def read_rows(folder: Path) -> list[dict]:
         for line in path.read_text().splitlines():
             rows.append(json.loads(line) | {"worker": path.stem})
     return rows
+
+
+PROBE_N = 15_000_000  # ~0.75 CPU-s on the 2-vCPU Intel Xeon of test-tiers.md's fourth stop
+
+
+def speed_probe(n: int | None = None, runs: int = 3) -> float:
+    """CPU seconds of `sum(i * i for i in range(n))` (default `PROBE_N`), the median of `runs`."""
+    n, times = n or PROBE_N, []
+    for _ in range(runs):
+        start = time.process_time()
+        sum(i * i for i in range(n))
+        times.append(time.process_time() - start)
+    return statistics.median(times)
 
 
 def by_module(rows: list[dict]) -> list[dict]:
@@ -46,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--modules", type=int, default=25, help="how many modules to list")
     parser.add_argument("--tests", type=int, default=15, help="how many single tests to list")
+    parser.add_argument("--no-probe", action="store_true", help="skip the machine's speed probe")
     args = parser.parse_args(argv)
     rows = read_rows(args.folder)
     if not rows:
@@ -70,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\ncounted: {total:.0f} CPU-s over {len(rows)} tests; workers busy "
         + ", ".join(f"{w} {s:.0f} s" for w, s in sorted(walls.items()))
     )
+    if not args.no_probe:
+        probe = speed_probe()
+        print(
+            f"machine probe: {probe:.2f} CPU-s (sum(i*i for i in range({PROBE_N:_})), median of 3); "
+            f"counted CPU = {total / probe:.0f} probes"
+        )
     return 0
 
 
