@@ -292,10 +292,16 @@ def choose(base: dict[str, Any], choices: _Choices, source: str) -> SweepConfig:
 LIBRARY = Path(__file__).resolve().parents[1]
 
 
+# What reports runs (MLflow) or reads finished ones (the sweep's table, verdicts, figures and
+# statistics): a fix there must not retrain a sweep. No other module of the library imports
+# these but `tracking/` (tests/sweep/test_sweep_grid.py), so a run never executes them.
+REPORT_ONLY = ("tracking/", "stats.py", "sweep/report.py", "sweep/plots.py", "sweep/compare.py")
+
+
 def library_sources() -> list[Path]:
     """Every source file of the library that can change a trained model or its answers: all
-    of `stepjepa/` but `tracking/`, which only reports (a fix there must not retrain a sweep)."""
-    return sorted(p for p in LIBRARY.rglob("*.py") if p.relative_to(LIBRARY).parts[0] != "tracking")
+    of `stepjepa/` but `REPORT_ONLY`."""
+    return sorted(p for p in LIBRARY.rglob("*.py") if not p.relative_to(LIBRARY).as_posix().startswith(REPORT_ONLY))
 
 
 def data_fingerprint(paths: list[str | Path]) -> str:

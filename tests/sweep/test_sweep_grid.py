@@ -1,6 +1,7 @@
 """What a sweep runs: the grid, the baseline, names, resolved configs and cache keys; the
 choices a caller gives the flow, and the flow's plumbing that needs no Prefect run."""
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -565,22 +566,59 @@ def test_parent_run_names_tell_sweeps_apart_by_their_seeds_and_what_differs_from
     assert _sweep_name(ui, file) != _sweep_name(file.model_copy(update={"ks": [1], "seeds": [0]}), file)
 
 
-def test_the_library_fingerprint_covers_every_stage_but_tracking():
+def test_the_library_fingerprint_covers_every_stage_but_what_only_reports():
     from stepjepa.sweep import specs
 
     sources = {str(p.relative_to(specs.LIBRARY)) for p in specs.library_sources()}
-    for stage in ("data", "method", "model", "evaluation", "training", "sweep"):
+    for stage in ("data", "method", "model", "evaluation", "training"):
         stage_files = {str(p.relative_to(specs.LIBRARY)) for p in (specs.LIBRARY / stage).glob("*.py")}
         assert stage_files and stage_files <= sources, stage
-    assert {"config.py", "vocabulary.py", "data/arith.py", "method/forward.py"} <= sources
-    assert not {s for s in sources if s.startswith("tracking/")}  # reporting only: no retraining for it
+    assert {"config.py", "vocabulary.py", "data/arith.py", "method/forward.py", "sweep/specs.py"} <= sources
+    assert {"sweep/runstore.py", "training/launch.py", "training/warm.py"} <= sources
+    # Reporting only: a fix in a table, a figure or a statistic retrains nothing.
+    assert not {s for s in sources if s.startswith("tracking/")}
+    assert not {"stats.py", "sweep/report.py", "sweep/plots.py", "sweep/compare.py"} & sources
+
+
+def _library_imports(path: Path) -> set[str]:
+    """The `stepjepa` modules a source file imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("stepjepa"):
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("stepjepa")}
+    return found
+
+
+def test_no_module_a_run_executes_imports_what_the_fingerprint_leaves_out():
+    """What the fingerprint leaves out must not be able to change a model or its answers: no
+    module it covers imports one (a lazy import inside a function included). `tracking/` may:
+    it is left out itself, and what it imports (`stats.reported`) only rounds what it logs."""
+    from stepjepa.sweep import specs
+
+    def module(rel: str) -> str:
+        return "stepjepa." + rel.removesuffix(".py").replace("/", ".")
+
+    left_out = [module(rel) for rel in specs.REPORT_ONLY if rel.endswith(".py")]
+    assert left_out, specs.REPORT_ONLY
+    leaks = {
+        str(path.relative_to(specs.LIBRARY)): sorted(
+            name for name in _library_imports(path) if any(name == m or name.startswith(m + ".") for m in left_out)
+        )
+        for path in specs.library_sources()
+    }
+    assert not {path: names for path, names in leaks.items() if names}, "a run would execute a module left out"
+    # The check sees what it looks for: report.py imports stats, plots.py imports report.
+    assert "stepjepa.stats" in _library_imports(specs.LIBRARY / "sweep/report.py")
+    assert "stepjepa.sweep.report" in _library_imports(specs.LIBRARY / "sweep/plots.py")
 
 
 def test_a_change_in_a_stage_module_changes_the_fingerprint(tmp_path, monkeypatch):
     from stepjepa.sweep import specs
 
     library = tmp_path / "stepjepa"
-    for rel in ("config.py", "method/forward.py", "tracking/run.py"):
+    for rel in ("config.py", "method/forward.py", "tracking/run.py", "sweep/report.py"):
         (library / rel).parent.mkdir(parents=True, exist_ok=True)
         (library / rel).write_text(f"# {rel}\n")
     monkeypatch.setattr(specs, "LIBRARY", library)
@@ -588,6 +626,7 @@ def test_a_change_in_a_stage_module_changes_the_fingerprint(tmp_path, monkeypatc
     data.write_bytes(b"rows")
     before = specs.data_fingerprint([data])
     (library / "tracking/run.py").write_text("# a reporting fix\n")
+    (library / "sweep/report.py").write_text("# a table fix\n")
     assert specs.data_fingerprint([data]) == before
     (library / "method/forward.py").write_text("# a method change\n")
     assert specs.data_fingerprint([data]) != before
