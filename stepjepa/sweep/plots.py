@@ -75,17 +75,32 @@ def heatmap_figure(rows: list[dict]):
     for ax, pair, (key, title, cmap) in cells:
         _, _, values = _grid(rows, key, pair)
         title = title if len(pairs) == 1 else f"{pair}: {title}"
+        sft = f"\nSFT = {base[key]:.3f}" if base.get(key) is not None else ""
+        ax.set_title(textwrap.fill(title, int((width - 1.0) / 0.07)) + sft, fontsize=9)
+        if not values.size:  # a baseline-only sweep: an empty image would be a blank square
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no K x lambda config\nin this sweep", ha="center", va="center", transform=ax.transAxes)
+            continue
         im = ax.imshow(values, cmap=cmap, aspect="auto")
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", color="w")
+            # A blank (failed) cell shows the white page; a colour cell its colour.
+            cell = (1.0, 1.0, 1.0) if np.isnan(v) else im.cmap(im.norm(v))[:3]
+            text = "n/a" if np.isnan(v) else f"{v:.3f}"
+            ax.text(j, i, text, ha="center", va="center", color=_text_color(cell))
         ax.set_xticks(range(len(lams)), [f"{x:g}" for x in lams])
         ax.set_yticks(range(len(ks)), [str(k) for k in ks])
         ax.set_xlabel("lambda")
         ax.set_ylabel("K (predictor tokens)")
-        sft = f"\nSFT = {base[key]:.3f}" if base.get(key) is not None else ""
-        ax.set_title(textwrap.fill(title, int((width - 1.0) / 0.07)) + sft, fontsize=9)
         fig.colorbar(im, ax=ax)
     return fig
+
+
+def _text_color(cell: tuple[float, float, float]) -> str:
+    """Black or white, whichever contrasts more with the cell (WCAG's relative luminance and
+    contrast ratio; at least 4.58:1 either way): white on viridis' yellow end could not be read."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in cell]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return "black" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "white"
 
 
 def _effect(ax, x: int, row: dict, vs: str) -> None:
