@@ -132,7 +132,7 @@ def test_chunks_under_lora_and_without_grad():
 def test_no_target_gives_a_zero_that_carries_the_graph():
     hidden = torch.randn(2, 5, 64, requires_grad=True)
     total, count = lm_loss_sum(model_parts(MODEL), hidden, torch.full((2, 5), IGNORE_INDEX), 2)
-    assert count == 0 and float(total) == 0.0
+    assert count == 0 and total.item() == 0.0 and total.requires_grad
     total.backward()
     assert hidden.grad is not None and not hidden.grad.any()
     with pytest.raises(ValueError, match="chunk"):
