@@ -1,5 +1,6 @@
 """Every process a command starts, and the CPU each kind of process spent: servers and the
-warm server's forked runs included, which nobody reaps and `test_suite_profile.py` cannot see.
+warm server's forked runs included, which `test_suite_profile.py` (what each pytest worker
+reaped) misses where a parent is killed before it waits for its children.
 
     .venv/bin/python benchmarks/process_census.py -- make test
     .venv/bin/python benchmarks/process_census.py --json outputs/census.json -- make run
@@ -98,6 +99,7 @@ class Census:
         self.root, self.token, self.every = root, token, every
         self.seen: dict[tuple[int, str], Seen] = {}
         self.ours: set[int] = {root}  # pids seen to be the command's, to find their children
+        self.others: set[str] = set()  # live pids that are not: read once, not every time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -117,7 +119,9 @@ class Census:
                 return
 
     def sample(self) -> None:
-        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        pids = {p for p in os.listdir("/proc") if p.isdigit()}
+        self.others &= pids  # a process found not ours stays not ours while it lives
+        for pid in sorted(pids - self.others, key=int):  # parents before their children
             stat = _stat(pid)
             if stat is None:
                 continue
@@ -128,6 +132,8 @@ class Census:
             elif int(pid) == self.root or ppid in self.ours or _marked(pid, self.token):
                 self.ours.add(int(pid))
                 self.seen[key] = Seen(_cmdline(pid), ppid, cpu)
+            else:
+                self.others.add(pid)
 
 
 def kind_of(cmdline: str, parent: str | None, kinds: list[tuple[str, str]]) -> str:
