@@ -28,6 +28,8 @@ import threading
 import uuid
 from pathlib import Path
 
+import psutil
+
 MARKER = "STEPJEPA_CENSUS"
 
 # What `make test` and `make run` start, first match wins. The pytest-xdist workers are
@@ -67,28 +69,28 @@ class Seen:
         self.cmdline, self.ppid, self.cpu = cmdline, ppid, cpu
 
 
-def _stat(pid: str) -> tuple[int, float, str] | None:
-    """(parent pid, CPU seconds, start time in ticks) of a live or zombie process."""
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """(parent pid, CPU seconds, start time) of a live or zombie process; None once it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            times = process.cpu_times()
+            return process.ppid(), times.user + times.system, process.create_time()
+    except psutil.Error:
         return None
-    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, fields[19]
 
 
-def _cmdline(pid: str) -> str:
+def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:  # a zombie has none
         return ""
 
 
-def _marked(pid: str, token: str) -> bool:
+def _marked(pid: int, token: str) -> bool:
     try:
-        return f"{MARKER}={token}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
+        return psutil.Process(pid).environ().get(MARKER) == token
+    except psutil.Error:
         return False
 
 
@@ -97,9 +99,9 @@ class Census:
 
     def __init__(self, root: int, token: str, every: float):
         self.root, self.token, self.every = root, token, every
-        self.seen: dict[tuple[int, str], Seen] = {}
+        self.seen: dict[tuple[int, float], Seen] = {}
         self.ours: set[int] = {root}  # pids seen to be the command's, to find their children
-        self.others: set[str] = set()  # live pids that are not: read once, not every time
+        self.others: set[int] = set()  # live pids that are not: read once, not every time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -119,18 +121,18 @@ class Census:
                 return
 
     def sample(self) -> None:
-        pids = {p for p in os.listdir("/proc") if p.isdigit()}
+        pids = set(psutil.pids())
         self.others &= pids  # a process found not ours stays not ours while it lives
-        for pid in sorted(pids - self.others, key=int):  # parents before their children
+        for pid in sorted(pids - self.others):  # parents before their children
             stat = _stat(pid)
             if stat is None:
                 continue
             ppid, cpu, started = stat
-            key = (int(pid), started)
+            key = (pid, started)
             if key in self.seen:  # its latest command line too: a fork may exec another command
                 self.seen[key].cpu, self.seen[key].cmdline = cpu, _cmdline(pid) or self.seen[key].cmdline
-            elif int(pid) == self.root or ppid in self.ours or _marked(pid, self.token):
-                self.ours.add(int(pid))
+            elif pid == self.root or ppid in self.ours or _marked(pid, self.token):
+                self.ours.add(pid)
                 self.seen[key] = Seen(_cmdline(pid), ppid, cpu)
             else:
                 self.others.add(pid)
@@ -145,15 +147,13 @@ def kind_of(cmdline: str, parent: str | None, kinds: list[tuple[str, str]]) -> s
     return f"{own}: forked" if parent == cmdline else own
 
 
-def tally(seen: dict[tuple[int, str], Seen], root: int, kinds: list[tuple[str, str]]) -> list[dict]:
-    """Processes and CPU per kind, the costliest first (the command itself left out)."""
+def tally(seen: dict[tuple[int, float], Seen], root: int, kinds: list[tuple[str, str]]) -> list[dict]:
+    """Processes and CPU per kind, the costliest first; the command itself is a kind of its own."""
     by_pid = {pid: s for (pid, _), s in seen.items()}
     rows: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for (pid, _), s in seen.items():
-        if pid == root:
-            continue
         parent = by_pid.get(s.ppid)
-        kind = kind_of(s.cmdline, parent.cmdline if parent else None, kinds)
+        kind = "the command itself" if pid == root else kind_of(s.cmdline, parent.cmdline if parent else None, kinds)
         rows[kind]["processes"] += 1
         rows[kind]["cpu"] += s.cpu
     return sorted(({"kind": k, **v} for k, v in rows.items()), key=lambda r: -r["cpu"])
@@ -183,7 +183,7 @@ def _write(path: Path, census: Census, reaped: float, wall: float) -> None:
     path.write_text(json.dumps({"root": census.root, "reaped": reaped, "wall": wall, "processes": processes}, indent=1))
 
 
-def _read(path: Path) -> tuple[dict[tuple[int, str], Seen], int, float, float]:
+def _read(path: Path) -> tuple[dict[tuple[int, float], Seen], int, float, float]:
     saved = json.loads(path.read_text())
     seen = {(p["pid"], p["started"]): Seen(p["cmdline"], p["ppid"], p["cpu"]) for p in saved["processes"]}
     return seen, saved["root"], saved["reaped"], saved["wall"]

@@ -87,8 +87,9 @@ def test_the_commands_processes_are_counted_by_kind_and_an_outsider_is_not(censu
         if line.startswith("| ") and not line.startswith("| processes")
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
-    assert set(rows) == {"waited", "bare", "stranger", "root: forked"}, out
-    for kind in rows:
+    assert set(rows) == {"the command itself", "waited", "bare", "stranger", "root: forked"}, out
+    assert rows["the command itself"][0] == 1
+    for kind in rows.keys() - {"the command itself"}:
         count, cpu = rows[kind]
         assert count == 1 and 0.3 <= cpu < 2, (kind, out)
     reaped = float(out.split("the command's own count of what it reaped: ")[1].split()[0])
