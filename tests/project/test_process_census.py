@@ -77,8 +77,9 @@ def test_the_commands_processes_are_counted_by_kind_and_an_outsider_is_not(censu
     try:
         command = [sys.executable, str(tree), "root", str(tmp_path)]
         rc = census.main(["--every", "0.05", "--json", str(tmp_path / "seen.json"), "--", *command])
-    finally:
-        outsider.wait(timeout=60)
+    finally:  # its part is over once the command is; after a failed command it would wait forever
+        outsider.kill()
+        outsider.wait()
     assert rc == 3, "the census exits with its command's status"
     out = capsys.readouterr().out
     rows = {
