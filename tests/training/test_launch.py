@@ -142,6 +142,34 @@ def test_a_thread_count_the_user_set_wins(monkeypatch):
     assert launch.DeviceSlots([], cpu_slots=2).env(None)["OMP_NUM_THREADS"] == "3"
 
 
+@pytest.mark.cli
+@pytest.mark.skipif(
+    any(os.path.exists(p) for p in getattr(launch, "GPU_DEVICE_FILES", ())),
+    reason="a GPU driver is here: torch counts the devices",
+)
+def test_a_machine_without_a_gpu_driver_counts_no_gpu_without_importing_torch():
+    """A sweep process asks for the GPUs once; on a CPU machine importing torch only to hear
+    "none" cost each of them ~1.5 CPU-s (its runs import torch in their own processes)."""
+    import subprocess
+
+    probe = (
+        "import sys; from stepjepa.training.launch import visible_gpus; print(visible_gpus(), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["[]", "False"], out.stdout + out.stderr
+
+
+def test_with_a_gpu_driver_torch_counts_the_devices(monkeypatch, tmp_path):
+    import torch
+
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(launch, "GPU_DEVICE_FILES", (str(tmp_path / "nvidiactl"),))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert launch.visible_gpus() == [0, 1]
+    monkeypatch.setattr(launch, "GPU_DEVICE_FILES", (str(tmp_path / "none"),))
+    assert launch.visible_gpus() == []
+
+
 # A sweep's main thread is stopped by a forwarded signal while one of its threads would still
 # start the next run; then a new `forward_signals` block (the next sweep) runs it again.
 STOPPED = """
