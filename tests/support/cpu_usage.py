@@ -29,12 +29,13 @@ def pytest_runtest_protocol(item, nextitem):
     if not folder:
         yield
         return
-    wall, (own, children) = time.monotonic(), _cpu()
+    started, wall, (own, children) = time.time(), time.monotonic(), _cpu()
     yield  # setup, call and teardown: a module fixture's teardown is its last test's
     own_after, children_after = _cpu()
     row = {
         "nodeid": item.nodeid,
         "module": item.nodeid.split("::")[0],
+        "start": round(started, 3),  # epoch seconds: beside a sampler of the machine's idle time
         "wall": round(time.monotonic() - wall, 3),
         "cpu_self": round(own_after - own, 3),
         "cpu_children": round(children_after - children, 3),
