@@ -165,3 +165,25 @@ def test_jepa_only_training_collapses_the_views_and_warns(tiny_model_dir, conver
     collapsed = view_diagnostics(*view_embeddings(model, validation, **kwargs))
     assert collapsed["mean_cos"] > 0.99 and collapsed["spread_view1"] < COLLAPSED_SPREAD
     assert any("effective rank of view 1" in w for w in collapse_warnings(collapsed, logged))
+
+
+# A sweep judges its runs' logged numbers (`stepjepa.sweep.report`) in a process that trains
+# nothing itself: importing torch there only for these rules cost it ~1.5 CPU-s.
+JUDGE = """
+import sys
+from stepjepa.method.diagnostics import collapse_warnings, relative_collapse_warnings
+diag = {"n_pairs": 8, "spread_view1": 1e-5, "spread_view2": 1e-3, "rank_view1": 1.1, "rank_view2": 2.0}
+history = [{"step": 1, "lm_loss": 8.0, "jepa_loss": 1e-4}]
+sft = {"spread_view1": 1e-2, "spread_view2": 1e-3}
+print(len(collapse_warnings(diag, history)), len(relative_collapse_warnings(diag, sft)))
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.cli
+def test_the_warning_rules_judge_logged_numbers_without_importing_torch():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", JUDGE], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["2", "1", "False"], out.stdout + out.stderr
