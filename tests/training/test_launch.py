@@ -144,7 +144,7 @@ def test_a_thread_count_the_user_set_wins(monkeypatch):
 
 @pytest.mark.cli
 @pytest.mark.skipif(
-    any(os.path.exists(p) for p in getattr(launch, "GPU_DEVICE_FILES", ())),
+    any(os.path.exists(p) for p in launch.GPU_DEVICE_FILES),
     reason="a GPU driver is here: torch counts the devices",
 )
 def test_a_machine_without_a_gpu_driver_counts_no_gpu_without_importing_torch():
